@@ -16,10 +16,10 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 __all__ = [
+    "EXECUTOR_NAME_HEADER",
     "EXTENSIONS",
     "EXTENSIONS_HEADER",
     "JOB_ID_HEADER",
-    "EXECUTOR_NAME_HEADER",
     "QUEUE_NAME_RE",
     "AddLogEntryRequest",
     "AppendLogRequest",

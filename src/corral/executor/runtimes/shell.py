@@ -1,0 +1,419 @@
+"""The ``shell`` runtime: each step runs in a bubblewrap sandbox on the host, limited by cgroup v1.
+
+Sandbox (per step): a read-only root built from parts (``/usr``, the usrmerge symlinks, a short list
+of ``/etc`` entries bound one by one, `extra_ro_binds`), a fresh ``/dev``, ``/proc``, tmpfs ``/tmp``
+and ``/var/tmp``, and the job workspace bound read-write at ``WORKSPACE_MOUNT`` (``/data``). New IPC,
+PID, UTS and cgroup namespaces always; a new network namespace (only ``lo``) unless
+``space.network``. The environment is cleared; the step sees PATH, HOME=/tmp, USER and ``step.env``.
+
+Privileges, and why bwrap runs as root: the step must run as ``space.uid``/``space.gid`` with no
+capabilities. Running ``setpriv --reuid U ... bwrap`` (unprivileged bwrap in a user namespace)
+cannot bind anything the uid cannot reach: the workspace lives in the job root (root-owned, 0700)
+and `extra_ro_binds` such as ``/root/.pyenv/versions/3.11.7`` sit under ``/root`` (0700). And
+``bwrap --unshare-user --uid U`` as root maps U to host root. So bwrap runs as real root *without*
+a user namespace (hence not ``--unshare-all``, which would add one), keeps only CAP_SETUID,
+CAP_SETGID and CAP_SETPCAP, builds the mounts, and execs ``/usr/bin/setpriv`` *inside* the sandbox,
+which sets the uid/gid, clears supplementary groups, empties the inheritable and bounding sets, sets
+no_new_privs and execs the step. No step code ever runs with privileges: CapEff/CapPrm/CapBnd are 0
+and NoNewPrivs is 1. Parent directories of binds are created 0755 (``--perms``) so the uid can
+traverse e.g. ``/root`` inside the sandbox, where it holds nothing but the bound path.
+
+Workspace ownership: `prepare` chowns ``space.workspace`` recursively (not following symlinks) to
+``space.uid:space.gid``, so files the handler put there are writable by the step, and files the step
+creates are owned by that uid on the host.
+
+Limits: `prepare` creates the job's cgroups (see `cgroups`); the bwrap process joins them in
+``preexec_fn`` (between fork and exec, with nothing but ``os.open``/``os.write``, so it is safe even
+with threads), so every process of the step, however daemonised, is in them. ``oom_killed`` is true
+when ``memory.oom_control``'s ``oom_kill`` counter grew during the step.
+
+Ending: when the step's main process exits, bwrap's PID 1 exits and the kernel kills the rest of the
+PID namespace; a freezer sweep then removes anything still in the cgroup. On cancellation the step's
+processes get SIGTERM (bwrap's own outer process is spared, as killing it would SIGKILL the sandbox
+at once), then after at most ``space.kill_grace`` seconds everything in the cgroup gets SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import posixpath
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from corral.executor.runtimes.base import (
+    LABEL_JOB,
+    WORKSPACE_MOUNT,
+    JobSpace,
+    OutputSink,
+    Runtime,
+    Step,
+    StepResult,
+)
+from corral.executor.runtimes.cgroups import (
+    CGROUP_ROOT,
+    NAME_PREFIX,
+    CgroupError,
+    JobCgroup,
+    job_cgroup_names,
+    missing_controllers,
+)
+
+__all__ = ["DEFAULT_ETC_FILES", "ShellRuntime"]
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK_BYTES = 64 * 1024  # bytes: the most one output() call carries
+DRAIN_TIMEOUT_S = 2.0  # seconds to wait for the output pipe to reach EOF once every process is dead
+PROBE_TIMEOUT_S = 10.0  # seconds: the sandbox smoke test in check()
+SANDBOX_HOSTNAME = "job"
+SANDBOX_HOME = "/tmp"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+FALLBACK_USER = "job"  # USER when space.uid has no passwd entry
+
+# Entries of the host /etc bound read-only one by one (skipped when missing). Deliberately not the
+# whole /etc (docker keys, shadow, pip/npm credentials, ...).
+DEFAULT_ETC_FILES: tuple[str, ...] = (
+    "passwd",
+    "group",
+    "hosts",
+    "resolv.conf",
+    "nsswitch.conf",
+    "host.conf",
+    "gai.conf",
+    "protocols",
+    "services",
+    "networks",
+    "ssl",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "alternatives",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "timezone",
+    "os-release",
+    "debian_version",
+    "mime.types",
+    "magic",
+    "shells",
+    "login.defs",
+    "profile",
+    "bash.bashrc",
+    "inputrc",
+)
+USRMERGE_LINKS: tuple[str, ...] = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+# What bwrap itself keeps before setpriv drops to the uid (setpriv needs exactly these).
+SETPRIV_CAPS: tuple[str, ...] = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
+
+
+def _join_cgroups(procs_files: Sequence[bytes]) -> None:
+    """preexec_fn: move the forked child (soon bwrap) into the job's cgroups. Only raw syscalls."""
+    pid = str(os.getpid()).encode()
+    for path in procs_files:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, pid)
+        finally:
+            os.close(fd)
+
+
+def _chown_tree(top: Path, uid: int, gid: int) -> None:
+    os.lchown(top, uid, gid)
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
+        for entry in (*dirnames, *filenames):
+            os.lchown(os.path.join(dirpath, entry), uid, gid)
+
+
+def _exit_code(returncode: int) -> int:
+    """Shell convention: killed by signal N -> 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+async def _pump(stream: asyncio.StreamReader, output: OutputSink) -> None:
+    while chunk := await stream.read(READ_CHUNK_BYTES):
+        output(chunk)
+
+
+class ShellRuntime:
+    """Runs steps directly on the host in bubblewrap + cgroup v1 sandboxes (root required)."""
+
+    name: ClassVar[str] = "shell"
+
+    def __init__(
+        self,
+        *,
+        cgroup_parent: str = "corral",
+        extra_ro_binds: Sequence[str | os.PathLike[str]] = (),
+        extra_path: Sequence[str] = (),
+        etc_files: Sequence[str] = DEFAULT_ETC_FILES,
+        bwrap: str = "bwrap",
+        setpriv: str = "/usr/bin/setpriv",
+        cgroup_root: Path = CGROUP_ROOT,
+    ) -> None:
+        """
+        cgroup_parent: cgroup directory (in every controller) that holds the job groups.
+        extra_ro_binds: absolute host paths bound read-only at the same path (e.g. a Python prefix and
+            a venv, so a CLI step can run ``corral``). Paths under ``/usr`` are visible already.
+        extra_path: directories (as seen in the sandbox) put in front of the default PATH.
+        etc_files: names of entries of the host ``/etc`` bound read-only (missing ones are skipped).
+        bwrap: the bubblewrap binary on the host.
+        setpriv: the setpriv binary *as seen inside the sandbox* (so under /usr or an extra bind).
+        """
+        self.cgroup_parent = cgroup_parent.strip("/")
+        self.extra_ro_binds: tuple[str, ...] = tuple(os.path.normpath(os.fspath(p)) for p in extra_ro_binds)
+        self.extra_path = tuple(extra_path)
+        self.etc_files = tuple(etc_files)
+        self.bwrap = bwrap
+        self.setpriv = setpriv
+        self.cgroup_root = cgroup_root
+
+    # ----------------------------------------------------------------------------------- helpers
+
+    def cgroup(self, space: JobSpace) -> JobCgroup:
+        """The job's cgroups; their name is `space.name`, i.e. ``corral-`` + the job label."""
+        label = space.labels[LABEL_JOB]
+        if space.name != NAME_PREFIX + label:
+            raise ValueError(f"job name {space.name!r} does not carry its label {label!r}")
+        return JobCgroup(self.cgroup_parent, space.name, self.cgroup_root)
+
+    def build_argv(self, space: JobSpace, step: Step) -> list[str]:
+        """The full host command line of one step: bwrap ... -- setpriv ... -- step.argv."""
+        args: list[str] = [self.bwrap, "--die-with-parent", "--new-session"]
+        args += ["--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
+        if not space.network:
+            args.append("--unshare-net")
+        args += ["--hostname", SANDBOX_HOSTNAME, "--cap-drop", "ALL"]
+        for cap in SETPRIV_CAPS:
+            args += ["--cap-add", cap]
+
+        # Root file system, read-only: /usr, the usrmerge links, selected /etc entries.
+        args += ["--ro-bind", "/usr", "/usr"]
+        for name in USRMERGE_LINKS:
+            host = "/" + name
+            if os.path.islink(host):
+                args += ["--symlink", os.readlink(host), host]
+            elif os.path.isdir(host):
+                args += ["--ro-bind", host, host]
+        args += ["--perms", "0755", "--dir", "/etc"]
+        for name in self.etc_files:
+            args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+        args += ["--dev", "/dev", "--proc", "/proc"]
+        args += ["--perms", "1777", "--tmpfs", "/tmp"]
+        args += ["--perms", "0755", "--dir", "/var", "--perms", "1777", "--tmpfs", "/var/tmp"]
+
+        made = {"/", "/etc", "/var", "/tmp", "/var/tmp"}
+        for path in self.extra_ro_binds:
+            if path == "/usr" or path.startswith("/usr/"):
+                continue  # already visible, and /usr is read-only so nothing can be mounted in it
+            parents: list[str] = []
+            parent = posixpath.dirname(path)
+            while parent not in made:
+                parents.append(parent)
+                parent = posixpath.dirname(parent)
+            for directory in reversed(parents):
+                args += ["--perms", "0755", "--dir", directory]
+                made.add(directory)
+            args += ["--ro-bind", path, path]
+
+        args += ["--bind", os.fspath(space.workspace), WORKSPACE_MOUNT]
+        rel = posixpath.normpath("/" + step.dir).lstrip("/")  # cannot climb out of the workspace
+        args += ["--chdir", posixpath.join(WORKSPACE_MOUNT, rel) if rel else WORKSPACE_MOUNT]
+
+        args += ["--clearenv"]
+        for key, value in self._environment(space, step).items():
+            args += ["--setenv", key, value]
+        args += ["--remount-ro", "/"]
+
+        args += [
+            "--",
+            self.setpriv,
+            f"--reuid={space.uid}",
+            f"--regid={space.gid}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--no-new-privs",
+            "--pdeathsig=keep",
+            "--",
+            *step.argv,
+        ]
+        return args
+
+    def _environment(self, space: JobSpace, step: Step) -> dict[str, str]:
+        try:
+            user = pwd.getpwuid(space.uid).pw_name
+        except KeyError:
+            user = FALLBACK_USER
+        path = ":".join((*self.extra_path, DEFAULT_PATH))
+        return {"PATH": path, "HOME": SANDBOX_HOME, "USER": user, **step.env}
+
+    # -------------------------------------------------------------------------------- protocol
+
+    async def check(self) -> list[str]:
+        problems: list[str] = []
+        if os.geteuid() != 0:
+            problems.append("the shell runtime must run as root (it builds sandboxes and cgroups)")
+        if not shutil.which(self.bwrap):
+            problems.append(f"bubblewrap ({self.bwrap}) is not installed: apt-get install bubblewrap")
+        if not os.access(self.setpriv, os.X_OK):
+            problems.append(f"setpriv ({self.setpriv}) is missing: it comes with util-linux")
+        for controller in missing_controllers(self.cgroup_root):
+            problems.append(
+                f"the cgroup v1 '{controller}' controller is not mounted at {self.cgroup_root / controller}"
+            )
+        if (self.cgroup_root / "memory").is_dir() and not (
+            self.cgroup_root / "memory" / "memory.memsw.limit_in_bytes"
+        ).exists():
+            problems.append("swap accounting is off (no memory.memsw.*): boot with swapaccount=1")
+        for path in self.extra_ro_binds:
+            if not os.path.isabs(path):
+                problems.append(f"extra read-only bind {path!r} is not an absolute path")
+            elif not os.path.exists(path):
+                problems.append(f"extra read-only bind {path} does not exist")
+        if not problems:
+            problems += await self._probe()
+        return problems
+
+    async def _probe(self) -> list[str]:
+        """Run ``true`` in a real sandbox (without cgroups) to catch what static checks cannot."""
+        with tempfile.TemporaryDirectory(prefix="corral-probe-") as tmp:
+            workspace = Path(tmp) / "workspace"
+            workspace.mkdir()
+            space = JobSpace(job_id=0, queue="probe", root=Path(tmp), workspace=workspace)
+            step = Step(key="probe", kind="cli", index=0, image=None, argv=("true",))
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *self.build_argv(space, step),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    env={"PATH": DEFAULT_PATH},
+                )
+                out, _ = await asyncio.wait_for(proc.communicate(), PROBE_TIMEOUT_S)
+            except (OSError, TimeoutError) as exc:
+                return [f"cannot start a bubblewrap sandbox: {exc}"]
+            if proc.returncode != 0:
+                text = out.decode(errors="replace").strip()
+                return [f"a bubblewrap sandbox fails to start (exit {proc.returncode}): {text}"]
+        return []
+
+    async def prepare(self, space: JobSpace) -> None:
+        """Create the job's cgroups with its limits, and hand the workspace to space.uid/space.gid."""
+        cgroup = self.cgroup(space)
+        cgroup.create(space.limits)
+        space.workspace.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(_chown_tree, space.workspace, space.uid, space.gid)
+
+    async def run_step(self, space: JobSpace, step: Step, output: OutputSink) -> StepResult:
+        cgroup = self.cgroup(space)
+        if not step.argv:
+            return StepResult(exit_code=1, reason="sandbox", message="the step has no command")
+        if not cgroup.exists():
+            return StepResult(exit_code=1, reason="sandbox", message="the job's cgroups are missing")
+        argv = self.build_argv(space, step)
+        oom_before = cgroup.oom_kills()
+        procs_files = cgroup.procs_files()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env={"PATH": DEFAULT_PATH},  # bwrap's own; the step gets a cleared environment
+                start_new_session=True,
+                preexec_fn=lambda: _join_cgroups(procs_files),
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            return StepResult(exit_code=1, reason="sandbox", message=f"cannot start the sandbox: {exc}")
+        assert proc.stdout is not None
+        pump = asyncio.create_task(_pump(proc.stdout, output))
+        try:
+            returncode = await proc.wait()
+            await cgroup.kill_all()  # a job must not leave processes behind
+            await self._drain(pump)
+        except asyncio.CancelledError:
+            try:
+                await self._terminate(space, cgroup, proc, pump)
+            except BaseException:  # canceled again, or failed: at least kill without waiting
+                self._kill_now(cgroup, proc)
+                pump.cancel()
+                raise
+            raise
+        except BaseException:
+            self._kill_now(cgroup, proc)
+            pump.cancel()
+            raise
+        oom_killed = cgroup.oom_kills() > oom_before
+        return StepResult(exit_code=_exit_code(returncode), oom_killed=oom_killed)
+
+    async def _terminate(
+        self, space: JobSpace, cgroup: JobCgroup, proc: asyncio.subprocess.Process, pump: asyncio.Task[None]
+    ) -> None:
+        """SIGTERM the step's processes, give them kill_grace seconds, then SIGKILL everything."""
+        if proc.returncode is None:
+            # Spare bwrap's outer process: its death would SIGKILL the sandbox without any grace.
+            # bwrap's PID 1 ignores SIGTERM (it has no handler), the step's processes get it.
+            await cgroup.signal_all(signal.SIGTERM, exclude={proc.pid})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), timeout=max(0.0, space.kill_grace))
+        await cgroup.kill_all()
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()  # not in the cgroup only if it never got there; normally already dead
+        await proc.wait()
+        await self._drain(pump)
+
+    @staticmethod
+    def _kill_now(cgroup: JobCgroup, proc: asyncio.subprocess.Process) -> None:
+        """Synchronous last resort: SIGKILL bwrap (--die-with-parent takes the sandbox down) and the rest."""
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        for pid in cgroup.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    @staticmethod
+    async def _drain(pump: asyncio.Task[None]) -> None:
+        """Let the output pump reach EOF (every writer is dead by now); cancel it if it does not."""
+        try:
+            await asyncio.wait_for(asyncio.shield(pump), timeout=DRAIN_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("step output pipe still open after all processes ended")
+            pump.cancel()
+
+    async def cleanup(self, space: JobSpace) -> None:
+        """Kill whatever is left in the job's cgroups and remove them. Idempotent; never raises for 'gone'."""
+        cgroup = self.cgroup(space)
+        await self._remove(cgroup)
+
+    async def _remove(self, cgroup: JobCgroup) -> bool:
+        try:
+            await cgroup.kill_all()
+            await cgroup.remove()
+        except (CgroupError, OSError) as exc:
+            log.warning("cannot remove cgroup %s: %s (the janitor will retry)", cgroup.name, exc)
+            return False
+        return True
+
+    async def janitor(self, live: set[str]) -> list[str]:
+        """Remove job cgroups under cgroup_parent whose label (name minus ``corral-``) is not in `live`."""
+        removed: list[str] = []
+        for name in job_cgroup_names(self.cgroup_parent, self.cgroup_root):
+            if name[len(NAME_PREFIX) :] in live:
+                continue
+            if await self._remove(JobCgroup(self.cgroup_parent, name, self.cgroup_root)):
+                removed.append(name)
+        return removed
+
+
+if TYPE_CHECKING:
+    _conforms: Runtime = ShellRuntime()

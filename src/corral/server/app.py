@@ -1,0 +1,173 @@
+"""The server's app factory. Nothing is built at import time: `create_app(settings)` makes one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from corral import __version__
+from corral.errors import Conflict, CorralError, Invalid, NotFound
+from corral.protocol import EXTENSIONS, EXTENSIONS_HEADER
+from corral.server.deps import ApiError, ServerState
+from corral.server.routers import api, git, queue
+from corral.server.settings import ServerSettings
+from corral.server.store.store import Store
+
+log = logging.getLogger("corral.server")
+JSON_PATHS = ("/.executors/queue/", "/api/")
+
+
+class BodyLimit:
+    """Refuse request bodies over the limit with 413, before a route reads them (pure ASGI)."""
+
+    def __init__(self, app: ASGIApp, limit: int, extensions: bool) -> None:
+        self.app, self.limit = app, limit
+        self.ext_header = (
+            (EXTENSIONS_HEADER.lower().encode(), ",".join(EXTENSIONS).encode()) if extensions else None
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        if scope["path"].startswith(JSON_PATHS) and headers.get(b"content-type") != b"application/json":
+            # These routes take only JSON, whatever the client labelled it (as Sourcegraph's server does).
+            kept = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope = {**scope, "headers": [*kept, (b"content-type", b"application/json")]}
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await _too_large(scope, receive, send, self.limit)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return msg
+
+        async def send_with_header(msg: Message) -> None:
+            if (
+                msg["type"] == "http.response.start"
+                and self.ext_header
+                and scope["path"].startswith("/.executors")
+            ):
+                msg["headers"] = [*msg.get("headers", []), self.ext_header]
+            await send(msg)
+
+        try:
+            await self.app(scope, limited, send_with_header)
+        except _TooLarge:
+            await _too_large(scope, receive, send, self.limit)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    resp = JSONResponse({"error": f"request body exceeds the limit of {limit} bytes"}, status_code=413)
+    await resp(scope, receive, send)
+
+
+def _status_for(exc: CorralError) -> int:
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, Conflict):
+        return 409
+    if isinstance(exc, Invalid):
+        return 400
+    return 500
+
+
+async def _resetter(state: ServerState) -> None:
+    s = state.settings
+    while True:
+        try:
+            requeued, failed = await asyncio.to_thread(
+                state.store.reset_stalled, s.stalled_after, s.max_resets
+            )
+            if requeued or failed:
+                log.warning(
+                    "resetter: requeued %s, failed %s (no heartbeat for %.0fs)",
+                    requeued,
+                    failed,
+                    s.stalled_after,
+                )
+                state.metrics.resets.inc(len(requeued) + len(failed))
+                for q in {r["name"] for r in await asyncio.to_thread(state.store.list_queues)}:
+                    state.notifier.notify(q)
+        except Exception:
+            log.exception("resetter sweep failed; retrying")
+        await asyncio.sleep(s.resetter_interval)
+
+
+def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
+    settings.check()
+    settings.ensure_admin_token()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.repos_dir.mkdir(parents=True, exist_ok=True)
+    store = store or Store(settings.db_url)
+    store.migrate()
+    state = ServerState(settings=settings, store=store)
+    state.metrics.watch_store(lambda: (store.list_queues(), api.executors_active(state)))
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_resetter(state))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = FastAPI(title="corral", version=__version__, lifespan=lifespan)
+    app.state.corral = state
+    app.include_router(queue.router)
+    app.include_router(git.router)
+    app.include_router(api.router)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_r: Request, exc: ApiError) -> Response:
+        return JSONResponse({"error": exc.message, **exc.extra}, status_code=exc.status)
+
+    @app.exception_handler(CorralError)
+    async def _domain_error(_r: Request, exc: CorralError) -> Response:
+        body: dict[str, Any] = {"error": exc.message}
+        if isinstance(exc, Conflict) and exc.offset is not None:
+            body["offset"] = exc.offset
+        return JSONResponse(body, status_code=_status_for(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(_r: Request, exc: RequestValidationError) -> Response:
+        problems = []
+        for e in exc.errors():
+            where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+            problems.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
+        return JSONResponse({"error": "invalid request: " + "; ".join(problems)}, status_code=400)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        body = await asyncio.to_thread(state.metrics.render)
+        return Response(body, media_type="text/plain; version=0.0.4")
+
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, extensions=settings.extensions)
+    return app

@@ -1,0 +1,58 @@
+"""Who is calling: the executor secret, a job token, or the admin token (constant-time compares)."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+
+from fastapi import Request
+
+from corral.protocol import EXECUTOR_NAME_HEADER, JOB_ID_HEADER
+from corral.server.deps import ApiError, ServerState
+from corral.server.store.store import JobAuth
+
+
+def _equal(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def require_executor(request: Request, state: ServerState) -> None:
+    """`Authorization: token-executor <secret>` or 401 (500 when no secret is configured)."""
+    secret = state.settings.executors_access_token
+    if not secret:
+        raise ApiError(500, "Executors are not configured on this instance")
+    parts = request.headers.get("authorization", "").split(" ")
+    if len(parts) != 2 or parts[0] != "token-executor" or not parts[1] or not _equal(parts[1], secret):
+        raise ApiError(401, "invalid or missing executor token (Authorization: token-executor <secret>)")
+
+
+async def authorize_job_or_executor(request: Request, state: ServerState) -> JobAuth | None:
+    """A job-scoped call: the job's Bearer token (returns who it is) or the executor token (None)."""
+    header = request.headers.get("authorization", "")
+    if header.startswith("token-executor "):
+        require_executor(request, state)
+        return None
+    parts = header.split(" ")
+    if len(parts) != 2 or parts[0] != "Bearer" or not parts[1]:
+        raise ApiError(401, "missing job token (Authorization: Bearer <job token>)")
+    raw_id = request.headers.get(JOB_ID_HEADER, "")
+    if not raw_id.isdigit():
+        raise ApiError(400, f"{JOB_ID_HEADER} header is missing or not a number")
+    name = request.headers.get(EXECUTOR_NAME_HEADER, "")
+    if not name:
+        raise ApiError(400, f"{EXECUTOR_NAME_HEADER} header is missing")
+    auth = await asyncio.to_thread(state.store.job_auth, parts[1])
+    if auth is None:
+        raise ApiError(401, "invalid job token")
+    if auth.job_id != int(raw_id):
+        raise ApiError(403, "the job token belongs to another job")
+    if auth.executor_name != name:
+        raise ApiError(403, "the job token belongs to another executor")
+    return auth
+
+
+def require_admin(request: Request, state: ServerState) -> None:
+    parts = request.headers.get("authorization", "").split(" ")
+    token = state.settings.admin_token
+    if len(parts) != 2 or parts[0] != "Bearer" or not token or not _equal(parts[1], token):
+        raise ApiError(401, "invalid or missing admin token (Authorization: Bearer <CORRAL_ADMIN_TOKEN>)")

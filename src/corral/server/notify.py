@@ -1,0 +1,44 @@
+"""In-process wake-ups for long-polls: enqueue wakes dequeue waiters, cancel wakes cancel watchers.
+
+Waiters register *before* they look at the store, so a notification between the look and the wait
+is never lost. (Several server replicas on PostgreSQL would add LISTEN/NOTIFY behind this class.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+
+class Notifier:
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+
+    def register(self, keys: Iterable[str]) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for k in keys:
+            self._waiters.setdefault(k, set()).add(fut)
+        return fut
+
+    def unregister(self, keys: Iterable[str], fut: asyncio.Future[None]) -> None:
+        for k in keys:
+            s = self._waiters.get(k)
+            if s is not None:
+                s.discard(fut)
+                if not s:
+                    del self._waiters[k]
+        if not fut.done():
+            fut.cancel()
+
+    def notify(self, key: str) -> None:
+        for fut in self._waiters.pop(key, set()):
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait(self, fut: asyncio.Future[None], timeout: float) -> bool:
+        """True when woken, False on timeout."""
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+            return True
+        except TimeoutError:
+            return False

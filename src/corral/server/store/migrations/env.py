@@ -1,0 +1,11 @@
+"""Alembic environment: migrations run programmatically (corral.server.store.migrate) on a given
+connection; there is no alembic.ini."""
+
+from __future__ import annotations
+
+from alembic import context
+
+connection = context.config.attributes["connection"]
+context.configure(connection=connection, target_metadata=None, render_as_batch=True)
+with context.begin_transaction():
+    context.run_migrations()

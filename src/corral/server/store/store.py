@@ -1,0 +1,629 @@
+"""The job store: every queue operation as one short transaction (SQLAlchemy Core).
+
+SQLite (the embedded default) runs in WAL mode and takes its write transactions with
+`BEGIN IMMEDIATE` behind one process-wide lock, so a dequeue is atomic and writers never spin on
+SQLITE_BUSY. PostgreSQL picks dequeue candidates with `FOR UPDATE SKIP LOCKED`, so many server
+replicas can hand out jobs concurrently. All methods are synchronous; the server calls them from a
+worker thread. Times come from an injected clock (epoch seconds) so tests can move time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, or_, select, update
+from sqlalchemy.pool import StaticPool
+
+from corral.errors import Conflict, Invalid, NotFound
+from corral.protocol import QUEUE_NAME_RE
+from corral.server.store.tables import (
+    attempts,
+    executors,
+    jobs,
+    log_chunks,
+    log_entries,
+    queues,
+    repos,
+    results,
+)
+
+__all__ = ["DEFAULT_QUEUES", "TERMINAL", "JobAuth", "Store", "hash_token"]
+
+DEFAULT_QUEUES = ("batches", "codeintel")
+TERMINAL = frozenset({"completed", "failed", "canceled"})
+DEQUEUEABLE = ("queued", "errored")
+RESET_FAILURE = "job processor died while handling this message too many times"
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+Clock = Callable[[], float]
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class JobAuth:
+    """Who a job token belongs to."""
+
+    job_id: int
+    attempt: int
+    executor_name: str
+    queue: str
+    repository_name: str
+
+
+def _row(r: Any) -> dict[str, Any]:
+    return dict(r._mapping) if r is not None else {}
+
+
+class Store:
+    def __init__(self, url: str, *, clock: Clock = time.time) -> None:
+        self.url = url
+        self.clock = clock
+        self.engine: Engine = _make_engine(url)
+        self.sqlite = self.engine.dialect.name == "sqlite"
+        self._lock = threading.RLock() if self.sqlite else None
+        # An in-memory SQLite database is one shared connection: reads must queue behind writes too.
+        self._read_lock = self._lock if url in ("sqlite://", "sqlite:///:memory:") else None
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def migrate(self) -> None:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        with self._write() as conn:
+            for q in DEFAULT_QUEUES:
+                self._ensure_queue(conn, q)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        if self._lock is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self._lock, self.engine.connect().execution_options(sqlite_immediate=True) as conn:
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        if self._read_lock is not None:
+            with self._read_lock, self.engine.connect() as conn:
+                yield conn
+            return
+        with self.engine.connect() as conn:
+            yield conn
+
+    # -- queues and repositories --------------------------------------------------------------
+    def _ensure_queue(self, conn: Connection, name: str) -> None:
+        if not QUEUE_NAME_RE.match(name):
+            raise Invalid(f"invalid queue name {name!r}: use 1-64 characters of [a-z0-9_-]")
+        if conn.execute(select(queues.c.name).where(queues.c.name == name)).first() is None:
+            conn.execute(insert(queues).values(name=name, created_at=self.clock()))
+
+    def queue_exists(self, name: str) -> bool:
+        with self._read() as conn:
+            return conn.execute(select(queues.c.name).where(queues.c.name == name)).first() is not None
+
+    def list_queues(self) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            names = [r.name for r in conn.execute(select(queues.c.name).order_by(queues.c.name))]
+            counts = conn.execute(
+                select(jobs.c.queue, jobs.c.state, func.count()).group_by(jobs.c.queue, jobs.c.state)
+            ).all()
+        out = {n: {"name": n, "counts": {}} for n in names}
+        for q, state, n in counts:
+            out.setdefault(q, {"name": q, "counts": {}})["counts"][state] = n
+        return list(out.values())
+
+    def upsert_repo(self, name: str, path: str, source: str) -> bool:
+        """Record a repository; True when it is new."""
+        now = self.clock()
+        with self._write() as conn:
+            exists = conn.execute(select(repos.c.name).where(repos.c.name == name)).first()
+            if exists:
+                conn.execute(
+                    update(repos).where(repos.c.name == name).values(path=path, source=source, updated_at=now)
+                )
+                return False
+            conn.execute(
+                insert(repos).values(name=name, path=path, source=source, created_at=now, updated_at=now)
+            )
+            return True
+
+    def get_repo(self, name: str) -> dict[str, Any]:
+        with self._read() as conn:
+            r = conn.execute(select(repos).where(repos.c.name == name)).first()
+        if r is None:
+            raise NotFound(f"unknown repository {name!r}: add it first (corral repo add)")
+        return _row(r)
+
+    def list_repos(self) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            return [_row(r) for r in conn.execute(select(repos).order_by(repos.c.name))]
+
+    # -- producers ----------------------------------------------------------------------------
+    def enqueue(
+        self, queue: str, spec: dict[str, Any], *, priority: int = 0, max_attempts: int = 3
+    ) -> dict[str, Any]:
+        now = self.clock()
+        with self._write() as conn:
+            self._ensure_queue(conn, queue)
+            job_id = conn.execute(
+                insert(jobs).values(
+                    queue=queue,
+                    state="queued",
+                    spec=spec,
+                    priority=priority,
+                    repository_name=spec.get("repositoryName", ""),
+                    commit=spec.get("commit", ""),
+                    created_at=now,
+                    attempt=0,
+                    num_resets=0,
+                    num_failures=0,
+                    max_attempts=max_attempts,
+                    cancel=False,
+                )
+            ).inserted_primary_key[0]
+            return _row(conn.execute(select(jobs).where(jobs.c.id == job_id)).first())
+
+    def get_job(self, job_id: int) -> dict[str, Any]:
+        with self._read() as conn:
+            r = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+            if r is None:
+                raise NotFound(f"unknown job {job_id}")
+            res = conn.execute(
+                select(results.c.exit_codes, results.c.attempt).where(results.c.job_id == job_id)
+            ).first()
+        job = _row(r)
+        job["exit_codes"] = list(res.exit_codes) if res is not None else []
+        return job
+
+    def list_jobs(
+        self,
+        *,
+        queue: str | None = None,
+        state: str | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
+    ) -> list[dict[str, Any]]:
+        q = select(jobs).order_by(jobs.c.id.desc()).limit(limit)
+        if queue:
+            q = q.where(jobs.c.queue == queue)
+        if state:
+            q = q.where(jobs.c.state == state)
+        if before_id:
+            q = q.where(jobs.c.id < before_id)
+        with self._read() as conn:
+            return [_row(r) for r in conn.execute(q)]
+
+    def request_cancel(self, job_id: int) -> dict[str, Any]:
+        """Cancel a job: at once when it waits; through its executor when it runs."""
+        now = self.clock()
+        with self._write() as conn:
+            r = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+            if r is None:
+                raise NotFound(f"unknown job {job_id}")
+            if r.state in TERMINAL:
+                raise Conflict(f"job {job_id} is already {r.state}")
+            if r.state in DEQUEUEABLE:
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id)
+                    .values(state="canceled", cancel=True, finished_at=now, failure_message="canceled")
+                )
+            else:
+                conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancel=True))
+            return _row(conn.execute(select(jobs).where(jobs.c.id == job_id)).first())
+
+    # -- executors: dequeue, heartbeat --------------------------------------------------------
+    def dequeue(self, queue_names: list[str], executor_name: str, token: str) -> dict[str, Any] | None:
+        """Hand the best waiting job of these queues to the executor, as a new attempt."""
+        now = self.clock()
+        with self._write() as conn:
+            cand = (
+                select(jobs.c.id, jobs.c.attempt)
+                .where(
+                    jobs.c.queue.in_(queue_names),
+                    jobs.c.state.in_(DEQUEUEABLE),
+                    or_(jobs.c.process_after.is_(None), jobs.c.process_after <= now),
+                )
+                .order_by(jobs.c.priority.desc(), jobs.c.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            r = conn.execute(cand).first()
+            if r is None:
+                return None
+            attempt = r.attempt + 1
+            n = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == r.id, jobs.c.state.in_(DEQUEUEABLE))
+                .values(
+                    state="processing",
+                    attempt=attempt,
+                    executor_name=executor_name,
+                    started_at=now,
+                    last_heartbeat_at=now,
+                    finished_at=None,
+                    process_after=None,
+                )
+            ).rowcount
+            if n != 1:  # pragma: no cover - guarded by the lock / row lock
+                return None
+            conn.execute(
+                insert(attempts).values(
+                    job_id=r.id,
+                    attempt=attempt,
+                    executor_name=executor_name,
+                    token_hash=hash_token(token),
+                    started_at=now,
+                )
+            )
+            return _row(conn.execute(select(jobs).where(jobs.c.id == r.id)).first())
+
+    def heartbeat(
+        self, executor_name: str, info: dict[str, Any], job_ids: list[int], queue_names: list[str]
+    ) -> tuple[list[dict[str, Any]], list[int]]:
+        """Record the executor; renew leases of its jobs. Returns (known rows, ids to cancel)."""
+        now = self.clock()
+        with self._write() as conn:
+            self._record_executor(conn, executor_name, info, job_ids, queue_names, now)
+            if not job_ids:
+                return [], []
+            owned = (
+                jobs.c.id.in_(job_ids),
+                jobs.c.state == "processing",
+                jobs.c.executor_name == executor_name,
+            )
+            conn.execute(update(jobs).where(*owned).values(last_heartbeat_at=now))
+            rows = [
+                _row(r) for r in conn.execute(select(jobs.c.id, jobs.c.queue, jobs.c.cancel).where(*owned))
+            ]
+        return rows, [r["id"] for r in rows if r["cancel"]]
+
+    def _record_executor(
+        self,
+        conn: Connection,
+        name: str,
+        info: dict[str, Any],
+        job_ids: list[int],
+        queue_names: list[str],
+        now: float,
+    ) -> None:
+        values = {k: (info.get(k) or "")[:64] for k in _EXECUTOR_TEXT}
+        values.update(
+            hostname=(info.get("hostname") or "")[:255],
+            queues=queue_names,
+            running_job_ids=job_ids,
+            last_seen_at=now,
+        )
+        n = conn.execute(update(executors).where(executors.c.name == name).values(**values)).rowcount
+        if n == 0:
+            conn.execute(insert(executors).values(name=name, first_seen_at=now, **values))
+
+    def executor_known(self, name: str) -> bool:
+        with self._read() as conn:
+            return conn.execute(select(executors.c.name).where(executors.c.name == name)).first() is not None
+
+    def list_executors(self) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            return [
+                _row(r) for r in conn.execute(select(executors).order_by(executors.c.last_seen_at.desc()))
+            ]
+
+    def cancel_requested(self, executor_name: str, job_ids: list[int]) -> list[int]:
+        if not job_ids:
+            return []
+        with self._read() as conn:
+            rows = conn.execute(
+                select(jobs.c.id).where(
+                    jobs.c.id.in_(job_ids),
+                    jobs.c.executor_name == executor_name,
+                    jobs.c.state == "processing",
+                    jobs.c.cancel.is_(True),
+                )
+            )
+            return [r.id for r in rows]
+
+    # -- job-scoped calls (fenced by attempt) -------------------------------------------------
+    def job_auth(self, token: str) -> JobAuth | None:
+        with self._read() as conn:
+            r = conn.execute(
+                select(
+                    attempts.c.job_id,
+                    attempts.c.attempt,
+                    attempts.c.executor_name,
+                    jobs.c.queue,
+                    jobs.c.repository_name,
+                )
+                .join(jobs, jobs.c.id == attempts.c.job_id)
+                .where(attempts.c.token_hash == hash_token(token))
+            ).first()
+        if r is None:
+            return None
+        return JobAuth(r.job_id, r.attempt, r.executor_name, r.queue, r.repository_name)
+
+    def _fence(self, conn: Connection, job_id: int, attempt: int | None, executor_name: str) -> Any:
+        """The job row if this executor's attempt is the live one; else Conflict/NotFound."""
+        r = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+        if r is None:
+            raise NotFound(f"unknown job {job_id}")
+        if attempt is not None and attempt != r.attempt:
+            raise Conflict(f"stale attempt {attempt} of job {job_id}: the job is on attempt {r.attempt}")
+        if r.state != "processing" or r.executor_name != executor_name:
+            raise Conflict(f"job {job_id} is not processing for executor {executor_name!r} (state {r.state})")
+        return r
+
+    def add_log_entry(
+        self, job_id: int, attempt: int | None, executor_name: str, entry: dict[str, Any]
+    ) -> int:
+        with self._write() as conn:
+            job = self._fence(conn, job_id, attempt, executor_name)
+            last = conn.execute(
+                select(func.max(log_entries.c.entry_id)).where(log_entries.c.job_id == job_id)
+            ).scalar()
+            entry_id = (last or 0) + 1
+            out = (entry.get("out") or "").encode()
+            conn.execute(
+                insert(log_entries).values(
+                    job_id=job_id,
+                    entry_id=entry_id,
+                    attempt=job.attempt,
+                    key=entry.get("key", ""),
+                    command=entry.get("command") or [],
+                    start_time=entry.get("start_time", ""),
+                    exit_code=entry.get("exit_code"),
+                    duration_ms=entry.get("duration_ms"),
+                    out_len=len(out),
+                )
+            )
+            if out:
+                conn.execute(insert(log_chunks).values(job_id=job_id, entry_id=entry_id, data=out))
+            return entry_id
+
+    def _entry(self, conn: Connection, job_id: int, entry_id: int, attempt: int) -> Any:
+        r = conn.execute(
+            select(log_entries).where(log_entries.c.job_id == job_id, log_entries.c.entry_id == entry_id)
+        ).first()
+        if r is None or r.attempt != attempt:
+            raise NotFound(f"unknown log entry {entry_id} of job {job_id}")
+        return r
+
+    def update_log_entry(
+        self, job_id: int, attempt: int | None, executor_name: str, entry_id: int, entry: dict[str, Any]
+    ) -> None:
+        """Sourcegraph's update: the whole output so far replaces what was stored."""
+        out = (entry.get("out") or "").encode()
+        with self._write() as conn:
+            job = self._fence(conn, job_id, attempt, executor_name)
+            self._entry(conn, job_id, entry_id, job.attempt)
+            conn.execute(
+                log_chunks.delete().where(log_chunks.c.job_id == job_id, log_chunks.c.entry_id == entry_id)
+            )
+            if out:
+                conn.execute(insert(log_chunks).values(job_id=job_id, entry_id=entry_id, data=out))
+            conn.execute(
+                update(log_entries)
+                .where(log_entries.c.job_id == job_id, log_entries.c.entry_id == entry_id)
+                .values(
+                    out_len=len(out), exit_code=entry.get("exit_code"), duration_ms=entry.get("duration_ms")
+                )
+            )
+
+    def append_log(
+        self,
+        job_id: int,
+        attempt: int | None,
+        executor_name: str,
+        entry_id: int,
+        offset: int,
+        data: bytes,
+        *,
+        exit_code: int | None = None,
+        duration_ms: int | None = None,
+        max_bytes: int,
+    ) -> int:
+        """corral's append: `data` goes at byte `offset`; a mismatch is a Conflict carrying ours."""
+        with self._write() as conn:
+            job = self._fence(conn, job_id, attempt, executor_name)
+            e = self._entry(conn, job_id, entry_id, job.attempt)
+            if offset != e.out_len:
+                raise Conflict(f"log offset {offset} does not match the stored {e.out_len}", offset=e.out_len)
+            if e.out_len + len(data) > max_bytes:
+                raise Invalid(f"log entry {entry_id} would exceed the server's cap of {max_bytes} bytes")
+            if data:
+                conn.execute(insert(log_chunks).values(job_id=job_id, entry_id=entry_id, data=data))
+            values: dict[str, Any] = {"out_len": e.out_len + len(data)}
+            if exit_code is not None:
+                values["exit_code"] = exit_code
+            if duration_ms is not None:
+                values["duration_ms"] = duration_ms
+            conn.execute(
+                update(log_entries)
+                .where(log_entries.c.job_id == job_id, log_entries.c.entry_id == entry_id)
+                .values(**values)
+            )
+            return int(values["out_len"])
+
+    def get_logs(self, job_id: int, *, offsets: dict[int, int] | None = None) -> list[dict[str, Any]]:
+        """Log entries with their output; with `offsets` (entry -> bytes already seen) only the rest."""
+        with self._read() as conn:
+            if conn.execute(select(jobs.c.id).where(jobs.c.id == job_id)).first() is None:
+                raise NotFound(f"unknown job {job_id}")
+            entries = [
+                _row(r)
+                for r in conn.execute(
+                    select(log_entries).where(log_entries.c.job_id == job_id).order_by(log_entries.c.entry_id)
+                )
+            ]
+            chunks = conn.execute(
+                select(log_chunks.c.entry_id, log_chunks.c.data)
+                .where(log_chunks.c.job_id == job_id)
+                .order_by(log_chunks.c.id)
+            ).all()
+        data: dict[int, bytearray] = {}
+        for entry_id, blob in chunks:
+            data.setdefault(entry_id, bytearray()).extend(blob)
+        for e in entries:
+            raw = bytes(data.get(e["entry_id"], b""))
+            start = (offsets or {}).get(e["entry_id"], 0)
+            e["out_bytes"] = raw[start:]
+            e["offset"] = start
+        return entries
+
+    def put_result(
+        self, job_id: int, attempt: int | None, executor_name: str, result: dict[str, Any]
+    ) -> None:
+        now = self.clock()
+        with self._write() as conn:
+            job = self._fence(conn, job_id, attempt, executor_name)
+            conn.execute(results.delete().where(results.c.job_id == job_id))
+            conn.execute(
+                insert(results).values(
+                    job_id=job_id,
+                    attempt=job.attempt,
+                    exit_codes=result.get("exit_codes", []),
+                    diff=result.get("diff", ""),
+                    files=result.get("files", {}),
+                    created_at=now,
+                )
+            )
+            if result.get("outcome"):
+                conn.execute(update(jobs).where(jobs.c.id == job_id).values(outcome=result["outcome"][:32]))
+
+    def get_result(self, job_id: int) -> dict[str, Any] | None:
+        with self._read() as conn:
+            r = conn.execute(select(results).where(results.c.job_id == job_id)).first()
+        return _row(r) if r is not None else None
+
+    def mark(
+        self,
+        job_id: int,
+        attempt: int | None,
+        executor_name: str,
+        outcome: str,
+        message: str = "",
+        *,
+        retry_backoff: float = 10.0,
+    ) -> str:
+        """End the live attempt: outcome is complete, errored or failed. Returns the job's new state."""
+        now = self.clock()
+        with self._write() as conn:
+            job = self._fence(conn, job_id, attempt, executor_name)
+            values: dict[str, Any] = {"finished_at": now, "last_heartbeat_at": None}
+            if outcome == "complete":
+                values.update(state="completed", failure_message=None)
+            elif job.cancel:
+                values.update(state="canceled", failure_message=message or "canceled")
+            elif outcome == "errored" and job.num_failures + 1 < job.max_attempts:
+                backoff = retry_backoff * (2**job.num_failures)
+                values.update(
+                    state="errored",
+                    num_failures=job.num_failures + 1,
+                    failure_message=message,
+                    process_after=now + backoff,
+                    finished_at=None,
+                )
+            else:
+                values.update(state="failed", num_failures=job.num_failures + 1, failure_message=message)
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+            conn.execute(
+                update(attempts)
+                .where(attempts.c.job_id == job_id, attempts.c.attempt == job.attempt)
+                .values(finished_at=now, state=values["state"])
+            )
+            return str(values["state"])
+
+    # -- maintenance --------------------------------------------------------------------------
+    def reset_stalled(self, stalled_after: float, max_resets: int) -> tuple[list[int], list[int]]:
+        """Requeue jobs whose executor went silent; fail those reset too often. Returns (requeued, failed)."""
+        now = self.clock()
+        requeued: list[int] = []
+        failed: list[int] = []
+        with self._write() as conn:
+            stalled = conn.execute(
+                select(jobs.c.id, jobs.c.num_resets, jobs.c.attempt, jobs.c.cancel).where(
+                    jobs.c.state == "processing", jobs.c.last_heartbeat_at < now - stalled_after
+                )
+            ).all()
+            for r in stalled:
+                if r.cancel:
+                    values: dict[str, Any] = {
+                        "state": "canceled",
+                        "finished_at": now,
+                        "failure_message": "canceled",
+                    }
+                    failed.append(r.id)
+                elif r.num_resets + 1 > max_resets:
+                    values = {"state": "failed", "finished_at": now, "failure_message": RESET_FAILURE}
+                    failed.append(r.id)
+                else:
+                    values = {"state": "queued", "executor_name": None, "process_after": None}
+                    requeued.append(r.id)
+                values["num_resets"] = r.num_resets + 1
+                values["last_heartbeat_at"] = None
+                conn.execute(
+                    update(jobs).where(jobs.c.id == r.id, jobs.c.state == "processing").values(**values)
+                )
+                conn.execute(
+                    update(attempts)
+                    .where(attempts.c.job_id == r.id, attempts.c.attempt == r.attempt)
+                    .values(finished_at=now, state="stalled")
+                )
+        return requeued, failed
+
+
+_EXECUTOR_TEXT = (
+    "os",
+    "architecture",
+    "executor_version",
+    "git_version",
+    "docker_version",
+    "src_cli_version",
+    "qemu_version",
+)
+
+
+def _make_engine(url: str) -> Engine:
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    memory = url in ("sqlite://", "sqlite:///:memory:")
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": 30},
+        poolclass=StaticPool if memory else None,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
+        cur = dbapi_conn.cursor()
+        if not memory:
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("sqlite_immediate")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
