@@ -203,6 +203,45 @@ def job_cancel(
     _print(_run(lambda: _client(server_url, token, data_dir).cancel(job_id)))
 
 
+@executor_app.command("run")
+def executor_run(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run an executor: dequeue jobs and run them in the configured runtime."""
+    import asyncio
+    import logging
+
+    from corral.executor.main import run_executor
+    from corral.executor.settings import ExecutorSettings
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        settings = ExecutorSettings.from_env()
+        asyncio.run(run_executor(settings))
+    except CorralError as exc:
+        raise _fail(exc.message) from None
+
+
+@executor_app.command("validate")
+def executor_validate() -> None:
+    """Check the configuration, the runtime's prerequisites and the server connection."""
+    from corral.executor.main import run_validate
+
+    try:
+        problems = run_validate()
+    except CorralError as exc:
+        raise _fail(exc.message) from None
+    if problems:
+        for p in problems:
+            typer.secho(f"✗ {p}", fg=typer.colors.RED)
+        raise typer.Exit(1)
+    typer.secho("✓ configuration, runtime and server connection are fine", fg=typer.colors.GREEN)
+
+
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     app()

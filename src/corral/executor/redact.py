@@ -22,9 +22,9 @@ Patterns
       - JSON string escaping: `json.dumps(s)[1:-1]`, the `ensure_ascii=False` form, and both with "/"
         escaped as "\\/";
       - hex of the UTF-8 bytes, lower and upper case;
-      - for a multi-line secret (a PEM key, a JSON service-account file): the secret with CRLF line ends
-        (a pseudo-terminal turns "\\n" into "\\r\\n"), and each line, stripped, of at least `MIN_PART`
-        characters as a secret of its own (literal and the encodings above).
+    * for a multi-line secret (a PEM key, a JSON service-account file): the secret with CRLF line ends
+      (a pseudo-terminal turns "\\n" into "\\r\\n"), and each line, stripped, of at least `MIN_PART`
+      characters (literally: a line printed on its own; the encodings above cover the whole secret).
 
     Derived (encoded) forms shorter than `MIN_ENCODED` bytes are dropped: they would match ordinary
     output and destroy it while hiding almost nothing. When two secrets yield the same pattern the
@@ -32,15 +32,18 @@ Patterns
     derived form.
 
 Matching
-    All patterns are compiled into one bytes regex, shaped as a trie (common prefixes shared, children
-    of a node all start with distinct bytes, a node that ends a pattern makes its children optional and
-    greedy), so at any position the regex engine walks one path and returns the longest pattern that
-    starts there; the engine's first-byte filter skips positions where no pattern can start.
+    Patterns of up to `LONG_PATTERN` bytes are compiled into one bytes regex shaped as a trie (common
+    prefixes shared, the children of a node start with distinct bytes, a node that ends a pattern makes
+    its children optional and greedy), so at any position the engine follows one path and returns the
+    longest pattern starting there, and its first-byte filter skips positions where none can start.
+    The few longer patterns (long secrets, say a PEM key, and their encodings) are found with `bytes.find`.
     Matching is leftmost-longest: scanning left to right, at the leftmost position where any pattern
     matches, the longest pattern is replaced, so a secret that is a prefix of a longer one never lets
     the longer one leak. In addition, a match that starts inside an earlier match and extends past its
     end (two secrets overlapping, "abcXYZ" + "XYZdef") extends that redaction instead of leaving its tail
-    visible: the whole overlapping run becomes the first match's replacement.
+    visible: the whole overlapping run becomes the first match's replacement. So every byte of every
+    occurrence of every pattern is replaced. Cost: one regex pass in C plus a little Python per match
+    (a run of many overlapping occurrences, like "aaaa…" for the secret "aaaa", costs Python per byte).
 
 Streaming
     `StreamRedactor.feed(chunk)` appends the chunk to a buffer and returns only what is final. With L
@@ -62,11 +65,14 @@ from __future__ import annotations
 import base64
 import json
 import re
+import sys
 from collections.abc import Iterable, Iterator, Mapping
+from itertools import groupby
 from urllib.parse import quote, quote_plus
 
 __all__ = [
     "DEFAULT_REPLACEMENT",
+    "LONG_PATTERN",
     "MIN_ENCODED",
     "MIN_PART",
     "MIN_SECRET",
@@ -76,9 +82,11 @@ __all__ = [
 
 DEFAULT_REPLACEMENT = "******"  # replacement for `extra` values (the executor's own token, ...)
 MIN_SECRET = 4  # characters: shorter secrets are redacted literally only, not in encoded forms
-MIN_ENCODED = 6  # bytes: derived (encoded, per-line) patterns shorter than this are dropped
+MIN_ENCODED = 6  # bytes: derived patterns (encodings, lines) shorter than this are dropped
 MIN_PART = 6  # characters: shortest line of a multi-line secret that is redacted on its own
+LONG_PATTERN = 256  # bytes: longer patterns are searched with bytes.find, not the regex (Redactor._scan)
 
+_NEVER = sys.maxsize  # "no match": a start position beyond any buffer
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
 _PERCENT_ESCAPE = re.compile(r"%[0-9A-F]{2}")
 
@@ -123,73 +131,34 @@ def _derived_forms(s: str) -> Iterator[bytes]:
     yield raw.hex().upper().encode("ascii")
 
 
-def _trie_regex(patterns: Iterable[bytes]) -> bytes:
-    """A regex source matching exactly `patterns` (non-empty), preferring the longest at any position."""
-    end = -1  # key marking "a pattern ends here" in a trie node (real keys are bytes 0..255)
-    root: dict[int, dict] = {}
-    for pattern in patterns:
-        node = root
-        for byte in pattern:
-            node = node.setdefault(byte, {})
-        node[end] = {}
+def _trie_source(group: list[bytes], depth: int) -> bytes:
+    """Regex source for the suffixes from `depth` of `group` (sorted, distinct, sharing `depth` bytes).
 
-    # Iterative post-order walk (no recursion limit for long patterns): a regex per node, built from
-    # its children's. Children start with distinct bytes, so the engine follows at most one of them.
-    regex: dict[int, bytes] = {}
-    stack: list[tuple[dict[int, dict], bool]] = [(root, False)]
-    while stack:
-        node, children_done = stack.pop()
-        if not children_done:
-            stack.append((node, True))
-            stack.extend((child, False) for key, child in node.items() if key != end)
-            continue
-        alternatives = [
-            re.escape(bytes([key])) + regex.pop(id(node[key])) for key in sorted(node) if key != end
-        ]
-        if len(alternatives) == 1:
-            source = alternatives[0]
-        else:  # none (a leaf: empty) or several
-            source = b"(?:" + b"|".join(alternatives) + b")" if alternatives else b""
-        if end in node and source:
-            source = b"(?:" + source + b")?"  # greedy: the longer patterns first, else the one ending here
-        regex[id(node)] = source
-    return regex[id(root)]
-
-
-def _scan(
-    pattern: re.Pattern[bytes],
-    replacements: Mapping[bytes, bytes],
-    buf: bytes,
-    emitted: int,
-    limit: int,
-    out: list[bytes],
-) -> int:
-    """Redact `buf`: process every match starting before `limit`, append output to `out`.
-
-    `buf[:emitted]` is already accounted for (emitted, or covered by a replacement already emitted).
-    Returns the new `emitted`, which is at least `limit`: everything before it is final.
+    The shape is a trie: the common prefix as a literal, then one branch per distinct next byte (so
+    the engine follows at most one), optional and greedy if a pattern ends at the prefix: the longest
+    pattern matching at a position wins.
     """
-    search = pattern.search
-    pos = 0
-    while True:
-        match = search(buf, pos)
-        if match is None:
-            break
-        start, stop = match.span()
-        if start >= limit:
-            break
-        if stop > emitted:  # a match entirely inside the redacted run changes nothing
-            if start >= emitted:
-                if start > emitted:
-                    out.append(buf[emitted:start])
-                out.append(replacements[match.group()])
-            # else: overlaps the previous match and reaches further: extend that redaction
-            emitted = stop
-        pos = start + 1
-    if limit > emitted:
-        out.append(buf[emitted:limit])
-        emitted = limit
-    return emitted
+    first, last = group[0], group[-1]  # sorted: they bound the common prefix of the whole group
+    common = depth
+    while common < len(first) and first[common] == last[common]:
+        common += 1
+    head = re.escape(first[depth:common])
+    ends_here = len(first) == common  # a prefix sorts first
+    rest = group[1:] if ends_here else group
+    if not rest:
+        return head
+    branches = [_trie_source(list(sub), common) for _, sub in groupby(rest, key=lambda p: p[common])]
+    body = branches[0] if len(branches) == 1 else b"(?:" + b"|".join(branches) + b")"
+    return head + (b"(?:" + body + b")?" if ends_here else body)
+
+
+def _compile(patterns: Iterable[bytes]) -> re.Pattern[bytes]:
+    """One regex matching exactly `patterns`, the longest one at any position."""
+    ordered = sorted(set(patterns))
+    try:
+        return re.compile(_trie_source(ordered, 0))
+    except RecursionError:  # hundreds of nested prefixes: a flat alternation, longest first
+        return re.compile(b"|".join(re.escape(p) for p in sorted(ordered, key=len, reverse=True)))
 
 
 class Redactor:
@@ -217,7 +186,10 @@ class Redactor:
                     table.setdefault(form, replacement)
         self._replacements = table
         self._max_len = max(map(len, table), default=0)
-        self._pattern: re.Pattern[bytes] | None = re.compile(_trie_regex(table)) if table else None
+        short = [p for p in table if len(p) <= LONG_PATTERN]
+        self._short = _compile(short) if short else None
+        self._short_max = max(map(len, short), default=0)
+        self._long = sorted((p for p in table if len(p) > LONG_PATTERN), key=len, reverse=True)
 
     @staticmethod
     def _forms(secret: str) -> Iterator[bytes]:
@@ -229,7 +201,6 @@ class Redactor:
                 line = line.strip()
                 if len(line) >= MIN_PART:
                     yield _utf8(line)
-                    yield from _derived_forms(line)
 
     def __repr__(self) -> str:  # never shows the secrets
         return f"<Redactor patterns={len(self._replacements)} longest={self._max_len}>"
@@ -245,15 +216,15 @@ class Redactor:
 
     def redact(self, data: bytes) -> bytes:
         """`data` with every secret form replaced (leftmost-longest)."""
-        if self._pattern is None or not data:
+        if not self._replacements or not data:
             return data
         out: list[bytes] = []
-        _scan(self._pattern, self._replacements, data, 0, len(data), out)
+        self._scan(data, 0, len(data), out)
         return b"".join(out)
 
     def redact_text(self, text: str) -> str:
         """`redact` for text (a command line, an argv element, an error message)."""
-        if self._pattern is None:
+        if not self._replacements:
             return text
         return self.redact(_utf8(text)).decode("utf-8", "surrogatepass")
 
@@ -261,16 +232,65 @@ class Redactor:
         """A new redactor for one output stream, fed in chunks."""
         return StreamRedactor(self)
 
+    def _scan(self, buf: bytes, emitted: int, limit: int, out: list[bytes]) -> int:
+        """Redact `buf`: decide every match starting before `limit`, append the output to `out`.
+
+        `buf[:emitted]` is already accounted for (emitted, or covered by a replacement already
+        emitted); every pattern starting before `limit` must fit in `buf`. Returns the new `emitted`,
+        at least `limit`: everything before it is final and in `out`.
+
+        The next match is the earlier of two candidates: the regex of short patterns, searched only as
+        far as a short match starting before `limit` can reach (so a stream does not re-scan its whole
+        hold-back with it), and the first occurrence of a long pattern (few, found with bytes.find;
+        at the same position a long match is the longer one).
+        """
+        short, replacements = self._short, self._replacements
+        short_end = min(len(buf), limit + self._short_max - 1)
+        s_match = short.search(buf, 0, short_end) if short is not None else None
+        s_start = s_match.start() if s_match is not None else _NEVER
+        longs = self._long
+        long_at = [buf.find(p) for p in longs]
+        while True:
+            l_start = l_stop = _NEVER
+            for i, at in enumerate(long_at):  # longest first: ties keep the longest
+                if 0 <= at < l_start:
+                    l_start, l_stop = at, at + len(longs[i])
+            if l_start <= s_start:
+                if l_start == _NEVER:
+                    break
+                start, stop = l_start, l_stop
+            else:
+                start, stop = s_match.span()  # type: ignore[union-attr]
+            if start >= limit:
+                break
+            if stop > emitted:  # a match inside the current redacted run changes nothing
+                if start >= emitted:
+                    if start > emitted:
+                        out.append(buf[emitted:start])
+                    out.append(replacements[buf[start:stop]])
+                # else: it overlaps the run and reaches further: the run grows, hiding it all
+                emitted = stop
+            # the next candidate position is start + 1: a match may begin inside this one
+            if s_start <= start:
+                s_match = short.search(buf, start + 1, short_end)  # type: ignore[union-attr]
+                s_start = s_match.start() if s_match is not None else _NEVER
+            for i, at in enumerate(long_at):
+                if 0 <= at <= start:
+                    long_at[i] = buf.find(longs[i], start + 1)
+        if limit > emitted:
+            out.append(buf[emitted:limit])
+            emitted = limit
+        return emitted
+
 
 class StreamRedactor:
     """Redacts a stream fed in chunks; `feed`s followed by `flush` give exactly `Redactor.redact` of
     the whole stream. Not thread-safe: one per stream."""
 
     def __init__(self, redactor: Redactor) -> None:
-        self._pattern = redactor._pattern
-        self._replacements = redactor._replacements
+        self._redactor = redactor
         self._keep = max(redactor.max_pattern_len - 1, 0)  # bytes that may still start a match
-        self._buf = b""  # not yet final: starts at the first position whose matches are unprocessed
+        self._buf = b""  # not final yet: starts at the first position whose matches are undecided
         self._emitted = 0  # leading bytes of _buf already covered by an emitted replacement
 
     def __repr__(self) -> str:
@@ -283,15 +303,15 @@ class StreamRedactor:
 
     def feed(self, chunk: bytes) -> bytes:
         """Add `chunk`; return the redacted output that is final now (possibly empty)."""
-        if self._pattern is None:
-            return chunk
+        if not self._keep and not self._buf:  # nothing to redact, or only 1-byte secrets
+            return self._redactor.redact(chunk)
         buf = self._buf + chunk if self._buf else chunk
         limit = len(buf) - self._keep
         if limit <= 0:  # too little to decide anything yet
             self._buf = buf
             return b""
         out: list[bytes] = []
-        emitted = _scan(self._pattern, self._replacements, buf, self._emitted, limit, out)
+        emitted = self._redactor._scan(buf, self._emitted, limit, out)
         self._buf = buf[limit:]
         self._emitted = emitted - limit
         return b"".join(out)
@@ -300,8 +320,8 @@ class StreamRedactor:
         """Return the rest of the stream, redacted; the redactor is then empty (and reusable)."""
         buf, emitted = self._buf, self._emitted
         self._buf, self._emitted = b"", 0
-        if self._pattern is None or not buf:
-            return buf
+        if not buf:
+            return b""
         out: list[bytes] = []
-        _scan(self._pattern, self._replacements, buf, emitted, len(buf), out)
+        self._redactor._scan(buf, emitted, len(buf), out)
         return b"".join(out)

@@ -1,10 +1,11 @@
 """The ``shell`` runtime: each step runs in a bubblewrap sandbox on the host, limited by cgroup v1.
 
 Sandbox (per step): a read-only root built from parts (``/usr``, the usrmerge symlinks, a short list
-of ``/etc`` entries bound one by one, `extra_ro_binds`), a fresh ``/dev``, ``/proc``, tmpfs ``/tmp``
-and ``/var/tmp``, and the job workspace bound read-write at ``WORKSPACE_MOUNT`` (``/data``). New IPC,
-PID, UTS and cgroup namespaces always; a new network namespace (only ``lo``) unless
-``space.network``. The environment is cleared; the step sees PATH, HOME=/tmp, USER and ``step.env``.
+of ``/etc`` entries bound one by one, `extra_ro_binds`), a fresh ``/dev``, ``/proc``, tmpfs ``/tmp``,
+``/var/tmp`` and ``/dev/shm``, and the job workspace bound read-write at ``WORKSPACE_MOUNT``
+(``/data``). New IPC, PID, UTS and cgroup namespaces always; a new network namespace (only ``lo``)
+unless ``space.network``. The environment is cleared; the step sees PATH, HOME=/tmp, USER, PWD (set
+by bwrap's --chdir) and ``step.env``.
 
 Privileges, and why bwrap runs as root: the step must run as ``space.uid``/``space.gid`` with no
 capabilities. Running ``setpriv --reuid U ... bwrap`` (unprivileged bwrap in a user namespace)
@@ -207,7 +208,7 @@ class ShellRuntime:
         args += ["--perms", "0755", "--dir", "/etc"]
         for name in self.etc_files:
             args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-        args += ["--dev", "/dev", "--proc", "/proc"]
+        args += ["--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm", "--proc", "/proc"]
         args += ["--perms", "1777", "--tmpfs", "/tmp"]
         args += ["--perms", "0755", "--dir", "/var", "--perms", "1777", "--tmpfs", "/var/tmp"]
 
@@ -299,9 +300,14 @@ class ShellRuntime:
                     stderr=subprocess.STDOUT,
                     env={"PATH": DEFAULT_PATH},
                 )
-                out, _ = await asyncio.wait_for(proc.communicate(), PROBE_TIMEOUT_S)
-            except (OSError, TimeoutError) as exc:
+            except OSError as exc:
                 return [f"cannot start a bubblewrap sandbox: {exc}"]
+            try:
+                out, _ = await asyncio.wait_for(proc.communicate(), PROBE_TIMEOUT_S)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                return [f"a bubblewrap sandbox running `true` did not end within {PROBE_TIMEOUT_S:.0f} s"]
             if proc.returncode != 0:
                 text = out.decode(errors="replace").strip()
                 return [f"a bubblewrap sandbox fails to start (exit {proc.returncode}): {text}"]
@@ -392,7 +398,10 @@ class ShellRuntime:
 
     async def cleanup(self, space: JobSpace) -> None:
         """Kill whatever is left in the job's cgroups and remove them. Idempotent; never raises for 'gone'."""
-        cgroup = self.cgroup(space)
+        try:
+            cgroup = self.cgroup(space)
+        except ValueError:
+            return  # a name prepare() refused: nothing was created
         await self._remove(cgroup)
 
     async def _remove(self, cgroup: JobCgroup) -> bool:

@@ -1,0 +1,301 @@
+"""One job, end to end: workspace, clone, files, steps in the runtime, results, and the mark call.
+
+Outcomes (what the server is told):
+- every step exits 0: results uploaded, markComplete;
+- a step exits non-zero, is OOM-killed, its image is missing, or the job times out: markFailed
+  with a reason a person understands (retrying would fail the same way);
+- the clone or another setup step fails, or the runtime breaks: markErrored (the server retries);
+- canceled (by the server or at shutdown): markFailed("canceled"); the server records `canceled`.
+Cleanup (runtime, workspace) always runs, also after a cancel, and its errors are logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from corral.errors import CorralError, RuntimeFailure, ServerError
+from corral.executor import workspace as ws
+from corral.executor.client import QueueClient
+from corral.executor.logs import LogEntry
+from corral.executor.redact import Redactor
+from corral.executor.runtimes.base import WORKSPACE_MOUNT, JobSpace, Limits, Runtime, Step, StepResult
+from corral.executor.settings import ExecutorSettings, format_duration
+from corral.protocol import EXECUTOR_NAME_HEADER, JOB_ID_HEADER, Job
+
+log = logging.getLogger("corral.executor")
+
+
+class StepFailed(CorralError):
+    """A step ended badly; the job fails with this message."""
+
+    def __init__(self, message: str, outcome: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+
+class JobHandler:
+    def __init__(
+        self,
+        settings: ExecutorSettings,
+        client: QueueClient,
+        runtime: Runtime,
+        cli_runtime: Runtime | None,
+        *,
+        echo: bool = False,
+    ) -> None:
+        self.settings, self.client, self.runtime, self.cli_runtime = settings, client, runtime, cli_runtime
+        self.echo = echo
+
+    def _redactor(self, job: Job) -> Redactor:
+        extra = [self.settings.frontend_password, job.token]
+        for auth in [job.docker_auth_config, self.settings.docker_auth_config]:
+            for entry in ((auth or {}).get("auths") or {}).values():
+                if isinstance(entry, dict) and entry.get("auth"):
+                    extra.append(entry["auth"])
+                    with contextlib.suppress(ValueError):
+                        extra += base64.b64decode(entry["auth"]).decode().split(":", 1)
+        return Redactor(job.redacted_values or {}, [e for e in extra if e])
+
+    def _entry(self, job: Job, redactor: Redactor, key: str, command: list[str]) -> LogEntry:
+        return LogEntry(
+            self.client, job, key, command, redactor, max_bytes=self.settings.log_max_bytes, echo=self.echo
+        )
+
+    def _space(self, job: Job, root: Path) -> JobSpace:
+        s = self.settings
+        return JobSpace(
+            job_id=job.id,
+            queue=job.queue or s.queues[0],
+            root=root,
+            workspace=root / "workspace",
+            uid=s.job_uid,
+            gid=s.job_gid,
+            limits=Limits(cpus=s.job_num_cpus, memory_bytes=s.job_memory, pids=s.job_pids),
+            network=False,
+            docker_config=None,
+            kill_grace=s.kill_grace,
+            executor_name=s.name,
+        )
+
+    def deadline(self, job: Job) -> float:
+        limit = self.settings.maximum_runtime_per_job
+        if job.timeout_seconds:
+            limit = min(limit, float(job.timeout_seconds))
+        return limit
+
+    async def handle(self, job: Job) -> None:
+        """Run the job and report its outcome; raises CancelledError when canceled."""
+        root = (
+            self.settings.workspace_root / f"{job.queue}-{job.id}-{job.attempt or 0}-{secrets.token_hex(4)}"
+        )
+        space = self._space(job, root)
+        redactor = self._redactor(job)
+        limit = self.deadline(job)
+        outcome: tuple[str, str] = ("complete", "")
+        exit_codes: list[int] = []
+        try:
+            try:
+                async with asyncio.timeout(limit):
+                    await self._run(job, space, redactor, exit_codes)
+            except TimeoutError:
+                raise StepFailed(
+                    f"job exceeded maximum execution time of {format_duration(limit)}", "timeout"
+                ) from None
+        except StepFailed as exc:
+            outcome = ("failed", exc.message)
+            await self._upload(job, space, exit_codes, exc.outcome)
+        except asyncio.CancelledError:
+            outcome = ("canceled", "canceled")
+            raise
+        except RuntimeFailure as exc:
+            outcome = ("errored", exc.message)
+        except ServerError as exc:
+            outcome = ("errored", f"lost contact with the server: {exc.message}")
+        except Exception as exc:
+            log.exception("job %s: unexpected error", job.id)
+            outcome = ("errored", f"executor error: {exc!r}")
+        else:
+            await self._upload(job, space, exit_codes, "")
+        finally:
+            await asyncio.shield(self._finish(job, space, outcome))
+
+    async def _finish(self, job: Job, space: JobSpace, outcome: tuple[str, str]) -> None:
+        kind, message = outcome
+        try:
+            await self.runtime.cleanup(space)
+            if self.cli_runtime is not None and self.cli_runtime is not self.runtime:
+                await self.cli_runtime.cleanup(space)
+        except Exception:
+            log.exception("job %s: runtime cleanup failed", job.id)
+        if not self.settings.keep_workspaces:
+            await asyncio.to_thread(ws.remove_tree, space.root)
+        try:
+            if kind == "complete":
+                await self.client.mark_complete(job)
+            elif kind == "errored":
+                await self.client.mark_errored(job, message)
+            else:
+                await self.client.mark_failed(job, message)
+        except CorralError as exc:
+            log.error("job %s: could not report %s to the server: %s", job.id, kind, exc)
+        log.info("job %s: %s%s", job.id, kind, f" ({message})" if message else "")
+
+    async def _upload(self, job: Job, space: JobSpace, exit_codes: list[int], outcome: str) -> None:
+        if not self.client.has("results"):
+            return
+        diff, files = "", {}
+        repo = space.workspace / job.repository_directory if job.repository_name else None
+        meta = space.root / "meta.git"
+        try:
+            if repo is not None and meta.exists():
+                diff = await ws.diff(meta, repo, job.commit)
+            if job.outputs:
+                files, problems = await asyncio.to_thread(ws.read_outputs, space.workspace, job.outputs)
+                for p in problems:
+                    log.warning("job %s: %s", job.id, p)
+        except RuntimeFailure as exc:
+            log.warning("job %s: results incomplete: %s", job.id, exc)
+        try:
+            await self.client.upload_result(job, exit_codes, diff, files, outcome)
+        except CorralError as exc:
+            log.warning("job %s: result upload failed: %s", job.id, exc)
+
+    async def _run(self, job: Job, space: JobSpace, redactor: Redactor, exit_codes: list[int]) -> None:
+        space.root.mkdir(parents=True, mode=0o700)
+        space.workspace.mkdir(mode=0o755)
+        self._write_docker_config(job, space)
+        if job.repository_name:
+            await self._clone(job, space, redactor)
+        files = {p: f.data(job.version or 1) for p, f in job.files.items()}
+        for p, f in job.files.items():
+            if f.content is None and f.bucket:
+                raise StepFailed(
+                    f"file {p}: fetching from the files API (bucket {f.bucket}) is not supported", "files"
+                )
+        try:
+            ws.write_files(space.workspace, files)
+        except (RuntimeFailure, ValueError) as exc:
+            raise StepFailed(str(exc), "files") from None
+        steps = self._steps(job, space)
+        await self.runtime.prepare(space)
+        if self.cli_runtime is not None and self.cli_runtime is not self.runtime and job.cli_steps:
+            await self.cli_runtime.prepare(space)
+        for step in steps:
+            result = await self._run_step(job, space, redactor, step)
+            exit_codes.append(result.exit_code)
+            if result.reason == "image":
+                raise StepFailed(f"{step.key}: {result.message}", "image")
+            if result.oom_killed:
+                mib = space.limits.memory_bytes // 1024**2
+                raise StepFailed(f"{step.key} was killed: out of memory (limit {mib} MiB)", "oom")
+            if result.exit_code != 0:
+                raise StepFailed(f"{step.key} failed with exit code {result.exit_code}", "exit")
+
+    async def _run_step(self, job: Job, space: JobSpace, redactor: Redactor, step: Step) -> StepResult:
+        runtime = self.runtime if step.kind == "docker" else self.cli_runtime
+        cmd = [*step.argv] if step.kind == "cli" else [step.image or "", *step.argv]
+        async with self._entry(job, redactor, step.key, cmd) as entry:
+            if runtime is None:
+                entry.note("CLI steps need the shell sandbox (bubblewrap), which is not available here")
+                entry.exit_code = 127
+                return StepResult(127, reason="sandbox", message="no sandbox for CLI steps")
+            if step.kind == "docker" and runtime.name == "shell":
+                entry.note(
+                    f"the shell runtime runs steps on the host's tools; image {step.image} is not used"
+                )
+            try:
+                result = await runtime.run_step(space, step, entry.write)
+            except RuntimeFailure as exc:
+                entry.note(exc.message)
+                entry.exit_code = -1
+                if exc.reason == "image":
+                    return StepResult(-1, reason="image", message=exc.message)
+                raise
+            if result.oom_killed:
+                entry.note(f"killed: out of memory (limit {space.limits.memory_bytes // 1024**2} MiB)")
+            entry.exit_code = result.exit_code
+            return result
+
+    def _steps(self, job: Job, space: JobSpace) -> list[Step]:
+        scripts = space.workspace / ws.SCRIPTS_DIR
+        scripts.mkdir(exist_ok=True)
+        steps: list[Step] = []
+        for i, d in enumerate(job.docker_steps or []):
+            name = f"step-{i}.sh"
+            (scripts / name).write_text("set +e\nset -x\n" + "\n".join(d.commands) + "\n")
+            steps.append(
+                Step(
+                    key=f"step.docker.{d.key or i}",
+                    kind="docker",
+                    index=i,
+                    image=d.image,
+                    argv=("/bin/sh", f"{WORKSPACE_MOUNT}/{ws.SCRIPTS_DIR}/{name}"),
+                    dir=d.dir,
+                    env=_env(d.env),
+                )
+            )
+        base = len(steps)
+        for i, c in enumerate(job.cli_steps or []):
+            steps.append(
+                Step(
+                    key=f"step.src.{c.key or i}",
+                    kind="cli",
+                    index=base + i,
+                    image=None,
+                    argv=(self.settings.cli_path, *c.command),
+                    dir=c.dir,
+                    env=_env(c.env),
+                )
+            )
+        return steps
+
+    def _write_docker_config(self, job: Job, space: JobSpace) -> None:
+        auth: dict[str, Any] | None = None
+        if job.docker_auth_config and job.docker_auth_config.get("auths"):
+            auth = job.docker_auth_config
+        elif self.settings.docker_auth_config and self.settings.docker_auth_config.get("auths"):
+            auth = self.settings.docker_auth_config
+        if auth is None:
+            return
+        d = space.root / "docker"
+        d.mkdir(mode=0o700)
+        fd = os.open(d / "config.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"auths": auth["auths"]}, f)
+        space.docker_config = d
+
+    async def _clone(self, job: Job, space: JobSpace, redactor: Redactor) -> None:
+        repo = space.workspace / job.repository_directory if job.repository_directory else space.workspace
+        repo.mkdir(parents=True, exist_ok=True)
+        url = f"{self.settings.frontend_url}/.executors/git/{job.repository_name}"
+        headers = {
+            "Authorization": f"Bearer {job.token}",
+            JOB_ID_HEADER: str(job.id),
+            EXECUTOR_NAME_HEADER: self.settings.name,
+        }
+        if not job.token:
+            headers = {"Authorization": f"token-executor {self.settings.frontend_password}"}
+        env = ws.git_env(ws.auth_env(headers))
+        for key, argv in ws.clone_commands(job, url):
+            async with self._entry(job, redactor, key, argv) as entry:
+                rc = await ws.run(argv, cwd=repo, env=env, out=entry.write)
+                entry.exit_code = rc
+            if rc != 0:
+                raise RuntimeFailure(f"clone failed: {key} exited with {rc} (see its log)", reason="clone")
+        await ws.prepare_meta_git(space.root, repo, job.commit)
+
+
+def _env(entries: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for e in entries or []:
+        k, _, v = e.partition("=")
+        out[k] = v
+    return out

@@ -1,0 +1,166 @@
+"""Streaming one command's output to the server as a log entry.
+
+Bytes from the runtime are redacted (streaming, so a secret split across two reads is still caught),
+decoded as UTF-8 incrementally, capped (the head and the tail are kept and the cut is marked), and
+sent about every FLUSH_INTERVAL while output flows:
+- with the server's `logappend` extension: only new bytes, at a byte offset; when the server answers
+  409 with its own offset, we resend from there (nothing is ever sent twice otherwise);
+- against a plain Sourcegraph server: the whole output so far with updateExecutionLogEntry.
+Sending never blocks the step: `write()` is synchronous and cheap; a background task ships data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import logging
+import time
+from collections import deque
+
+from corral.errors import Conflict, CorralError
+from corral.executor.client import QueueClient
+from corral.executor.redact import Redactor
+from corral.protocol import Job, now_rfc3339
+
+FLUSH_INTERVAL = 0.25  # seconds between sends while output flows
+MAX_SEND = 1024 * 1024  # bytes of output per request at most
+
+log = logging.getLogger("corral.executor")
+
+
+class LogEntry:
+    def __init__(
+        self,
+        client: QueueClient,
+        job: Job,
+        key: str,
+        command: list[str],
+        redactor: Redactor,
+        *,
+        max_bytes: int,
+        echo: bool = False,
+    ) -> None:
+        self.client, self.job, self.key = client, job, key
+        self.command = [redactor.redact_text(c) for c in command]
+        self.redact = redactor.stream()
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.head_cap = max_bytes // 2
+        self.tail: deque[bytes] = deque()
+        self.tail_len = 0
+        self.omitted = 0
+        self.text = bytearray()  # everything produced so far (redacted, capped, UTF-8)
+        self.sent = 0  # bytes of self.text the server has
+        self.entry_id = 0
+        self.start_time = now_rfc3339()
+        self.started = time.monotonic()
+        self.append = client.has("logappend")
+        self.echo = echo
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.exit_code: int | None = None
+
+    async def __aenter__(self) -> LogEntry:
+        self.entry_id = await self.client.add_log_entry(self.job, self.key, self.command, self.start_time)
+        self._task = asyncio.create_task(self._pump())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        # A step that raised (canceled, runtime error) still gets its output shipped, with exit -1.
+        if not self._closed:
+            await self.finish(self.exit_code if self.exit_code is not None else -1)
+
+    def write(self, data: bytes) -> None:
+        """Called by the runtime with raw output bytes."""
+        self._add(self.redact.feed(data))
+
+    def note(self, message: str) -> None:
+        """A line of corral's own in this entry's output (e.g. why a step could not run)."""
+        self.write(f"[corral] {message}\n".encode())
+
+    def _add(self, raw: bytes, final: bool = False) -> None:
+        text = self.decoder.decode(raw, final=final).encode()
+        if not text:
+            return
+        room = self.head_cap - len(self.text) if not self.omitted and not self.tail else 0
+        if room > 0:
+            self.text += text[:room]
+            text = text[room:]
+        if text:  # past the head: keep a bounded tail
+            self.tail.append(text)
+            self.tail_len += len(text)
+            while self.tail_len - len(self.tail[0]) >= self.head_cap:
+                dropped = self.tail.popleft()
+                self.tail_len -= len(dropped)
+                self.omitted += len(dropped)
+        if self.echo:
+            with contextlib.suppress(Exception):
+                print(text.decode("utf-8", "replace"), end="", flush=True)
+        self._wake.set()
+
+    async def _pump(self) -> None:
+        while not self._closed:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._send()
+            except CorralError as exc:  # the server is away: keep the bytes, try again next round
+                log.warning("job %s: log %s not sent yet: %s", self.job.id, self.key, exc)
+            await asyncio.sleep(FLUSH_INTERVAL)
+
+    async def _send(self, exit_code: int | None = None, duration_ms: int | None = None) -> None:
+        if self.append:
+            while True:
+                chunk = bytes(self.text[self.sent : self.sent + MAX_SEND])
+                last = self.sent + len(chunk) >= len(self.text)
+                if not chunk and exit_code is None:
+                    return
+                try:
+                    self.sent = await self.client.append_log(
+                        self.job,
+                        self.entry_id,
+                        self.sent,
+                        chunk.decode("utf-8", "replace"),
+                        exit_code if last else None,
+                        duration_ms if last else None,
+                    )
+                except Conflict as exc:
+                    if exc.offset is None or exc.offset > len(self.text):
+                        raise
+                    self.sent = exc.offset  # resync: the server tells us what it has
+                    continue
+                if last:
+                    return
+        elif exit_code is not None or self.sent < len(self.text):
+            await self.client.update_log_entry(
+                self.job,
+                self.entry_id,
+                self.key,
+                self.command,
+                self.start_time,
+                self.text.decode("utf-8", "replace"),
+                exit_code,
+                duration_ms,
+            )
+            self.sent = len(self.text)
+
+    async def finish(self, exit_code: int) -> None:
+        """Flush everything (with the cut marker and the tail when capped) and set the exit code."""
+        self._closed = True
+        self.exit_code = exit_code
+        if self._task is not None:
+            self._wake.set()
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._add(self.redact.flush(), final=True)
+        if self.omitted:
+            self.text += f"\n[corral] ... {self.omitted} bytes of output omitted ...\n".encode()
+        while self.tail:
+            self.text += self.tail.popleft()
+        duration = int((time.monotonic() - self.started) * 1000)
+        await self._send(exit_code, duration)
+
+    def output(self) -> str:
+        return self.text.decode("utf-8", "replace")

@@ -1,0 +1,60 @@
+"""`corral executor run|validate`: build the executor from the environment and run or check it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+
+from corral.errors import CorralError
+from corral.executor.client import QueueClient
+from corral.executor.runtimes.registry import make_cli_runtime, make_runtime
+from corral.executor.settings import ExecutorSettings
+from corral.executor.worker import Worker
+
+
+async def run_executor(
+    settings: ExecutorSettings, *, echo: bool = False, install_signals: bool = True
+) -> None:
+    runtime = make_runtime(settings)
+    problems = await runtime.check()
+    if problems:
+        raise CorralError(f"runtime {runtime.name} is not ready:\n  " + "\n  ".join(problems))
+    cli_runtime = make_cli_runtime(settings, runtime)
+    if cli_runtime is not runtime and await cli_runtime.check():
+        logging.getLogger("corral.executor").warning("shell sandbox unavailable: CLI steps will fail")
+        cli_runtime = None  # type: ignore[assignment]
+    settings.workspace_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    client = QueueClient(settings)
+    try:
+        await Worker(settings, client, runtime, cli_runtime, echo=echo).run(install_signals=install_signals)
+    finally:
+        await client.aclose()
+
+
+async def validate(settings: ExecutorSettings) -> list[str]:
+    """Everything that would keep this executor from working, in plain words ([] = all good)."""
+    problems: list[str] = []
+    if os.geteuid() != 0:
+        problems.append("the executor runs as root (it creates sandboxes, cgroups and workspaces)")
+    if not shutil.which("git"):
+        problems.append("git is not installed (apt-get install git)")
+    try:
+        runtime = make_runtime(settings)
+        problems += [f"runtime {runtime.name}: {p}" for p in await runtime.check()]
+    except CorralError as exc:
+        problems.append(exc.message)
+    client = QueueClient(settings, retry_for=0)
+    try:
+        await client.test_auth()
+        await client.heartbeat([], {})  # also refuses an unknown queue
+    except CorralError as exc:
+        problems.append(f"server {settings.frontend_url}: {exc.message}")
+    finally:
+        await client.aclose()
+    return problems
+
+
+def run_validate(env: dict[str, str] | None = None) -> list[str]:
+    return asyncio.run(validate(ExecutorSettings.from_env(env)))

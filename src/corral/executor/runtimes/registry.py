@@ -1,0 +1,57 @@
+"""Pick a runtime by name. Adding a runtime = one module plus one line in RUNTIMES."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from corral.errors import ConfigError
+from corral.executor.runtimes.base import Runtime
+from corral.executor.settings import ExecutorSettings
+
+
+def _shell(s: ExecutorSettings) -> Runtime:
+    from corral.executor.runtimes.shell import ShellRuntime
+
+    return ShellRuntime(extra_ro_binds=cli_binds(s))
+
+
+def _docker(s: ExecutorSettings) -> Runtime:
+    from corral.executor.runtimes.docker import DockerRuntime
+
+    return DockerRuntime(
+        runtime=s.docker_runtime or None,
+        add_host_gateway=s.docker_add_host_gateway,
+        additional_mounts=s.docker_additional_mounts,
+    )
+
+
+RUNTIMES: dict[str, Callable[[ExecutorSettings], Runtime]] = {
+    "shell": _shell,
+    "docker": _docker,
+}
+
+
+def cli_binds(s: ExecutorSettings) -> list[str]:
+    """Host paths a CLI step needs read-only inside the sandbox: the CLI's own installation."""
+    from pathlib import Path
+
+    paths = {sys.prefix, sys.base_prefix, str(Path(s.cli_path).resolve().parent)}
+    return sorted(p for p in paths if not p.startswith(("/usr/", "/etc/")) and p != "/usr")
+
+
+def make_runtime(settings: ExecutorSettings) -> Runtime:
+    factory = RUNTIMES.get(settings.runtime)
+    if factory is None:
+        raise ConfigError(
+            f"EXECUTOR_RUNTIME={settings.runtime}: this runtime is not available in corral yet "
+            f"(available: {', '.join(RUNTIMES)})"
+        )
+    return factory(settings)
+
+
+def make_cli_runtime(settings: ExecutorSettings, runtime: Runtime) -> Runtime:
+    """CLI steps run in the shell sandbox (bubblewrap), whatever runs the docker steps."""
+    if runtime.name == "shell":
+        return runtime
+    return _shell(settings)

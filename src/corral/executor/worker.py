@@ -1,0 +1,268 @@
+"""The executor's main loop: dequeue into free slots, heartbeat, relay cancels, shut down cleanly.
+
+- Slots: at most EXECUTOR_MAXIMUM_NUM_JOBS jobs run at once; a dequeue is only sent for a free slot.
+- Pickup: long-poll dequeue when the server offers it (a job starts as soon as it is enqueued),
+  else Sourcegraph's short poll every EXECUTOR_QUEUE_POLL_INTERVAL; server errors back off.
+- Heartbeat every heartbeat_interval with all running job ids; ids the server no longer knows are
+  stopped and discarded, ids it names in cancelIds are canceled.
+- Cancel watch (extension): a held request that returns the moment a job is canceled.
+- Shutdown: the first SIGTERM/SIGINT stops dequeuing and lets running jobs finish (at most
+  shutdown_grace); the second cancels them. EXECUTOR_NUM_TOTAL_JOBS / EXECUTOR_MAX_ACTIVE_TIME end
+  the loop the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import signal
+import subprocess
+import time
+
+from corral.errors import CorralError, ServerError
+from corral.executor.client import QueueClient
+from corral.executor.handler import JobHandler
+from corral.executor.runtimes.base import Runtime
+from corral.executor.settings import ExecutorSettings
+from corral.protocol import Job
+
+log = logging.getLogger("corral.executor")
+BACKOFF_MAX = 30.0  # seconds between dequeues while the server fails
+PING_INTERVAL = 1.0  # seconds between start-up pings until the server answers
+CANCEL_WATCH_WAIT = 20.0  # seconds one cancel-watch request is held
+
+
+def tool_version(argv: list[str]) -> str:
+    if not shutil.which(argv[0]):
+        return ""
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.strip().splitlines()[0] if out.strip() else ""
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: ExecutorSettings,
+        client: QueueClient,
+        runtime: Runtime,
+        cli_runtime: Runtime | None = None,
+        *,
+        echo: bool = False,
+    ) -> None:
+        self.settings, self.client, self.runtime = settings, client, runtime
+        self.handler = JobHandler(settings, client, runtime, cli_runtime, echo=echo)
+        self.running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
+        self.slots = asyncio.Semaphore(settings.maximum_num_jobs)
+        self.stopping = asyncio.Event()
+        self.jobs_changed = asyncio.Event()
+        self.dequeued = 0
+        self.started = time.monotonic()
+        self.telemetry = {
+            "gitVersion": tool_version(["git", "--version"]),
+            "dockerVersion": tool_version(["docker", "version", "--format", "{{.Server.Version}}"])
+            if settings.runtime == "docker"
+            else "",
+            "srcCliVersion": tool_version([settings.cli_path, "version"]),
+        }
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def run(self, *, install_signals: bool = True) -> None:
+        if install_signals:
+            self._install_signals()
+        await self._wait_for_server()
+        bg = [asyncio.create_task(self._heartbeat_loop()), asyncio.create_task(self._janitor_loop())]
+        if self.client.has("cancelwatch"):
+            bg.append(asyncio.create_task(self._cancel_watch_loop()))
+        try:
+            await self._dequeue_loop()
+            await self._drain()
+        finally:
+            for t in bg:
+                t.cancel()
+            for t in bg:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            with contextlib.suppress(Exception):
+                await self.client.heartbeat([], self.telemetry)
+
+    def stop(self) -> None:
+        """First call: stop taking jobs. Second call: cancel the running ones."""
+        if self.stopping.is_set():
+            log.warning("second stop signal: canceling %d running job(s)", len(self.running))
+            for _job, task in self.running.values():
+                task.cancel()
+        else:
+            log.info("stopping: no new jobs; waiting for %d running job(s)", len(self.running))
+            self.stopping.set()
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+
+    async def _wait_for_server(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                await self.client.heartbeat([], self.telemetry)
+                log.info(
+                    "connected to %s as %s (queues %s, runtime %s, extensions %s)",
+                    self.settings.frontend_url,
+                    self.settings.name,
+                    ",".join(self.settings.queues),
+                    self.runtime.name,
+                    ",".join(sorted(self.client.extensions)) or "none",
+                )
+                return
+            except CorralError as exc:
+                if isinstance(exc, ServerError) and exc.status in (400, 401, 403):
+                    raise
+                log.warning("server not ready: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), PING_INTERVAL)
+
+    def _done_taking(self) -> bool:
+        s = self.settings
+        if s.num_total_jobs and self.dequeued >= s.num_total_jobs:
+            return True
+        return bool(s.max_active_time and time.monotonic() - self.started >= s.max_active_time)
+
+    async def _dequeue_loop(self) -> None:
+        backoff = 0.0
+        while not self.stopping.is_set() and not self._done_taking():
+            await self.slots.acquire()
+            if self.stopping.is_set():
+                self.slots.release()
+                break
+            wait = self.settings.long_poll
+            try:
+                job = await self._interruptible(self.client.dequeue(wait))
+                backoff = 0.0
+            except CorralError as exc:
+                self.slots.release()
+                if isinstance(exc, ServerError) and exc.status == 400:
+                    log.error("the server refuses this executor: %s", exc)
+                    raise
+                backoff = min(max(backoff * 2, 0.5), BACKOFF_MAX)
+                log.warning("dequeue failed (%s); retrying in %.1fs", exc, backoff)
+                await self._sleep(backoff)
+                continue
+            except asyncio.CancelledError:  # interrupted by stop()
+                self.slots.release()
+                break
+            if job is None:
+                self.slots.release()
+                if not self.client.has("longpoll") or wait <= 0:
+                    await self._sleep(self.settings.queue_poll_interval)
+                continue
+            self.dequeued += 1
+            self._start(job)
+
+    async def _interruptible(self, coro: object) -> Job | None:
+        """Await a dequeue, abandoning it when stop() is called (a job it got back is requeued by
+        the server's resetter, since we never heartbeat it)."""
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        stop = asyncio.ensure_future(self.stopping.wait())
+        done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            stop.cancel()
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        raise asyncio.CancelledError
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+
+    def _start(self, job: Job) -> None:
+        log.info("job %s (queue %s, attempt %s): starting", job.id, job.queue, job.attempt)
+        task = asyncio.create_task(self._guarded(job))
+        self.running[job.id] = (job, task)
+        self.jobs_changed.set()
+
+    async def _guarded(self, job: Job) -> None:
+        try:
+            await self.handler.handle(job)
+        except asyncio.CancelledError:
+            log.info("job %s: canceled", job.id)
+        except Exception:
+            log.exception("job %s: handler crashed", job.id)
+        finally:
+            self.running.pop(job.id, None)
+            self.jobs_changed.set()
+            self.slots.release()
+
+    async def _drain(self) -> None:
+        if not self.running:
+            return
+        tasks = [t for _j, t in self.running.values()]
+        done, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace)
+        if pending:
+            log.warning("shutdown grace over: canceling %d job(s)", len(pending))
+            for t in pending:
+                t.cancel()
+            await asyncio.wait(pending)
+
+    def cancel(self, job_id: int, why: str) -> None:
+        entry = self.running.get(job_id)
+        if entry is not None and not entry[1].done():
+            log.info("job %s: canceling (%s)", job_id, why)
+            entry[1].cancel()
+
+    # -- background loops ---------------------------------------------------------------------
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            jobs = [j for j, _t in self.running.values()]
+            try:
+                known, cancel = await self.client.heartbeat(jobs, self.telemetry)
+            except CorralError as exc:
+                log.warning("heartbeat failed: %s", exc)
+                continue
+            for j in jobs:
+                if j.id in cancel:
+                    self.cancel(j.id, "the server asked")
+                elif j.id not in known and j.id in self.running:
+                    self.cancel(j.id, "the server no longer considers it ours")
+
+    async def _cancel_watch_loop(self) -> None:
+        while True:
+            ids = list(self.running)
+            if not ids:
+                self.jobs_changed.clear()
+                await self.jobs_changed.wait()
+                continue
+            self.jobs_changed.clear()
+            watch = asyncio.create_task(self.client.cancel_watch(ids, CANCEL_WATCH_WAIT))
+            changed = asyncio.create_task(self.jobs_changed.wait())
+            done, _ = await asyncio.wait({watch, changed}, return_when=asyncio.FIRST_COMPLETED)
+            if watch in done:
+                changed.cancel()
+                try:
+                    for job_id in watch.result():
+                        self.cancel(job_id, "the server asked")
+                except CorralError as exc:
+                    log.warning("cancel watch failed: %s", exc)
+                    await asyncio.sleep(1.0)
+            else:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await watch
+
+    async def _janitor_loop(self) -> None:
+        while True:
+            live = {f"{j.queue}-{j.id}" for j, _t in self.running.values()}
+            try:
+                removed = await self.runtime.janitor(live)
+                if removed:
+                    log.info("janitor removed orphans: %s", ", ".join(removed))
+            except Exception as exc:
+                log.warning("janitor failed: %s", exc)
+            await asyncio.sleep(self.settings.cleanup_task_interval)
