@@ -242,6 +242,61 @@ def executor_validate() -> None:
     typer.secho("✓ configuration, runtime and server connection are fine", fg=typer.colors.GREEN)
 
 
+@app.command()
+def demo(
+    runtime: Annotated[str | None, typer.Option(help="docker or shell (default: docker when ready)")] = None,
+    keep: Annotated[bool, typer.Option(help="Keep the server running afterwards.")] = False,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Where to keep the demo's data (default: a temp dir).")
+    ] = None,
+) -> None:
+    """Run a batch change across three sample repositories with a server and an executor."""
+    from corral.demo import run_demo
+
+    try:
+        bad = run_demo(runtime, keep, data_dir)
+    except CorralError as exc:
+        raise _fail(exc.message) from None
+    raise typer.Exit(1 if bad else 0)
+
+
+@batch_app.command("run")
+def batch_run(
+    spec_path: Annotated[Path, typer.Argument(help="Batch spec (YAML).")],
+    server_url: Annotated[
+        str | None,
+        typer.Option(
+            "--server", envvar="CORRAL_URL", help="Use this server; default: start one here with an executor."
+        ),
+    ] = None,
+    token: TokenOpt = "",
+    runtime: Annotated[str, typer.Option(help="Runtime of the embedded executor.")] = "docker",
+    data_dir: Annotated[Path, typer.Option(help="Data of the embedded server.")] = Path(".corral-batch"),
+) -> None:
+    """Run SPEC's steps in each of its repositories; print every diff."""
+    from corral.batch import BatchSpec, follow, report, submit
+    from corral.client import ProducerClient
+    from corral.embedded import embedded
+
+    try:
+        spec = BatchSpec.load(spec_path)
+        base = spec_path.resolve().parent
+        if server_url:
+            client = _client(server_url, token)
+            runs = submit(spec, client, base)
+            follow(runs, client)
+            bad = report(runs)
+        else:
+            with embedded(data_dir.resolve(), runtime=runtime) as emb:
+                client = ProducerClient(emb.url, emb.admin_token)
+                runs = submit(spec, client, base)
+                follow(runs, client)
+                bad = report(runs)
+    except CorralError as exc:
+        raise _fail(exc.message) from None
+    raise typer.Exit(1 if bad else 0)
+
+
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     app()

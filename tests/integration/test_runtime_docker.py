@@ -239,7 +239,7 @@ async def test_workspace_user_and_capabilities(
     assert (space.workspace / "sub" / "existing.txt").stat().st_uid == UID
 
     script = (
-        "id -u; id -g; pwd; echo $GREETING; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; "
+        "id -u; id -g; pwd; echo $GREETING; grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; "
         "echo made > /data/made.txt && echo more >> existing.txt && echo ok"
     )
     result, out = await run(rt, space, script, dir="sub", env={"GREETING": "hi there"})
@@ -247,12 +247,25 @@ async def test_workspace_user_and_capabilities(
     lines = out.text.splitlines()
     assert lines[:4] == [str(UID), str(UID), "/data/sub", "hi there"]
     assert re.search(r"CapEff:\s+0000000000000000", out.text), out.text
+    # uid 1000 has no effective capabilities anyway; CapDrop ALL also empties the bounding set
+    assert re.search(r"CapBnd:\s+0000000000000000", out.text), out.text
     assert re.search(r"NoNewPrivs:\s+1", out.text), out.text
     assert lines[-1] == "ok"
     made = space.workspace / "made.txt"
     assert made.read_text() == "made\n"
     assert (made.stat().st_uid, made.stat().st_gid) == (UID, UID)
     assert (space.workspace / "sub" / "existing.txt").read_text() == "from the executor\nmore\n"
+
+
+async def test_command_that_cannot_start(rt: DockerRuntime, make_space: Callable[..., JobSpace]) -> None:
+    space = make_space()
+    bad = Step(key="step.docker.0", kind="docker", index=0, image=IMAGE, argv=("/bin/no-such-tool",))
+    with pytest.raises(RuntimeFailure) as err:
+        await rt.run_step(space, bad, Output())
+    assert err.value.reason == "docker"
+    assert "cannot start the container of step step.docker.0" in err.value.message
+    assert "no-such-tool" in err.value.message
+    assert await job_containers(rt, space) == []
 
 
 async def test_step_dir_outside_workspace_is_refused(
@@ -521,14 +534,16 @@ async def test_container_never_sees_the_docker_config(
         f"test -e {cfg} && echo CONFIG-DIR-VISIBLE; "
         f"grep -q {cfg} /proc/self/mountinfo && echo CONFIG-MOUNTED; "
         f"env | grep -e {password} -e {auth} -e DOCKER_CONFIG && echo IN-ENV; "
-        "for d in /*; do case $d in /proc|/sys|/dev) ;; "
-        f"*) grep -rsl -e {password} -e {auth} $d;; esac; done; "
+        # every regular file outside /proc, /sys, /dev; /tmp/control proves the scan finds what is there
+        f"echo {password} > /tmp/control; "
+        r"find / \( -path /proc -o -path /sys -o -path /dev \) -prune -o -type f -print 2>/dev/null | "
+        f"xargs grep -l -e {password} -e {auth} 2>/dev/null; "
         "echo checked"
     )
     # an image that must be pulled with the credentials, so they were in use for this very step
     result, out = await run(rt, space, script, image=f"{registry.address}/corral/private:1")
     assert result.exit_code == 0
-    assert out.text == "checked\n", out.text
+    assert out.text == "/tmp/control\nchecked\n", out.text
     assert registry.expected_auth != registry.seen_auth[0]  # sanity: the first try is anonymous
     assert f"Basic {auth}" in registry.seen_auth
 
@@ -536,19 +551,31 @@ async def test_container_never_sees_the_docker_config(
 # --- cancellation, cleanup, janitor, check --------------------------------------------------------
 
 
-async def test_cancel_stops_the_step(rt: DockerRuntime, make_space: Callable[..., JobSpace]) -> None:
-    space = make_space(kill_grace=1.0)
+async def cancel_when_started(rt: DockerRuntime, space: JobSpace, script: str) -> float:
+    """Run `script` (which prints "started"), cancel it once started; seconds until run_step ended."""
     out = Output()
-    task = asyncio.create_task(rt.run_step(space, step("echo started; sleep 300"), out))
+    task = asyncio.create_task(rt.run_step(space, step(script), out))
     deadline = time.monotonic() + 15
     while b"started" not in out.data:
-        assert time.monotonic() < deadline and not task.done(), "the step did not start"
+        assert time.monotonic() < deadline and not task.done(), f"the step did not start: {out.text}"
         await asyncio.sleep(0.05)
     started = time.monotonic()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert time.monotonic() - started < 3
+    return time.monotonic() - started
+
+
+async def test_cancel_stops_the_step(rt: DockerRuntime, make_space: Callable[..., JobSpace]) -> None:
+    space = make_space(kill_grace=1.0)
+    await rt.prepare(space)
+    # a shell as PID 1 ignores SIGTERM: killed after the grace
+    assert await cancel_when_started(rt, space, "echo started; sleep 300") < 3
+    assert await job_containers(rt, space) == []
+    # a step that handles SIGTERM gets it first (docker stop), and can react within the grace
+    script = "trap 'echo term > /data/got-term; exit 0' TERM; echo started; while :; do sleep 0.1; done"
+    assert await cancel_when_started(rt, space, script) < 3
+    assert (space.workspace / "got-term").read_text() == "term\n"
     assert await job_containers(rt, space) == []
 
 

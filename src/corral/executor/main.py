@@ -9,28 +9,32 @@ import shutil
 
 from corral.errors import CorralError
 from corral.executor.client import QueueClient
+from corral.executor.runtimes.base import Runtime
 from corral.executor.runtimes.registry import make_cli_runtime, make_runtime
 from corral.executor.settings import ExecutorSettings
 from corral.executor.worker import Worker
 
 
-async def run_executor(
-    settings: ExecutorSettings, *, echo: bool = False, install_signals: bool = True
-) -> None:
+async def build_worker(settings: ExecutorSettings, *, echo: bool = False) -> Worker:
+    """The runtime (checked), its CLI-step sandbox, a client and the worker around them."""
     runtime = make_runtime(settings)
     problems = await runtime.check()
     if problems:
         raise CorralError(f"runtime {runtime.name} is not ready:\n  " + "\n  ".join(problems))
-    cli_runtime = make_cli_runtime(settings, runtime)
-    if cli_runtime is not runtime and await cli_runtime.check():
+    cli_runtime: Runtime | None = make_cli_runtime(settings, runtime)
+    if cli_runtime is not None and cli_runtime is not runtime and await cli_runtime.check():
         logging.getLogger("corral.executor").warning("shell sandbox unavailable: CLI steps will fail")
-        cli_runtime = None  # type: ignore[assignment]
+        cli_runtime = None
     settings.workspace_root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    client = QueueClient(settings)
+    return Worker(settings, QueueClient(settings), runtime, cli_runtime, echo=echo)
+
+
+async def run_executor(settings: ExecutorSettings, *, install_signals: bool = True) -> None:
+    worker = await build_worker(settings)
     try:
-        await Worker(settings, client, runtime, cli_runtime, echo=echo).run(install_signals=install_signals)
+        await worker.run(install_signals=install_signals)
     finally:
-        await client.aclose()
+        await worker.client.aclose()
 
 
 async def validate(settings: ExecutorSettings) -> list[str]:

@@ -84,7 +84,7 @@ DEFAULT_REPLACEMENT = "******"  # replacement for `extra` values (the executor's
 MIN_SECRET = 4  # characters: shorter secrets are redacted literally only, not in encoded forms
 MIN_ENCODED = 6  # bytes: derived patterns (encodings, lines) shorter than this are dropped
 MIN_PART = 6  # characters: shortest line of a multi-line secret that is redacted on its own
-LONG_PATTERN = 256  # bytes: longer patterns are searched with bytes.find, not the regex (Redactor._scan)
+LONG_PATTERN = 100000  # bytes: longer patterns are searched with bytes.find, not the regex (Redactor._scan)
 
 _NEVER = sys.maxsize  # "no match": a start position beyond any buffer
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
@@ -111,7 +111,8 @@ def _base64_forms(data: bytes) -> Iterator[bytes]:
 
 def _text_forms(s: str) -> Iterator[str]:
     """URL and JSON encodings of `s`."""
-    for url in (quote(s, safe=""), quote(s), quote_plus(s)):
+    utf8 = {"encoding": "utf-8", "errors": "surrogatepass"}
+    for url in (quote(s, safe="", **utf8), quote(s, **utf8), quote_plus(s, **utf8)):
         yield url
         yield _PERCENT_ESCAPE.sub(lambda m: m.group().lower(), url)
     for js in (json.dumps(s)[1:-1], json.dumps(s, ensure_ascii=False)[1:-1]):

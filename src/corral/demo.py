@@ -1,0 +1,120 @@
+"""`corral demo`: a server, an executor and a batch change across three sample repositories.
+
+It shows the whole system in under a minute: the repositories are registered with the server,
+one job per repository is queued, the executor clones each at its commit and runs the steps in a
+sandbox (Docker with no network, or bubblewrap), logs stream live, and each diff is printed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import typer
+
+from corral.batch import BatchSpec, RepoRef, StepSpec, follow, report, submit
+from corral.client import ProducerClient
+from corral.embedded import embedded
+
+SAMPLES: dict[str, dict[str, str]] = {
+    "api": {
+        "README.md": "# api\n\nRequests from hosts on the whitelist skip the rate limit.   \n",
+        "server.py": "WHITELIST = ['10.0.0.1']\n\ndef allowed(host):\n\treturn host in WHITELIST  \n\n\n",
+    },
+    "web": {
+        "config.yaml": "security:\n  whitelist: [example.org]   \n",
+        "app.js": "// check the whitelist first\nfunction ok(h) {\n\treturn whitelist.includes(h);\n}\n",
+    },
+    "docs": {
+        "guide.md": "Add your domain to the whitelist.\t\n\nThen restart.\n\n\n",
+    },
+}
+
+FILES = r"find . \( -path ./.git -o -path ./.corral \) -prune -o -type f -print"
+STEPS = [
+    StepSpec(
+        image="corral/tools:1",
+        run=f"files=$({FILES} | xargs -r grep -l -i whitelist)\n"
+        'echo "mentions of whitelist in:" $files\n'
+        '[ -z "$files" ] || sed -i "s/whitelist/allowlist/g; s/WHITELIST/ALLOWLIST/g" $files',
+    ),
+    StepSpec(image="corral/tools:1", run=f"{FILES} | xargs -r corral-fmt\necho formatted"),
+]
+
+
+def make_samples(root: Path) -> list[Path]:
+    env = {
+        "GIT_AUTHOR_NAME": "corral demo",
+        "GIT_AUTHOR_EMAIL": "demo@corral.invalid",
+        "GIT_COMMITTER_NAME": "corral demo",
+        "GIT_COMMITTER_EMAIL": "demo@corral.invalid",
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(root),
+    }
+    paths = []
+    for name, files in SAMPLES.items():
+        repo = root / name
+        repo.mkdir(parents=True)
+        for f, text in files.items():
+            (repo / f).write_text(text)
+        for argv in (
+            ["git", "init", "-q", "-b", "main"],
+            ["git", "add", "."],
+            ["git", "commit", "-qm", "initial"],
+        ):
+            subprocess.run(argv, cwd=repo, env=env, check=True, capture_output=True)
+        paths.append(repo)
+    return paths
+
+
+def docker_ready() -> bool:
+    if not shutil.which("docker"):
+        return False
+    try:
+        ok = subprocess.run(["docker", "image", "inspect", "corral/tools:1"], capture_output=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return ok.returncode == 0
+
+
+def run_demo(runtime: str | None, keep: bool, data_dir: Path | None) -> int:
+    say = lambda text: typer.secho(text, fg=typer.colors.BLUE, bold=True)  # noqa: E731
+    if runtime is None:
+        runtime = "docker" if docker_ready() else "shell"
+    tmp = Path(tempfile.mkdtemp(prefix="corral-demo-")) if data_dir is None else data_dir
+    say(f"corral demo — runtime: {runtime}, data: {tmp}")
+    typer.echo("1. Creating three sample repositories (api, web, docs) that still say 'whitelist'.")
+    repos = make_samples(tmp / "samples")
+    typer.echo("2. Starting a server (SQLite in the data dir) and an executor, both on 127.0.0.1.")
+    t0 = time.monotonic()
+    with embedded(tmp / "server", runtime=runtime, max_jobs=2) as emb:
+        client = ProducerClient(emb.url, emb.admin_token)
+        spec = BatchSpec(name="allowlist", repositories=[RepoRef(path=str(p)) for p in repos], steps=STEPS)
+        typer.echo(
+            "3. Submitting the batch change: one job per repository, each with two steps in "
+            f"{'a container (no network, 1 CPU, 1 GiB)' if runtime == 'docker' else 'a bubblewrap sandbox'}:"
+        )
+        typer.echo("     - replace 'whitelist' with 'allowlist'      - format every file (corral-fmt)")
+        runs = submit(spec, client, Path.cwd())
+        typer.echo(f"4. Following the jobs' logs live (jobs {', '.join(str(r.job_id) for r in runs)}):\n")
+        follow(runs, client)
+        typer.echo()
+        say(f"5. Results after {time.monotonic() - t0:.1f}s — one diff per repository:")
+        bad = report(runs)
+        typer.echo()
+        typer.echo(f"The jobs are in the server at {emb.url} (SQLite: {emb.data_dir / 'corral.db'}).")
+        typer.echo(f"   try: CORRAL_URL={emb.url} CORRAL_ADMIN_TOKEN={emb.admin_token} corral job list")
+        if keep:
+            typer.echo("The server keeps running (--keep); press Ctrl-C to stop.")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+        client.close()
+    if data_dir is None and not keep:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return bad

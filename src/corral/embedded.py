@@ -1,0 +1,122 @@
+"""A server and an executor in this process (threads), for `corral demo` and `corral batch run`
+without --server. Everything listens on 127.0.0.1 only and stops when the context exits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from corral.errors import CorralError
+from corral.executor.main import build_worker
+from corral.executor.settings import ExecutorSettings
+from corral.executor.worker import Worker
+from corral.server.app import create_app
+from corral.server.settings import ServerSettings
+
+START_TIMEOUT = 20.0  # seconds for the server to answer / the executor to connect
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Embedded:
+    url: str
+    admin_token: str
+    data_dir: Path
+    runtime: str
+
+
+@contextmanager
+def embedded(
+    data_dir: Path,
+    *,
+    runtime: str,
+    queues: tuple[str, ...] = ("batches",),
+    max_jobs: int = 2,
+    env: dict[str, str] | None = None,
+) -> Iterator[Embedded]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(24)
+    admin = secrets.token_urlsafe(24)
+    port = free_port()
+    settings = ServerSettings(
+        host="127.0.0.1", port=port, data_dir=data_dir, executors_access_token=secret, admin_token=admin
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    st = threading.Thread(target=server.run, name="corral-server", daemon=True)
+    st.start()
+    deadline = time.monotonic() + START_TIMEOUT
+    while not server.started:
+        if time.monotonic() > deadline or not st.is_alive():
+            raise CorralError("the embedded server did not start")
+        time.sleep(0.02)
+    url = f"http://127.0.0.1:{port}"
+    xenv = {
+        "EXECUTOR_FRONTEND_URL": url,
+        "EXECUTOR_FRONTEND_PASSWORD": secret,
+        "EXECUTOR_QUEUE_NAMES" if len(queues) > 1 else "EXECUTOR_QUEUE_NAME": ",".join(queues),
+        "EXECUTOR_RUNTIME": runtime,
+        "EXECUTOR_MAXIMUM_NUM_JOBS": str(max_jobs),
+        "EXECUTOR_WORKSPACE_ROOT": str(data_dir / "workspaces"),
+        "EXECUTOR_JOB_MEMORY": "1G",
+        "EXECUTOR_JOB_NUM_CPUS": "1",
+        "EXECUTOR_CLEANUP_TASK_INTERVAL": "10m",
+        **(env or {}),
+    }
+    loop = asyncio.new_event_loop()
+    holder: dict[str, Worker | BaseException] = {}
+    ready = threading.Event()
+
+    def run_executor() -> None:
+        asyncio.set_event_loop(loop)
+
+        async def main() -> None:
+            try:
+                worker = await build_worker(ExecutorSettings.from_env(xenv))
+            except BaseException as exc:
+                holder["error"] = exc
+                ready.set()
+                return
+            holder["worker"] = worker
+            ready.set()
+            try:
+                await worker.run(install_signals=False)
+            finally:
+                await worker.client.aclose()
+
+        loop.run_until_complete(main())
+
+    logging.getLogger("corral.executor").setLevel(logging.WARNING)
+    et = threading.Thread(target=run_executor, name="corral-executor", daemon=True)
+    et.start()
+    ready.wait(START_TIMEOUT)
+    try:
+        if isinstance(holder.get("error"), BaseException):
+            raise holder["error"]  # type: ignore[misc]
+        yield Embedded(url=url, admin_token=admin, data_dir=data_dir, runtime=runtime)
+    finally:
+        worker = holder.get("worker")
+        if isinstance(worker, Worker):
+            loop.call_soon_threadsafe(worker.stop)
+            et.join(30)
+            if et.is_alive():
+                loop.call_soon_threadsafe(worker.stop)  # the second stop cancels what still runs
+        et.join(30)
+        server.should_exit = True
+        st.join(10)

@@ -1,0 +1,375 @@
+"""Unit tests for corral.executor.redact: literal secrets, their encodings, and streaming."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import re
+from collections.abc import Callable
+from urllib.parse import quote, quote_plus
+
+import pytest
+
+from corral.executor.redact import (
+    DEFAULT_REPLACEMENT,
+    LONG_PATTERN,
+    MIN_PART,
+    MIN_SECRET,
+    Redactor,
+    StreamRedactor,
+)
+
+TOKEN = "sgp_4f1c2d9e8b7a6f5e4d3c2b1a0f9e8d7c"
+R = "[TOKEN]"
+# bytes >= 0x80 make "+" and "/" likely in base64, so the URL-safe forms differ from the standard ones
+WEIRD = "s3cr\u00e9t~?>>\u00ff\u00fe-p\u00e4ss"
+W = "[WEIRD]"
+
+
+def stream_all(redactor: Redactor, chunks: list[bytes]) -> bytes:
+    stream = redactor.stream()
+    out = [stream.feed(chunk) for chunk in chunks]
+    out.append(stream.flush())
+    return b"".join(out)
+
+
+def random_chunks(data: bytes, rng: random.Random, max_size: int) -> list[bytes]:
+    chunks, i = [], 0
+    while i < len(data):
+        size = rng.randint(0, max_size)  # empty chunks too
+        chunks.append(data[i : i + size])
+        i += size
+    return chunks
+
+
+def substrings(secret: bytes, size: int) -> set[bytes]:
+    return {secret[i : i + size] for i in range(len(secret) - size + 1)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# literal values
+
+
+def test_literal_is_replaced_with_its_replacement() -> None:
+    r = Redactor({TOKEN: R, "hunter2-password": "[PW]"})
+    out = r.redact(f"token={TOKEN} pw=hunter2-password again {TOKEN}\n".encode())
+    assert out == b"token=[TOKEN] pw=[PW] again [TOKEN]\n"
+
+
+def test_extra_values_get_the_default_replacement() -> None:
+    r = Redactor({TOKEN: R}, extra=["executor-own-token-1234"])
+    out = r.redact(b"a executor-own-token-1234 b " + TOKEN.encode())
+    assert out == f"a {DEFAULT_REPLACEMENT} b {R}".encode()
+    assert (
+        Redactor(extra=["executor-own-token-1234"], default="<x>").redact(b"executor-own-token-1234")
+        == b"<x>"
+    )
+
+
+def test_explicit_replacement_wins_over_extra_for_the_same_value() -> None:
+    r = Redactor({TOKEN: R}, extra=[TOKEN])
+    assert r.redact(TOKEN.encode()) == R.encode()
+
+
+def test_empty_values_are_ignored() -> None:
+    r = Redactor({"": "[E]"}, extra=["", ""])
+    assert not r
+    data = b"nothing to see here"
+    assert r.redact(data) == data
+    assert r.redact_text("text") == "text"
+
+
+def test_short_secret_is_redacted_literally_but_not_its_encodings() -> None:
+    short = "abc"
+    assert len(short) < MIN_SECRET
+    r = Redactor({short: "[S]"})
+    assert r.redact(b"xabcx 616263 YWJj") == b"x[S]x 616263 YWJj"
+
+
+def test_no_match_passes_data_through_unchanged() -> None:
+    r = Redactor({TOKEN: R})
+    data = bytes(range(256)) * 4
+    assert r.redact(data) == data
+
+
+def test_repr_never_shows_secrets() -> None:
+    r = Redactor({TOKEN: R}, extra=["executor-own-token-1234"])
+    stream = r.stream()
+    stream.feed(b"partial " + TOKEN.encode()[:5])
+    for text in (repr(r), repr(stream)):
+        assert TOKEN not in text and "executor-own" not in text and TOKEN[:5] not in text
+
+
+# ---------------------------------------------------------------------------------------------------
+# encodings
+
+
+@pytest.mark.parametrize("urlsafe", [False, True], ids=["standard", "urlsafe"])
+@pytest.mark.parametrize("before", [b"", b"x", b"xy"], ids=["offset0", "offset1", "offset2"])
+@pytest.mark.parametrize("after", [b"", b"y", b"yz"], ids=["end0", "end1", "end2"])
+def test_base64_in_every_alignment_is_redacted_and_unrecoverable(
+    urlsafe: bool, before: bytes, after: bytes
+) -> None:
+    secret = WEIRD.encode()
+    encode = base64.urlsafe_b64encode if urlsafe else base64.b64encode
+    decode = base64.urlsafe_b64decode if urlsafe else base64.b64decode
+    blob = encode(before + secret + after)
+    standard = base64.b64encode(before + secret + after)
+    assert b"+" in standard and b"/" in standard  # so the URL-safe alphabet really differs
+    r = Redactor({WEIRD: W})
+    out = r.redact(b"Authorization: Basic " + blob + b"\n")
+
+    assert blob not in out and out.count(W.encode()) == 1
+    redacted = out.removeprefix(b"Authorization: Basic ").removesuffix(b"\n")
+    head, tail = redacted.split(W.encode())
+    # left: the neighbours' characters and one mixed; right: the same and "==" padding
+    assert len(head) <= 3 and len(tail) <= 6
+    # Put decodable filler where the replacement is: what decodes must not contain the secret.
+    filler = b"A" * (len(blob) - len(head) - len(tail))
+    decoded = decode(head + filler + tail)
+    assert not substrings(secret, 3) & substrings(decoded, 3)
+
+
+def test_base64_of_a_larger_document_is_redacted() -> None:
+    r = Redactor({TOKEN: R})
+    for doc in (f'{{"auths":{{"ghcr.io":{{"auth":"u:{TOKEN}"}}}}}}', f"user:{TOKEN}", f"{TOKEN}\n"):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            blob = encode(doc.encode())
+            out = r.redact(b"config: " + blob)
+            assert R.encode() in out
+            kept = out.removeprefix(b"config: ").split(R.encode())
+            assert len(kept) == 2
+            filler = b"A" * (len(blob) - len(kept[0]) - len(kept[1]))
+            decoded = base64.b64decode(kept[0] + filler + kept[1], altchars=b"-_" if b"-" in blob else None)
+            assert not substrings(TOKEN.encode(), 3) & substrings(decoded, 3)
+
+
+def lower_escapes(s: str) -> str:
+    return re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), quote(s, safe=""))
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [lambda s: quote(s, safe=""), quote, quote_plus, lower_escapes],
+    ids=["quote-safe-empty", "quote-default", "quote_plus", "lowercase-escapes"],
+)
+def test_url_encodings_are_redacted(encode: Callable[[str], str]) -> None:
+    secret = "p@ss w/rd+&=\u00e9\u00e8!"
+    form = encode(secret)
+    assert form != secret
+    r = Redactor({secret: "[U]"})
+    out = r.redact(f"GET /api?token={form}&x=1".encode())
+    assert out == b"GET /api?token=[U]&x=1"
+
+
+@pytest.mark.parametrize("ensure_ascii", [True, False])
+def test_json_escaped_secret_is_redacted(ensure_ascii: bool) -> None:
+    secret = 'he said "hi"\n\tC:\\path/\u00fcn\u00efc\u00f6de \u2603 end'
+    r = Redactor({secret: "[J]"})
+    doc = json.dumps({"password": secret, "n": 1}, ensure_ascii=ensure_ascii).encode()
+    out = r.redact(doc)
+    assert json.loads(out) == {"password": "[J]", "n": 1}
+    # PHP-style escaped slashes too
+    escaped = json.dumps(secret, ensure_ascii=ensure_ascii)[1:-1].replace("/", "\\/").encode()
+    assert r.redact(b"[" + escaped + b"]") == b"[[J]]"
+
+
+@pytest.mark.parametrize("upper", [False, True])
+def test_hex_is_redacted(upper: bool) -> None:
+    r = Redactor({WEIRD: W})
+    hexed = WEIRD.encode().hex()
+    hexed = hexed.upper() if upper else hexed
+    assert r.redact(f"dump: {hexed}.".encode()) == f"dump: {W}.".encode()
+
+
+def test_each_line_of_a_multiline_secret_is_redacted() -> None:
+    secret = "-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\n  indented-line-2  \nab\n-----END KEY-----\n"
+    r = Redactor({secret: "[K]"})
+    assert r.redact(secret.encode()) == b"[K]"
+    assert r.redact(secret.replace("\n", "\r\n").encode()) == b"[K]"  # what a pty prints
+    assert r.redact(b"line: MIIEvQIBADANBgkqhkiG9w0B!") == b"line: [K]!"
+    assert r.redact(b"> indented-line-2 <") == b"> [K] <"
+    assert r.redact(b"-----END KEY-----") == b"[K]"
+    assert len("ab") < MIN_PART and r.redact(b"ab cab") == b"ab cab"  # short lines would destroy output
+
+
+def test_long_secret_and_its_encodings_are_redacted() -> None:
+    rng = random.Random(7)
+    secret = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(LONG_PATTERN + 200))
+    r = Redactor({secret: "[LONG]"})
+    assert r.max_pattern_len > LONG_PATTERN
+    for form in (secret.encode(), base64.b64encode(secret.encode()), secret.encode().hex().encode()):
+        data = b"<" + form + b">"
+        assert r.redact(data) == b"<[LONG]>"
+        assert stream_all(r, random_chunks(data, rng, 50)) == b"<[LONG]>"
+
+
+# ---------------------------------------------------------------------------------------------------
+# matching rules
+
+
+def test_prefix_secret_does_not_let_the_longer_one_leak() -> None:
+    r = Redactor({"abcd": "[S]", "abcdefgh": "[L]"})
+    assert r.redact(b"1abcdefgh2") == b"1[L]2"
+    assert r.redact(b"1abcdefg2") == b"1[S]efg2"
+    assert r.redact(b"abcdabcdefghabcd") == b"[S][L][S]"
+    data = b"xxabcdefghyy"
+    for cut in range(len(data) + 1):
+        assert stream_all(r, [data[:cut], data[cut:]]) == b"xx[L]yy"
+    assert stream_all(r, [bytes([b]) for b in data]) == b"xx[L]yy"
+
+
+def test_overlapping_secrets_hide_both() -> None:
+    r = Redactor({"abcXYZ": "[A]", "XYZdefgh": "[B]"})
+    assert r.redact(b"(abcXYZdefgh)") == b"([A])"
+    assert r.redact(b"(abcXYZ XYZdefgh)") == b"([A] [B])"
+
+
+def test_secret_at_buffer_edges_and_adjacent_repeats() -> None:
+    r = Redactor({TOKEN: R})
+    t = TOKEN.encode()
+    assert r.redact(t) == R.encode()
+    assert r.redact(t + t + b"\n" + t) == (R + R + "\n" + R).encode()
+
+
+def test_multibyte_secret_split_inside_a_character() -> None:
+    secret = "пароль-秘密-🔑"
+    r = Redactor({secret: "[P]"})
+    data = f"ключ: {secret}; ок".encode()
+    for cut in range(len(data) + 1):
+        assert stream_all(r, [data[:cut], data[cut:]]) == "ключ: [P]; ок".encode()
+
+
+def test_redact_text_for_command_lines() -> None:
+    r = Redactor({TOKEN: R}, extra=["executor-own-token-1234"])
+    argv = ["git", "clone", f"https://x:{TOKEN}@example.com/r.git", "--config", "a=executor-own-token-1234"]
+    assert [r.redact_text(a) for a in argv] == [
+        "git",
+        "clone",
+        f"https://x:{R}@example.com/r.git",
+        "--config",
+        f"a={DEFAULT_REPLACEMENT}",
+    ]
+    assert r.redact_text(f"Basic {base64.b64encode(f'x:{TOKEN}'.encode()).decode()}").count(R) == 1
+    assert Redactor({"\ud800lone-surrogate": "[X]"}).redact_text("a \ud800lone-surrogate b") == "a [X] b"
+
+
+# ---------------------------------------------------------------------------------------------------
+# streaming
+
+
+def test_secret_split_at_every_position_across_two_chunks() -> None:
+    r = Redactor({TOKEN: R, WEIRD: W})
+    data = f"start {TOKEN} mid {WEIRD} {WEIRD.encode().hex()} end".encode()
+    expected = f"start {R} mid {W} {W} end".encode()
+    assert r.redact(data) == expected
+    for cut in range(len(data) + 1):
+        assert stream_all(r, [data[:cut], data[cut:]]) == expected, cut
+
+
+def test_secret_fed_one_byte_at_a_time() -> None:
+    r = Redactor({TOKEN: R})
+    data = f"a{TOKEN}b{base64.b64encode(TOKEN.encode()).decode()}c".encode()
+    stream = r.stream()
+    out = b""
+    for b in data:
+        out += stream.feed(bytes([b]))
+        assert stream.pending <= r.max_pattern_len - 1
+        assert TOKEN.encode()[:-1] not in out  # nothing of it escapes before the decision
+    out += stream.flush()
+    assert out == f"a{R}b{R}c".encode() == r.redact(data)
+
+
+def test_stream_equals_one_shot_for_random_chunkings() -> None:
+    rng = random.Random(20240611)
+    long_secret = "L" + "".join(rng.choice("0123456789abcdef") for _ in range(LONG_PATTERN + 40))
+    secrets = {TOKEN: R, WEIRD: W, "abcd": "[S]", "abcdefgh": "[L]", "abcXYZ": "[A]", "XYZdefgh": "[B]"}
+    secrets[long_secret] = "[LONG]"
+    r = Redactor(secrets, extra=["aaaa", "q"])
+    pieces = [
+        s.encode() for s in (TOKEN, WEIRD, "abcd", "abcdefgh", "abcXYZdefgh", "aaaaaaa", "q", long_secret)
+    ]
+    pieces += [base64.b64encode(b"x" + TOKEN.encode()), WEIRD.encode().hex().encode(), quote(WEIRD).encode()]
+    pieces += [p[: len(p) // 2] for p in pieces] + [b"abc", b"XYZ", b" ", b"\n", "é".encode(), b"zz"]
+    for case in range(300):
+        data = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        expected = r.redact(data)
+        chunks = random_chunks(data, rng, rng.choice([1, 3, 8, 64, 400]))
+        assert stream_all(r, chunks) == expected, (case, data, chunks)
+        for literal in (TOKEN.encode(), WEIRD.encode(), b"abcdefgh", long_secret.encode()):
+            assert literal not in expected
+
+
+def naive_redact(table: dict[bytes, bytes], data: bytes) -> bytes:
+    """Reference: leftmost-longest, a match overlapping the current run extends it; O(n * patterns)."""
+    out, emitted = [], 0
+    for i in range(len(data)):
+        hits = [p for p in table if data.startswith(p, i)]
+        if not hits:
+            continue
+        stop = i + max(map(len, hits))
+        if stop > emitted:
+            if i >= emitted:
+                out += [data[emitted:i], table[max(hits, key=len)]]
+            emitted = stop
+    out.append(data[emitted:])
+    return b"".join(out)
+
+
+def test_one_shot_matches_a_naive_reference() -> None:
+    rng = random.Random(99)
+    r = Redactor({"abcd": "1", "abcdefgh": "2", "cdXY": "3", "XYZW": "4", "bcdefg": "5", "zzzz": "6"})
+    table = r._replacements  # the patterns, encodings included (internal, for the reference only)
+    alphabet = b"abcdefghXYZWz"
+    for _ in range(400):
+        data = bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        assert r.redact(data) == naive_redact(table, data), data
+
+
+def test_no_secrets_means_passthrough_without_hold_back() -> None:
+    stream = Redactor().stream()
+    for chunk in (b"hello ", b"", b"world\n", bytes(range(256))):
+        assert stream.feed(chunk) == chunk
+        assert stream.pending == 0
+    assert stream.flush() == b""
+
+
+def test_hold_back_does_not_grow_without_matches() -> None:
+    r = Redactor({TOKEN: R, WEIRD: W})
+    stream = r.stream()
+    data = random.Random(1).randbytes(20000)
+    out = b""
+    for i in range(0, len(data), 100):
+        out += stream.feed(data[i : i + 100])
+        assert stream.pending == min(i + 100, r.max_pattern_len - 1)
+    assert out + stream.flush() == data
+
+
+def test_flush_returns_the_remainder_and_resets() -> None:
+    r = Redactor({TOKEN: R})
+    stream = r.stream()
+    head = stream.feed(b"ok " + TOKEN.encode()[:10])
+    assert TOKEN.encode()[:10] not in head
+    assert head + stream.flush() == b"ok " + TOKEN.encode()[:10]  # an unfinished secret is not a secret
+    assert stream.pending == 0 and stream.flush() == b""
+    assert stream.feed(TOKEN.encode()) + stream.flush() == R.encode()  # reusable after flush
+    assert isinstance(stream, StreamRedactor)
+
+
+def test_large_output_in_small_chunks() -> None:
+    """10 MiB in 4 KiB chunks with secrets sprinkled in (fast: no timing assertion)."""
+    rng = random.Random(5)
+    r = Redactor({TOKEN: R, WEIRD: W}, extra=["executor-own-token-1234"])
+    block = bytearray(rng.choice(b"abcdefghijklmnopqrstuvwxyz0123456789 \n") for _ in range(64 * 1024))
+    block[1000:1000] = TOKEN.encode()
+    block[40000:40000] = base64.b64encode(WEIRD.encode())
+    data = bytes(block) * (10 * 1024 * 1024 // len(block))
+    stream = r.stream()
+    out = [stream.feed(data[i : i + 4096]) for i in range(0, len(data), 4096)]
+    out.append(stream.flush())
+    result = b"".join(out)
+    copies = len(data) // len(block)
+    assert result.count(R.encode()) == copies and result.count(W.encode()) == copies
+    assert TOKEN.encode() not in result and base64.b64encode(WEIRD.encode())[:-4] not in result
+    assert result == r.redact(data)
