@@ -257,6 +257,19 @@ async def test_workspace_user_and_capabilities(
     assert (space.workspace / "sub" / "existing.txt").read_text() == "from the executor\nmore\n"
 
 
+async def test_one_runtime_runs_jobs_concurrently(
+    rt: DockerRuntime, make_space: Callable[..., JobSpace]
+) -> None:
+    spaces = [make_space() for _ in range(3)]
+    started = time.monotonic()
+    results = await asyncio.gather(
+        *(run(rt, sp, f"echo job{i}; sleep 1; echo end{i}") for i, sp in enumerate(spaces))
+    )
+    assert time.monotonic() - started < 2.9, "the steps ran one after another"
+    for i, (result, out) in enumerate(results):
+        assert (result.exit_code, out.data) == (0, f"job{i}\nend{i}\n".encode())
+
+
 async def test_command_that_cannot_start(rt: DockerRuntime, make_space: Callable[..., JobSpace]) -> None:
     space = make_space()
     bad = Step(key="step.docker.0", kind="docker", index=0, image=IMAGE, argv=("/bin/no-such-tool",))
@@ -297,7 +310,7 @@ async def test_memory_limit_oom_kills(rt: DockerRuntime, make_space: Callable[..
     space = make_space(limits=Limits(cpus=1, memory_bytes=64 * 1024**2, pids=64))
     script = "cat /sys/fs/cgroup/memory/memory.limit_in_bytes; head -c 200m /dev/zero | tail"
     result, out = await run(rt, space, script)
-    assert out.text.splitlines()[0] == str(64 * 1024**2)
+    assert str(64 * 1024**2) in out.text.splitlines()
     assert result.exit_code == 137
     assert result.oom_killed is True
 
@@ -322,7 +335,7 @@ async def test_pids_limit_stops_a_fork_bomb(rt: DockerRuntime, make_space: Calla
     # a fork bomb of bounded depth (2^12 processes wanted): it ends once the pids cgroup made it fail
     bomb = "f() { [ $1 -lt 12 ] && { f $(($1+1)) & f $(($1+1)) & wait; }; }; f 0"
     _, out = await asyncio.wait_for(run(rt, space, f"cat /sys/fs/cgroup/pids/pids.max; {bomb}"), timeout=30)
-    assert out.text.splitlines()[0] == "32"
+    assert "32" in out.text.splitlines()  # (stderr may overtake stdout: separate pipes)
     assert "can't fork" in out.text
 
 

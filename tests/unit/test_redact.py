@@ -87,6 +87,15 @@ def test_short_secret_is_redacted_literally_but_not_its_encodings() -> None:
     assert r.redact(b"xabcx 616263 YWJj") == b"x[S]x 616263 YWJj"
 
 
+def test_encoded_forms_shorter_than_min_encoded_are_kept() -> None:
+    r = Redactor({"wxyz": "[S]"})  # MIN_SECRET characters: encodings apply...
+    assert len("wxyz") == MIN_SECRET
+    # ...but base64 of 4 bytes leaves at most 5 characters that depend only on them (fewer than
+    # MIN_ENCODED): too short to redact without destroying ordinary output. The 8-character hex is fine.
+    assert base64.b64encode(b"wxyz") == b"d3h5eg=="
+    assert r.redact(b"d3h5eg== 7778797a 7778797A") == b"d3h5eg== [S] [S]"
+
+
 def test_no_match_passes_data_through_unchanged() -> None:
     r = Redactor({TOKEN: R})
     data = bytes(range(256)) * 4
@@ -141,7 +150,8 @@ def test_base64_of_a_larger_document_is_redacted() -> None:
             kept = out.removeprefix(b"config: ").split(R.encode())
             assert len(kept) == 2
             filler = b"A" * (len(blob) - len(kept[0]) - len(kept[1]))
-            decoded = base64.b64decode(kept[0] + filler + kept[1], altchars=b"-_" if b"-" in blob else None)
+            decode = base64.urlsafe_b64decode if encode is base64.urlsafe_b64encode else base64.b64decode
+            decoded = decode(kept[0] + filler + kept[1])
             assert not substrings(TOKEN.encode(), 3) & substrings(decoded, 3)
 
 
@@ -226,6 +236,22 @@ def test_overlapping_secrets_hide_both() -> None:
     assert r.redact(b"(abcXYZ XYZdefgh)") == b"([A] [B])"
 
 
+def test_long_patterns_follow_the_same_rules() -> None:
+    rng = random.Random(3)
+    a = "".join(rng.choice("abcdefghij") for _ in range(LONG_PATTERN + 50))
+    b = a[-100:] + "".join(rng.choice("klmnopqrst") for _ in range(LONG_PATTERN))
+    r = Redactor({a: "[A]", a + "-and-more": "[A+]", b: "[B]"})
+    assert r.redact(f"<{a}-and-more>".encode()) == b"<[A+]>"  # longest wins among long patterns
+    assert r.redact(f"<{a}-and-less>".encode()) == b"<[A]-and-less>"
+    assert r.redact(f"<{a}{b[100:]}>".encode()) == b"<[A]>"  # overlap: b's tail is hidden too
+    assert r.redact(f"<{b}|{a}>".encode()) == b"<[B]|[A]>"
+    periodic = "0123456789" * (LONG_PATTERN // 10 + 1)
+    r = Redactor({periodic: "[P]"})
+    assert r.redact(f"<{periodic}0123456789>".encode()) == b"<[P]>"  # it overlaps itself: one run
+    assert r.redact(f"<{periodic}01234567>".encode()) == b"<[P]01234567>"
+    assert r.redact(f"<{periodic}|{periodic}>".encode()) == b"<[P]|[P]>"
+
+
 def test_secret_at_buffer_edges_and_adjacent_repeats() -> None:
     r = Redactor({TOKEN: R})
     t = TOKEN.encode()
@@ -268,17 +294,22 @@ def test_secret_split_at_every_position_across_two_chunks() -> None:
         assert stream_all(r, [data[:cut], data[cut:]]) == expected, cut
 
 
-def test_secret_fed_one_byte_at_a_time() -> None:
-    r = Redactor({TOKEN: R})
-    data = f"a{TOKEN}b{base64.b64encode(TOKEN.encode()).decode()}c".encode()
+@pytest.mark.parametrize("with_long", [False, True], ids=["short-patterns", "with-long-pattern"])
+def test_secret_fed_one_byte_at_a_time(with_long: bool) -> None:
+    secrets = {TOKEN: R} | ({"Q" * (LONG_PATTERN + 1): "[Q]"} if with_long else {})
+    r = Redactor(secrets)
+    t = TOKEN.encode()
+    # the hex form is the longest short pattern: it must be found when it starts right at the cut point
+    data = b"a" + t + b"b" + base64.b64encode(t) + b"c" + t.hex().encode() + b"d"
     stream = r.stream()
     out = b""
     for b in data:
         out += stream.feed(bytes([b]))
         assert stream.pending <= r.max_pattern_len - 1
-        assert TOKEN.encode()[:-1] not in out  # nothing of it escapes before the decision
+        for form in (t, base64.b64encode(t), t.hex().encode()):
+            assert form[:-1] not in out  # no part of a form escapes before the decision
     out += stream.flush()
-    assert out == f"a{R}b{R}c".encode() == r.redact(data)
+    assert out == f"a{R}b{R}c{R}d".encode() == r.redact(data)
 
 
 def test_stream_equals_one_shot_for_random_chunkings() -> None:
@@ -291,6 +322,7 @@ def test_stream_equals_one_shot_for_random_chunkings() -> None:
         s.encode() for s in (TOKEN, WEIRD, "abcd", "abcdefgh", "abcXYZdefgh", "aaaaaaa", "q", long_secret)
     ]
     pieces += [base64.b64encode(b"x" + TOKEN.encode()), WEIRD.encode().hex().encode(), quote(WEIRD).encode()]
+    pieces += [TOKEN.encode().hex().upper().encode()]  # the longest short pattern
     pieces += [p[: len(p) // 2] for p in pieces] + [b"abc", b"XYZ", b" ", b"\n", "é".encode(), b"zz"]
     for case in range(300):
         data = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
@@ -326,6 +358,15 @@ def test_one_shot_matches_a_naive_reference() -> None:
         data = bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
         assert r.redact(data) == naive_redact(table, data), data
 
+    # long patterns (bytes.find path) mixed with short ones, self-overlapping too
+    long_a, long_b = "ab" * (LONG_PATTERN // 2 + 3), "b" * 10 + "ab" * (LONG_PATTERN // 2)
+    r = Redactor({long_a: "L", long_b: "M", "abab": "s", "bbbb": "t", "abbbbbbbbbbba": "u"})
+    table = r._replacements
+    fragments = [long_a, long_b, long_a[:-1], long_b[3:], "ab", "b", "abab", "bbbbb", "x"]
+    for _ in range(100):
+        data = "".join(rng.choice(fragments) for _ in range(rng.randint(0, 6))).encode()
+        assert r.redact(data) == naive_redact(table, data), data
+
 
 def test_no_secrets_means_passthrough_without_hold_back() -> None:
     stream = Redactor().stream()
@@ -342,8 +383,17 @@ def test_hold_back_does_not_grow_without_matches() -> None:
     out = b""
     for i in range(0, len(data), 100):
         out += stream.feed(data[i : i + 100])
-        assert stream.pending == min(i + 100, r.max_pattern_len - 1)
+        assert stream.pending <= min(i + 100, r.max_pattern_len - 1)
     assert out + stream.flush() == data
+
+
+def test_output_that_cannot_start_a_secret_is_not_held_back() -> None:
+    stream = Redactor({TOKEN: R}).stream()
+    assert stream.feed(b"+ echo running\nrunning\n") == b"+ echo running\nrunning\n"
+    assert stream.pending == 0
+    head = stream.feed(b"next: " + TOKEN.encode()[:5])
+    assert head == b"next: " and stream.pending == 5  # a possible start of the secret waits
+    assert stream.feed(TOKEN.encode()[5:] + b"!") == R.encode() + b"!"
 
 
 def test_flush_returns_the_remainder_and_resets() -> None:

@@ -48,7 +48,9 @@ Matching
 Streaming
     `StreamRedactor.feed(chunk)` appends the chunk to a buffer and returns only what is final. With L
     the length of the longest pattern, a match starting at index i < cut = len(buffer) - (L - 1) fits in
-    the buffer entirely, so the longest match at every such position is known: matches starting before
+    the buffer entirely, so the longest match at every such position is known. Better still, only the
+    longest tail of the buffer that is a proper prefix of some pattern is undecided; `cut` is where that
+    tail starts (so output that cannot begin a secret is never delayed). Matches starting before
     `cut` are processed, and everything up to `cut` (or up to the end of the last replaced match, if it
     reaches further) is emitted. At most L - 1 bytes are held back; `flush()` processes and returns the
     rest. The scan is a left-to-right state machine (position, end of the redacted run) whose decisions
@@ -84,7 +86,7 @@ DEFAULT_REPLACEMENT = "******"  # replacement for `extra` values (the executor's
 MIN_SECRET = 4  # characters: shorter secrets are redacted literally only, not in encoded forms
 MIN_ENCODED = 6  # bytes: derived patterns (encodings, lines) shorter than this are dropped
 MIN_PART = 6  # characters: shortest line of a multi-line secret that is redacted on its own
-LONG_PATTERN = 100000  # bytes: longer patterns are searched with bytes.find, not the regex (Redactor._scan)
+LONG_PATTERN = 256  # bytes: longer patterns are searched with bytes.find, not the regex (Redactor._scan)
 
 _NEVER = sys.maxsize  # "no match": a start position beyond any buffer
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
@@ -191,6 +193,17 @@ class Redactor:
         self._short = _compile(short) if short else None
         self._short_max = max(map(len, short), default=0)
         self._long = sorted((p for p in table if len(p) > LONG_PATTERN), key=len, reverse=True)
+        # Proper prefixes of the patterns: a stream holds back only a tail that could still grow into one.
+        self._prefixes = frozenset(p[:k] for p in table for k in range(1, len(p)))
+
+    def undecided(self, buf: bytes, keep: int) -> int:
+        """Length of the longest tail of `buf` (at most `keep` bytes) that is a proper prefix of a
+        pattern: only those bytes may still be part of a match that the next chunk completes."""
+        prefixes = self._prefixes
+        for k in range(min(keep, len(buf)), 0, -1):
+            if buf[-k:] in prefixes:
+                return k
+        return 0
 
     @staticmethod
     def _forms(secret: str) -> Iterator[bytes]:
@@ -307,7 +320,9 @@ class StreamRedactor:
         if not self._keep and not self._buf:  # nothing to redact, or only 1-byte secrets
             return self._redactor.redact(chunk)
         buf = self._buf + chunk if self._buf else chunk
-        limit = len(buf) - self._keep
+        # Everything before the undecided tail is final: no match can start there and end later
+        # (so output that cannot be the start of a secret streams at once, not after more output).
+        limit = len(buf) - self._redactor.undecided(buf, self._keep)
         if limit <= 0:  # too little to decide anything yet
             self._buf = buf
             return b""

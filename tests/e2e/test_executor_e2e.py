@@ -1,0 +1,225 @@
+"""Real jobs through a real server and real executors, in both sandboxes (shell and docker)."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import bwrap_ok, docker_ok, require
+from tests.e2e.kit import (
+    SECRET,
+    Server,
+    docker_job,
+    logs_text,
+    make_repo,
+    run_server,
+    start_executor,
+    stop_executor,
+    wait_job,
+    wait_log,
+)
+
+
+@pytest.fixture(params=["shell", "docker"])
+def runtime(request: pytest.FixtureRequest) -> str:
+    if request.param == "docker":
+        require(docker_ok(), "Docker Engine is not reachable (run scripts/setup.sh)")
+    else:
+        require(bwrap_ok(), "bubblewrap, cgroup v1 and root are needed for the shell runtime")
+    return str(request.param)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    with run_server(tmp_path) as s:
+        yield s
+
+
+@pytest.fixture
+def repo(server: Server, tmp_path: Path) -> str:
+    make_repo(tmp_path / "src", {"README.md": "hello whitelist\n", "src/app.txt": "one\n"})
+    server.client.add_repo("acme/app", str(tmp_path / "src"))
+    return "acme/app"
+
+
+def test_job_runs_and_reports_diff_logs_and_exit_codes(server: Server, repo: str, runtime: str, tmp_path: Path):
+    start_executor(server, tmp_path, runtime)
+    job = server.client.submit(
+        "batches",
+        {
+            "repositoryName": repo,
+            "commit": "HEAD",
+            "dockerSteps": [
+                {"image": "corral/busybox:1", "commands": ["sed -i s/whitelist/allowlist/ README.md", "echo step-one"]},
+                {"image": "corral/busybox:1", "commands": ["cat extra/note.txt", "echo \"$GREETING\""],
+                 "env": ["GREETING=hi there"]},
+            ],
+            "files": {"extra/note.txt": {"content": "a note from the producer"}},
+        },
+    )
+    done = wait_job(server, job["id"])
+    assert done["state"] == "completed", done
+    assert done["exitCodes"] == [0, 0]
+    text = logs_text(server, job["id"])
+    assert "step-one" in text and "a note from the producer" in text and "hi there" in text
+    keys = [e["key"] for e in server.client.logs(job["id"])["entries"]]
+    assert keys[:2] == ["setup.git.init", "setup.git.add-remote"]
+    assert keys[-2:] == ["step.docker.0", "step.docker.1"]
+    diff = server.client.result(job["id"])["diff"]
+    assert "-hello whitelist" in diff and "+hello allowlist" in diff
+    assert ".corral" not in diff  # our step scripts never show up in the diff
+
+
+def test_failing_step_stops_the_job(server: Server, repo: str, runtime: str, tmp_path: Path):
+    start_executor(server, tmp_path, runtime)
+    job = server.client.submit(
+        "batches",
+        {"repositoryName": repo, "dockerSteps": [
+            {"image": "corral/busybox:1", "commands": ["echo before", "exit 3"]},
+            {"image": "corral/busybox:1", "commands": ["echo never-runs"]},
+        ]},
+    )
+    done = wait_job(server, job["id"])
+    assert done["state"] == "failed"
+    assert done["error"] == "step.docker.0 failed with exit code 3"
+    assert done["exitCodes"] == [3]
+    assert "never-runs" not in logs_text(server, job["id"])
+
+
+def test_memory_hog_is_oom_killed(server: Server, runtime: str, tmp_path: Path):
+    start_executor(server, tmp_path, runtime, EXECUTOR_JOB_MEMORY="64M")
+    job = server.client.submit("batches", docker_job("x=$(head -c 300000000 /dev/zero | tr '\\0' a); echo ${#x}"))
+    done = wait_job(server, job["id"])
+    assert done["state"] == "failed"
+    assert "out of memory (limit 64 MiB)" in done["error"]
+    assert done["outcome"] == "oom"
+
+
+def test_timeout_fails_the_job(server: Server, runtime: str, tmp_path: Path):
+    start_executor(server, tmp_path, runtime)
+    job = server.client.submit("batches", docker_job("echo started", "sleep 120", timeoutSeconds=2))
+    done = wait_job(server, job["id"], timeout=40)
+    assert done["state"] == "failed"
+    assert done["error"] == "job exceeded maximum execution time of 2s"
+    assert "started" in logs_text(server, job["id"])
+
+
+def test_cancel_mid_step(server: Server, runtime: str, tmp_path: Path):
+    start_executor(server, tmp_path, runtime)
+    job = server.client.submit("batches", docker_job("echo running", "sleep 120"))
+    wait_log(server, job["id"], "running")
+    t0 = time.monotonic()
+    server.client.cancel(job["id"])
+    done = wait_job(server, job["id"], timeout=30)
+    assert done["state"] == "canceled"
+    assert time.monotonic() - t0 < 15  # kill grace is 2 s; this only guards against "never"
+
+
+def test_two_jobs_run_concurrently(server: Server, runtime: str, tmp_path: Path):
+    start_executor(server, tmp_path, runtime, EXECUTOR_MAXIMUM_NUM_JOBS="2")
+    a = server.client.submit("batches", docker_job("echo a", "sleep 3"))
+    b = server.client.submit("batches", docker_job("echo b", "sleep 3"))
+    wait_log(server, a["id"], "echo a")
+    wait_log(server, b["id"], "echo b")
+    # Both are processing at the same time.
+    assert {server.client.get(a["id"])["state"], server.client.get(b["id"])["state"]} == {"processing"}
+    assert wait_job(server, a["id"])["state"] == "completed"
+    assert wait_job(server, b["id"])["state"] == "completed"
+
+
+def test_many_small_jobs(server: Server, runtime: str, tmp_path: Path):
+    start_executor(server, tmp_path, runtime, EXECUTOR_MAXIMUM_NUM_JOBS="2")
+    ids = [server.client.submit("batches", docker_job(f"echo job-{i}"))["id"] for i in range(12)]
+    for i, job_id in enumerate(ids):
+        done = wait_job(server, job_id, timeout=90)
+        assert done["state"] == "completed", done
+        assert f"job-{i}" in logs_text(server, job_id)
+
+
+def test_secrets_are_redacted_across_chunks_and_encodings(server: Server, runtime: str, tmp_path: Path):
+    start_executor(server, tmp_path, runtime)
+    secret = "hunter2-very-secret-value"
+    b64 = base64.b64encode(secret.encode()).decode()
+    job = server.client.submit(
+        "batches",
+        docker_job(
+            # split across two writes (and two log flushes)
+            f"printf '{secret[:9]}'; sleep 0.7; printf '{secret[9:]}\\n'",
+            f"echo {b64}",
+            "env",
+            redactedValues={secret: "[SECRET]"},
+        ),
+    )
+    done = wait_job(server, job["id"])
+    assert done["state"] == "completed"
+    text = logs_text(server, job["id"])
+    assert "[SECRET]" in text
+    assert secret not in text and secret[9:] not in text and b64[:20] not in text
+    assert SECRET not in text  # the executor's token never reaches a job or a log
+    assert "secret" not in str(server.client.get(job["id"])["spec"]).lower().replace("[secret]", "")
+
+
+def test_bad_image_fails_with_a_clear_reason(server: Server, tmp_path: Path):
+    require(docker_ok(), "Docker Engine is not reachable")
+    start_executor(server, tmp_path, "docker")
+    job = server.client.submit("batches", docker_job("true", image="corral/does-not-exist:1"))
+    done = wait_job(server, job["id"])
+    assert done["state"] == "failed"
+    assert "not found" in done["error"] and "corral/does-not-exist:1" in done["error"]
+
+
+def test_clone_options_shallow_sparse_tags(server: Server, tmp_path: Path):
+    require(bwrap_ok(), "bubblewrap is needed for the shell runtime (git runs on host tools)")
+    make_repo(tmp_path / "deep", {"keep/a.txt": "a\n", "drop/b.txt": "b\n"}, tag="v1.0", commits=3)
+    server.client.add_repo("deep", str(tmp_path / "deep"))
+    start_executor(server, tmp_path, "shell")
+    shallow = server.client.submit(
+        "batches", {"repositoryName": "deep", "shallowClone": True,
+                    "dockerSteps": [{"image": "x", "commands": ["git rev-list --count HEAD", "git tag"]}]}
+    )
+    sparse = server.client.submit(
+        "batches", {"repositoryName": "deep", "sparseCheckout": ["keep/*"],
+                    "dockerSteps": [{"image": "x", "commands": ["ls keep drop 2>&1; true"]}]}
+    )
+    tags = server.client.submit(
+        "batches", {"repositoryName": "deep", "fetchTags": True,
+                    "dockerSteps": [{"image": "x", "commands": ["git tag", "git rev-list --count HEAD"]}]}
+    )
+    for j in (shallow, sparse, tags):
+        assert wait_job(server, j["id"])["state"] == "completed"
+    out = server.client.logs(shallow["id"])["entries"][-1]["out"]
+    assert "\n1\n" in out and "v1.0" not in out
+    out = server.client.logs(sparse["id"])["entries"][-1]["out"]
+    assert "a.txt" in out and "b.txt" not in out
+    out = server.client.logs(tags["id"])["entries"][-1]["out"]
+    assert "v1.0" in out and "\n3\n" in out
+    fetch = [e for e in server.client.logs(shallow["id"])["entries"] if e["key"] == "setup.git.fetch"][0]
+    assert "--depth=1" in fetch["command"]
+
+
+def test_plain_sourcegraph_protocol_without_extensions(tmp_path: Path):
+    require(bwrap_ok(), "bubblewrap is needed for the shell runtime")
+    with run_server(tmp_path, extensions=False) as server:
+        start_executor(server, tmp_path, "shell", EXECUTOR_QUEUE_POLL_INTERVAL="200ms")
+        job = server.client.submit("batches", docker_job("echo line-1", "sleep 1.2", "echo line-2"))
+        done = wait_job(server, job["id"])
+        assert done["state"] == "completed"
+        text = logs_text(server, job["id"])
+        assert "line-1" in text and "line-2" in text
+        assert text.count("line-1") == 2  # "+ echo line-1" and its output, once each: no duplicated resend
+
+
+def test_sigterm_lets_the_running_job_finish(server: Server, tmp_path: Path):
+    require(bwrap_ok(), "bubblewrap is needed for the shell runtime")
+    p = start_executor(server, tmp_path, "shell")
+    job = server.client.submit("batches", docker_job("echo started", "sleep 2", "echo finished"))
+    wait_log(server, job["id"], "started")
+    rc = stop_executor(p)
+    assert rc == 0
+    done = server.client.get(job["id"])
+    assert done["state"] == "completed"
+    assert "finished" in logs_text(server, job["id"])
