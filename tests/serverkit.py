@@ -67,9 +67,34 @@ class RunningServer:
         return bool(self.app.state.corral.notifier._waiters.get(key))
 
 
+_stopping: list[tuple[threading.Thread, FastAPI]] = []
+_stopping_lock = threading.Lock()
+
+
+def _finish(thread: threading.Thread, app: FastAPI, timeout: float) -> None:
+    thread.join(timeout=timeout)
+    assert not thread.is_alive(), "the test server did not stop"
+    app.state.corral.store.close()
+
+
+def reap_servers(timeout: float = 15.0) -> None:
+    """Wait for servers stopped with `background_stop=True` to finish, and close their stores."""
+    with _stopping_lock:
+        pending = list(_stopping)
+        _stopping.clear()
+    for thread, app in pending:
+        _finish(thread, app, timeout)
+
+
 @contextlib.contextmanager
-def serve(settings: ServerSettings, store: Store | None = None) -> Iterator[RunningServer]:
-    """Run the server app in a thread on 127.0.0.1 with a free port; stop it on exit."""
+def serve(
+    settings: ServerSettings, store: Store | None = None, *, background_stop: bool = False
+) -> Iterator[RunningServer]:
+    """Run the server app in a thread on 127.0.0.1 with a free port; stop it on exit.
+
+    uvicorn's shutdown pauses about 0.2 s; with `background_stop` the caller does not wait for it
+    (the server stops accepting at once) and `reap_servers()` later joins the thread.
+    """
     app = create_app(settings, store)
     config = uvicorn.Config(
         app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", timeout_graceful_shutdown=3
@@ -90,9 +115,11 @@ def serve(settings: ServerSettings, store: Store | None = None) -> Iterator[Runn
         yield RunningServer(url=f"http://127.0.0.1:{port}", settings=settings, app=app, server=server)
     finally:
         server.should_exit = True
-        thread.join(timeout=15)
-        app.state.corral.store.close()
-        assert not thread.is_alive(), "the test server did not stop"
+        if background_stop:
+            with _stopping_lock:
+                _stopping.append((thread, app))
+        else:
+            _finish(thread, app, timeout=15)
 
 
 def job_headers(job: dict[str, Any], executor: str = EXECUTOR) -> dict[str, str]:

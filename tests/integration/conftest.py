@@ -10,9 +10,16 @@ from typing import Any
 import pytest
 
 from corral.server.store.store import Store
-from tests.serverkit import Kit, RunningServer, serve, settings_for
+from tests.serverkit import Kit, RunningServer, reap_servers, serve, settings_for
 
 ServerFactory = Callable[..., RunningServer]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _reap_servers() -> Iterator[None]:
+    """Servers stop in the background (uvicorn pauses ~0.2 s on shutdown); wait for all at the end."""
+    yield
+    reap_servers()
 
 
 @pytest.fixture
@@ -25,7 +32,7 @@ def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
         nonlocal count
         count += 1
         settings = settings_for(tmp_path / f"server-{count}", **overrides)
-        return stack.enter_context(serve(settings, store))
+        return stack.enter_context(serve(settings, store, background_stop=True))
 
     with stack:
         yield make

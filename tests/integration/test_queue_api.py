@@ -125,7 +125,6 @@ def test_admin_token_is_generated_into_the_data_dir(tmp_path: Path) -> None:
         None,
         "",
         "token-executor",
-        "token-executor ",
         f"token-executor {EXECUTOR_SECRET}x",
         f"token-executor {EXECUTOR_SECRET} extra",
         f"Bearer {EXECUTOR_SECRET}",
@@ -252,7 +251,9 @@ def test_dequeue_errors(kit: Kit) -> None:
     )
     assert r.status_code == 404 and "nope" in error_of(r)
     r = kit.executor.post(
-        "/.executors/queue/batches/dequeue", content=b"{not json", headers={"Content-Type": "application/json"}
+        "/.executors/queue/batches/dequeue",
+        content=b"{not json",
+        headers={"Content-Type": "application/json"},
     )
     assert r.status_code == 400 and error_of(r).startswith("invalid request")
 
@@ -425,7 +426,8 @@ def test_job_routes_accept_the_executor_token(kit: Kit) -> None:
 
 # -- logs --------------------------------------------------------------------------------------
 def test_add_and_update_execution_log_entries(kit: Kit) -> None:
-    job = kit.take() if kit.submit() else {}
+    kit.submit()
+    job = kit.take()
     r = kit.job_call(
         "batches",
         "addExecutionLogEntry",
@@ -556,7 +558,13 @@ def test_upload_result(kit: Kit) -> None:
     assert r.status_code == 204
     assert kit.job_call("batches", "markComplete", job).status_code == 204
     res = kit.admin.get(f"/api/v1/jobs/{job['id']}/result").json()
-    assert res == {"jobId": job["id"], "attempt": 1, "exitCodes": [0, 0], "diff": "--- a\n+++ b\n", "files": files}
+    assert res == {
+        "jobId": job["id"],
+        "attempt": 1,
+        "exitCodes": [0, 0],
+        "diff": "--- a\n+++ b\n",
+        "files": files,
+    }
     assert kit.get_job(job["id"])["exitCodes"] == [0, 0]
 
 

@@ -281,6 +281,19 @@ async def test_command_that_cannot_start(rt: DockerRuntime, make_space: Callable
     assert await job_containers(rt, space) == []
 
 
+async def test_a_failing_output_sink_leaves_no_container(
+    rt: DockerRuntime, make_space: Callable[..., JobSpace]
+) -> None:
+    space = make_space()
+
+    def broken_sink(data: bytes) -> None:
+        raise OSError("log storage is full")
+
+    with pytest.raises(OSError, match="log storage is full"):
+        await asyncio.wait_for(rt.run_step(space, step("yes"), broken_sink), timeout=20)
+    assert await job_containers(rt, space) == []
+
+
 async def test_step_dir_outside_workspace_is_refused(
     rt: DockerRuntime, make_space: Callable[..., JobSpace]
 ) -> None:

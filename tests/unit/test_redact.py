@@ -423,3 +423,43 @@ def test_large_output_in_small_chunks() -> None:
     assert result.count(R.encode()) == copies and result.count(W.encode()) == copies
     assert TOKEN.encode() not in result and base64.b64encode(WEIRD.encode())[:-4] not in result
     assert result == r.redact(data)
+
+
+def test_undecided_tail_matches_a_naive_reference() -> None:
+    """The held-back tail is exactly the longest tail that is a proper prefix of some pattern: shorter
+    would emit the start of a secret the next chunk completes, longer would only delay output."""
+    rng = random.Random(11)
+    long_secret = "".join(rng.choice("ab") for _ in range(LONG_PATTERN + 30))
+    r = Redactor({"abab-secret": "[1]", "ab": "[2]", long_secret: "[3]", TOKEN: R})
+    patterns = list(r._replacements)  # internal, for the reference only
+    keep = r.max_pattern_len - 1
+
+    def naive(buf: bytes) -> int:
+        for k in range(min(keep, len(buf)), 0, -1):
+            if any(len(p) > k and p.startswith(buf[-k:]) for p in patterns):
+                return k
+        return 0
+
+    pieces = [
+        b"a",
+        b"b",
+        b"ab",
+        b"abab-s",
+        b"abab-secret",
+        b"-",
+        b"x",
+        long_secret.encode()[: rng.randint(1, 280)],
+    ]
+    pieces += [TOKEN.encode()[:9], TOKEN.encode().hex().encode()[:20]]
+    for _ in range(300):
+        buf = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 8)))
+        assert r.undecided(buf, keep) == naive(buf), buf
+
+    # a long and a short pattern that both continue the same tail, the long one starting a bit earlier
+    r = Redactor({"ababababab-Z": "[s]", "ab" * (LONG_PATTERN // 2 + 10): "[l]"})
+    patterns, keep = list(r._replacements), r.max_pattern_len - 1
+    for _ in range(300):
+        buf = b"".join(
+            rng.choice([b"a", b"b", b"ab", b"abab", b"-", b"-Z", b"x"]) for _ in range(rng.randint(0, 12))
+        )
+        assert r.undecided(buf, keep) == naive(buf), buf

@@ -92,7 +92,7 @@ def test_enqueue_creates_a_queued_job_and_a_new_queue(store: Store, clock: Clock
     assert counts["batches"] == {}
 
 
-@pytest.mark.parametrize("name", ["", "Upper", "has space", "a/b", "x" * 65, "dot.ted"])
+@pytest.mark.parametrize("name", ["", "Upper", "has space", "a/b", "x" * 65, "dot.ted", "batches\n"])
 def test_enqueue_refuses_invalid_queue_names(store: Store, name: str) -> None:
     with pytest.raises(Invalid, match="invalid queue name"):
         store.enqueue(name, dict(SPEC))
@@ -130,7 +130,7 @@ def test_dequeue_across_queues_uses_one_order(store: Store) -> None:
 
 
 def test_dequeue_sets_processing_and_creates_an_attempt_with_a_token(store: Store, clock: Clock) -> None:
-    job_id = enqueue(store, "codeintel", **{})
+    job_id = enqueue(store, "codeintel")
     clock.advance(3)
     row = take(store, "exec-1", ("codeintel",))
     assert row["id"] == job_id
@@ -146,9 +146,7 @@ def test_dequeue_sets_processing_and_creates_an_attempt_with_a_token(store: Stor
     assert stored == hash_token(row["token"]) and stored != row["token"]
 
 
-def test_each_dequeue_of_the_same_job_is_a_new_attempt_with_its_own_token(
-    store: Store, clock: Clock
-) -> None:
+def test_each_dequeue_of_the_same_job_is_a_new_attempt_with_its_own_token(store: Store, clock: Clock) -> None:
     job_id = enqueue(store)
     first = take(store, "exec-1")
     assert stall(store, clock) == ([job_id], [])

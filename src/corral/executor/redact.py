@@ -68,6 +68,7 @@ import base64
 import json
 import re
 import sys
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import groupby
 from urllib.parse import quote, quote_plus
@@ -89,6 +90,7 @@ MIN_PART = 6  # characters: shortest line of a multi-line secret that is redacte
 LONG_PATTERN = 256  # bytes: longer patterns are searched with bytes.find, not the regex (Redactor._scan)
 
 _NEVER = sys.maxsize  # "no match": a start position beyond any buffer
+_HEAD = 8  # bytes: StreamRedactor's undecided-tail check looks tails this long or longer up by their head
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
 _PERCENT_ESCAPE = re.compile(r"%[0-9A-F]{2}")
 
@@ -193,17 +195,43 @@ class Redactor:
         self._short = _compile(short) if short else None
         self._short_max = max(map(len, short), default=0)
         self._long = sorted((p for p in table if len(p) > LONG_PATTERN), key=len, reverse=True)
-        # Proper prefixes of the patterns: a stream holds back only a tail that could still grow into one.
-        self._prefixes = frozenset(p[:k] for p in table for k in range(1, len(p)))
+        # A stream holds back only a tail that could still grow into a pattern (see `undecided`):
+        # proper prefixes shorter than _HEAD bytes in a set, longer ones start with a pattern's head.
+        self._heads = frozenset(p[:k] for p in table for k in range(1, min(len(p), _HEAD)))
+        self._sorted_short = sorted(short)
+        heads = [p[:_HEAD] for p in short if len(p) > _HEAD]
+        self._short_heads = _compile(heads) if heads else None
 
     def undecided(self, buf: bytes, keep: int) -> int:
         """Length of the longest tail of `buf` (at most `keep` bytes) that is a proper prefix of a
-        pattern: only those bytes may still be part of a match that the next chunk completes."""
-        prefixes = self._prefixes
-        for k in range(min(keep, len(buf)), 0, -1):
-            if buf[-k:] in prefixes:
+        pattern: only those bytes may still be part of a match that the next chunk completes.
+
+        Cost: a regex scan of the last `short_max - 1` bytes for the first `_HEAD` bytes of a short
+        pattern, a `bytes.find` per long pattern, and a few set look-ups: no quadratic slicing.
+        """
+        n = len(buf)
+        best = n  # start of the longest undecided tail found so far
+        if self._short_heads is not None:  # tails of _HEAD bytes or more, of short patterns
+            pos = max(0, n - min(keep, self._short_max - 1))
+            ordered = self._sorted_short
+            while (m := self._short_heads.search(buf, pos)) is not None:
+                tail = buf[m.start() :]
+                i = bisect_right(ordered, tail)  # patterns extending `tail` sort right after it
+                if i < len(ordered) and ordered[i].startswith(tail):
+                    best = m.start()
+                    break
+                pos = m.start() + 1
+        for p in self._long:  # few; each tail candidate starts with the pattern's head
+            head, start = p[:_HEAD], max(0, n - min(keep, len(p) - 1))
+            while (at := buf.find(head, start, min(n, best + _HEAD - 1))) != -1:  # only longer tails
+                if p.startswith(buf[at:]):
+                    best = at
+                    break
+                start = at + 1
+        for k in range(min(keep, n, _HEAD - 1), n - best, -1):  # short tails
+            if buf[n - k :] in self._heads:
                 return k
-        return 0
+        return n - best
 
     @staticmethod
     def _forms(secret: str) -> Iterator[bytes]:

@@ -397,7 +397,8 @@ class DockerRuntime:
         for key, value in step.env.items():
             if not key or "=" in key or "\0" in key or "\0" in value:
                 raise RuntimeFailure(
-                    f"step {step.key}: invalid environment variable name {key!r}", reason="docker"
+                    f"step {step.key}: invalid environment variable {key!r} (empty, '=' or NUL)",
+                    reason="docker",
                 )
             env.append(f"{key}={value}")
         limits = space.limits

@@ -309,7 +309,11 @@ class DockerAPI:
                 except httpx.TransportError as exc:
                     raise self._unreachable(exc) from exc
 
-            yield payloads()
+            gen = payloads()
+            try:
+                yield gen
+            finally:
+                await gen.aclose()  # also when the caller stopped early (its sink raised, it was cancelled)
 
     async def container_wait(self, cid: str) -> int:
         """Block until the container stops; its exit code."""
