@@ -78,7 +78,9 @@ def server(
         f"corral {__version__} serving on http://{host}:{port} (data: {settings.data_dir}, db: "
         f"{settings.db_url.split('@')[-1]})"
     )
-    uvicorn.run(fastapi_app, host=host, port=port, log_level=log_level, access_log=False)
+    uvicorn.run(
+        fastapi_app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=5
+    )
 
 
 def _client(server_url: str, token: str, data_dir: Path | None = None) -> Any:

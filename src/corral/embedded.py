@@ -57,7 +57,13 @@ def embedded(
         host="127.0.0.1", port=port, data_dir=data_dir, executors_access_token=secret, admin_token=admin
     )
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(
+            create_app(settings),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            timeout_graceful_shutdown=1,
+        )
     )
     st = threading.Thread(target=server.run, name="corral-server", daemon=True)
     st.start()

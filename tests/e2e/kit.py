@@ -55,7 +55,15 @@ def run_server(tmp: Path, **overrides: Any) -> Iterator[Server]:
         admin_token=ADMIN,
         **overrides,
     )
-    srv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    srv = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            timeout_graceful_shutdown=1,
+        )
+    )
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
     deadline = time.monotonic() + 20
@@ -95,7 +103,7 @@ def executor_env(server: Server, tmp: Path, runtime: str, **env: str) -> dict[st
 
 
 def start_executor(server: Server, tmp: Path, runtime: str, **env: str) -> subprocess.Popen[bytes]:
-    log = open(tmp / f"executor-{len(server.executors)}.log", "wb")  # noqa: SIM115 - closed with the process
+    log = open(tmp / f"executor-{len(server.executors)}.log", "wb")
     p = subprocess.Popen(
         [CORRAL, "executor", "run"],
         env=executor_env(server, tmp, runtime, **env),
@@ -141,7 +149,9 @@ def docker_job(*commands: str, image: str = "corral/busybox:1", **extra: Any) ->
     return {"dockerSteps": [{"image": image, "commands": list(commands)}], **extra}
 
 
-def wait_job(server: Server, job_id: int, states: tuple[str, ...] = TERMINAL, timeout: float = 60) -> dict[str, Any]:
+def wait_job(
+    server: Server, job_id: int, states: tuple[str, ...] = TERMINAL, timeout: float = 60
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         job = server.client.get(job_id)

@@ -46,7 +46,9 @@ def repo(server: Server, tmp_path: Path) -> str:
     return "acme/app"
 
 
-def test_job_runs_and_reports_diff_logs_and_exit_codes(server: Server, repo: str, runtime: str, tmp_path: Path):
+def test_job_runs_and_reports_diff_logs_and_exit_codes(
+    server: Server, repo: str, runtime: str, tmp_path: Path
+):
     start_executor(server, tmp_path, runtime)
     job = server.client.submit(
         "batches",
@@ -54,9 +56,15 @@ def test_job_runs_and_reports_diff_logs_and_exit_codes(server: Server, repo: str
             "repositoryName": repo,
             "commit": "HEAD",
             "dockerSteps": [
-                {"image": "corral/busybox:1", "commands": ["sed -i s/whitelist/allowlist/ README.md", "echo step-one"]},
-                {"image": "corral/busybox:1", "commands": ["cat extra/note.txt", "echo \"$GREETING\""],
-                 "env": ["GREETING=hi there"]},
+                {
+                    "image": "corral/busybox:1",
+                    "commands": ["sed -i s/whitelist/allowlist/ README.md", "echo step-one"],
+                },
+                {
+                    "image": "corral/busybox:1",
+                    "commands": ["cat extra/note.txt", 'echo "$GREETING"'],
+                    "env": ["GREETING=hi there"],
+                },
             ],
             "files": {"extra/note.txt": {"content": "a note from the producer"}},
         },
@@ -78,10 +86,13 @@ def test_failing_step_stops_the_job(server: Server, repo: str, runtime: str, tmp
     start_executor(server, tmp_path, runtime)
     job = server.client.submit(
         "batches",
-        {"repositoryName": repo, "dockerSteps": [
-            {"image": "corral/busybox:1", "commands": ["echo before", "exit 3"]},
-            {"image": "corral/busybox:1", "commands": ["echo never-runs"]},
-        ]},
+        {
+            "repositoryName": repo,
+            "dockerSteps": [
+                {"image": "corral/busybox:1", "commands": ["echo before", "exit 3"]},
+                {"image": "corral/busybox:1", "commands": ["echo never-runs"]},
+            ],
+        },
     )
     done = wait_job(server, job["id"])
     assert done["state"] == "failed"
@@ -92,7 +103,9 @@ def test_failing_step_stops_the_job(server: Server, repo: str, runtime: str, tmp
 
 def test_memory_hog_is_oom_killed(server: Server, runtime: str, tmp_path: Path):
     start_executor(server, tmp_path, runtime, EXECUTOR_JOB_MEMORY="64M")
-    job = server.client.submit("batches", docker_job("x=$(head -c 300000000 /dev/zero | tr '\\0' a); echo ${#x}"))
+    job = server.client.submit(
+        "batches", docker_job("x=$(head -c 300000000 /dev/zero | tr '\\0' a); echo ${#x}")
+    )
     done = wait_job(server, job["id"])
     assert done["state"] == "failed"
     assert "out of memory (limit 64 MiB)" in done["error"]
@@ -178,16 +191,28 @@ def test_clone_options_shallow_sparse_tags(server: Server, tmp_path: Path):
     server.client.add_repo("deep", str(tmp_path / "deep"))
     start_executor(server, tmp_path, "shell")
     shallow = server.client.submit(
-        "batches", {"repositoryName": "deep", "shallowClone": True,
-                    "dockerSteps": [{"image": "x", "commands": ["git rev-list --count HEAD", "git tag"]}]}
+        "batches",
+        {
+            "repositoryName": "deep",
+            "shallowClone": True,
+            "dockerSteps": [{"image": "x", "commands": ["git rev-list --count HEAD", "git tag"]}],
+        },
     )
     sparse = server.client.submit(
-        "batches", {"repositoryName": "deep", "sparseCheckout": ["keep/*"],
-                    "dockerSteps": [{"image": "x", "commands": ["ls keep drop 2>&1; true"]}]}
+        "batches",
+        {
+            "repositoryName": "deep",
+            "sparseCheckout": ["keep/*"],
+            "dockerSteps": [{"image": "x", "commands": ["ls keep drop 2>&1; true"]}],
+        },
     )
     tags = server.client.submit(
-        "batches", {"repositoryName": "deep", "fetchTags": True,
-                    "dockerSteps": [{"image": "x", "commands": ["git tag", "git rev-list --count HEAD"]}]}
+        "batches",
+        {
+            "repositoryName": "deep",
+            "fetchTags": True,
+            "dockerSteps": [{"image": "x", "commands": ["git tag", "git rev-list --count HEAD"]}],
+        },
     )
     for j in (shallow, sparse, tags):
         assert wait_job(server, j["id"])["state"] == "completed"
@@ -197,7 +222,7 @@ def test_clone_options_shallow_sparse_tags(server: Server, tmp_path: Path):
     assert "a.txt" in out and "b.txt" not in out
     out = server.client.logs(tags["id"])["entries"][-1]["out"]
     assert "v1.0" in out and "\n3\n" in out
-    fetch = [e for e in server.client.logs(shallow["id"])["entries"] if e["key"] == "setup.git.fetch"][0]
+    fetch = next(e for e in server.client.logs(shallow["id"])["entries"] if e["key"] == "setup.git.fetch")
     assert "--depth=1" in fetch["command"]
 
 

@@ -203,7 +203,7 @@ class Worker:
         if not self.running:
             return
         tasks = [t for _j, t in self.running.values()]
-        done, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace)
+        _done, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace)
         if pending:
             log.warning("shutdown grace over: canceling %d job(s)", len(pending))
             for t in pending:

@@ -42,7 +42,7 @@ __all__ = [
     "now_rfc3339",
 ]
 
-QUEUE_NAME_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
+QUEUE_NAME_RE = re.compile(r"^[a-z0-9_-]{1,64}\Z")
 EXTENSIONS_HEADER = "X-Corral-Extensions"
 # What a corral server offers beyond Sourcegraph's protocol; a client only uses what is advertised.
 EXTENSIONS = ("longpoll", "logappend", "fencing", "results", "cancelwatch")

@@ -69,10 +69,13 @@ async def test_auth(request: Request, state: StateDep) -> str:
     return "ok"
 
 
-async def _dequeue(state: ServerState, queues: list[str], req: DequeueRequest, with_queue: bool) -> Response:
+async def _dequeue(
+    request: Request, state: ServerState, queues: list[str], req: DequeueRequest, with_queue: bool
+) -> Response:
     if not req.executor_name:
         raise ApiError(400, "worker hostname cannot be empty (executorName)")
-    check_version_skew(req.version)
+    if request.headers.get("user-agent", "").startswith("corral-executor/"):
+        check_version_skew(req.version)
     for q in queues:
         await asyncio.to_thread(_require_queue, state, q)
     wait = min(req.wait_seconds or 0.0, state.settings.long_poll_max) if state.settings.extensions else 0.0
@@ -101,13 +104,13 @@ async def dequeue_many(request: Request, body: DequeueRequest, state: StateDep) 
     require_executor(request, state)
     if not body.queues:
         return Response(status_code=204)
-    return await _dequeue(state, list(dict.fromkeys(body.queues)), body, with_queue=True)
+    return await _dequeue(request, state, list(dict.fromkeys(body.queues)), body, with_queue=True)
 
 
 @router.post("/queue/{queue}/dequeue")
 async def dequeue_one(queue: str, request: Request, body: DequeueRequest, state: StateDep) -> Response:
     require_executor(request, state)
-    return await _dequeue(state, [queue], body, with_queue=False)
+    return await _dequeue(request, state, [queue], body, with_queue=False)
 
 
 def _telemetry(body: HeartbeatRequest) -> dict[str, Any]:
