@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Install and start everything corral and its tests need on a Debian 12 machine (root, no systemd).
 # Idempotent: safe to run again; it only does what is missing.
-#   scripts/setup.sh          system packages, dockerd, job images, the Python venv (.venv)
+#   scripts/setup.sh          system packages, dockerd, PostgreSQL, job images, the Python venv (.venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 
-APT_PACKAGES=(docker.io containerd runc iptables nftables bubblewrap busybox-static util-linux git ca-certificates)
+APT_PACKAGES=(docker.io containerd runc iptables nftables bubblewrap busybox-static util-linux git ca-certificates
+  postgresql)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -22,6 +23,9 @@ fi
 
 # dockerd: started by hand (no systemd; policy-rc.d forbids apt from starting services).
 bash scripts/start-dockerd.sh
+
+# PostgreSQL (Debian's cluster 15/main on 127.0.0.1) with the tests' role and database.
+bash scripts/start-postgres.sh
 
 # Job images built locally, without any registry.
 bash scripts/build-images.sh

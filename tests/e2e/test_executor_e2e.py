@@ -161,7 +161,9 @@ def test_secrets_are_redacted_across_chunks_and_encodings(server: Server, runtim
         "batches",
         docker_job(
             # split across two writes (and two log flushes); no shell trace between the halves
-            f"set +x; printf '{secret[:9]}'; sleep 0.7; printf '{secret[9:]}\\n'",
+            "set +x",
+            "sleep 0.3",
+            f"printf '{secret[:9]}'; sleep 0.7; printf '{secret[9:]}\\n'",
             f"echo {b64}",
             "env",
             redactedValues={secret: "[SECRET]"},

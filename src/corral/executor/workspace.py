@@ -179,6 +179,9 @@ async def prepare_meta_git(root: Path, repo: Path, commit: str) -> Path:
     (meta / "objects" / "info" / "alternates").write_text(str(repo / ".git" / "objects") + "\n")
     (meta / "info").mkdir(exist_ok=True)
     (meta / "info" / "exclude").write_text(f"/{SCRIPTS_DIR}/\n")
+    shallow = repo / ".git" / "shallow"
+    if shallow.exists():  # a shallow clone: its history ends there, for our git dir too
+        shutil.copyfile(shallow, meta / "shallow")
     # Pin the clone's objects in our own store now: the job could delete or rewrite its .git.
     rc, out = await capture(
         ["git", "--git-dir", str(meta), "update-ref", "refs/corral/base", commit], cwd=root, env=env

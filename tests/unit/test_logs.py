@@ -1,0 +1,495 @@
+"""LogEntry against a real server (uvicorn on 127.0.0.1): streaming in order, redaction across
+writes, the head/tail cap, resync after a 409, the Sourcegraph update fallback, and UTF-8 handling.
+
+Each test submits a job, dequeues it with the executor token through a QueueClient (which also
+discovers the server's extensions), and drives a LogEntry by hand. A recording transport under the
+client keeps every request body and status, so tests can check what actually went over the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from corral.executor.client import QueueClient
+from corral.executor.logs import FLUSH_INTERVAL, MAX_SEND, LogEntry
+from corral.executor.redact import Redactor
+from corral.executor.settings import ExecutorSettings
+from corral.protocol import Job
+from tests.serverkit import (
+    ADMIN_TOKEN,
+    EXECUTOR,
+    EXECUTOR_SECRET,
+    HTTP_TIMEOUT,
+    Kit,
+    RunningServer,
+    job_headers,
+    serve,
+    settings_for,
+)
+
+KEY = "step.docker.0"
+CAP_MARKER = re.compile(r"\n\[corral\] \.\.\. (\d+) bytes of output omitted \.\.\.\n")
+SETTLE = FLUSH_INTERVAL * 2 + 0.1  # seconds: long enough for the pump to send what it has
+
+
+@dataclass
+class Call:
+    op: str  # the last path segment: appendExecutionLogEntry, updateExecutionLogEntry, ...
+    body: dict[str, Any]
+    status: int | str  # HTTP status, or "lost" when the response was thrown away
+
+
+class Recorder(httpx.AsyncBaseTransport):
+    """A real transport that records every request; it can drop the response of the next append
+    (the server did the work, the executor never hears of it: a lost response)."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.calls: list[Call] = []
+        self.lose_next_append = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        op = request.url.path.rsplit("/", 1)[-1]
+        body = json.loads(request.content) if request.content else {}
+        response = await self.inner.handle_async_request(request)
+        if op == "appendExecutionLogEntry" and self.lose_next_append:
+            self.lose_next_append = False
+            await response.aread()
+            await response.aclose()
+            self.calls.append(Call(op, body, "lost"))
+            raise httpx.ReadError("connection reset (test)", request=request)
+        self.calls.append(Call(op, body, response.status_code))
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    def log_calls(self) -> list[Call]:
+        return [c for c in self.calls if c.op in ("appendExecutionLogEntry", "updateExecutionLogEntry")]
+
+
+@dataclass
+class Ctx:
+    srv: RunningServer
+    client: QueueClient
+    job: Job
+    recorder: Recorder
+    admin: httpx.AsyncClient
+    entries: list[LogEntry] = field(default_factory=list)
+
+    def entry(
+        self,
+        redactor: Redactor | None = None,
+        *,
+        max_bytes: int = 8 * 1024 * 1024,
+        command: list[str] | None = None,
+    ) -> LogEntry:
+        return LogEntry(
+            self.client,
+            self.job,
+            KEY,
+            command or ["alpine:3", "/bin/sh", "step.sh"],
+            redactor or Redactor(),
+            max_bytes=max_bytes,
+        )
+
+    async def stored(self) -> list[dict[str, Any]]:
+        r = await self.admin.get(f"/api/v1/jobs/{self.job.id}/logs")
+        assert r.status_code == 200, r.text
+        entries: list[dict[str, Any]] = r.json()["entries"]
+        return entries
+
+    async def stored_entry(self, entry: LogEntry) -> dict[str, Any]:
+        return next(e for e in await self.stored() if e["entryId"] == entry.entry_id)
+
+    async def out(self, entry: LogEntry) -> str:
+        return str((await self.stored_entry(entry))["out"])
+
+    async def wait_out(self, entry: LogEntry, check: Callable[[str], bool], timeout: float = 10.0) -> str:
+        """Poll the stored output (bounded) until `check` accepts it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out = await self.out(entry)
+            if check(out):
+                return out
+            assert time.monotonic() < deadline, f"stored output never satisfied the check: {out[-200:]!r}"
+            await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def connect(tmp_path: Path, **server_overrides: Any) -> AsyncIterator[Ctx]:
+    """A server, one submitted job dequeued by a QueueClient, and an admin client to read logs."""
+    with serve(settings_for(tmp_path / "server", **server_overrides)) as srv:
+        kit = Kit(srv)
+        try:
+            kit.submit()
+        finally:
+            kit.close()
+        settings = ExecutorSettings(
+            frontend_url=srv.url, frontend_password=EXECUTOR_SECRET, queues=["batches"], name=EXECUTOR
+        )
+        recorder = Recorder()
+        client = QueueClient(settings, transport=recorder, retry_for=5.0)
+        admin = httpx.AsyncClient(
+            base_url=srv.url,
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            timeout=HTTP_TIMEOUT,
+            trust_env=False,
+        )
+        try:
+            job = await client.dequeue()
+            assert job is not None and job.token
+            yield Ctx(srv, client, job, recorder, admin)
+        finally:
+            await admin.aclose()
+            await client.aclose()
+
+
+@pytest.fixture
+async def ctx(tmp_path: Path) -> AsyncIterator[Ctx]:
+    async with connect(tmp_path) as c:
+        assert c.client.has("logappend")
+        yield c
+
+
+@pytest.fixture
+async def plain(tmp_path: Path) -> AsyncIterator[Ctx]:
+    """A plain Sourcegraph server: no extensions, so LogEntry falls back to updateExecutionLogEntry."""
+    async with connect(tmp_path, extensions=False) as c:
+        assert not c.client.has("logappend")
+        yield c
+
+
+async def write_in_pieces(
+    entry: LogEntry, data: bytes, sizes: Callable[[], int], pause: Callable[[int], Awaitable[None]]
+) -> None:
+    pos, n = 0, 0
+    while pos < len(data):
+        size = sizes()
+        entry.write(data[pos : pos + size])
+        pos += size
+        n += 1
+        await pause(n)
+
+
+def appended(calls: list[Call]) -> list[Call]:
+    return [c for c in calls if c.op == "appendExecutionLogEntry"]
+
+
+# -- streaming ---------------------------------------------------------------------------------
+async def test_many_small_writes_arrive_complete_in_order_and_once(ctx: Ctx):
+    rnd = random.Random(7)
+    data = b"".join(f"line {i:05d} {'x' * (i % 37)}\n".encode() for i in range(3000))
+
+    async def pause(n: int) -> None:
+        if n % 500 == 0:
+            await asyncio.sleep(SETTLE)  # let several sends happen mid-stream
+        elif n % 50 == 0:
+            await asyncio.sleep(0)
+
+    entry = ctx.entry()
+    async with entry:
+        await write_in_pieces(entry, data, lambda: rnd.randint(1, 60), pause)
+        # Before the end: what the server has so far is a prefix, with no exit code yet.
+        partial = await ctx.stored_entry(entry)
+        assert data.decode().startswith(partial["out"]) and partial["out"]
+        assert partial["exitCode"] is None
+        entry.exit_code = 0
+    stored = await ctx.stored_entry(entry)
+    assert stored["out"] == data.decode() == entry.output()
+    assert stored["exitCode"] == 0
+    assert stored["durationMs"] is not None and stored["durationMs"] >= int(SETTLE * 1000)
+    assert stored["key"] == KEY
+    # On the wire: several appends, each at the offset where the previous one ended, no byte twice.
+    calls = appended(ctx.recorder.calls)
+    assert len(calls) >= 3 and all(c.status == 200 for c in calls), [
+        (c.status, c.body["offset"], len(c.body["data"])) for c in calls
+    ]
+    offset = 0
+    for c in calls:
+        assert c.body["offset"] == offset
+        assert c.body["entryId"] == entry.entry_id and c.body["jobId"] == ctx.job.id
+        assert c.body["attempt"] == ctx.job.attempt  # fencing: the attempt goes with every call
+        offset += len(c.body["data"].encode())
+    assert offset == len(data)
+    assert [("exitCode" in c.body) for c in calls] == [False] * (len(calls) - 1) + [True]
+
+
+async def test_exit_code_and_duration_are_set_on_finish(ctx: Ctx):
+    entry = ctx.entry()
+    async with entry:
+        entry.write(b"working\n")
+        await asyncio.sleep(0.3)
+        before = await ctx.stored_entry(entry)
+        assert before["exitCode"] is None and before["durationMs"] is None
+        await entry.finish(3)
+    stored = await ctx.stored_entry(entry)
+    assert stored["out"] == "working\n"
+    assert stored["exitCode"] == 3
+    assert 300 <= stored["durationMs"] < 60_000
+
+
+async def test_a_step_that_raises_still_ships_its_output_with_exit_minus_one(ctx: Ctx):
+    entry = ctx.entry()
+    with pytest.raises(RuntimeError):
+        async with entry:
+            entry.write(b"partial output\n")
+            entry.note("the sandbox broke")
+            raise RuntimeError("boom")
+    stored = await ctx.stored_entry(entry)
+    assert stored["out"] == "partial output\n[corral] the sandbox broke\n"
+    assert stored["exitCode"] == -1
+
+
+async def test_empty_output_still_sets_the_exit_code(ctx: Ctx):
+    entry = ctx.entry()
+    async with entry:
+        entry.exit_code = 0
+    stored = await ctx.stored_entry(entry)
+    assert stored["out"] == "" and stored["exitCode"] == 0 and stored["durationMs"] is not None
+
+
+# -- redaction ---------------------------------------------------------------------------------
+async def test_a_secret_split_across_writes_never_reaches_the_server(ctx: Ctx):
+    secret = "hunter2-very-secret-value"
+    pieces = [secret[:9], secret[9:17], secret[17:]]
+    entry = ctx.entry(Redactor({secret: "[SECRET]"}), command=["sh", "-c", f"echo {secret}"])
+    async with entry:
+        entry.write(b"before " + pieces[0].encode())
+        # The text before the secret goes out; the piece that may start a secret is held back.
+        out = await ctx.wait_out(entry, lambda o: o.startswith("before "))
+        assert pieces[0] not in out
+        entry.write(pieces[1].encode())
+        await asyncio.sleep(SETTLE)
+        assert not any(p in await ctx.out(entry) for p in pieces)
+        entry.write(pieces[2].encode() + b" after\n")
+        entry.exit_code = 0
+    stored = await ctx.stored_entry(entry)
+    assert stored["out"] == "before [SECRET] after\n"
+    assert stored["command"] == ["sh", "-c", "echo [SECRET]"]
+    # Not in any request either (a later update could not have taken it back).
+    for call in ctx.recorder.calls:
+        text = json.dumps(call.body)
+        assert not any(p in text for p in pieces), call
+
+
+# -- the cap -----------------------------------------------------------------------------------
+async def test_head_and_tail_are_kept_past_the_cap(ctx: Ctx):
+    cap = 64 * 1024
+    data = b"".join(b"%07d\n" % i for i in range(128 * 1024))  # 1 MiB of numbered lines
+    assert len(data) == 1024 * 1024
+
+    async def pause(n: int) -> None:
+        if n % 100 == 0:
+            await asyncio.sleep(0)
+
+    entry = ctx.entry(max_bytes=cap)
+    async with entry:
+        await write_in_pieces(entry, data, lambda: 1000, pause)
+        entry.exit_code = 0
+    out = (await ctx.stored_entry(entry))["out"]
+    assert out == entry.output()
+    m = CAP_MARKER.search(out)
+    assert m is not None, out[32760:32900]
+    head, omitted, tail = out[: m.start()], int(m[1]), out[m.end() :]
+    assert head.encode() == data[: cap // 2]
+    assert cap // 2 <= len(tail) <= cap // 2 + 1000
+    assert tail.encode() == data[len(data) - len(tail) :]
+    assert len(head) + omitted + len(tail) == len(data)  # N is exactly what is missing
+    sent = sum(len(c.body["data"].encode()) for c in appended(ctx.recorder.calls))
+    assert sent == len(out.encode())  # the omitted middle was never sent
+
+
+async def test_one_write_larger_than_the_cap_is_still_capped(ctx: Ctx):
+    """BUG (logs.py LogEntry._add): the tail only drops whole write chunks, so the chunk that
+    crosses the head is kept whole: one 1 MiB write with a 64 KiB cap stores ~1 MiB."""
+    cap = 64 * 1024
+    data = b"".join(b"%07d\n" % i for i in range(128 * 1024))
+    entry = ctx.entry(max_bytes=cap)
+    async with entry:
+        entry.write(data)
+        entry.exit_code = 0
+    out = (await ctx.stored_entry(entry))["out"]
+    assert out == entry.output()
+    m = CAP_MARKER.search(out)
+    assert m is not None
+    assert len(out.encode()) <= cap + len(m[0])
+    head, omitted, tail = out[: m.start()], int(m[1]), out[m.end() :]
+    assert head.encode() == data[: cap // 2]
+    assert tail.encode() == data[len(data) - len(tail) :]
+    assert len(head) + omitted + len(tail) == len(data)
+
+
+# -- resync ------------------------------------------------------------------------------------
+async def test_a_lost_append_response_is_resynced_without_duplicates(ctx: Ctx):
+    entry = ctx.entry()
+    async with entry:
+        entry.write(b"first line\n")
+        await ctx.wait_out(entry, lambda o: o == "first line\n")
+        # The next append reaches the server, but its answer is lost: the client retries the same
+        # offset, the server answers 409 with what it has, and LogEntry carries on from there.
+        ctx.recorder.lose_next_append = True
+        entry.write(b"second line\n")
+        await ctx.wait_out(entry, lambda o: o == "first line\nsecond line\n")
+        entry.write(b"third line\n")
+        entry.exit_code = 0
+    stored = await ctx.stored_entry(entry)
+    assert stored["out"] == "first line\nsecond line\nthird line\n" == entry.output()
+    assert stored["exitCode"] == 0
+    statuses = [c.status for c in appended(ctx.recorder.calls)]
+    assert "lost" in statuses and 409 in statuses
+    assert statuses.index(409) == statuses.index("lost") + 1
+
+
+async def test_resync_when_the_server_offset_moved_behind_our_back(ctx: Ctx):
+    entry = ctx.entry()
+    async with entry:
+        entry.write(b"A" * 100 + b"\n")
+        await ctx.wait_out(entry, lambda o: len(o) == 101)
+        # Someone else appends to the same entry with the job's token: the server now has 110 bytes.
+        intruder = b"INTRUDER\n"
+        async with httpx.AsyncClient(base_url=ctx.srv.url, trust_env=False, timeout=HTTP_TIMEOUT) as h:
+            r = await h.post(
+                "/.executors/queue/batches/appendExecutionLogEntry",
+                json={
+                    "executorName": EXECUTOR,
+                    "jobId": ctx.job.id,
+                    "entryId": entry.entry_id,
+                    "offset": 101,
+                    "data": intruder.decode(),
+                },
+                headers=job_headers({"token": ctx.job.token, "id": ctx.job.id}),
+            )
+        assert r.status_code == 200 and r.json() == {"offset": 110}, r.text
+        rest = b"B" * 50 + b"\n" + b"C" * 50 + b"\n"
+        entry.write(rest)
+        entry.exit_code = 0
+    stored = await ctx.stored_entry(entry)
+    ours = entry.output().encode()
+    assert ours == b"A" * 100 + b"\n" + rest
+    # The server's count wins: LogEntry takes its 110 bytes as sent and goes on from byte 110 of its
+    # own output; nothing of its own is sent twice, and the stored size is exactly its output's.
+    assert stored["out"].encode() == b"A" * 100 + b"\n" + intruder + ours[110:]
+    assert len(stored["out"].encode()) == len(ours)
+    assert stored["exitCode"] == 0
+    calls = appended(ctx.recorder.calls)
+    assert [c.status for c in calls].count(409) == 1
+    after = calls[[c.status for c in calls].index(409) + 1 :]
+    assert after and after[0].body["offset"] == 110
+    assert sum(len(c.body["data"].encode()) for c in calls if c.status == 200) == len(ours) - len(intruder)
+
+
+# -- the Sourcegraph fallback --------------------------------------------------------------------
+async def test_update_mode_sends_the_whole_output_each_time(plain: Ctx):
+    entry = plain.entry()
+    lines = [f"line {i}\n".encode() for i in range(6)]
+    async with entry:
+        for line in lines:
+            entry.write(line)
+            await asyncio.sleep(SETTLE)
+        entry.exit_code = 0
+    expected = b"".join(lines).decode()
+    stored = await plain.stored_entry(entry)
+    assert stored["out"] == expected == entry.output()
+    assert stored["exitCode"] == 0 and stored["durationMs"] is not None
+    calls = plain.recorder.log_calls()
+    assert calls and all(c.op == "updateExecutionLogEntry" and c.status == 204 for c in calls)
+    outs = [c.body["out"] for c in calls]
+    assert len(outs) >= 3  # updates went out while the output flowed
+    assert all(expected.startswith(o) for o in outs)
+    assert all(len(a) <= len(b) for a, b in zip(outs, outs[1:], strict=False))
+    assert outs[-1] == expected and calls[-1].body["exitCode"] == 0
+    assert all("exitCode" not in c.body for c in calls[:-1])
+    assert all("attempt" not in c.body for c in plain.recorder.calls)  # no fencing on a plain server
+
+
+async def test_update_mode_redacts_and_caps_too(plain: Ctx):
+    secret = "hunter2-very-secret-value"
+    entry = plain.entry(Redactor({secret: "[SECRET]"}), max_bytes=1024)
+    async with entry:
+        entry.write(secret[:5].encode())
+        await asyncio.sleep(SETTLE)
+        entry.write(secret[5:].encode() + b"\n")
+        for i in range(200):
+            entry.write(b"%04d\n" % i)
+        entry.exit_code = 0
+    out = (await plain.stored_entry(entry))["out"]
+    assert out == entry.output()
+    assert out.startswith("[SECRET]\n0000\n") and out.endswith("0199\n")
+    assert CAP_MARKER.search(out) is not None and secret not in out
+
+
+# -- UTF-8 -------------------------------------------------------------------------------------
+async def test_invalid_utf8_becomes_replacement_characters(ctx: Ctx):
+    entry = ctx.entry()
+    async with entry:
+        entry.write(b"ok \xff\xfe bad \xc3( end\n")
+        entry.exit_code = 0
+    assert (await ctx.out(entry)) == "ok \ufffd\ufffd bad \ufffd( end\n" == entry.output()
+
+
+async def test_a_multibyte_character_split_across_writes_stays_intact(ctx: Ctx):
+    entry = ctx.entry()
+    e_acute, emoji = "é".encode(), "🦀".encode()
+    async with entry:
+        entry.write(b"caf" + e_acute[:1])
+        out = await ctx.wait_out(entry, lambda o: o == "caf")  # the half character is held back
+        entry.write(e_acute[1:] + b" ")
+        for byte in emoji:  # a 4-byte character, one byte per write, with sends in between
+            entry.write(bytes([byte]))
+            await asyncio.sleep(SETTLE / 2)
+            out = await ctx.out(entry)
+            assert "\ufffd" not in out
+        entry.write(b"\n")
+        entry.exit_code = 0
+    assert (await ctx.out(entry)) == "café 🦀\n" == entry.output()
+
+
+async def test_a_truncated_character_at_the_end_is_replaced(ctx: Ctx):
+    entry = ctx.entry()
+    async with entry:
+        entry.write(b"end" + "é".encode()[:1])
+        entry.exit_code = 0
+    assert (await ctx.out(entry)) == "end\ufffd" == entry.output()
+
+
+async def test_the_cap_never_cuts_a_multibyte_character(ctx: Ctx):
+    """BUG (logs.py LogEntry._add): the head is cut at a byte count, so a character can be split;
+    the half character is sent with errors="replace" (3 bytes on the server for 1 of ours), the
+    server's offset runs ahead of LogEntry's and later bytes are skipped."""
+    entry = ctx.entry(max_bytes=64)  # head: 32 bytes
+    text = "a" * 31 + "é" + "b" * 200 + "\n"  # byte 32 is the middle of "é"
+    async with entry:
+        entry.write(text.encode())
+        await asyncio.sleep(SETTLE)
+        entry.exit_code = 0
+    out = await ctx.out(entry)
+    assert "\ufffd" not in out
+    assert out == entry.output()
+    assert out.startswith("a" * 31) and out.endswith("b" * 20 + "\n")
+
+
+async def test_a_send_larger_than_max_send_never_cuts_a_multibyte_character(ctx: Ctx):
+    """BUG (logs.py LogEntry._send): output is sent in MAX_SEND-byte slices decoded with
+    errors="replace"; a character across a slice boundary is mangled and the offsets diverge."""
+    text = "a" + "é" * (MAX_SEND // 2 + 1000) + "\n"  # byte MAX_SEND falls inside an "é"
+    entry = ctx.entry()
+    async with entry:
+        entry.write(text.encode())  # all at once: the first send has more than MAX_SEND bytes
+        entry.exit_code = 0
+    out = await ctx.out(entry)
+    assert len(appended(ctx.recorder.calls)) >= 2
+    assert "\ufffd" not in out
+    assert out == text == entry.output()
