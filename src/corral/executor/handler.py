@@ -83,6 +83,7 @@ class JobHandler:
             docker_config=None,
             kill_grace=s.kill_grace,
             executor_name=s.name,
+            owner=s.vm_prefix,
         )
 
     def deadline(self, job: Job) -> float:

@@ -98,6 +98,7 @@ class ExecutorSettings:
     log_max_bytes: int = 8 * 1024 * 1024  # per log entry; past it the head and the tail are kept
     cli_path: str = field(default_factory=_default_cli)
     name: str = ""
+    vm_prefix: str = "executor"  # EXECUTOR_VM_PREFIX: owner label of everything this executor creates
     extensions: bool = True  # use corral's protocol extensions when the server offers them
 
     @property
@@ -198,6 +199,7 @@ class ExecutorSettings:
             "log_max_bytes": conv("EXECUTOR_LOG_MAX_BYTES", parse_size),
             "cli_path": get("EXECUTOR_CLI_PATH"),
             "name": get("EXECUTOR_NAME"),
+            "vm_prefix": get("EXECUTOR_VM_PREFIX"),
             "extensions": conv("EXECUTOR_USE_EXTENSIONS", boolean),
         }
         user = get("EXECUTOR_JOB_USER")
@@ -207,6 +209,10 @@ class ExecutorSettings:
                 problems.append(f"EXECUTOR_JOB_USER: {user!r} must be UID[:GID] of a non-root user")
             else:
                 values["job_uid"], values["job_gid"] = int(m[1]), int(m[2] or m[1])
+        if values["vm_prefix"] is not None and not re.fullmatch(
+            r"[a-z0-9][a-z0-9_-]{0,31}", values["vm_prefix"]
+        ):
+            problems.append("EXECUTOR_VM_PREFIX: use up to 32 characters of [a-z0-9_-]")
         if values["maximum_num_jobs"] == 0:
             problems.append("EXECUTOR_MAXIMUM_NUM_JOBS: must be at least 1")
         auth = values["docker_auth_config"]

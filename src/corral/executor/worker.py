@@ -18,6 +18,7 @@ import contextlib
 import logging
 import shutil
 import signal
+import socket
 import subprocess
 import time
 
@@ -68,6 +69,8 @@ class Worker:
             if settings.runtime == "docker"
             else "",
             "srcCliVersion": tool_version([settings.cli_path, "version"]),
+            "qemuVersion": tool_version(["qemu-system-x86_64", "--version"]),
+            "hostname": socket.gethostname(),
         }
 
     # -- lifecycle ----------------------------------------------------------------------------

@@ -22,10 +22,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal, Protocol
 
-__all__ = ["LABEL_JOB", "LABEL_MANAGED", "JobSpace", "Limits", "OutputSink", "Runtime", "Step", "StepResult"]
+__all__ = [
+    "LABEL_JOB",
+    "LABEL_MANAGED",
+    "LABEL_OWNER",
+    "JobSpace",
+    "Limits",
+    "OutputSink",
+    "Runtime",
+    "Step",
+    "StepResult",
+]
 
 LABEL_MANAGED = "dev.corral.managed"
 LABEL_JOB = "dev.corral.job"
+LABEL_OWNER = "dev.corral.owner"  # EXECUTOR_VM_PREFIX: a janitor only touches its own owner's resources
 WORKSPACE_MOUNT = "/data"  # where the workspace appears inside every sandbox (as in Sourcegraph)
 
 OutputSink = Callable[[bytes], None]  # called with raw output bytes as they are produced
@@ -53,10 +64,11 @@ class JobSpace:
     docker_config: Path | None = None  # private docker config dir for pulls (credentials), never mounted
     kill_grace: float = 10.0  # seconds between SIGTERM and SIGKILL
     executor_name: str = ""
+    owner: str = "executor"  # EXECUTOR_VM_PREFIX
 
     @property
     def labels(self) -> dict[str, str]:
-        return {LABEL_MANAGED: "true", LABEL_JOB: f"{self.queue}-{self.job_id}"}
+        return {LABEL_MANAGED: "true", LABEL_JOB: f"{self.queue}-{self.job_id}", LABEL_OWNER: self.owner}
 
     @property
     def name(self) -> str:

@@ -44,6 +44,7 @@ from corral.errors import ConfigError, RuntimeFailure
 from corral.executor.runtimes.base import (
     LABEL_JOB,
     LABEL_MANAGED,
+    LABEL_OWNER,
     WORKSPACE_MOUNT,
     JobSpace,
     OutputSink,
@@ -231,6 +232,7 @@ class DockerRuntime:
         additional_mounts: Sequence[str] = (),
         pull: bool = True,
         pull_timeout: float = DEFAULT_PULL_TIMEOUT_S,
+        owner: str | None = None,
     ) -> None:
         """
         socket: the Engine's unix socket; default from DOCKER_HOST=unix://..., else /var/run/docker.sock.
@@ -242,6 +244,8 @@ class DockerRuntime:
         additional_mounts: `--mount`-style specs added to every step container (operator-configured).
         pull: pull images that are missing locally; False = local images only.
         pull_timeout: seconds a pull may take.
+        owner: the janitor removes only containers labelled with this owner (EXECUTOR_VM_PREFIX);
+            None = every corral container on the daemon.
         """
         self._socket_problem: str | None = None
         if socket is None:
@@ -251,6 +255,7 @@ class DockerRuntime:
                 self._socket_problem = str(exc)
                 socket = ""
         self.socket = socket
+        self.owner = owner
         self.runtime = runtime
         self.network_runtime = network_runtime
         self.add_host_gateway = add_host_gateway
@@ -358,7 +363,8 @@ class DockerRuntime:
         if self._socket_problem:
             return []
         try:
-            containers = await self.api.containers_list([f"{LABEL_MANAGED}=true"])
+            owned = [f"{LABEL_OWNER}={self.owner}"] if self.owner else []
+            containers = await self.api.containers_list([f"{LABEL_MANAGED}=true", *owned])
         except DockerAPIError as exc:
             raise _failure(exc, "listing corral's containers") from exc
         stale = [c for c in containers if (c.get("Labels") or {}).get(LABEL_JOB) not in live]

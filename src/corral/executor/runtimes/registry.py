@@ -13,7 +13,8 @@ from corral.executor.settings import ExecutorSettings
 def _shell(s: ExecutorSettings) -> Runtime:
     from corral.executor.runtimes.shell import ShellRuntime
 
-    return ShellRuntime(extra_ro_binds=cli_binds(s))
+    # One cgroup parent per EXECUTOR_VM_PREFIX: executors sharing a host never sweep each other's jobs.
+    return ShellRuntime(cgroup_parent=f"corral-{s.vm_prefix}", extra_ro_binds=cli_binds(s))
 
 
 def _docker(s: ExecutorSettings) -> Runtime:
@@ -23,6 +24,7 @@ def _docker(s: ExecutorSettings) -> Runtime:
         runtime=s.docker_runtime or None,
         add_host_gateway=s.docker_add_host_gateway,
         additional_mounts=s.docker_additional_mounts,
+        owner=s.vm_prefix,
     )
 
 
