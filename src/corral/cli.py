@@ -13,7 +13,11 @@ import typer
 from corral import __version__
 from corral.errors import CorralError
 
-app = typer.Typer(help="corral: run untrusted jobs in sandboxes for a central server.", no_args_is_help=True)
+app = typer.Typer(
+    help="corral: run untrusted jobs in sandboxes for a central server.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 repo_app = typer.Typer(help="Repositories the server serves to executors.", no_args_is_help=True)
 job_app = typer.Typer(help="Submit and follow jobs.", no_args_is_help=True)
 executor_app = typer.Typer(

@@ -124,7 +124,10 @@ class QueueClient:
 
     # -- executor-scoped calls ----------------------------------------------------------------
     async def test_auth(self) -> None:
-        r = await self.http.get("/.executors/test/auth", headers=self._executor_headers())
+        try:
+            r = await self.http.get("/.executors/test/auth", headers=self._executor_headers())
+        except httpx.HTTPError as exc:
+            raise ServerError(f"cannot reach the server at {self.settings.frontend_url}: {exc!r}") from exc
         if r.status_code != 200:
             raise ServerError(f"auth check failed: {r.status_code} {r.text.strip()}", status=r.status_code)
 
