@@ -47,6 +47,7 @@ def test_defaults():
     assert (s.job_uid, s.job_gid) == (1000, 1000)
     assert s.log_max_bytes == 8 * 1024 * 1024
     assert s.extensions is True
+    assert s.vm_prefix == "executor"
     assert s.name  # generated: hostname-uuid
     assert settings().name != s.name  # a fresh name per executor
 
@@ -233,6 +234,12 @@ def test_job_user():
     assert (s.job_uid, s.job_gid) == (2000, 3000)
     for bad in ("0", "0:0", "root", "1000:x"):
         assert "EXECUTOR_JOB_USER" in problems(EXECUTOR_JOB_USER=bad), bad
+
+
+def test_vm_prefix():
+    assert settings(EXECUTOR_VM_PREFIX="exec-2").vm_prefix == "exec-2"
+    for bad in ("Exec", "-x", "a" * 33, "a/b"):
+        assert "EXECUTOR_VM_PREFIX" in problems(EXECUTOR_VM_PREFIX=bad), bad
 
 
 def test_maximum_num_jobs_must_be_at_least_one():

@@ -65,8 +65,16 @@ class JobHandler:
         return Redactor(job.redacted_values or {}, [e for e in extra if e])
 
     def _entry(self, job: Job, redactor: Redactor, key: str, command: list[str]) -> LogEntry:
+        task = asyncio.current_task()  # the job's task: stopped when the server says it is not ours
         return LogEntry(
-            self.client, job, key, command, redactor, max_bytes=self.settings.log_max_bytes, echo=self.echo
+            self.client,
+            job,
+            key,
+            command,
+            redactor,
+            max_bytes=self.settings.log_max_bytes,
+            echo=self.echo,
+            on_lost=task.cancel if task is not None else None,
         )
 
     def _space(self, job: Job, root: Path) -> JobSpace:

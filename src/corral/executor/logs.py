@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 
 from corral.errors import Conflict, CorralError
 from corral.executor.client import QueueClient
@@ -40,6 +41,7 @@ class LogEntry:
         *,
         max_bytes: int,
         echo: bool = False,
+        on_lost: Callable[[], object] | None = None,
     ) -> None:
         self.client, self.job, self.key = client, job, key
         self.command = [redactor.redact_text(c) for c in command]
@@ -60,6 +62,7 @@ class LogEntry:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.exit_code: int | None = None
+        self.on_lost = on_lost  # called when the server says this attempt is no longer live
 
     async def __aenter__(self) -> LogEntry:
         self.entry_id = await self.client.add_log_entry(self.job, self.key, self.command, self.start_time)
@@ -83,20 +86,28 @@ class LogEntry:
         text = self.decoder.decode(raw, final=final).encode()
         if not text:
             return
+        shown = text
         room = self.head_cap - len(self.text) if not self.omitted and not self.tail else 0
         if room > 0:
-            self.text += text[:room]
-            text = text[room:]
-        if text:  # past the head: keep a bounded tail
+            cut = _char_boundary(text, min(room, len(text)))
+            self.text += text[:cut]
+            text = text[cut:]
+        if text:  # past the head: keep a bounded tail, trimmed at character boundaries
             self.tail.append(text)
             self.tail_len += len(text)
-            while self.tail_len - len(self.tail[0]) >= self.head_cap:
-                dropped = self.tail.popleft()
-                self.tail_len -= len(dropped)
-                self.omitted += len(dropped)
+            while self.tail_len > self.head_cap:
+                first = self.tail[0]
+                drop = _char_boundary(first, min(len(first), self.tail_len - self.head_cap))
+                if drop == 0:  # a single character straddles the cap: keep it
+                    break
+                self.tail[0] = first[drop:]
+                if not self.tail[0]:
+                    self.tail.popleft()
+                self.tail_len -= drop
+                self.omitted += drop
         if self.echo:
             with contextlib.suppress(Exception):
-                print(text.decode("utf-8", "replace"), end="", flush=True)
+                print(shown.decode("utf-8", "replace"), end="", flush=True)
         self._wake.set()
 
     async def _pump(self) -> None:
@@ -105,6 +116,11 @@ class LogEntry:
             self._wake.clear()
             try:
                 await self._send()
+            except Conflict as exc:  # not a resync: this attempt is no longer the job's live one
+                log.warning("job %s: the server refused our log (%s); stopping the job", self.job.id, exc)
+                if self.on_lost is not None:
+                    self.on_lost()
+                return
             except CorralError as exc:  # the server is away: keep the bytes, try again next round
                 log.warning("job %s: log %s not sent yet: %s", self.job.id, self.key, exc)
             await asyncio.sleep(FLUSH_INTERVAL)
@@ -112,7 +128,10 @@ class LogEntry:
     async def _send(self, exit_code: int | None = None, duration_ms: int | None = None) -> None:
         if self.append:
             while True:
-                chunk = bytes(self.text[self.sent : self.sent + MAX_SEND])
+                end = self.sent + _char_boundary(
+                    self.text[self.sent :], min(MAX_SEND, len(self.text) - self.sent)
+                )
+                chunk = bytes(self.text[self.sent : end])
                 last = self.sent + len(chunk) >= len(self.text)
                 if not chunk and exit_code is None:
                     return
@@ -164,3 +183,10 @@ class LogEntry:
 
     def output(self) -> str:
         return self.text.decode("utf-8", "replace")
+
+
+def _char_boundary(data: bytes | bytearray, cut: int) -> int:
+    """`cut` moved back so that it does not split a UTF-8 character (valid UTF-8 assumed)."""
+    while 0 < cut < len(data) and data[cut] & 0xC0 == 0x80:
+        cut -= 1
+    return cut

@@ -186,19 +186,28 @@ class Worker:
 
     def _start(self, job: Job) -> None:
         log.info("job %s (queue %s, attempt %s): starting", job.id, job.queue, job.attempt)
-        task = asyncio.create_task(self._guarded(job))
+        stale = self.running.get(job.id)
+        task = asyncio.create_task(self._guarded(job, stale[1] if stale else None))
         self.running[job.id] = (job, task)
         self.jobs_changed.set()
 
-    async def _guarded(self, job: Job) -> None:
+    async def _guarded(self, job: Job, stale: asyncio.Task[None] | None) -> None:
         try:
+            if stale is not None and not stale.done():
+                # The server gave this job back to us as a new attempt while an old one still runs
+                # here: stop the old one (and let its cleanup finish) before the new one starts.
+                log.warning("job %s: a stale attempt still runs here; stopping it first", job.id)
+                stale.cancel()
+                await asyncio.wait({stale})
             await self.handler.handle(job)
         except asyncio.CancelledError:
             log.info("job %s: canceled", job.id)
         except Exception:
             log.exception("job %s: handler crashed", job.id)
         finally:
-            self.running.pop(job.id, None)
+            current = self.running.get(job.id)
+            if current is not None and current[1] is asyncio.current_task():
+                del self.running[job.id]
             self.jobs_changed.set()
             self.slots.release()
 

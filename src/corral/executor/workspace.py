@@ -81,12 +81,9 @@ def clone_commands(job: Job, url: str) -> list[tuple[str, list[str]]]:
         ("setup.git.disable-gc", ["git", "config", "--local", "gc.auto", "0"]),
     ]
     fetch = ["git", "-c", "protocol.version=2", "fetch", "--progress", "--no-recurse-submodules"]
-    if job.fetch_tags:
-        fetch.append("--tags")
-    elif job.shallow_clone:
-        fetch += ["--no-tags", "--depth=1"]
-    else:
-        fetch.append("--no-tags")
+    fetch.append("--tags" if job.fetch_tags else "--no-tags")
+    if job.shallow_clone:
+        fetch.append("--depth=1")
     if job.sparse_checkout:
         fetch.append("--filter=blob:none")
     fetch += ["origin", job.commit]
@@ -152,14 +149,16 @@ def read_outputs(workspace: Path, paths: list[str]) -> tuple[dict[str, str], lis
     for rel in paths:
         try:
             target = _safe_path(workspace, check_workspace_path(rel), create_parents=False)
-            fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW)
+            # O_NONBLOCK: a FIFO planted by the job must not hang us; checked as not regular below.
+            fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except (RuntimeFailure, ValueError, OSError) as exc:
             problems.append(f"output {rel}: {exc}")
             continue
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            problems.append(f"output {rel}: not a regular file")
+            continue
         with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                problems.append(f"output {rel}: not a regular file")
-                continue
             data = f.read(MAX_OUTPUT_FILE + 1)
         if len(data) > MAX_OUTPUT_FILE:
             problems.append(f"output {rel}: larger than {MAX_OUTPUT_FILE} bytes")

@@ -3,8 +3,11 @@
 SQLite (the embedded default) runs in WAL mode and takes its write transactions with
 `BEGIN IMMEDIATE` behind one process-wide lock, so a dequeue is atomic and writers never spin on
 SQLITE_BUSY. PostgreSQL picks dequeue candidates with `FOR UPDATE SKIP LOCKED`, so many server
-replicas can hand out jobs concurrently. All methods are synchronous; the server calls them from a
-worker thread. Times come from an injected clock (epoch seconds) so tests can move time.
+replicas can hand out jobs concurrently; there a job-scoped write or cancel locks the job's row
+(`FOR UPDATE`, a no-op on SQLite) so it cannot interleave with a stalled-job reset or another write,
+rows keyed by name are created with `ON CONFLICT DO NOTHING`, and migrations hold an advisory lock.
+All methods are synchronous; the server calls them from a worker thread. Times come from an injected
+clock (epoch seconds) so tests can move time.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Table, create_engine, event, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
 from corral.errors import Conflict, Invalid, NotFound
@@ -43,6 +48,9 @@ TERMINAL = frozenset({"completed", "failed", "canceled"})
 DEQUEUEABLE = ("queued", "errored")
 RESET_FAILURE = "job processor died while handling this message too many times"
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK_ID = 0x636F7272616C  # PostgreSQL advisory lock key ("corral")
+# Alembic's `context` is process-global: migrations of several stores in one process take turns.
+_migrate_lock = threading.Lock()
 
 Clock = Callable[[], float]
 
@@ -70,7 +78,7 @@ class Store:
     def __init__(self, url: str, *, clock: Clock = time.time) -> None:
         self.url = url
         self.clock = clock
-        self.engine: Engine = _make_engine(url)
+        self.engine: Engine = _make_engine(_driver_url(url))
         self.sqlite = self.engine.dialect.name == "sqlite"
         self._lock = threading.RLock() if self.sqlite else None
         # An in-memory SQLite database is one shared connection: reads must queue behind writes too.
@@ -80,7 +88,15 @@ class Store:
     def migrate(self) -> None:
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as conn:
+        # Servers starting together on a new database: one migrates, the others wait, then find it
+        # done (SQLite: BEGIN IMMEDIATE; PostgreSQL: an advisory lock held until commit).
+        with (
+            _migrate_lock,
+            self.engine.connect().execution_options(sqlite_immediate=True) as conn,
+            conn.begin(),
+        ):
+            if not self.sqlite:
+                conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_ID)))
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
         with self._write() as conn:
@@ -109,12 +125,23 @@ class Store:
         with self.engine.connect() as conn:
             yield conn
 
+    def _insert_new(self, conn: Connection, table: Table, **values: Any) -> bool:
+        """Insert a row unless its primary key is taken; True when inserted. SQLite's writers take
+        turns; on PostgreSQL concurrent first inserts of one key would fail but one, hence ON CONFLICT."""
+        if self.sqlite:
+            key = [c == values[c.name] for c in table.primary_key.columns]
+            if conn.execute(select(*table.primary_key.columns).where(*key)).first() is not None:
+                return False
+            conn.execute(insert(table).values(**values))
+            return True
+        stmt = pg_insert(table).values(**values).on_conflict_do_nothing()
+        return conn.execute(stmt.returning(*table.primary_key.columns)).first() is not None
+
     # -- queues and repositories --------------------------------------------------------------
     def _ensure_queue(self, conn: Connection, name: str) -> None:
         if not QUEUE_NAME_RE.match(name):
             raise Invalid(f"invalid queue name {name!r}: use 1-64 characters of [a-z0-9_-]")
-        if conn.execute(select(queues.c.name).where(queues.c.name == name)).first() is None:
-            conn.execute(insert(queues).values(name=name, created_at=self.clock()))
+        self._insert_new(conn, queues, name=name, created_at=self.clock())
 
     def queue_exists(self, name: str) -> bool:
         with self._read() as conn:
@@ -135,16 +162,14 @@ class Store:
         """Record a repository; True when it is new."""
         now = self.clock()
         with self._write() as conn:
-            exists = conn.execute(select(repos.c.name).where(repos.c.name == name)).first()
-            if exists:
-                conn.execute(
-                    update(repos).where(repos.c.name == name).values(path=path, source=source, updated_at=now)
-                )
-                return False
+            if self._insert_new(
+                conn, repos, name=name, path=path, source=source, created_at=now, updated_at=now
+            ):
+                return True
             conn.execute(
-                insert(repos).values(name=name, path=path, source=source, created_at=now, updated_at=now)
+                update(repos).where(repos.c.name == name).values(path=path, source=source, updated_at=now)
             )
-            return True
+            return False
 
     def get_repo(self, name: str) -> dict[str, Any]:
         with self._read() as conn:
@@ -216,7 +241,7 @@ class Store:
         """Cancel a job: at once when it waits; through its executor when it runs."""
         now = self.clock()
         with self._write() as conn:
-            r = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+            r = conn.execute(select(jobs).where(jobs.c.id == job_id).with_for_update()).first()
             if r is None:
                 raise NotFound(f"unknown job {job_id}")
             if r.state in TERMINAL:
@@ -313,9 +338,11 @@ class Store:
             running_job_ids=job_ids,
             last_seen_at=now,
         )
-        n = conn.execute(update(executors).where(executors.c.name == name).values(**values)).rowcount
-        if n == 0:
-            conn.execute(insert(executors).values(name=name, first_seen_at=now, **values))
+        renew = update(executors).where(executors.c.name == name).values(**values)
+        if conn.execute(renew).rowcount == 0 and not self._insert_new(
+            conn, executors, name=name, first_seen_at=now, **values
+        ):
+            conn.execute(renew)  # PostgreSQL: a concurrent first heartbeat inserted it
 
     def executor_known(self, name: str) -> bool:
         with self._read() as conn:
@@ -360,8 +387,9 @@ class Store:
         return JobAuth(r.job_id, r.attempt, r.executor_name, r.queue, r.repository_name)
 
     def _fence(self, conn: Connection, job_id: int, attempt: int | None, executor_name: str) -> Any:
-        """The job row if this executor's attempt is the live one; else Conflict/NotFound."""
-        r = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+        """The job row, locked until the transaction ends, if this executor's attempt is the live one;
+        else Conflict/NotFound."""
+        r = conn.execute(select(jobs).where(jobs.c.id == job_id).with_for_update()).first()
         if r is None:
             raise NotFound(f"unknown job {job_id}")
         if attempt is not None and attempt != r.attempt:
@@ -557,10 +585,11 @@ class Store:
         requeued: list[int] = []
         failed: list[int] = []
         with self._write() as conn:
+            # A job being written to right now is locked (and so alive): the next sweep sees it again.
             stalled = conn.execute(
-                select(jobs.c.id, jobs.c.num_resets, jobs.c.attempt, jobs.c.cancel).where(
-                    jobs.c.state == "processing", jobs.c.last_heartbeat_at < now - stalled_after
-                )
+                select(jobs.c.id, jobs.c.num_resets, jobs.c.attempt, jobs.c.cancel)
+                .where(jobs.c.state == "processing", jobs.c.last_heartbeat_at < now - stalled_after)
+                .with_for_update(skip_locked=True)
             ).all()
             for r in stalled:
                 if r.cancel:
@@ -598,6 +627,14 @@ _EXECUTOR_TEXT = (
     "src_cli_version",
     "qemu_version",
 )
+
+
+def _driver_url(url: str) -> str:
+    """`postgresql://` and `postgres://` (libpq's forms) mean psycopg 3, the driver corral ships."""
+    u = make_url(url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url)
+    if u.drivername == "postgresql":
+        return u.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return url
 
 
 def _make_engine(url: str) -> Engine:

@@ -2,14 +2,22 @@
 
 The schema is created and evolved only by the Alembic migrations beside this module; this file is
 their single description for queries.
+
+Integers and strings hold on PostgreSQL what they hold on SQLite, whose DDL these types leave as it
+was: SQLite integers are 64-bit and it enforces no VARCHAR length, so PostgreSQL gets BIGINT and TEXT
+(migration 0002 converts older PostgreSQL schemas).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
+    Dialect,
     Float,
     ForeignKey,
     Index,
@@ -19,23 +27,48 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
 )
+from sqlalchemy.types import TypeEngine
+
+Int = BigInteger().with_variant(Integer(), "sqlite")  # INTEGER on SQLite (a rowid key stays one)
+
+
+class Str(TypeDecorator[str]):
+    """VARCHAR(length), or TEXT without one, on SQLite; TEXT on PostgreSQL, where a NUL character,
+    which its text cannot hold, is stored as U+FFFD instead of failing the write."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, length: int | None = None) -> None:
+        super().__init__(length)
+        self.length = length
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        return Text() if dialect.name == "postgresql" or self.length is None else String(self.length)
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        if value is not None and dialect.name == "postgresql" and "\x00" in value:
+            return value.replace("\x00", "\ufffd")
+        return value
+
 
 metadata = MetaData()
 
 queues = Table(
     "queues",
     metadata,
-    Column("name", String(64), primary_key=True),
+    Column("name", Str(64), primary_key=True),
     Column("created_at", Float, nullable=False),
 )
 
 repos = Table(
     "repos",
     metadata,
-    Column("name", String(255), primary_key=True),
-    Column("path", Text, nullable=False),  # bare repository under the server's repos directory
-    Column("source", Text, nullable=False),  # where it was added from
+    Column("name", Str(255), primary_key=True),
+    Column("path", Str(), nullable=False),  # bare repository under the server's repos directory
+    Column("source", Str(), nullable=False),  # where it was added from
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
@@ -43,26 +76,26 @@ repos = Table(
 jobs = Table(
     "jobs",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("queue", String(64), ForeignKey("queues.name"), nullable=False),
-    Column("state", String(16), nullable=False),  # queued processing completed errored failed canceled
+    Column("id", Int, primary_key=True, autoincrement=True),
+    Column("queue", Str(64), ForeignKey("queues.name"), nullable=False),
+    Column("state", Str(16), nullable=False),  # queued processing completed errored failed canceled
     Column("spec", JSON, nullable=False),  # the Job's producer fields (wire names)
-    Column("priority", Integer, nullable=False, default=0),
-    Column("repository_name", String(255), nullable=False, default=""),
-    Column("commit", String(64), nullable=False, default=""),
+    Column("priority", Int, nullable=False, default=0),
+    Column("repository_name", Str(255), nullable=False, default=""),
+    Column("commit", Str(64), nullable=False, default=""),
     Column("created_at", Float, nullable=False),
     Column("process_after", Float, nullable=True),  # earliest dequeue time (retry backoff)
     Column("started_at", Float, nullable=True),
     Column("finished_at", Float, nullable=True),
     Column("last_heartbeat_at", Float, nullable=True),
-    Column("executor_name", String(255), nullable=True),
-    Column("attempt", Integer, nullable=False, default=0),
-    Column("num_resets", Integer, nullable=False, default=0),
-    Column("num_failures", Integer, nullable=False, default=0),
-    Column("max_attempts", Integer, nullable=False, default=3),
+    Column("executor_name", Str(255), nullable=True),
+    Column("attempt", Int, nullable=False, default=0),
+    Column("num_resets", Int, nullable=False, default=0),
+    Column("num_failures", Int, nullable=False, default=0),
+    Column("max_attempts", Int, nullable=False, default=3),
     Column("cancel", Boolean, nullable=False, default=False),
-    Column("failure_message", Text, nullable=True),
-    Column("outcome", String(32), nullable=True),  # short machine reason: oom, timeout, image, ...
+    Column("failure_message", Str(), nullable=True),
+    Column("outcome", Str(32), nullable=True),  # short machine reason: oom, timeout, image, ...
     Index("ix_jobs_dequeue", "queue", "state", "priority", "id"),
     Index("ix_jobs_state_heartbeat", "state", "last_heartbeat_at"),
 )
@@ -70,35 +103,35 @@ jobs = Table(
 attempts = Table(
     "attempts",
     metadata,
-    Column("job_id", Integer, ForeignKey("jobs.id"), primary_key=True),
-    Column("attempt", Integer, primary_key=True),
-    Column("executor_name", String(255), nullable=False),
-    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("job_id", Int, ForeignKey("jobs.id"), primary_key=True),
+    Column("attempt", Int, primary_key=True),
+    Column("executor_name", Str(255), nullable=False),
+    Column("token_hash", Str(64), nullable=False, unique=True),
     Column("started_at", Float, nullable=False),
     Column("finished_at", Float, nullable=True),
-    Column("state", String(16), nullable=True),  # how this attempt ended
+    Column("state", Str(16), nullable=True),  # how this attempt ended
 )
 
 log_entries = Table(
     "log_entries",
     metadata,
-    Column("job_id", Integer, ForeignKey("jobs.id"), primary_key=True),
-    Column("entry_id", Integer, primary_key=True),  # 1-based per job, as Sourcegraph numbers them
-    Column("attempt", Integer, nullable=False),
-    Column("key", String(255), nullable=False),
+    Column("job_id", Int, ForeignKey("jobs.id"), primary_key=True),
+    Column("entry_id", Int, primary_key=True),  # 1-based per job, as Sourcegraph numbers them
+    Column("attempt", Int, nullable=False),
+    Column("key", Str(255), nullable=False),
     Column("command", JSON, nullable=False),
-    Column("start_time", String(40), nullable=False),
-    Column("exit_code", Integer, nullable=True),
-    Column("duration_ms", Integer, nullable=True),
-    Column("out_len", Integer, nullable=False, default=0),  # bytes (UTF-8) stored so far
+    Column("start_time", Str(40), nullable=False),
+    Column("exit_code", Int, nullable=True),
+    Column("duration_ms", Int, nullable=True),
+    Column("out_len", Int, nullable=False, default=0),  # bytes (UTF-8) stored so far
 )
 
 log_chunks = Table(
     "log_chunks",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("job_id", Integer, nullable=False),
-    Column("entry_id", Integer, nullable=False),
+    Column("id", Int, primary_key=True, autoincrement=True),
+    Column("job_id", Int, nullable=False),
+    Column("entry_id", Int, nullable=False),
     Column("data", LargeBinary, nullable=False),
     Index("ix_log_chunks_entry", "job_id", "entry_id", "id"),
 )
@@ -106,10 +139,10 @@ log_chunks = Table(
 results = Table(
     "results",
     metadata,
-    Column("job_id", Integer, ForeignKey("jobs.id"), primary_key=True),
-    Column("attempt", Integer, nullable=False),
+    Column("job_id", Int, ForeignKey("jobs.id"), primary_key=True),
+    Column("attempt", Int, nullable=False),
     Column("exit_codes", JSON, nullable=False),
-    Column("diff", Text, nullable=False),
+    Column("diff", Str(), nullable=False),
     Column("files", JSON, nullable=False),  # path -> base64
     Column("created_at", Float, nullable=False),
 )
@@ -117,16 +150,16 @@ results = Table(
 executors = Table(
     "executors",
     metadata,
-    Column("name", String(255), primary_key=True),
-    Column("hostname", String(255), nullable=False, default=""),
+    Column("name", Str(255), primary_key=True),
+    Column("hostname", Str(255), nullable=False, default=""),
     Column("queues", JSON, nullable=False),
-    Column("os", String(64), nullable=False, default=""),
-    Column("architecture", String(64), nullable=False, default=""),
-    Column("executor_version", String(64), nullable=False, default=""),
-    Column("git_version", String(64), nullable=False, default=""),
-    Column("docker_version", String(64), nullable=False, default=""),
-    Column("src_cli_version", String(64), nullable=False, default=""),
-    Column("qemu_version", String(64), nullable=False, default=""),
+    Column("os", Str(64), nullable=False, default=""),
+    Column("architecture", Str(64), nullable=False, default=""),
+    Column("executor_version", Str(64), nullable=False, default=""),
+    Column("git_version", Str(64), nullable=False, default=""),
+    Column("docker_version", Str(64), nullable=False, default=""),
+    Column("src_cli_version", Str(64), nullable=False, default=""),
+    Column("qemu_version", Str(64), nullable=False, default=""),
     Column("running_job_ids", JSON, nullable=False),
     Column("first_seen_at", Float, nullable=False),
     Column("last_seen_at", Float, nullable=False),

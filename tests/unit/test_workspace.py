@@ -1,0 +1,410 @@
+"""The job workspace on the host: files in (never outside, never through links), declared outputs
+out, the clone commands, and a diff computed with our own git dir that ignores whatever the job
+wrote into the workspace's .git."""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from corral.errors import RuntimeFailure
+from corral.executor import workspace as ws
+from corral.protocol import Job
+
+GIT_ENV = {
+    "PATH": "/usr/bin:/bin",
+    "HOME": "/nonexistent",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.invalid",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.invalid",
+}
+
+
+def git(cwd: Path, *args: str) -> str:
+    res = subprocess.run(["git", *args], cwd=cwd, env=GIT_ENV, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, (args, res.stderr)
+    return res.stdout
+
+
+# -- write_files -------------------------------------------------------------------------------
+def test_write_files_writes_nested_files(tmp_path: Path):
+    work = tmp_path / "workspace"
+    work.mkdir()
+    (work / "existing.txt").write_text("old")
+    ws.write_files(
+        work, {"a/b/c.txt": b"deep", "top.bin": b"\x00\xff", "existing.txt": b"new", "./d/./e.txt": b"e"}
+    )
+    assert (work / "a" / "b" / "c.txt").read_bytes() == b"deep"
+    assert (work / "top.bin").read_bytes() == b"\x00\xff"
+    assert (work / "existing.txt").read_bytes() == b"new"  # truncated and rewritten
+    assert (work / "d" / "e.txt").read_bytes() == b"e"
+
+
+@pytest.mark.parametrize("path", ["../x", "/abs", "a/../../x", "..", ".", "", "a\\..\\x", "a\x00b"])
+def test_write_files_refuses_paths_outside_the_workspace(tmp_path: Path, path: str):
+    work = tmp_path / "workspace"
+    work.mkdir()
+    with pytest.raises((ValueError, RuntimeFailure)):
+        ws.write_files(work, {path: b"x"})
+    assert not (tmp_path / "x").exists()
+    assert list(work.iterdir()) == []
+
+
+def test_write_files_refuses_a_directory_symlink_pointing_outside(tmp_path: Path):
+    work, outside = tmp_path / "workspace", tmp_path / "outside"
+    work.mkdir()
+    outside.mkdir()
+    (work / "link").symlink_to(outside)
+    with pytest.raises(RuntimeFailure, match="symlink"):
+        ws.write_files(work, {"link/f": b"pwned"})
+    assert not (outside / "f").exists()
+    # deeper: a link in the middle of the path, and one whose parents must first be created
+    (work / "sub").mkdir()
+    (work / "sub" / "link").symlink_to(outside)
+    with pytest.raises(RuntimeFailure):
+        ws.write_files(work, {"sub/link/new/f": b"pwned"})
+    assert list(outside.iterdir()) == []
+
+
+def test_write_files_refuses_a_file_symlink(tmp_path: Path):
+    work, outside = tmp_path / "workspace", tmp_path / "outside"
+    work.mkdir()
+    outside.mkdir()
+    (outside / "target").write_text("keep me")
+    (work / "f").symlink_to(outside / "target")
+    (work / "dangling").symlink_to(outside / "created-by-follow")
+    with pytest.raises(RuntimeFailure):
+        ws.write_files(work, {"f": b"pwned"})
+    with pytest.raises(RuntimeFailure):
+        ws.write_files(work, {"dangling": b"pwned"})
+    assert (outside / "target").read_text() == "keep me"
+    assert not (outside / "created-by-follow").exists()
+
+
+def test_write_files_stops_at_the_first_bad_path_but_never_writes_outside(tmp_path: Path):
+    work = tmp_path / "workspace"
+    work.mkdir()
+    with pytest.raises(ValueError):
+        ws.write_files(work, {"ok.txt": b"1", "../escape.txt": b"2"})
+    assert not (tmp_path / "escape.txt").exists()
+
+
+# -- read_outputs ------------------------------------------------------------------------------
+def test_read_outputs_returns_base64_of_regular_files(tmp_path: Path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "report.txt").write_bytes(b"report\n")
+    (tmp_path / "bin").write_bytes(bytes(range(256)))
+    files, problems = ws.read_outputs(tmp_path, ["out/report.txt", "bin"])
+    assert problems == []
+    assert base64.b64decode(files["out/report.txt"]) == b"report\n"
+    assert base64.b64decode(files["bin"]) == bytes(range(256))
+
+
+def test_read_outputs_reports_missing_files(tmp_path: Path):
+    (tmp_path / "present.txt").write_text("here")
+    files, problems = ws.read_outputs(tmp_path, ["missing.txt", "no/such/dir.txt", "present.txt"])
+    assert list(files) == ["present.txt"]
+    assert len(problems) == 2
+    assert problems[0].startswith("output missing.txt:") and "No such file" in problems[0]
+    assert problems[1].startswith("output no/such/dir.txt:") and "no such file" in problems[1]
+
+
+def test_read_outputs_refuses_symlinks(tmp_path: Path):
+    work, outside = tmp_path / "workspace", tmp_path / "outside"
+    work.mkdir()
+    outside.mkdir()
+    (outside / "secret").write_text("host secret")
+    (work / "leak.txt").symlink_to(outside / "secret")
+    (work / "dir").symlink_to(outside)
+    files, problems = ws.read_outputs(work, ["leak.txt", "dir/secret", "../outside/secret"])
+    assert files == {}
+    assert len(problems) == 3
+    assert all("host secret" not in p for p in problems)
+    assert "symlink" in problems[0] and "symlink" in problems[1]
+    assert "outside" in problems[2]
+
+
+def test_read_outputs_refuses_directories(tmp_path: Path):
+    (tmp_path / "adir").mkdir()
+    files, problems = ws.read_outputs(tmp_path, ["adir"])
+    assert files == {} and problems == ["output adir: not a regular file"]
+
+
+def test_read_outputs_refuses_a_fifo_without_blocking(tmp_path: Path):
+    """BUG (workspace.py read_outputs): os.open(O_RDONLY) of a FIFO blocks until a writer comes; a
+    job that leaves a FIFO at a declared output path hangs the executor's upload (and the job)."""
+    os.mkfifo(tmp_path / "out.fifo")
+    result: list[tuple[dict[str, str], list[str]]] = []
+    t = threading.Thread(target=lambda: result.append(ws.read_outputs(tmp_path, ["out.fifo"])), daemon=True)
+    t.start()
+    t.join(timeout=2)
+    blocked = t.is_alive()
+    if blocked:  # release the stuck reader so the test run can end
+        fd = os.open(tmp_path / "out.fifo", os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+        t.join(timeout=5)
+    assert not blocked, "read_outputs blocked opening a FIFO"
+    files, problems = result[0]
+    assert files == {} and problems == ["output out.fifo: not a regular file"]
+
+
+def test_read_outputs_refuses_files_over_the_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(ws, "MAX_OUTPUT_FILE", 10)
+    (tmp_path / "big").write_bytes(b"x" * 11)
+    (tmp_path / "small").write_bytes(b"x" * 10)
+    files, problems = ws.read_outputs(tmp_path, ["big", "small"])
+    assert list(files) == ["small"]
+    assert problems == ["output big: larger than 10 bytes"]
+
+
+# -- clone_commands ----------------------------------------------------------------------------
+URL = "http://127.0.0.1:3080/.executors/git/acme/app"
+
+
+def job(**fields: object) -> Job:
+    return Job.model_validate({"id": 1, "repositoryName": "acme/app", "commit": "c0ffee", **fields})
+
+
+def fetch_of(cmds: list[tuple[str, list[str]]]) -> list[str]:
+    return next(argv for key, argv in cmds if key == "setup.git.fetch")
+
+
+def test_clone_commands_default():
+    cmds = ws.clone_commands(job(), URL)
+    assert [k for k, _ in cmds] == [
+        "setup.git.init",
+        "setup.git.add-remote",
+        "setup.git.disable-gc",
+        "setup.git.fetch",
+        "setup.git.checkout",
+        "setup.git.set-remote",
+    ]
+    fetch = fetch_of(cmds)
+    assert fetch[:4] == ["git", "-c", "protocol.version=2", "fetch"]
+    assert fetch[-2:] == ["origin", "c0ffee"]
+    assert "--no-tags" in fetch and "--tags" not in fetch
+    assert not any(a.startswith(("--depth", "--filter")) for a in fetch)
+    assert dict(cmds)["setup.git.add-remote"] == ["git", "remote", "add", "origin", URL]
+    assert dict(cmds)["setup.git.checkout"] == ["git", "checkout", "--quiet", "--force", "c0ffee"]
+    # the server's URL does not stay in the workspace's git config
+    assert dict(cmds)["setup.git.set-remote"] == ["git", "remote", "set-url", "origin", "acme/app"]
+    # credentials are never on a command line
+    assert not any("Authorization" in a or "token" in a.lower() for _k, argv in cmds for a in argv)
+
+
+def test_clone_commands_shallow():
+    fetch = fetch_of(ws.clone_commands(job(shallowClone=True), URL))
+    assert "--depth=1" in fetch and "--no-tags" in fetch
+    assert fetch[-2:] == ["origin", "c0ffee"]
+
+
+def test_clone_commands_tags():
+    fetch = fetch_of(ws.clone_commands(job(fetchTags=True), URL))
+    assert "--tags" in fetch and "--no-tags" not in fetch
+    assert not any(a.startswith("--depth") for a in fetch)
+
+
+def test_clone_commands_shallow_with_tags_stays_shallow():
+    """DIVERGENCE from Sourcegraph (workspace.py clone_commands): Sourcegraph's executor fetches with
+    `--tags --depth=1` when both fetchTags and shallowClone are set; corral drops the depth."""
+    fetch = fetch_of(ws.clone_commands(job(fetchTags=True, shallowClone=True), URL))
+    assert "--tags" in fetch and "--depth=1" in fetch and "--no-tags" not in fetch
+
+
+def test_clone_commands_sparse():
+    cmds = ws.clone_commands(job(sparseCheckout=["keep/*", "docs/"]), URL)
+    keys = [k for k, _ in cmds]
+    assert keys.index("setup.git.fetch") < keys.index("setup.git.sparse-checkout-config")
+    assert keys.index("setup.git.sparse-checkout-set") < keys.index("setup.git.checkout")
+    assert "--filter=blob:none" in fetch_of(cmds)
+    assert dict(cmds)["setup.git.sparse-checkout-config"] == [
+        "git",
+        "config",
+        "--local",
+        "core.sparseCheckout",
+        "1",
+    ]
+    assert dict(cmds)["setup.git.sparse-checkout-set"] == [
+        "git",
+        "sparse-checkout",
+        "set",
+        "--no-cone",
+        "--",
+        "keep/*",
+        "docs/",
+    ]
+
+
+def test_auth_env_keeps_headers_out_of_argv_and_config():
+    env = ws.auth_env({"Authorization": "Bearer tok", "X-Sourcegraph-Job-ID": "7"})
+    assert env == {
+        "GIT_CONFIG_COUNT": "2",
+        "GIT_CONFIG_KEY_0": "http.extraHeader",
+        "GIT_CONFIG_VALUE_0": "Authorization: Bearer tok",
+        "GIT_CONFIG_KEY_1": "http.extraHeader",
+        "GIT_CONFIG_VALUE_1": "X-Sourcegraph-Job-ID: 7",
+    }
+
+
+# -- the diff, with our own git dir -------------------------------------------------------------
+def make_clone(tmp_path: Path, *, depth: int | None = None) -> tuple[Path, Path, str]:
+    """A source repo with three commits, and a job root whose workspace is a clone of it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    git(src, "init", "-q", "-b", "main")
+    for i in range(3):
+        (src / "README.md").write_text(f"hello v{i}\n")
+        (src / "keep.txt").write_text("keep\n")
+        (src / "gone.txt").write_text("remove me\n")
+        git(src, "add", "-A")
+        git(src, "commit", "-qm", f"c{i}")
+    commit = git(src, "rev-parse", "HEAD").strip()
+    root = tmp_path / "job"
+    root.mkdir()
+    args = [
+        "clone",
+        "-q",
+        *(["--depth", str(depth)] if depth else []),
+        f"file://{src}",
+        str(root / "workspace"),
+    ]
+    git(tmp_path, *args)
+    return root, root / "workspace", commit
+
+
+def make_hook(path: Path, marker: Path, *, passthrough: bool = False) -> Path:
+    path.write_text(f"#!/bin/sh\ntouch {marker}\n" + ("cat\n" if passthrough else ""))
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def job_edits(repo: Path) -> None:
+    (repo / "README.md").write_text("hello allowlist\n")
+    (repo / "new.txt").write_text("brand new\n")
+    (repo / "gone.txt").unlink()
+    (repo / ws.SCRIPTS_DIR).mkdir()
+    (repo / ws.SCRIPTS_DIR / "step-0.sh").write_text("echo hi\n")
+
+
+def check_diff(diff: str) -> None:
+    assert "-hello v2" in diff and "+hello allowlist" in diff
+    assert "new file mode" in diff and "+brand new" in diff
+    assert "deleted file mode" in diff and "-remove me" in diff
+    assert "keep.txt" not in diff
+    assert ws.SCRIPTS_DIR not in diff  # our step scripts never show up
+
+
+async def test_diff_of_a_job_that_changed_files(tmp_path: Path):
+    root, repo, commit = make_clone(tmp_path)
+    meta = await ws.prepare_meta_git(root, repo, commit)
+    job_edits(repo)
+    (repo / "blob.bin").write_bytes(b"\x00\x01\x02binary")
+    diff = await ws.diff(meta, repo, commit)
+    check_diff(diff)
+    assert "GIT binary patch" in diff
+    # git apply on a fresh checkout reproduces the job's tree
+    fresh = tmp_path / "fresh"
+    git(tmp_path, "clone", "-q", f"file://{tmp_path / 'src'}", str(fresh))
+    (tmp_path / "patch").write_text(diff)
+    git(fresh, "apply", "--binary", str(tmp_path / "patch"))
+    assert (fresh / "README.md").read_text() == "hello allowlist\n"
+    assert (fresh / "blob.bin").read_bytes() == b"\x00\x01\x02binary"
+    assert not (fresh / "gone.txt").exists()
+
+
+async def test_the_jobs_git_config_never_runs_on_the_host(tmp_path: Path):
+    root, repo, commit = make_clone(tmp_path)
+    meta = await ws.prepare_meta_git(root, repo, commit)
+    pwned_fsmonitor = tmp_path / "pwned-fsmonitor"
+    pwned_filter = tmp_path / "pwned-filter"
+    pwned_textconv = tmp_path / "pwned-textconv"
+    fsmonitor = make_hook(tmp_path / "fsmonitor.sh", pwned_fsmonitor)
+    clean = make_hook(tmp_path / "clean.sh", pwned_filter, passthrough=True)
+    textconv = make_hook(tmp_path / "textconv.sh", pwned_textconv, passthrough=True)
+    # What a hostile step can do to the workspace's .git and attributes:
+    with open(repo / ".git" / "config", "a") as f:
+        f.write(
+            f'[core]\n\tfsmonitor = "{fsmonitor}"\n\thooksPath = {tmp_path}\n'
+            f'[filter "evil"]\n\tclean = {clean}\n\tsmudge = {clean}\n\trequired = true\n'
+            f'[diff "evil"]\n\ttextconv = {textconv}\n'
+        )
+    (repo / ".gitattributes").write_text("* filter=evil diff=evil\n")
+    (repo / ".git" / "info").mkdir(exist_ok=True)
+    (repo / ".git" / "info" / "exclude").write_text("new.txt\n")  # would hide a file from the diff
+    job_edits(repo)
+    # Control: plain git in the workspace does run the payloads.
+    subprocess.run(["git", "status"], cwd=repo, env=GIT_ENV, capture_output=True, timeout=60)
+    subprocess.run(["git", "add", "-A"], cwd=repo, env=GIT_ENV, capture_output=True, timeout=60)
+    assert pwned_fsmonitor.exists() and pwned_filter.exists(), "the payloads do not work: bad test"
+    git(repo, "reset", "-q")
+    pwned_fsmonitor.unlink()
+    pwned_filter.unlink()
+
+    diff = await ws.diff(meta, repo, commit)
+    assert not pwned_fsmonitor.exists()
+    assert not pwned_filter.exists()
+    assert not pwned_textconv.exists()
+    check_diff(diff)
+    assert "+* filter=evil diff=evil" in diff  # the attributes file is just a new file
+    assert ".git/" not in diff
+
+
+async def test_diff_survives_a_job_that_destroys_its_git_dir(tmp_path: Path):
+    root, repo, commit = make_clone(tmp_path)
+    meta = await ws.prepare_meta_git(root, repo, commit)
+    job_edits(repo)
+    subprocess.run(["rm", "-rf", str(repo / ".git")], check=True)
+    (repo / ".git").write_text("gitdir: /nonexistent\n")  # and leaves a pointer somewhere else
+    check_diff(await ws.diff(meta, repo, commit))
+
+
+async def test_diff_of_a_shallow_clone(tmp_path: Path):
+    root, repo, commit = make_clone(tmp_path, depth=1)
+    assert (repo / ".git" / "shallow").exists()
+    meta = await ws.prepare_meta_git(root, repo, commit)
+    job_edits(repo)
+    check_diff(await ws.diff(meta, repo, commit))
+
+
+async def test_no_change_is_an_empty_diff(tmp_path: Path):
+    root, repo, commit = make_clone(tmp_path)
+    meta = await ws.prepare_meta_git(root, repo, commit)
+    assert await ws.diff(meta, repo, commit) == ""
+
+
+async def test_prepare_meta_git_fails_in_plain_words_for_an_unknown_commit(tmp_path: Path):
+    root, repo, _commit = make_clone(tmp_path)
+    with pytest.raises(RuntimeFailure, match="git"):
+        await ws.prepare_meta_git(root, repo, "0" * 40)
+
+
+# -- run / remove_tree -------------------------------------------------------------------------
+async def test_run_streams_merged_output_and_returns_the_exit_code(tmp_path: Path):
+    chunks: list[bytes] = []
+    rc = await ws.run(
+        ["/bin/sh", "-c", "echo out; echo err >&2; exit 4"], cwd=tmp_path, env=ws.git_env(), out=chunks.append
+    )
+    assert rc == 4
+    assert sorted(b"".join(chunks).split()) == [b"err", b"out"]
+
+
+def test_remove_tree_never_follows_links(tmp_path: Path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("keep")
+    root = tmp_path / "job"
+    (root / "workspace").mkdir(parents=True)
+    (root / "workspace" / "link").symlink_to(outside)
+    ws.remove_tree(root)
+    assert not root.exists()
+    assert (outside / "keep").read_text() == "keep"
+    ws.remove_tree(root)  # already gone: fine
