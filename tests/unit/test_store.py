@@ -1,4 +1,5 @@
-"""Unit tests of the job store (SQLite files in tmp_path) with an injected clock.
+"""Unit tests of the job store with an injected clock, on SQLite (a file in tmp_path) and PostgreSQL
+(an emptied database per test: tests/postgreskit.py; skipped off CI when no server runs).
 
 They pin down the job lifecycle of design.md: dequeue order and attempts, leases and heartbeats,
 mark transitions, retries with backoff, stalled resets, cancel, fencing of stale attempts, and logs.
@@ -17,7 +18,8 @@ from sqlalchemy import select
 
 from corral.errors import Conflict, Invalid, NotFound
 from corral.server.store.store import DEFAULT_QUEUES, RESET_FAILURE, JobAuth, Store, hash_token
-from corral.server.store.tables import attempts
+from corral.server.store.tables import attempts, jobs
+from tests.postgreskit import fresh_database_url
 
 T0 = 1_700_000_000.0
 SPEC: dict[str, Any] = {"dockerSteps": [{"image": "alpine:3", "commands": ["true"]}]}
@@ -42,14 +44,16 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "corral.db"
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        return fresh_database_url()
+    return f"sqlite:///{tmp_path / 'corral.db'}"
 
 
 @pytest.fixture
-def store(db_path: Path, clock: Clock) -> Iterator[Store]:
-    s = Store(f"sqlite:///{db_path}", clock=clock)
+def store(db_url: str, clock: Clock) -> Iterator[Store]:
+    s = Store(db_url, clock=clock)
     s.migrate()
     yield s
     s.close()
@@ -528,8 +532,112 @@ def test_repos(store: Store, clock: Clock) -> None:
         store.get_repo("nope")
 
 
-def test_the_database_is_a_wal_sqlite_file(store: Store, db_path: Path) -> None:
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_database_is_a_wal_sqlite_file(store: Store, db_url: str) -> None:
     enqueue(store)
-    with sqlite3.connect(db_path) as conn:
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 1
+
+
+# -- what SQLite holds, PostgreSQL holds too ---------------------------------------------------
+def test_wide_values_are_stored_on_both_databases(store: Store, db_url: str) -> None:
+    """64-bit integers and strings longer than their VARCHAR size (SQLite enforces neither limit)."""
+    big = 2**40
+    long_name = "x" * 300
+    job_id = int(store.enqueue("batches", {**SPEC, "repositoryName": long_name}, priority=big)["id"])
+    low = int(store.enqueue("batches", SPEC, priority=-big)["id"])
+    row = take(store, long_name)
+    assert (row["id"], row["priority"], row["repository_name"]) == (job_id, big, long_name)
+    wide = {"key": long_name, "start_time": "t" * 50, "exit_code": big, "duration_ms": big}
+    entry = store.add_log_entry(job_id, 1, long_name, wide)
+    (e,) = store.get_logs(job_id)
+    assert e["entry_id"] == entry and {k: e[k] for k in wide} == wide
+    rows, _ = store.heartbeat(long_name, {"hostname": "h" * 300}, [job_id, big], ["batches"])
+    assert [r["id"] for r in rows] == [job_id]
+    assert store.cancel_requested(long_name, [big]) == []
+    with pytest.raises(NotFound):
+        store.get_job(big)
+    with pytest.raises(NotFound):
+        store.request_cancel(big)
+    assert take(store)["id"] == low
+
+
+def test_nul_characters_in_text(store: Store, db_url: str) -> None:
+    """PostgreSQL text cannot hold NUL: there it becomes U+FFFD instead of failing the write."""
+    nul = "\ufffd" if db_url.startswith("postgresql") else "\x00"
+    job_id = int(store.enqueue("batches", {**SPEC, "note": "a\x00b"})["id"])
+    take(store)
+    store.add_log_entry(job_id, 1, "exec-1", {"key": "k\x00", "command": ["a\x00"], "out": "o\x00"})
+    store.put_result(job_id, 1, "exec-1", {"exit_codes": [0], "diff": "d\x00", "files": {}})
+    assert store.mark(job_id, 1, "exec-1", "failed", "boom\x00") == "failed"
+    job = store.get_job(job_id)
+    assert job["spec"]["note"] == "a\x00b" and job["failure_message"] == f"boom{nul}"
+    (e,) = store.get_logs(job_id)
+    assert (e["key"], e["command"], e["out_bytes"]) == (f"k{nul}", ["a\x00"], b"o\x00")
+    assert (store.get_result(job_id) or {})["diff"] == f"d{nul}"
+
+
+# -- PostgreSQL only ---------------------------------------------------------------------------
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_dequeue_skips_a_job_locked_by_another_transaction(store: Store) -> None:
+    """Another replica holding the best job (FOR UPDATE) is passed by, not waited for."""
+    first = enqueue(store, priority=1)
+    second = enqueue(store)
+    other = Store(store.url)
+    try:
+        with other.engine.connect() as conn, conn.begin():
+            conn.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
+            conn.execute(select(jobs.c.id).where(jobs.c.id == first).with_for_update())
+            assert take(store)["id"] == second
+            assert store.dequeue(["batches"], "exec-1", "none-free") is None
+        assert take(store)["id"] == first
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_migration_widens_a_postgres_schema_made_by_0001(store: Store, db_url: str) -> None:
+    """Databases migrated before 0002 had INTEGER and VARCHAR(n) columns: 0002 converts them, data kept."""
+    job_id = enqueue(store)
+    take(store)
+    with store.engine.begin() as conn:
+        for table, col, old in [
+            ("jobs", "id", "integer"),
+            ("attempts", "job_id", "integer"),
+            ("jobs", "priority", "integer"),
+            ("jobs", "executor_name", "varchar(255)"),
+            ("log_entries", "key", "varchar(255)"),
+            ("log_entries", "duration_ms", "integer"),
+        ]:
+            conn.exec_driver_sql(f'ALTER TABLE {table} ALTER COLUMN "{col}" TYPE {old}')
+        conn.exec_driver_sql("ALTER SEQUENCE jobs_id_seq AS integer")
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0001'")
+    store.migrate()
+    with store.engine.connect() as conn:
+        types = dict(
+            conn.exec_driver_sql(
+                "SELECT table_name || '.' || column_name, data_type FROM information_schema.columns"
+                " WHERE table_schema = current_schema() AND table_name <> 'alembic_version'"
+            ).all()
+        )
+        version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+        seq = conn.exec_driver_sql("SELECT data_type FROM pg_sequences WHERE sequencename = 'jobs_id_seq'")
+        assert seq.scalar() == "bigint"
+    assert version == "0002"
+    assert types["jobs.priority"] == "bigint" and types["log_entries.key"] == "text"
+    assert [c for c, t in types.items() if t in ("integer", "character varying")] == []
+    assert store.get_job(job_id)["state"] == "processing"
+    assert enqueue(store, priority=2**40) > job_id
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_libpq_style_url_uses_psycopg(store: Store, db_url: str) -> None:
+    plain = db_url.replace("postgresql+psycopg://", "postgresql://")
+    for url in (plain, plain.replace("postgresql://", "postgres://")):
+        other = Store(url)
+        try:
+            assert other.engine.dialect.driver == "psycopg"
+            assert other.queue_exists("batches")
+        finally:
+            other.close()

@@ -631,7 +631,9 @@ _EXECUTOR_TEXT = (
 
 def _driver_url(url: str) -> str:
     """`postgresql://` and `postgres://` (libpq's forms) mean psycopg 3, the driver corral ships."""
-    u = make_url(url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url)
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url.removeprefix("postgres://")
+    u = make_url(url)
     if u.drivername == "postgresql":
         return u.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     return url
