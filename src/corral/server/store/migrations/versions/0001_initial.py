@@ -1,5 +1,8 @@
 """The initial schema: queues, repos, jobs, attempts, logs, results, executors.
 
+It creates the tables as tables.py describes them today. The day a table changes, first freeze this
+migration (copy today's table definitions here), then write the change as a new migration.
+
 Revision ID: 0001
 Revises:
 """
