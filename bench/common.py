@@ -7,7 +7,6 @@ Everything listens on and talks to 127.0.0.1 only; every wait is bounded.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -31,6 +30,8 @@ SECRET = "bench-executor-secret-0123456789"
 ADMIN = "bench-admin-token-0123456789"
 START_TIMEOUT = 30.0  # seconds for a server to answer / an executor to connect
 JOB_TIMEOUT = 60.0  # seconds any single benchmark job may take
+VM_PREFIX = "bench"  # EXECUTOR_VM_PREFIX of the benchmark executors
+RUNTIME_OWNER = "bench-rt"  # owner of the sandboxes the in-process runtime benchmarks make
 TERMINAL = ("completed", "failed", "errored", "canceled")
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "bench",
@@ -78,8 +79,6 @@ class Row:
     baseline: float | str | None = None
     target: str = ""
     ratio: float | None = None  # computed from corral / baseline when both are numbers
-    # "low": smaller is better (latency, memory); "high": larger is better (throughput)
-    better: str = "low"
     # whether the row meets its target; None = no target or not decidable
     ok: bool | None = None
 
@@ -93,7 +92,11 @@ class Table:
     extra: list[str] = field(default_factory=list)  # free text printed after the table (profiles, ...)
 
     def add(self, row: Row) -> Row:
-        if row.ratio is None and isinstance(row.corral, int | float) and isinstance(row.baseline, int | float):
+        if (
+            row.ratio is None
+            and isinstance(row.corral, int | float)
+            and isinstance(row.baseline, int | float)
+        ):
             if row.baseline:
                 row.ratio = row.corral / row.baseline
         self.rows.append(row)
@@ -117,14 +120,22 @@ def fmt(value: float | str | None) -> str:
     return f"{value:.2f}"
 
 
+def fmt_ratio(r: float) -> str:
+    if r >= 10:
+        return f"{r:.0f}x"
+    return f"{r:.2f}x" if r >= 0.1 or r == 0 else f"{r:.2g}x"
+
+
 def render(table: Table) -> str:
     header = ("metric", "corral", "baseline", "ratio", "target")
     lines: list[tuple[str, ...]] = []
     for r in table.rows:
         mark = "" if r.ok is None else (" ok" if r.ok else " MISS")
-        ratio = "-" if r.ratio is None else f"{r.ratio:.2f}x"
+        ratio = "-" if r.ratio is None else fmt_ratio(r.ratio)
         lines.append((r.metric, fmt(r.corral), fmt(r.baseline), ratio, (r.target + mark).strip() or "-"))
-    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
+    widths = [
+        max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)
+    ]
     out = [f"== {table.name}: {table.title}"]
     sep = "-+-".join("-" * w for w in widths)
 
@@ -166,15 +177,15 @@ def proc_status_kib(pid: int, key: str) -> int:
     return 0
 
 
-def stop_process(p: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    """SIGTERM, then a second SIGTERM (executors cancel running jobs on it), then SIGKILL."""
-    for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
+def stop_process(p: subprocess.Popen[bytes], first: float = 15.0, timeout: float = 15.0) -> None:
+    """SIGTERM, then a second SIGTERM after `first` seconds (executors cancel running jobs on it, uvicorn
+    stops waiting for open requests), then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, first), (signal.SIGTERM, timeout), (signal.SIGKILL, timeout)):
         if p.poll() is not None:
             return
         p.send_signal(sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            p.wait(timeout)
-    p.wait(5)
+            p.wait(wait)
 
 
 @dataclass
@@ -196,7 +207,9 @@ class ServerProc:
 
 
 @contextlib.contextmanager
-def run_server(tmp: Path, *, profile_out: Path | None = None, env: dict[str, str] | None = None) -> Iterator[ServerProc]:
+def run_server(
+    tmp: Path, *, profile_out: Path | None = None, env: dict[str, str] | None = None
+) -> Iterator[ServerProc]:
     """`corral server` in its own process (or bench.profserver under cProfile when profile_out is set)."""
     port = free_port()
     data_dir = tmp / "server"
@@ -231,7 +244,8 @@ def run_server(tmp: Path, *, profile_out: Path | None = None, env: dict[str, str
                 time.sleep(0.05)
         yield srv
     finally:
-        stop_process(proc)
+        # uvicorn waits up to 5 s for requests still open, e.g. long-polls of executors already gone
+        stop_process(proc, first=1.0)
 
 
 def admin_headers() -> dict[str, str]:
@@ -255,6 +269,9 @@ def executor_env(server: ServerProc, tmp: Path, runtime: str, **env: str) -> dic
         "EXECUTOR_KILL_GRACE": "2s",
         "EXECUTOR_CLI_PATH": CORRAL,
         "EXECUTOR_NAME": f"bench-{runtime}-{os.getpid()}-{time.monotonic_ns()}",
+        # Our own owner label / cgroup parent: the janitor of an executor (ours at start-up, or one of
+        # tests running on this host) removes every sandbox of its prefix that is not its own job.
+        "EXECUTOR_VM_PREFIX": VM_PREFIX,
     }
     base.update(env)
     return base
@@ -285,6 +302,16 @@ def run_executor(
         yield proc
     finally:
         stop_process(proc)
+        if runtime == "shell":
+            remove_cgroup_parent(f"corral-{VM_PREFIX}")
+
+
+def remove_cgroup_parent(name: str) -> None:
+    """rmdir /sys/fs/cgroup/<controller>/<name> where it is empty (what a shell sandbox leaves behind)."""
+    root = Path("/sys/fs/cgroup")
+    for controller in ("memory", "cpu", "cpuacct", "pids", "freezer"):
+        with contextlib.suppress(OSError):
+            (root / controller / name).rmdir()
 
 
 @contextlib.contextmanager
@@ -301,6 +328,7 @@ class Producer:
 
     def __init__(self, url: str) -> None:
         self.http = httpx.Client(base_url=url, headers=admin_headers(), timeout=30.0)
+        self.retried = 0  # jobs run_job had to submit again
 
     def close(self) -> None:
         self.http.close()
@@ -332,7 +360,9 @@ class Producer:
         if r.status_code not in (200, 201):
             raise BenchError(f"adding repository failed: {r.status_code} {r.text}")
 
-    def wait(self, job_id: int, *, poll: float = 0.01, timeout: float = JOB_TIMEOUT) -> tuple[dict[str, Any], float]:
+    def wait(
+        self, job_id: int, *, poll: float = 0.01, timeout: float = JOB_TIMEOUT
+    ) -> tuple[dict[str, Any], float]:
         """Poll until the job is terminal; returns (job, time.time() when the terminal state was seen)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -343,12 +373,25 @@ class Producer:
                 raise BenchError(f"job {job_id} still {job['state']} after {timeout:.0f} s")
             time.sleep(poll)
 
-    def expect_completed(self, job_id: int, *, poll: float = 0.01) -> tuple[dict[str, Any], float]:
-        job, seen = self.wait(job_id, poll=poll)
-        if job["state"] != "completed":
-            text = "".join(e["out"] for e in self.logs(job_id))[-2000:]
-            raise BenchError(f"job {job_id} ended {job['state']}: {job['error']}\n{text}")
-        return job, seen
+    def run_job(
+        self, queue: str, spec: dict[str, Any], *, poll: float = 0.01, tries: int = 3
+    ) -> tuple[dict[str, Any], float, float]:
+        """Submit, wait until completed; returns (job, time.time() just before the submit, time seen done).
+
+        A job that ends otherwise is submitted again (at most `tries` in all, counted in `retried`): on a
+        shared host, an executor with our EXECUTOR_VM_PREFIX may sweep our job's sandbox as an orphan.
+        """
+        last: dict[str, Any] = {}
+        for _ in range(tries):
+            submitted = time.time()
+            job = self.submit(queue, spec)
+            done, seen = self.wait(job["id"], poll=poll)
+            if done["state"] == "completed":
+                return done, submitted, seen
+            self.retried += 1
+            last = done
+        text = "".join(e["out"] for e in self.logs(int(last["id"])))[-2000:]
+        raise BenchError(f"job {last['id']} ended {last['state']} {tries} times: {last['error']}\n{text}")
 
 
 def shell_job(*commands: str, **extra: Any) -> dict[str, Any]:
@@ -357,17 +400,12 @@ def shell_job(*commands: str, **extra: Any) -> dict[str, Any]:
 
 
 def make_repo(root: Path, files: dict[str, str]) -> Path:
+    """A git repository with one commit of `files`."""
     root.mkdir(parents=True, exist_ok=True)
-    for args in (["init", "-q", "-b", "main"],):
-        subprocess.run(["git", *args], cwd=root, env=GIT_ENV, check=True, capture_output=True)
     for path, text in files.items():
         p = root / path
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text)
-    subprocess.run(["git", "add", "."], cwd=root, env=GIT_ENV, check=True, capture_output=True)
-    subprocess.run(["git", "commit", "-qm", "bench"], cwd=root, env=GIT_ENV, check=True, capture_output=True)
+    for args in (["init", "-q", "-b", "main"], ["add", "."], ["commit", "-qm", "bench"]):
+        subprocess.run(["git", *args], cwd=root, env=GIT_ENV, check=True, capture_output=True)
     return root
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=None, sort_keys=True)

@@ -13,15 +13,23 @@ Baseline: the HTTP floor of the same server, i.e. the cheapest authenticated rou
 (GET /.executors/test/auth, no database) hammered by 8 clients; a cycle is 3 requests, so
 floor req/s / 3 is what the cycle rate could be if the store and the routes cost nothing.
 
-With --profile the interleaved variant is run once more against the server under cProfile (all
-threads) and the top entries are printed.
+With --profile the interleaved variant runs again twice: once with py-spy (if installed: `pip install
+py-spy`) sampling the server's GIL holder, summarised by thread, by layer and by call site, and once
+with the server under cProfile (bench/profserver.py, every thread), printing the top 15 cumulative
+entries of the event-loop thread and of the worker threads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import pstats
+import re
+import shutil
+import signal
+import subprocess
+import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from io import StringIO
 from pathlib import Path
@@ -214,8 +222,8 @@ async def _pre_enqueued(srv: ServerProc, n: int) -> RunResult:
 
 async def _interleaved(srv: ServerProc, n: int) -> RunResult:
     lat = Lat()
-    submitted: dict[int, float] = {}
-    cycle: list[float] = []
+    submitted: dict[int, float] = {}  # job id -> perf_counter before its enqueue
+    finished: dict[int, float] = {}  # job id -> perf_counter after its markComplete
     completed = 0
     all_done = asyncio.Event()
     per = n // PRODUCERS
@@ -235,9 +243,7 @@ async def _interleaved(srv: ServerProc, n: int) -> RunResult:
             if job is None:
                 continue
             await _complete(http, name, job, lat)
-            end = time.perf_counter()
-            if job["id"] in submitted:
-                cycle.append(end - submitted[job["id"]])
+            finished[job["id"]] = time.perf_counter()
             completed += 1
             if completed >= total:
                 all_done.set()
@@ -245,10 +251,10 @@ async def _interleaved(srv: ServerProc, n: int) -> RunResult:
     eclients = [_client(srv.url) for _ in range(EXECUTORS)]
     pclients = [_client(srv.url) for _ in range(PRODUCERS)]
     tasks: list[asyncio.Task[None]] = []
-    cpu0, wall0 = cpu_seconds(srv.pid), time.process_time()
     try:
         tasks = [asyncio.create_task(executor(i, c)) for i, c in enumerate(eclients)]
         await asyncio.sleep(0.3)  # let every executor park in its long-poll first
+        cpu0, wall0 = cpu_seconds(srv.pid), time.process_time()
         t0 = time.perf_counter()
         tasks += [asyncio.create_task(producer(c)) for c in pclients]
         async with asyncio.timeout(PHASE_TIMEOUT):
@@ -278,7 +284,7 @@ async def _interleaved(srv: ServerProc, n: int) -> RunResult:
         jobs=total,
         seconds=seconds,
         lat=lat,
-        cycle_latency=cycle,
+        cycle_latency=[finished[i] - submitted[i] for i in finished if i in submitted],
         server_cpu=server_cpu,
         loadgen_cpu=loadgen_cpu,
         empty_dequeues=len(lat.calls.get("dequeue (empty)", [])),
@@ -294,27 +300,214 @@ async def _warm_up(srv: ServerProc) -> None:
     await _drain(srv.url, 40, lat)
 
 
-def _profile_report(base: Path, top: int = 15) -> list[str]:
+def _pstats_lines(path: Path, top: int, *restrict: str) -> list[str]:
+    buf = StringIO()
+    pstats.Stats(str(path), stream=buf).strip_dirs().sort_stats("cumulative").print_stats(*restrict, top)
+    text = buf.getvalue()
+    body = text[text.find("   ncalls") :] if "   ncalls" in text else text
+    return ["    " + line for line in body.rstrip().splitlines()]
+
+
+def _cprofile_report(base: Path, top: int = 15) -> list[str]:
     out: list[str] = []
-    for suffix, what in ((".main", "event-loop thread"), (".threads", "worker threads (asyncio.to_thread)")):
-        path = Path(str(base) + suffix)
-        if not path.exists():
-            out.append(f"  (no profile for the {what})")
-            continue
-        for sort, label in (("cumulative", "cumulative"), ("tottime", "own time")):
-            buf = StringIO()
-            st = pstats.Stats(str(path), stream=buf)
-            st.strip_dirs().sort_stats(sort).print_stats(top)
-            text = buf.getvalue()
-            body = text[text.find("   ncalls") :] if "   ncalls" in text else text
-            total = f"{st.total_tt:.2f} s"  # type: ignore[attr-defined]
-            out.append(f"  -- cProfile, {what}, top {top} by {label} (total {total}):")
-            out += ["    " + line for line in body.rstrip().splitlines()]
+    main, threads = Path(str(base) + ".main"), Path(str(base) + ".threads")
+    if main.exists():
+        out.append(f"  -- cProfile (wall clock), event-loop thread, top {top} by cumulative time:")
+        out += _pstats_lines(main, top)
+    if threads.exists():
+        out.append(
+            f"  -- cProfile (wall clock), worker threads (to_thread + anyio), top {top} by cumulative time:"
+        )
+        out += _pstats_lines(threads, top)
+        out.append("  -- cProfile, worker threads, the store's methods (call counts: compare with the jobs):")
+        out += _pstats_lines(threads, 12, r"store\.py")
+    if not out:
+        out.append("  (the profiled server wrote no cProfile data)")
     return out
 
 
+# Frames present in nearly every stack, or pure pass-through ASGI layers: they say nothing about where
+# the time goes, so the cumulative listing hides them.
+_PLUMBING = (
+    "threading.py",
+    "concurrent/futures/thread.py",
+    "asyncio/runners.py",
+    "asyncio/events.py",
+    "BaseEventLoop.run_",
+    "typer/",
+    "corral/cli.py",
+    "uvicorn/main.py",
+    "uvicorn/server.py",
+    "uvicorn/_compat.py",
+    "<module>",
+    "WorkerThread.run",
+    "/middleware/",
+    "fastapi/_body_limit.py",
+    "fastapi/telemetry/",
+    "applications.py",
+    "_exception_handler.py",
+    "BodyLimit.__call__ (",
+    "Router.__call__",
+    "APIRouter.",
+    "_IncludedRouter.",
+)
+
+# Where a GIL sample's time goes, by the innermost frame that matches (first rule wins).
+_CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("store: global write lock + connection checkout (Store._write)", ("Store._write (",)),
+    ("store: SQLAlchemy Core (statement build, compile cache, execute) + sqlite3", ("sqlalchemy/",)),
+    ("store: corral's store code", ("corral/server/store/",)),
+    (
+        "thread hand-offs (asyncio.to_thread, anyio run_in_threadpool)",
+        (
+            "threading.py",
+            "concurrent/futures/",
+            "queue.py",
+            "anyio/",
+            "asyncio/threads.py",
+            "_write_to_self",
+            "_read_from_self",
+            "call_soon_threadsafe",
+            "run_in_executor",
+            "futures.py",
+        ),
+    ),
+    ("HTTP parsing and writing (uvicorn, h11)", ("h11/", "uvicorn/", "email/", "http/")),
+    ("pydantic validation, JSON", ("pydantic", "json/")),
+    ("FastAPI / Starlette routing, dependencies, responses", ("fastapi/", "starlette/")),
+    ("corral routes, auth, middleware, metrics", ("corral/", "prometheus_client/")),
+    ("asyncio event loop, sockets", ("asyncio/", "selectors.py", "socket.py", "ssl.py")),
+)
+
+# Call sites worth knowing about: the share of samples whose stack contains them.
+_MARKERS: tuple[tuple[str, str], ...] = (
+    ("all store work in to_thread workers (Store.*)", "Store."),
+    ("FastAPI solve_dependencies (incl. its thread hop)", "solve_dependencies"),
+    ("sync dependencies run via run_in_threadpool (get_state, _admin)", "run_in_threadpool"),
+    ("extra queue_exists() per dequeue/heartbeat (_require_queue)", "_require_queue"),
+    ("job token lookup per job call (Store.job_auth)", "Store.job_auth"),
+    ("Store.dequeue", "Store.dequeue"),
+    ("Store.enqueue", "Store.enqueue"),
+    ("Store.mark", "Store.mark"),
+    ("SQLAlchemy cache-key generation for freshly built statements", "_generate_cache_key"),
+    ("pydantic request/response validation", "pydantic"),
+    ("prometheus counters", "prometheus_client"),
+)
+
+
+def _frame_file(frame: str) -> str:
+    m = re.search(r"\((.*?)(?::\d+)?\)$", frame)
+    return m.group(1) if m else frame
+
+
+def _no_line(frame: str) -> str:
+    return re.sub(r":\d+\)$", ")", frame)
+
+
+def _category(frames: list[str]) -> str:
+    for f in reversed(frames):
+        for label, needles in _CATEGORIES:
+            if any(n in f for n in needles):
+                return label
+    return "other"
+
+
+def _pyspy_report(raw: Path, top: int = 15) -> list[str]:
+    """Summarise py-spy's raw (collapsed) output: threads, categories, call sites, cumulative, own."""
+    total = 0
+    threads: Counter[str] = Counter()
+    cats: Counter[str] = Counter()
+    marks: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    cum: Counter[str] = Counter()
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit() or ";" not in stack:
+            continue
+        n = int(count)
+        thread, _, rest = stack.partition(";")
+        frames = rest.split(";")
+        name = thread.split(": ", 1)[-1]
+        if name == "MainThread":
+            kind = "event loop (MainThread)"
+        elif name.startswith("AnyIO"):
+            kind = "anyio threadpool (sync FastAPI dependencies)"
+        else:
+            kind = "asyncio.to_thread pool (store calls)"
+        total += n
+        threads[kind] += n
+        cats[_category(frames)] += n
+        own[_no_line(frames[-1])] += n
+        joined = ";".join(frames)
+        for label, needle in _MARKERS:
+            if needle in joined:
+                marks[label] += n
+        for f in {_no_line(f) for f in frames}:
+            if not any(p in f for p in _PLUMBING):
+                cum[f] += n
+    if not total:
+        return ["  (py-spy recorded no samples)"]
+
+    def share(counter: Counter[str], k: int) -> list[str]:
+        return [f"    {100 * v / total:5.1f}%  {key}" for key, v in counter.most_common(k)]
+
+    out = [f"  -- py-spy --gil: {total} samples of the thread holding the GIL (= the server's Python CPU)"]
+    out += ["  by thread:", *share(threads, 5)]
+    out += ["  where the time goes (innermost matching frame):", *share(cats, 12)]
+    out += ["  call sites (share of samples with it on the stack):"]
+    out += [f"    {100 * marks[label] / total:5.1f}%  {label}" for label, _ in _MARKERS]
+    out += [f"  top {top} cumulative (pass-through frames hidden):", *share(cum, top)]
+    out += [f"  top {top} own time:", *share(own, top)]
+    return out
+
+
+def _pyspy_path() -> str | None:
+    local = Path(sys.executable).with_name("py-spy")
+    return str(local) if local.exists() else shutil.which("py-spy")
+
+
+def _profile(n: int, t: Table) -> None:
+    spy = _pyspy_path()
+    if spy is None:
+        t.extra.append("  (py-spy not installed: `pip install py-spy` for a sampling profile; cProfile only)")
+    else:
+        with tempdir(NAME + "-spy") as tmp, run_server(tmp) as srv:
+            asyncio.run(_warm_up(srv))
+            raw = tmp / "pyspy.txt"
+            argv = [spy, "record", "--pid", str(srv.pid), "--rate", "50", "--gil", "--threads"]
+            argv += ["--nonblocking", "--format", "raw", "-o", str(raw)]
+            rec = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            try:
+                time.sleep(1.0)  # py-spy attaches
+                res = asyncio.run(_interleaved(srv, n))
+            finally:
+                rec.send_signal(signal.SIGINT)
+                try:
+                    _, err = rec.communicate(timeout=30)
+                except subprocess.TimeoutExpired:
+                    rec.kill()
+                    _, err = rec.communicate()
+            t.add(Row("cycles/s interleaved, server under py-spy", res.rate, None))
+            if raw.exists():
+                t.extra += _pyspy_report(raw)
+            else:
+                t.extra.append(f"  (py-spy failed: {err.decode(errors='replace').strip()[-300:]})")
+    with tempdir(NAME + "-prof") as tmp:
+        prof_base = tmp / "server.prof"
+        with run_server(tmp, profile_out=prof_base) as srv:
+            asyncio.run(_warm_up(srv))
+            prof = asyncio.run(_interleaved(srv, n // 2))
+        # the profiles are written when the server stops (on leaving the with block)
+        t.add(Row("cycles/s interleaved, server under cProfile", prof.rate, None))
+        t.extra.append(
+            f"  cProfile of an interleaved run ({prof.jobs} jobs, +40 warm-up): wall-clock times, all "
+            "threads; it slows Python code several times, so read call counts and shares"
+        )
+        t.extra += _cprofile_report(prof_base)
+
+
 def run(quick: bool = False, profile: bool = False) -> Table:
-    n = 400 if quick else 2000
+    n = 400 if quick else 1600
     t = Table(NAME, f"enqueue->dequeue->markComplete cycles, {EXECUTORS} executors, N={n} jobs")
     with tempdir(NAME) as tmp, run_server(tmp) as srv:
         floor_rps, floor_lat = asyncio.run(_http_floor(srv.url, FLOOR_REQUESTS // (4 if quick else 1)))
@@ -329,7 +522,6 @@ def run(quick: bool = False, profile: bool = False) -> Table:
             inter.rate,
             floor_cycles,
             ">= 200/s",
-            better="high",
             ok=inter.rate >= 200,
         )
     )
@@ -339,13 +531,18 @@ def run(quick: bool = False, profile: bool = False) -> Table:
             pre.rate,
             floor_cycles,
             ">= 200/s",
-            better="high",
             ok=pre.rate >= 200,
         )
     )
-    t.add(Row("  enqueue phase, jobs/s (8 producers)", pre.jobs / pre.enqueue_seconds, floor_rps, better="high"))
-    t.add(Row("  drain phase, dequeue+markComplete/s", pre.jobs / pre.drain_seconds, floor_rps / 2, better="high"))
-    t.add(Row("HTTP floor req/s (GET test/auth, 8 conns)", floor_rps, None, better="high"))
+    t.add(Row("  enqueue phase, jobs/s (8 producers)", pre.jobs / pre.enqueue_seconds, floor_rps))
+    t.add(
+        Row(
+            "  drain phase, dequeue+markComplete/s",
+            pre.jobs / pre.drain_seconds,
+            floor_rps / 2,
+        )
+    )
+    t.add(Row("HTTP floor req/s (GET test/auth, 8 conns)", floor_rps, None))
     floor50, floor99 = floor_lat.p("test/auth", 50), floor_lat.p("test/auth", 99)
     for endpoint, src in (("enqueue", inter), ("markComplete", inter), ("dequeue", pre), ("enqueue", pre)):
         variant = "interleaved" if src is inter else "pre-enqueued"
@@ -366,16 +563,5 @@ def run(quick: bool = False, profile: bool = False) -> Table:
         f"pre-enqueued: enqueue {pre.enqueue_seconds:.1f} s + drain {pre.drain_seconds:.1f} s"
     )
     if profile:
-        with tempdir(NAME + "-prof") as tmp:
-            prof_base = tmp / "server.prof"
-            with run_server(tmp, profile_out=prof_base) as srv:
-                asyncio.run(_warm_up(srv))
-                prof = asyncio.run(_interleaved(srv, n // 2))
-            # the profile is written when the server stops (on leaving the with block)
-            t.add(Row("cycles/s interleaved UNDER cProfile", prof.rate, None, better="high"))
-            t.extra.append(
-                f"  profile of the interleaved run ({prof.jobs} jobs) under cProfile; cProfile slows "
-                "Python-heavy code several times, so read shares, not absolute times"
-            )
-            t.extra += _profile_report(prof_base)
+        _profile(n, t)
     return t
