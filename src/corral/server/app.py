@@ -99,9 +99,7 @@ async def _resetter(state: ServerState) -> None:
     s = state.settings
     while True:
         try:
-            requeued, failed = await asyncio.to_thread(
-                state.store.reset_stalled, s.stalled_after, s.max_resets
-            )
+            requeued, failed = await state.db(state.store.reset_stalled, s.stalled_after, s.max_resets)
             if requeued or failed:
                 log.warning(
                     "resetter: requeued %s, failed %s (no heartbeat for %.0fs)",
@@ -110,7 +108,7 @@ async def _resetter(state: ServerState) -> None:
                     s.stalled_after,
                 )
                 state.metrics.resets.inc(len(requeued) + len(failed))
-                for q in {r["name"] for r in await asyncio.to_thread(state.store.list_queues)}:
+                for q in {r["name"] for r in await state.db(state.store.list_queues)}:
                     state.notifier.notify(q)
         except Exception:
             log.exception("resetter sweep failed; retrying")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 
 from fastapi import Request
@@ -41,7 +40,7 @@ async def authorize_job_or_executor(request: Request, state: ServerState) -> Job
     name = request.headers.get(EXECUTOR_NAME_HEADER, "")
     if not name:
         raise ApiError(400, f"{EXECUTOR_NAME_HEADER} header is missing")
-    auth = await asyncio.to_thread(state.store.job_auth, parts[1])
+    auth = await state.db(state.store.job_auth, parts[1])
     if auth is None:
         raise ApiError(401, "invalid job token")
     if auth.job_id != int(raw_id):

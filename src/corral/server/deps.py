@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 from fastapi import Depends, Request
 
@@ -23,15 +25,35 @@ class ApiError(Exception):
         self.extra = extra
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
 @dataclass
 class ServerState:
     settings: ServerSettings
     store: Store
     notifier: Notifier = field(default_factory=Notifier)
     metrics: Metrics = field(default_factory=Metrics)
+    known_queues: set[str] = field(default_factory=set)  # queues are never deleted: cache the yeses
+
+    async def db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a store call. Embedded SQLite answers in well under a millisecond and takes one writer
+        at a time anyway, so it runs inline (no thread hop per request); a networked database runs in
+        a worker thread so that the event loop never waits on the network."""
+        if self.store.sqlite:
+            return fn(*args, **kwargs)
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def require_queue(self, queue: str) -> None:
+        if queue in self.known_queues:
+            return
+        if not await self.db(self.store.queue_exists, queue):
+            raise ApiError(404, f"unknown queue {queue!r}")
+        self.known_queues.add(queue)
 
 
-def get_state(request: Request) -> ServerState:
+async def get_state(request: Request) -> ServerState:
     state: ServerState = request.app.state.corral
     return state
 

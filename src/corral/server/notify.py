@@ -30,10 +30,22 @@ class Notifier:
         if not fut.done():
             fut.cancel()
 
-    def notify(self, key: str) -> None:
-        for fut in self._waiters.pop(key, set()):
+    def notify(self, key: str, *, wake: int | None = None) -> None:
+        """Wake the waiters on `key`: all of them, or at most `wake` (one job wakes one executor;
+        the others would only run a dequeue that finds nothing)."""
+        waiters = self._waiters.get(key)
+        if not waiters:
+            return
+        woken = 0
+        for fut in list(waiters):
+            waiters.discard(fut)
             if not fut.done():
                 fut.set_result(None)
+                woken += 1
+                if wake is not None and woken >= wake:
+                    break
+        if not waiters:
+            self._waiters.pop(key, None)
 
     async def wait(self, fut: asyncio.Future[None], timeout: float) -> bool:
         """True when woken, False on timeout."""

@@ -17,12 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from corral.protocol import QUEUE_NAME_RE, CliStep, DockerStep, check_workspace_path
 from corral.server import repos as repomod
 from corral.server.auth import require_admin
-from corral.server.deps import ApiError, ServerState, StateDep, get_state
+from corral.server.deps import ApiError, ServerState, StateDep
 from corral.server.jobview import iso, producer_job
 from corral.server.store.store import TERMINAL
 
 
-def _admin(request: Request, state: StateDep) -> None:
+async def _admin(request: Request, state: StateDep) -> None:
     require_admin(request, state)
 
 
@@ -116,7 +116,7 @@ class JobIn(Model):
 
 @router.get("/queues")
 async def list_queues(state: StateDep) -> list[dict[str, Any]]:
-    return await asyncio.to_thread(state.store.list_queues)
+    return await state.db(state.store.list_queues)
 
 
 @router.post("/repos", status_code=201)
@@ -124,7 +124,7 @@ async def add_repo(body: RepoIn, response: Response, state: StateDep) -> dict[st
     repomod.check_repo_name(body.name)
     dest = await asyncio.to_thread(repomod.mirror, state.settings.repos_dir, body.name, body.path)
     rel = str(dest.relative_to(state.settings.repos_dir))
-    created = await asyncio.to_thread(state.store.upsert_repo, body.name, rel, body.path)
+    created = await state.db(state.store.upsert_repo, body.name, rel, body.path)
     if not created:
         response.status_code = 200
     return {"name": body.name, "source": body.path, "created": created}
@@ -132,7 +132,7 @@ async def add_repo(body: RepoIn, response: Response, state: StateDep) -> dict[st
 
 @router.get("/repos")
 async def list_repos(state: StateDep) -> list[dict[str, Any]]:
-    rows = await asyncio.to_thread(state.store.list_repos)
+    rows = await state.db(state.store.list_repos)
     return [{"name": r["name"], "source": r["source"], "updatedAt": iso(r["updated_at"])} for r in rows]
 
 
@@ -146,14 +146,14 @@ async def submit_job(queue: str, body: JobIn, state: StateDep) -> dict[str, Any]
         for p, f in body.files.items()
     }
     if body.repository_name:
-        repo = await asyncio.to_thread(state.store.get_repo, body.repository_name)
+        repo = await state.db(state.store.get_repo, body.repository_name)
         bare = state.settings.repos_dir / repo["path"]
         spec["commit"] = await asyncio.to_thread(
             repomod.resolve_commit, bare, body.commit or "HEAD", body.repository_name
         )
     elif body.commit:
         raise ApiError(400, "commit given without repositoryName")
-    row = await asyncio.to_thread(
+    row = await state.db(
         state.store.enqueue,
         queue,
         spec,
@@ -161,7 +161,7 @@ async def submit_job(queue: str, body: JobIn, state: StateDep) -> dict[str, Any]
         max_attempts=body.max_attempts or state.settings.max_attempts,
     )
     state.metrics.enqueued.labels(queue).inc()
-    state.notifier.notify(queue)
+    state.notifier.notify(queue, wake=1)  # one job: one long-polling executor is enough
     return producer_job(row | {"exit_codes": []})
 
 
@@ -173,15 +173,13 @@ async def list_jobs(
     limit: int = Query(default=50, ge=1, le=500),
     before: int | None = None,
 ) -> list[dict[str, Any]]:
-    rows = await asyncio.to_thread(
-        state.store.list_jobs, queue=queue, state=state_, limit=limit, before_id=before
-    )
+    rows = await state.db(state.store.list_jobs, queue=queue, state=state_, limit=limit, before_id=before)
     return [producer_job(r | {"exit_codes": []}) for r in rows]
 
 
 @router.get("/jobs/{job_id}")
 async def get_job(job_id: int, state: StateDep) -> dict[str, Any]:
-    return producer_job(await asyncio.to_thread(state.store.get_job, job_id))
+    return producer_job(await state.db(state.store.get_job, job_id))
 
 
 def _entry_view(e: dict[str, Any]) -> dict[str, Any]:
@@ -199,7 +197,7 @@ def _entry_view(e: dict[str, Any]) -> dict[str, Any]:
 
 @router.get("/jobs/{job_id}/logs")
 async def get_logs(job_id: int, state: StateDep) -> dict[str, Any]:
-    entries = await asyncio.to_thread(state.store.get_logs, job_id)
+    entries = await state.db(state.store.get_logs, job_id)
     return {"jobId": job_id, "entries": [_entry_view(e) for e in entries]}
 
 
@@ -207,16 +205,16 @@ async def get_logs(job_id: int, state: StateDep) -> dict[str, Any]:
 async def stream_logs(job_id: int, request: Request) -> StreamingResponse:
     """NDJSON: `entry` when a log entry starts, `output` with new bytes, `exit` when it ends, and a
     final `state` line once the job is finished and everything was sent."""
-    state = get_state(request)
-    await asyncio.to_thread(state.store.get_job, job_id)  # 404 before the stream starts
+    state: ServerState = request.app.state.corral
+    await state.db(state.store.get_job, job_id)  # 404 before the stream starts
 
     async def lines() -> AsyncIterator[bytes]:
         offsets: dict[int, int] = {}
         exited: set[int] = set()
         deadline = time.monotonic() + 24 * 3600
         while time.monotonic() < deadline:
-            job = await asyncio.to_thread(state.store.get_job, job_id)
-            entries = await asyncio.to_thread(state.store.get_logs, job_id, offsets=offsets)
+            job = await state.db(state.store.get_job, job_id)
+            entries = await state.db(state.store.get_logs, job_id, offsets=offsets)
             for e in entries:
                 eid = e["entry_id"]
                 if eid not in offsets:
@@ -253,8 +251,8 @@ def _line(obj: dict[str, Any]) -> bytes:
 
 @router.get("/jobs/{job_id}/result")
 async def get_result(job_id: int, state: StateDep) -> dict[str, Any]:
-    job = await asyncio.to_thread(state.store.get_job, job_id)
-    res = await asyncio.to_thread(state.store.get_result, job_id)
+    job = await state.db(state.store.get_job, job_id)
+    res = await state.db(state.store.get_result, job_id)
     if res is None:
         raise ApiError(404, f"job {job_id} has no result yet (state {job['state']})")
     return {
@@ -268,7 +266,7 @@ async def get_result(job_id: int, state: StateDep) -> dict[str, Any]:
 
 @router.post("/jobs/{job_id}/cancel")
 async def cancel_job(job_id: int, state: StateDep) -> dict[str, Any]:
-    row = await asyncio.to_thread(state.store.request_cancel, job_id)
+    row = await state.db(state.store.request_cancel, job_id)
     if row["executor_name"]:
         state.notifier.notify(f"cancel:{row['executor_name']}")
     return producer_job(row | {"exit_codes": []})
@@ -277,7 +275,7 @@ async def cancel_job(job_id: int, state: StateDep) -> dict[str, Any]:
 @router.get("/executors")
 async def list_executors(state: StateDep) -> list[dict[str, Any]]:
     now = state.store.clock()
-    rows = await asyncio.to_thread(state.store.list_executors)
+    rows = await state.db(state.store.list_executors)
     return [
         {
             "name": r["name"],

@@ -39,10 +39,10 @@ async def git_http(path: str, request: Request) -> Response:
     if who is not None and who.repository_name != repo:
         return _error(403, f"the job token does not open repository {repo!r}")
     if who is not None:
-        job = await asyncio.to_thread(state.store.get_job, who.job_id)
+        job = await state.db(state.store.get_job, who.job_id)
         if job["state"] != "processing" or job["attempt"] != who.attempt:
             return _error(401, "the job token is no longer valid: its attempt has ended")
-    row = await asyncio.to_thread(state.store.get_repo, repo)
+    row = await state.db(state.store.get_repo, repo)
     root = state.settings.repos_dir
     rel = row["path"]
     env = {

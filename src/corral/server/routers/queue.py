@@ -8,7 +8,6 @@ appendExecutionLogEntry (byte offsets), uploadResult, cancelWatch, and attempt f
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from typing import Any
@@ -58,11 +57,6 @@ def check_version_skew(executor_version: str) -> None:
         )
 
 
-def _require_queue(state: ServerState, queue: str) -> None:
-    if not state.store.queue_exists(queue):
-        raise ApiError(404, f"unknown queue {queue!r}")
-
-
 @router.get("/test/auth", response_class=PlainTextResponse)
 async def test_auth(request: Request, state: StateDep) -> str:
     require_executor(request, state)
@@ -77,14 +71,14 @@ async def _dequeue(
     if request.headers.get("user-agent", "").startswith("corral-executor/"):
         check_version_skew(req.version)
     for q in queues:
-        await asyncio.to_thread(_require_queue, state, q)
+        await state.require_queue(q)
     wait = min(req.wait_seconds or 0.0, state.settings.long_poll_max) if state.settings.extensions else 0.0
     deadline = time.monotonic() + wait
     token = secrets.token_urlsafe(32)
     while True:
         fut = state.notifier.register(queues) if wait > 0 else None
         try:
-            row = await asyncio.to_thread(state.store.dequeue, queues, req.executor_name, token)
+            row = await state.db(state.store.dequeue, queues, req.executor_name, token)
             remaining = deadline - time.monotonic()
             if row is not None or fut is None or remaining <= 0:
                 break
@@ -92,7 +86,15 @@ async def _dequeue(
         finally:
             if fut is not None:
                 state.notifier.unregister(queues, fut)
+        if await request.is_disconnected():  # the executor gave up waiting: take nothing for it
+            return Response(status_code=204)
     if row is None:
+        return Response(status_code=204)
+    if wait > 0 and await request.is_disconnected():
+        # Handed out to a client that is gone: give the job back at once instead of letting it
+        # stall for `stalled_after` and count as a reset.
+        await state.db(state.store.release, row["id"], row["attempt"])
+        state.notifier.notify(row["queue"], wake=1)
         return Response(status_code=204)
     state.metrics.dequeued.labels(row["queue"]).inc()
     version = job_version_for(req.version)
@@ -138,11 +140,9 @@ async def heartbeat_one(queue: str, request: Request, body: HeartbeatRequest, st
     require_executor(request, state)
     if not body.executor_name:
         raise ApiError(400, "worker hostname cannot be empty (executorName)")
-    await asyncio.to_thread(_require_queue, state, queue)
+    await state.require_queue(queue)
     ids = _int_ids(body.job_ids)
-    rows, cancel = await asyncio.to_thread(
-        state.store.heartbeat, body.executor_name, _telemetry(body), ids, [queue]
-    )
+    rows, cancel = await state.db(state.store.heartbeat, body.executor_name, _telemetry(body), ids, [queue])
     known = [str(r["id"]) for r in rows if r["queue"] == queue]
     return {"knownIds": known, "cancelIds": [str(i) for i in cancel if str(i) in known]}
 
@@ -155,13 +155,13 @@ async def heartbeat_many(request: Request, body: HeartbeatRequest, state: StateD
     if not body.queue_names:
         raise ApiError(400, "queueNames must name the executor's queues")
     for q in body.queue_names:
-        await asyncio.to_thread(_require_queue, state, q)
+        await state.require_queue(q)
     pairs: list[tuple[int, str]] = []
     for group in body.job_ids_by_queue or []:
         if group.queue_name not in body.queue_names:
             raise ApiError(400, f"queue {group.queue_name!r} is not one of the executor's queueNames")
         pairs += [(i, group.queue_name) for i in _int_ids(group.job_ids)]
-    rows, cancel = await asyncio.to_thread(
+    rows, cancel = await state.db(
         state.store.heartbeat, body.executor_name, _telemetry(body), [i for i, _ in pairs], body.queue_names
     )
     wanted = set(pairs)
@@ -201,7 +201,7 @@ async def add_log_entry(queue: str, request: Request, body: AddLogEntryRequest, 
         "duration_ms": body.duration_ms,
         "out": body.out,
     }
-    return await asyncio.to_thread(state.store.add_log_entry, body.job_id, attempt, name, entry)
+    return await state.db(state.store.add_log_entry, body.job_id, attempt, name, entry)
 
 
 @router.post("/queue/{queue}/updateExecutionLogEntry", status_code=204)
@@ -212,7 +212,7 @@ async def update_log_entry(
     if len(body.out.encode()) > state.settings.max_log_bytes:
         raise ApiError(413, f"log output exceeds the server's cap of {state.settings.max_log_bytes} bytes")
     entry = {"out": body.out, "exit_code": body.exit_code, "duration_ms": body.duration_ms}
-    await asyncio.to_thread(state.store.update_log_entry, body.job_id, attempt, name, body.entry_id, entry)
+    await state.db(state.store.update_log_entry, body.job_id, attempt, name, body.entry_id, entry)
     return Response(status_code=204)
 
 
@@ -221,7 +221,7 @@ async def _mark(
 ) -> Response:
     attempt, name = await _job_call(request, state, queue, body)
     message = body.error_message if isinstance(body, MarkErrorRequest) else ""
-    new_state = await asyncio.to_thread(
+    new_state = await state.db(
         state.store.mark,
         body.job_id,
         attempt,
@@ -260,7 +260,7 @@ async def append_log_entry(queue: str, request: Request, body: AppendLogRequest,
     _extensions_on(state)
     attempt, name = await _job_call(request, state, queue, body)
     data = body.data.encode()
-    offset = await asyncio.to_thread(
+    offset = await state.db(
         state.store.append_log,
         body.job_id,
         attempt,
@@ -280,7 +280,7 @@ async def upload_result(queue: str, request: Request, body: JobResult, state: St
     _extensions_on(state)
     attempt, name = await _job_call(request, state, queue, body)
     result = {"exit_codes": body.exit_codes, "diff": body.diff, "files": body.files, "outcome": body.outcome}
-    await asyncio.to_thread(state.store.put_result, body.job_id, attempt, name, result)
+    await state.db(state.store.put_result, body.job_id, attempt, name, result)
     return Response(status_code=204)
 
 
@@ -296,7 +296,7 @@ async def cancel_watch(request: Request, body: CancelWatchRequest, state: StateD
     while True:
         fut = state.notifier.register(key)
         try:
-            ids = await asyncio.to_thread(state.store.cancel_requested, body.executor_name, body.job_ids)
+            ids = await state.db(state.store.cancel_requested, body.executor_name, body.job_ids)
             remaining = deadline - time.monotonic()
             if ids or remaining <= 0:
                 return {"cancelIds": ids}

@@ -81,6 +81,7 @@ class Store:
         self.engine: Engine = _make_engine(_driver_url(url))
         self.sqlite = self.engine.dialect.name == "sqlite"
         self._lock = threading.RLock() if self.sqlite else None
+        self._queues: set[str] = set()  # queues known to exist (never deleted)
         # An in-memory SQLite database is one shared connection: reads must queue behind writes too.
         self._read_lock = self._lock if url in ("sqlite://", "sqlite:///:memory:") else None
 
@@ -188,9 +189,11 @@ class Store:
     ) -> dict[str, Any]:
         now = self.clock()
         with self._write() as conn:
-            self._ensure_queue(conn, queue)
-            job_id = conn.execute(
-                insert(jobs).values(
+            if queue not in self._queues:
+                self._ensure_queue(conn, queue)
+            row = conn.execute(
+                insert(jobs)
+                .values(
                     queue=queue,
                     state="queued",
                     spec=spec,
@@ -204,8 +207,10 @@ class Store:
                     max_attempts=max_attempts,
                     cancel=False,
                 )
-            ).inserted_primary_key[0]
-            return _row(conn.execute(select(jobs).where(jobs.c.id == job_id)).first())
+                .returning(*jobs.c)
+            ).one()
+        self._queues.add(queue)  # after the commit: the queue row exists for good
+        return _row(row)
 
     def get_job(self, job_id: int) -> dict[str, Any]:
         with self._read() as conn:
@@ -262,7 +267,7 @@ class Store:
         now = self.clock()
         with self._write() as conn:
             cand = (
-                select(jobs.c.id, jobs.c.attempt)
+                select(jobs.c.id)
                 .where(
                     jobs.c.queue.in_(queue_names),
                     jobs.c.state.in_(DEQUEUEABLE),
@@ -271,36 +276,55 @@ class Store:
                 .order_by(jobs.c.priority.desc(), jobs.c.id)
                 .limit(1)
                 .with_for_update(skip_locked=True)
+                .scalar_subquery()
             )
-            r = conn.execute(cand).first()
-            if r is None:
-                return None
-            attempt = r.attempt + 1
-            n = conn.execute(
+            # One statement picks and takes the job (the subquery's row lock skips rows that another
+            # replica is taking on PostgreSQL; SQLite's writer lock serializes).
+            row = conn.execute(
                 update(jobs)
-                .where(jobs.c.id == r.id, jobs.c.state.in_(DEQUEUEABLE))
+                .where(jobs.c.id == cand, jobs.c.state.in_(DEQUEUEABLE))
                 .values(
                     state="processing",
-                    attempt=attempt,
+                    attempt=jobs.c.attempt + 1,
                     executor_name=executor_name,
                     started_at=now,
                     last_heartbeat_at=now,
                     finished_at=None,
                     process_after=None,
                 )
-            ).rowcount
-            if n != 1:  # pragma: no cover - guarded by the lock / row lock
+                .returning(*jobs.c)
+            ).first()
+            if row is None:
                 return None
             conn.execute(
                 insert(attempts).values(
-                    job_id=r.id,
-                    attempt=attempt,
+                    job_id=row.id,
+                    attempt=row.attempt,
                     executor_name=executor_name,
                     token_hash=hash_token(token),
                     started_at=now,
                 )
             )
-            return _row(conn.execute(select(jobs).where(jobs.c.id == r.id)).first())
+            return _row(row)
+
+    def release(self, job_id: int, attempt: int) -> bool:
+        """Give back a job that was handed to an executor that had already gone (its long-poll
+        ended before the answer): queued again, without counting a reset. The attempt stays used,
+        so its token is stale from now on."""
+        now = self.clock()
+        with self._write() as conn:
+            n = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.attempt == attempt, jobs.c.state == "processing")
+                .values(state="queued", executor_name=None, started_at=None, last_heartbeat_at=None)
+            ).rowcount
+            if n:
+                conn.execute(
+                    update(attempts)
+                    .where(attempts.c.job_id == job_id, attempts.c.attempt == attempt)
+                    .values(finished_at=now, state="released")
+                )
+            return bool(n)
 
     def heartbeat(
         self, executor_name: str, info: dict[str, Any], job_ids: list[int], queue_names: list[str]
