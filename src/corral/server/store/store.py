@@ -23,7 +23,20 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, Table, create_engine, event, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
@@ -82,6 +95,7 @@ class Store:
         self.sqlite = self.engine.dialect.name == "sqlite"
         self._lock = threading.RLock() if self.sqlite else None
         self._queues: set[str] = set()  # queues known to exist (never deleted)
+        self._sql_fence = _SQL_FENCE if self.sqlite else _SQL_FENCE_LOCK
         # An in-memory SQLite database is one shared connection: reads must queue behind writes too.
         self._read_lock = self._lock if url in ("sqlite://", "sqlite:///:memory:") else None
 
@@ -395,17 +409,7 @@ class Store:
     # -- job-scoped calls (fenced by attempt) -------------------------------------------------
     def job_auth(self, token: str) -> JobAuth | None:
         with self._read() as conn:
-            r = conn.execute(
-                select(
-                    attempts.c.job_id,
-                    attempts.c.attempt,
-                    attempts.c.executor_name,
-                    jobs.c.queue,
-                    jobs.c.repository_name,
-                )
-                .join(jobs, jobs.c.id == attempts.c.job_id)
-                .where(attempts.c.token_hash == hash_token(token))
-            ).first()
+            r = conn.execute(_SQL_JOB_AUTH, {"h": hash_token(token)}).first()
         if r is None:
             return None
         return JobAuth(r.job_id, r.attempt, r.executor_name, r.queue, r.repository_name)
@@ -413,7 +417,7 @@ class Store:
     def _fence(self, conn: Connection, job_id: int, attempt: int | None, executor_name: str) -> Any:
         """The job row, locked until the transaction ends, if this executor's attempt is the live one;
         else Conflict/NotFound."""
-        r = conn.execute(select(jobs).where(jobs.c.id == job_id).with_for_update()).first()
+        r = conn.execute(self._sql_fence, {"id": job_id}).first()
         if r is None:
             raise NotFound(f"unknown job {job_id}")
         if attempt is not None and attempt != r.attempt:
@@ -578,29 +582,27 @@ class Store:
         now = self.clock()
         with self._write() as conn:
             job = self._fence(conn, job_id, attempt, executor_name)
-            values: dict[str, Any] = {"finished_at": now, "last_heartbeat_at": None}
+            v: dict[str, Any] = {
+                "id": job_id,
+                "attempt": job.attempt,
+                "now": now,
+                "finished_at": now,
+                "num_failures": job.num_failures + 1,
+                "message": message,
+                "process_after": None,
+            }
             if outcome == "complete":
-                values.update(state="completed", failure_message=None)
+                v.update(state="completed", message=None, num_failures=job.num_failures)
             elif job.cancel:
-                values.update(state="canceled", failure_message=message or "canceled")
+                v.update(state="canceled", message=message or "canceled")
             elif outcome == "errored" and job.num_failures + 1 < job.max_attempts:
                 backoff = retry_backoff * (2**job.num_failures)
-                values.update(
-                    state="errored",
-                    num_failures=job.num_failures + 1,
-                    failure_message=message,
-                    process_after=now + backoff,
-                    finished_at=None,
-                )
+                v.update(state="errored", process_after=now + backoff, finished_at=None)
             else:
-                values.update(state="failed", num_failures=job.num_failures + 1, failure_message=message)
-            conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
-            conn.execute(
-                update(attempts)
-                .where(attempts.c.job_id == job_id, attempts.c.attempt == job.attempt)
-                .values(finished_at=now, state=values["state"])
-            )
-            return str(values["state"])
+                v.update(state="failed")
+            conn.execute(_SQL_MARK_JOB, v)
+            conn.execute(_SQL_MARK_ATTEMPT, v)
+            return str(v["state"])
 
     # -- maintenance --------------------------------------------------------------------------
     def reset_stalled(self, stalled_after: float, max_resets: int) -> tuple[list[int], list[int]]:
@@ -640,6 +642,25 @@ class Store:
                     .values(finished_at=now, state="stalled")
                 )
         return requeued, failed
+
+
+# Hot paths as plain SQL (built once; no per-call statement construction or cache-key work).
+_SQL_JOB_AUTH = text(
+    "SELECT a.job_id, a.attempt, a.executor_name, j.queue, j.repository_name "
+    "FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.token_hash = :h"
+)
+_FENCE = (
+    "SELECT id, attempt, state, executor_name, cancel, num_failures, max_attempts FROM jobs WHERE id = :id"
+)
+_SQL_FENCE = text(_FENCE)
+_SQL_FENCE_LOCK = text(_FENCE + " FOR UPDATE")
+_SQL_MARK_JOB = text(
+    "UPDATE jobs SET state = :state, finished_at = :finished_at, last_heartbeat_at = NULL, "
+    "failure_message = :message, num_failures = :num_failures, process_after = :process_after WHERE id = :id"
+).bindparams(bindparam("message", type_=jobs.c.failure_message.type))  # the column's NUL handling
+_SQL_MARK_ATTEMPT = text(
+    "UPDATE attempts SET finished_at = :now, state = :state WHERE job_id = :id AND attempt = :attempt"
+)
 
 
 _EXECUTOR_TEXT = (
