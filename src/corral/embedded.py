@@ -32,6 +32,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def serve_in_thread(settings: ServerSettings) -> tuple[uvicorn.Server, threading.Thread]:
+    """Start a server for `settings` (on settings.host:port) in a daemon thread; return once it listens.
+    Stop it with `server.should_exit = True` and join the thread."""
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            timeout_graceful_shutdown=1,
+        )
+    )
+    thread = threading.Thread(target=server.run, name="corral-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_TIMEOUT
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise CorralError("the embedded server did not start")
+        time.sleep(0.02)
+    return server, thread
+
+
 @dataclass
 class Embedded:
     url: str
@@ -56,22 +78,7 @@ def embedded(
     settings = ServerSettings(
         host="127.0.0.1", port=port, data_dir=data_dir, executors_access_token=secret, admin_token=admin
     )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            timeout_graceful_shutdown=1,
-        )
-    )
-    st = threading.Thread(target=server.run, name="corral-server", daemon=True)
-    st.start()
-    deadline = time.monotonic() + START_TIMEOUT
-    while not server.started:
-        if time.monotonic() > deadline or not st.is_alive():
-            raise CorralError("the embedded server did not start")
-        time.sleep(0.02)
+    server, st = serve_in_thread(settings)
     url = f"http://127.0.0.1:{port}"
     xenv = {
         "EXECUTOR_FRONTEND_URL": url,

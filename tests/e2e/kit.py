@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,11 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
 from corral.client import ProducerClient
-from corral.embedded import free_port
-from corral.server.app import create_app
+from corral.embedded import free_port, serve_in_thread
 from corral.server.settings import ServerSettings
 
 SECRET = "e2e-executor-secret-0123456789"
@@ -55,21 +51,7 @@ def run_server(tmp: Path, **overrides: Any) -> Iterator[Server]:
         admin_token=ADMIN,
         **overrides,
     )
-    srv = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            timeout_graceful_shutdown=1,
-        )
-    )
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline and t.is_alive(), "server did not start"
-        time.sleep(0.02)
+    srv, t = serve_in_thread(settings)
     url = f"http://127.0.0.1:{port}"
     server = Server(url=url, client=ProducerClient(url, ADMIN), settings=settings)
     try:
