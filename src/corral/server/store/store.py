@@ -32,7 +32,6 @@ from sqlalchemy import (
     event,
     func,
     insert,
-    or_,
     select,
     text,
     update,
@@ -96,6 +95,7 @@ class Store:
         self._lock = threading.RLock() if self.sqlite else None
         self._queues: set[str] = set()  # queues known to exist (never deleted)
         self._sql_fence = _SQL_FENCE if self.sqlite else _SQL_FENCE_LOCK
+        self._sql_dequeue: dict[int, Any] = {}  # number of queues -> statement
         # An in-memory SQLite database is one shared connection: reads must queue behind writes too.
         self._read_lock = self._lock if url in ("sqlite://", "sqlite:///:memory:") else None
 
@@ -280,34 +280,14 @@ class Store:
         """Hand the best waiting job of these queues to the executor, as a new attempt."""
         now = self.clock()
         with self._write() as conn:
-            cand = (
-                select(jobs.c.id)
-                .where(
-                    jobs.c.queue.in_(queue_names),
-                    jobs.c.state.in_(DEQUEUEABLE),
-                    or_(jobs.c.process_after.is_(None), jobs.c.process_after <= now),
-                )
-                .order_by(jobs.c.priority.desc(), jobs.c.id)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-                .scalar_subquery()
-            )
             # One statement picks and takes the job (the subquery's row lock skips rows that another
             # replica is taking on PostgreSQL; SQLite's writer lock serializes).
-            row = conn.execute(
-                update(jobs)
-                .where(jobs.c.id == cand, jobs.c.state.in_(DEQUEUEABLE))
-                .values(
-                    state="processing",
-                    attempt=jobs.c.attempt + 1,
-                    executor_name=executor_name,
-                    started_at=now,
-                    last_heartbeat_at=now,
-                    finished_at=None,
-                    process_after=None,
-                )
-                .returning(*jobs.c)
-            ).first()
+            sql = self._sql_dequeue.get(len(queue_names))
+            if sql is None:
+                sql = self._sql_dequeue[len(queue_names)] = _dequeue_sql(len(queue_names), self.sqlite)
+            params: dict[str, Any] = {f"q{i}": q for i, q in enumerate(queue_names)}
+            params.update(now=now, executor=executor_name)
+            row = conn.execute(sql, params).first()
             if row is None:
                 return None
             conn.execute(
@@ -661,6 +641,20 @@ _SQL_MARK_JOB = text(
 _SQL_MARK_ATTEMPT = text(
     "UPDATE attempts SET finished_at = :now, state = :state WHERE job_id = :id AND attempt = :attempt"
 )
+
+
+def _dequeue_sql(n_queues: int, sqlite: bool) -> Any:
+    names = ", ".join(f":q{i}" for i in range(n_queues))
+    lock = "" if sqlite else " FOR UPDATE SKIP LOCKED"
+    return text(
+        "UPDATE jobs SET state = 'processing', attempt = attempt + 1, executor_name = :executor, "
+        "started_at = :now, last_heartbeat_at = :now, finished_at = NULL, process_after = NULL "
+        "WHERE id = (SELECT id FROM jobs WHERE queue IN (" + names + ") AND state IN ('queued', 'errored') "
+        "AND (process_after IS NULL OR process_after <= :now) ORDER BY priority DESC, id LIMIT 1"
+        + lock
+        + ") "
+        "AND state IN ('queued', 'errored') RETURNING " + ", ".join(f'"{c.name}"' for c in jobs.c)
+    ).columns(*jobs.c)
 
 
 _EXECUTOR_TEXT = (
