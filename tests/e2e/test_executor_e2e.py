@@ -250,3 +250,25 @@ def test_sigterm_lets_the_running_job_finish(server: Server, tmp_path: Path):
     done = server.client.get(job["id"])
     assert done["state"] == "completed"
     assert "finished" in logs_text(server, job["id"])
+
+
+def test_cli_step_and_declared_outputs(server: Server, repo: str, runtime: str, tmp_path: Path):
+    start_executor(server, tmp_path, runtime)
+    job = server.client.submit(
+        "batches",
+        {
+            "repositoryName": repo,
+            "dockerSteps": [{"image": "corral/busybox:1", "commands": ["echo 'a report' > report.txt"]}],
+            "cliSteps": [{"key": "ver", "command": ["version"]}],
+            "outputs": ["report.txt", "missing.txt"],
+        },
+    )
+    done = wait_job(server, job["id"])
+    assert done["state"] == "completed", done
+    assert done["exitCodes"] == [0, 0]
+    entries = server.client.logs(job["id"])["entries"]
+    cli = next(e for e in entries if e["key"] == "step.src.ver")
+    assert "0.1.0" in cli["out"]  # the corral CLI ran inside the sandbox, as Sourcegraph runs `src`
+    files = server.client.result(job["id"])["files"]
+    assert base64.b64decode(files["report.txt"]) == b"a report\n"
+    assert "missing.txt" not in files

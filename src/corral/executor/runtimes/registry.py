@@ -38,7 +38,12 @@ def cli_binds(s: ExecutorSettings) -> list[str]:
     """Host paths a CLI step needs read-only inside the sandbox: the CLI's own installation."""
     from pathlib import Path
 
-    paths = {sys.prefix, sys.base_prefix, str(Path(s.cli_path).resolve().parent)}
+    import corral
+
+    # The interpreter, the venv, the CLI's directory, and corral's own package (an editable install
+    # keeps it outside the venv).
+    package_root = str(Path(corral.__file__).resolve().parent.parent)
+    paths = {sys.prefix, sys.base_prefix, str(Path(s.cli_path).resolve().parent), package_root}
     return sorted(p for p in paths if not p.startswith(("/usr/", "/etc/")) and p != "/usr")
 
 
