@@ -21,6 +21,7 @@ __all__ = [
     "EXTENSIONS_HEADER",
     "JOB_ID_HEADER",
     "QUEUE_NAME_RE",
+    "ZERO_TIME",
     "AddLogEntryRequest",
     "AppendLogRequest",
     "AppendLogResponse",

@@ -7,6 +7,8 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from corral.protocol import ZERO_TIME
+
 V2_MIN = (4, 3, 0)  # Sourcegraph executors from 4.3.0 take v2 jobs (base64 file contents)
 SEMVER_RE = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
 
@@ -39,7 +41,7 @@ def executor_job(row: dict[str, Any], token: str, *, version: int, with_queue: b
             "content": content,
             "bucket": f.get("bucket"),
             "key": f.get("key"),
-            "modifiedAt": f.get("modifiedAt", "0001-01-01T00:00:00Z"),
+            "modifiedAt": f.get("modifiedAt", ZERO_TIME),
         }
     job: dict[str, Any] = {
         "id": row["id"],

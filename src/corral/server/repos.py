@@ -9,7 +9,6 @@ from pathlib import Path
 from corral.errors import Invalid, NotFound
 
 REPO_NAME_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*\Z")
-SHA_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 GIT_TIMEOUT = 300  # seconds for a mirror clone or fetch
 GIT_ENV = {
     "GIT_TERMINAL_PROMPT": "0",

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from corral.protocol import QUEUE_NAME_RE, CliStep, DockerStep, check_workspace_path
+from corral.protocol import QUEUE_NAME_RE, ZERO_TIME, CliStep, DockerStep, check_workspace_path
 from corral.server import repos as repomod
 from corral.server.auth import require_admin
 from corral.server.deps import ApiError, ServerState, StateDep
@@ -142,8 +142,7 @@ async def submit_job(queue: str, body: JobIn, state: StateDep) -> dict[str, Any]
         raise ApiError(400, f"invalid queue name {queue!r}: use 1-64 characters of [a-z0-9_-]")
     spec = body.model_dump(by_alias=True, exclude_none=True, exclude={"files", "priority", "max_attempts"})
     spec["files"] = {
-        p: {"content": f.as_base64(), "modifiedAt": f.modified_at or "0001-01-01T00:00:00Z"}
-        for p, f in body.files.items()
+        p: {"content": f.as_base64(), "modifiedAt": f.modified_at or ZERO_TIME} for p, f in body.files.items()
     }
     if body.repository_name:
         repo = await state.db(state.store.get_repo, body.repository_name)
