@@ -1,12 +1,17 @@
-"""A server and an executor in this process (threads), for `corral demo` and `corral batch run`
-without --server. Everything listens on 127.0.0.1 only and stops when the context exits."""
+"""A server (child process) and an executor (a thread of this process), for `corral demo` and
+`corral batch run` without --server. Everything listens on 127.0.0.1 only and stops when the
+context exits. `serve_in_thread` runs a server inside the calling process (for tests)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import uvicorn
 
 from corral.errors import CorralError
@@ -54,6 +60,40 @@ def serve_in_thread(settings: ServerSettings) -> tuple[uvicorn.Server, threading
     return server, thread
 
 
+def _start_server_process(data_dir: Path, port: int, secret: str, admin: str) -> subprocess.Popen[bytes]:
+    """`corral server` as a child process (its own event loop and subprocesses, apart from the
+    executor's); its log goes to <data_dir>/server.log."""
+    env = {**os.environ, "EXECUTORS_ACCESS_TOKEN": secret, "CORRAL_ADMIN_TOKEN": admin}
+    argv = [
+        sys.executable,
+        "-m",
+        "corral.cli",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--log-level",
+        "warning",
+    ]
+    with open(data_dir / "server.log", "ab") as log:
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            tail = (data_dir / "server.log").read_text(errors="replace")[-2000:]
+            raise CorralError(f"the embedded server did not start:\n{tail}")
+        time.sleep(0.05)
+
+
 @dataclass
 class Embedded:
     url: str
@@ -75,10 +115,7 @@ def embedded(
     secret = secrets.token_urlsafe(24)
     admin = secrets.token_urlsafe(24)
     port = free_port()
-    settings = ServerSettings(
-        host="127.0.0.1", port=port, data_dir=data_dir, executors_access_token=secret, admin_token=admin
-    )
-    server, st = serve_in_thread(settings)
+    server = _start_server_process(data_dir, port, secret, admin)
     url = f"http://127.0.0.1:{port}"
     xenv = {
         "EXECUTOR_FRONTEND_URL": url,
@@ -131,5 +168,9 @@ def embedded(
             if et.is_alive():
                 loop.call_soon_threadsafe(worker.stop)  # the second stop cancels what still runs
         et.join(30)
-        server.should_exit = True
-        st.join(10)
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
