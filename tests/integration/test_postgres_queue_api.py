@@ -96,3 +96,31 @@ async def test_executors_on_two_replicas_take_each_job_once(kits: list[Kit]) -> 
         assert j["id"] in got[j["executorName"]] and j["attempt"] == 1
     # Ids beyond 32 bits are unknown jobs, not database errors.
     assert kits[0].admin.get(f"/api/v1/jobs/{2**40}").status_code == 404
+
+
+def test_a_job_enqueued_on_one_replica_wakes_a_long_poll_on_another(
+    kits: list[Kit], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LISTEN/NOTIFY: without it the waiting replica would only see the job at its next recheck,
+    which this test moves far away (30 s), beyond the long-poll's own wait (20 s)."""
+    import threading
+    import time
+
+    from corral.server.routers import queue as queue_router
+
+    monkeypatch.setattr(queue_router, "RECHECK", 30.0)
+    waiting, submitting = kits
+    result: dict[str, httpx.Response] = {}
+    t0 = time.monotonic()
+    poll = threading.Thread(target=lambda: result.update(r=waiting.dequeue(waitSeconds=20)))
+    poll.start()
+    deadline = time.monotonic() + 10
+    while not waiting.srv.waiting_on("batches"):  # the long-poll is parked on replica 0
+        assert time.monotonic() < deadline, "the long-poll never started waiting"
+        time.sleep(0.01)
+    job = submitting.submit()  # on replica 1
+    poll.join(25)
+    r = result["r"]
+    assert r.status_code == 200, r.text
+    assert r.json()["id"] == job["id"]
+    assert time.monotonic() - t0 < 15  # woken by the notification, not by the 20 s wait running out

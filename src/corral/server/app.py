@@ -109,7 +109,7 @@ async def _resetter(state: ServerState) -> None:
                 )
                 state.metrics.resets.inc(len(requeued) + len(failed))
                 for q in {r["name"] for r in await state.db(state.store.list_queues)}:
-                    state.notifier.notify(q)
+                    await state.wake(q)
         except Exception:
             log.exception("resetter sweep failed; retrying")
         await asyncio.sleep(s.resetter_interval)
@@ -127,13 +127,19 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(_resetter(state))
+        tasks = [asyncio.create_task(_resetter(state))]
+        if not store.sqlite:
+            from corral.server import pgnotify
+
+            tasks.append(asyncio.create_task(pgnotify.listen(store.engine, state.notifier)))
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     app = FastAPI(title="corral", version=__version__, lifespan=lifespan)
     app.state.corral = state

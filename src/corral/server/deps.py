@@ -45,6 +45,16 @@ class ServerState:
             return fn(*args, **kwargs)
         return await asyncio.to_thread(fn, *args, **kwargs)
 
+    async def wake(self, key: str, *, wake: int | None = None) -> None:
+        """Wake long-polls waiting on `key` (a queue, or cancel:<executor>): here, and on PostgreSQL
+        in every replica (through NOTIFY; this replica hears it too)."""
+        if self.store.sqlite:
+            self.notifier.notify(key, wake=wake)
+            return
+        from corral.server import pgnotify
+
+        await asyncio.to_thread(pgnotify.publish, self.store.engine, key)
+
     async def require_queue(self, queue: str) -> None:
         if queue in self.known_queues:
             return

@@ -160,7 +160,7 @@ async def submit_job(queue: str, body: JobIn, state: StateDep) -> dict[str, Any]
         max_attempts=body.max_attempts or state.settings.max_attempts,
     )
     state.metrics.enqueued.labels(queue).inc()
-    state.notifier.notify(queue, wake=1)  # one job: one long-polling executor is enough
+    await state.wake(queue, wake=1)  # one job: one long-polling executor is enough
     return producer_job(row | {"exit_codes": []})
 
 
@@ -267,7 +267,7 @@ async def get_result(job_id: int, state: StateDep) -> dict[str, Any]:
 async def cancel_job(job_id: int, state: StateDep) -> dict[str, Any]:
     row = await state.db(state.store.request_cancel, job_id)
     if row["executor_name"]:
-        state.notifier.notify(f"cancel:{row['executor_name']}")
+        await state.wake(f"cancel:{row['executor_name']}")
     return producer_job(row | {"exit_codes": []})
 
 

@@ -94,7 +94,7 @@ async def _dequeue(
         # Handed out to a client that is gone: give the job back at once instead of letting it
         # stall for `stalled_after` and count as a reset.
         await state.db(state.store.release, row["id"], row["attempt"])
-        state.notifier.notify(row["queue"], wake=1)
+        await state.wake(row["queue"], wake=1)
         return Response(status_code=204)
     state.metrics.dequeued.labels(row["queue"]).inc()
     version = job_version_for(req.version)
