@@ -64,9 +64,7 @@ def server(
     log_level: Annotated[str, typer.Option(envvar="CORRAL_LOG_LEVEL")] = "info",
 ) -> None:
     """Run the server: queue API for executors, producer API, git for jobs, metrics."""
-    import uvicorn
-
-    from corral.server.app import create_app
+    from corral.server.app import create_app, run
     from corral.server.settings import ServerSettings
 
     settings = ServerSettings(host=host, port=port, data_dir=data_dir, database_url=database_url)
@@ -82,9 +80,7 @@ def server(
         f"corral {__version__} serving on http://{host}:{port} (data: {settings.data_dir}, db: "
         f"{settings.db_url.split('@')[-1]})"
     )
-    uvicorn.run(
-        fastapi_app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=5
-    )
+    run(fastapi_app, host, port, log_level)
 
 
 def _client(server_url: str, token: str, data_dir: Path | None = None) -> Any:

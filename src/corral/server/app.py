@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import FrameType
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -113,6 +116,29 @@ async def _resetter(state: ServerState) -> None:
         except Exception:
             log.exception("resetter sweep failed; retrying")
         await asyncio.sleep(s.resetter_interval)
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, which also ends held long-polls as soon as a stop signal arrives (they
+    answer "no job" and executors reconnect) instead of cutting them at the graceful timeout."""
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        app = self.config.app
+        state = getattr(getattr(app, "state", None), "corral", None)
+        if state is not None and hasattr(self, "_loop"):
+            self._loop.call_soon_threadsafe(state.notifier.close)
+        super().handle_exit(sig, frame)
+
+
+def run(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
+    uvicorn_config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=5
+    )
+    Server(uvicorn_config).run()
 
 
 def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:

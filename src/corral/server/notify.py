@@ -13,9 +13,19 @@ from collections.abc import Iterable
 class Notifier:
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self.closed = False  # the server is stopping: long-polls answer at once
+
+    def close(self) -> None:
+        """Wake every waiter for good (server shutdown): held requests end instead of being cut."""
+        self.closed = True
+        for key in list(self._waiters):
+            self.notify(key)
 
     def register(self, keys: Iterable[str]) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.closed:
+            fut.set_result(None)
+            return fut
         for k in keys:
             self._waiters.setdefault(k, set()).add(fut)
         return fut

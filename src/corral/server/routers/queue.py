@@ -80,7 +80,7 @@ async def _dequeue(
         try:
             row = await state.db(state.store.dequeue, queues, req.executor_name, token)
             remaining = deadline - time.monotonic()
-            if row is not None or fut is None or remaining <= 0:
+            if row is not None or fut is None or remaining <= 0 or state.notifier.closed:
                 break
             await state.notifier.wait(fut, min(remaining, RECHECK))
         finally:
@@ -298,7 +298,7 @@ async def cancel_watch(request: Request, body: CancelWatchRequest, state: StateD
         try:
             ids = await state.db(state.store.cancel_requested, body.executor_name, body.job_ids)
             remaining = deadline - time.monotonic()
-            if ids or remaining <= 0:
+            if ids or remaining <= 0 or state.notifier.closed:
                 return {"cancelIds": ids}
             await state.notifier.wait(fut, min(remaining, RECHECK * 5))
         finally:
