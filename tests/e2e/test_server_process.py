@@ -1,0 +1,72 @@
+"""`corral server` as an operator runs it: refuses a short secret, answers /healthz, and on SIGTERM
+ends held long-polls at once (a "no job" answer) instead of leaving executors hanging."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from corral.embedded import free_port
+from tests.e2e.kit import CORRAL, SECRET
+
+
+def test_short_secret_is_refused(tmp_path: Path) -> None:
+    env = {**os.environ, "EXECUTORS_ACCESS_TOKEN": "too-short"}
+    p = subprocess.run(
+        [CORRAL, "server", "--data-dir", str(tmp_path)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert p.returncode == 2
+    assert "EXECUTORS_ACCESS_TOKEN is 9 characters long; it must be at least 20" in p.stderr
+
+
+def test_sigterm_ends_held_long_polls(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "EXECUTORS_ACCESS_TOKEN": SECRET}
+    p = subprocess.Popen(
+        [CORRAL, "server", "--port", str(port), "--data-dir", str(tmp_path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and p.poll() is None, "server did not start"
+            time.sleep(0.05)
+        assert (tmp_path / "admin-token").stat().st_mode & 0o777 == 0o600  # generated, private
+        result: dict[str, httpx.Response] = {}
+        body = {"executorName": "e1", "version": "0.1.0", "waitSeconds": 30}
+        headers = {"Authorization": f"token-executor {SECRET}"}
+        poll = threading.Thread(
+            target=lambda: result.update(
+                r=httpx.post(
+                    f"{url}/.executors/queue/batches/dequeue", json=body, headers=headers, timeout=60
+                )
+            )
+        )
+        poll.start()
+        time.sleep(0.5)  # let the long-poll park (nothing to assert on from outside the process)
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        poll.join(40)
+        assert result["r"].status_code == 204
+        assert time.monotonic() - t0 < 20  # ended by the stop, not by its 30 s wait
+        assert p.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a clean stop
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    out = p.stdout.read().decode() if p.stdout else ""
+    assert "Traceback" not in out, out
