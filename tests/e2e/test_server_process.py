@@ -57,7 +57,10 @@ def test_sigterm_ends_held_long_polls(tmp_path: Path) -> None:
             )
         )
         poll.start()
-        time.sleep(0.5)  # let the long-poll park (nothing to assert on from outside the process)
+        deadline = time.monotonic() + 20
+        while "corral_long_polls_waiting 1.0" not in httpx.get(f"{url}/metrics", timeout=5).text:
+            assert time.monotonic() < deadline, "the long-poll never parked"
+            time.sleep(0.05)
         t0 = time.monotonic()
         p.send_signal(signal.SIGTERM)
         poll.join(40)

@@ -150,6 +150,7 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
     store.migrate()
     state = ServerState(settings=settings, store=store)
     state.metrics.watch_store(lambda: (store.list_queues(), api.executors_active(state)))
+    state.metrics.long_polls.set_function(state.notifier.waiting)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -38,6 +38,9 @@ class Metrics:
             registry=self.registry,
         )
         self.resets = Counter("corral_jobs_reset", "Stalled jobs requeued or failed", registry=self.registry)
+        self.long_polls = Gauge(
+            "corral_long_polls_waiting", "Held dequeue and cancel-watch requests", registry=self.registry
+        )
 
     def watch_store(self, source: Callable[[], tuple[list[dict[str, Any]], int]]) -> None:
         self.registry.register(_StoreCollector(source))

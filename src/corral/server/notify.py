@@ -15,6 +15,10 @@ class Notifier:
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self.closed = False  # the server is stopping: long-polls answer at once
 
+    def waiting(self) -> int:
+        """How many requests are parked (each counted once, whatever keys it waits on)."""
+        return len({id(f) for futs in self._waiters.values() for f in futs if not f.done()})
+
     def close(self) -> None:
         """Wake every waiter for good (server shutdown): held requests end instead of being cut."""
         self.closed = True
