@@ -131,6 +131,20 @@ def job_headers(job: dict[str, Any], executor: str = EXECUTOR) -> dict[str, str]
     }
 
 
+async def dequeue_async(
+    client: httpx.AsyncClient, executor: str, queue: str = "batches"
+) -> dict[str, Any] | None:
+    """One dequeue by `executor` over an async client: the job, or None when the queue is empty (204)."""
+    r = await client.post(
+        f"/.executors/queue/{queue}/dequeue", json={"executorName": executor, "version": SERVER_VERSION}
+    )
+    if r.status_code == 204:
+        return None
+    assert r.status_code == 200, r.text
+    job: dict[str, Any] = r.json()
+    return job
+
+
 def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
     """Poll `check` until it returns something truthy (bounded); return that value."""
     deadline = time.monotonic() + timeout

@@ -20,8 +20,8 @@ from tests.serverkit import (
     CORRAL_UA,
     EXECUTOR_SECRET,
     HTTP_TIMEOUT,
-    SERVER_VERSION,
     Kit,
+    dequeue_async,
     job_headers,
     serve,
     settings_for,
@@ -63,14 +63,7 @@ async def test_executors_on_two_replicas_take_each_job_once(kits: list[Kit]) -> 
 
     async def executor(i: int, name: str) -> None:
         client = clients[i % REPLICAS]  # half the executors talk to each replica
-        while True:
-            r = await client.post(
-                "/.executors/queue/batches/dequeue", json={"executorName": name, "version": SERVER_VERSION}
-            )
-            if r.status_code == 204:
-                return
-            assert r.status_code == 200, r.text
-            job = r.json()
+        while (job := await dequeue_async(client, name)) is not None:
             got[name].append(job["id"])
             body = {"executorName": name, "jobId": job["id"]}
             hdrs = job_headers(job, name)

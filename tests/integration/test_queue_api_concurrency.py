@@ -9,7 +9,15 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from tests.serverkit import CORRAL_UA, EXECUTOR_SECRET, HTTP_TIMEOUT, SERVER_VERSION, Kit, job_headers
+from tests.serverkit import (
+    CORRAL_UA,
+    EXECUTOR_SECRET,
+    HTTP_TIMEOUT,
+    SERVER_VERSION,
+    Kit,
+    dequeue_async,
+    job_headers,
+)
 
 EXECUTORS = 8
 JOBS = 80
@@ -41,14 +49,7 @@ async def test_concurrent_executors_each_job_once(kit: Kit, client: httpx.AsyncC
     got: dict[str, list[int]] = {f"exec-{i}": [] for i in range(EXECUTORS)}
 
     async def executor(name: str) -> None:
-        while True:
-            r = await client.post(
-                "/.executors/queue/batches/dequeue", json={"executorName": name, "version": SERVER_VERSION}
-            )
-            if r.status_code == 204:
-                return
-            assert r.status_code == 200, r.text
-            job = r.json()
+        while (job := await dequeue_async(client, name)) is not None:
             got[name].append(job["id"])
             done = await client.post(
                 "/.executors/queue/batches/markComplete",
