@@ -21,7 +21,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from corral import __version__
 from corral.errors import Conflict, CorralError, Invalid, NotFound
 from corral.protocol import EXTENSIONS, EXTENSIONS_HEADER
+from corral.server.bodies import BodyClass, body_class, limit_for
 from corral.server.deps import ApiError, ServerState
+from corral.server.gate import Gate
 from corral.server.routers import api, git, queue
 from corral.server.settings import ServerSettings
 from corral.server.store.store import Store
@@ -31,10 +33,11 @@ JSON_PATHS = ("/.executors/queue/", "/api/")
 
 
 class BodyLimit:
-    """Refuse request bodies over the limit with 413, before a route reads them (pure ASGI)."""
+    """Refuse a request body over its route's bound (bodies.BODY_LIMITS) with 413, as it arrives
+    and before a route reads it (pure ASGI). `max_body_bytes` bounds the big routes."""
 
-    def __init__(self, app: ASGIApp, limit: int, extensions: bool) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, max_body_bytes: int, extensions: bool) -> None:
+        self.app, self.max_body_bytes = app, max_body_bytes
         self.ext_header = (
             (EXTENSIONS_HEADER.lower().encode(), ",".join(EXTENSIONS).encode()) if extensions else None
         )
@@ -48,9 +51,11 @@ class BodyLimit:
             # These routes take only JSON, whatever the client labelled it (as Sourcegraph's server does).
             kept = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
             scope = {**scope, "headers": [*kept, (b"content-type", b"application/json")]}
+        cls = body_class(scope["method"], scope["path"])
+        limit = limit_for(cls, self.max_body_bytes)
         length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            await _too_large(scope, receive, send, self.limit)
+        if length is not None and length.isdigit() and int(length) > limit:
+            await _too_large(scope, receive, send, limit, cls)
             return
         seen = 0
 
@@ -59,8 +64,8 @@ class BodyLimit:
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge(self.limit)
+                if seen > limit:
+                    raise _TooLarge(limit, cls)
             return msg
 
         async def send_with_header(msg: Message) -> None:
@@ -75,16 +80,20 @@ class BodyLimit:
         try:
             await self.app(scope, limited, send_with_header)
         except _TooLarge:
-            await _too_large(scope, receive, send, self.limit)
+            await _too_large(scope, receive, send_with_header, limit, cls)
+
+
+def _too_large_message(limit: int, cls: BodyClass) -> str:
+    return f"request body exceeds the limit of {limit} bytes (for {cls.value} requests)"
 
 
 class _TooLarge(StarletteHTTPException):
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body exceeds the limit of {limit} bytes")
+    def __init__(self, limit: int, cls: BodyClass) -> None:
+        super().__init__(413, _too_large_message(limit, cls))
 
 
-async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-    resp = JSONResponse({"error": f"request body exceeds the limit of {limit} bytes"}, status_code=413)
+async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int, cls: BodyClass) -> None:
+    resp = JSONResponse({"error": _too_large_message(limit, cls)}, status_code=413)
     await resp(scope, receive, send)
 
 
@@ -206,5 +215,8 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
         body = await asyncio.to_thread(state.metrics.render)
         return Response(body, media_type="text/plain; version=0.0.4")
 
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, extensions=settings.extensions)
+    # The last added runs first: BodyLimit (size bounds, content type, extension header), then Gate
+    # (tokens from the headers alone), then the routes; neither reads a body before the routes do.
+    app.add_middleware(Gate, state=state)
+    app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes, extensions=settings.extensions)
     return app

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from corral.protocol import QUEUE_NAME_RE, ZERO_TIME, CliStep, DockerStep, check_workspace_path
 from corral.server import repos as repomod
 from corral.server.auth import require_admin
+from corral.server.bodies import BoundedJsonRoute
 from corral.server.deps import ApiError, ServerState, StateDep
 from corral.server.jobview import iso, producer_job
 from corral.server.store.store import TERMINAL
@@ -26,7 +27,9 @@ async def _admin(request: Request, state: StateDep) -> None:
     require_admin(request, state)
 
 
-router = APIRouter(prefix="/api/v1", tags=["producer API"], dependencies=[Depends(_admin)])
+router = APIRouter(
+    prefix="/api/v1", tags=["producer API"], dependencies=[Depends(_admin)], route_class=BoundedJsonRoute
+)
 STREAM_POLL = 0.2  # seconds between looks at the store while streaming logs
 MAX_TIMEOUT = 7 * 24 * 3600  # seconds
 ACTIVE_WITHIN = 30.0  # seconds: an executor seen this recently counts as active

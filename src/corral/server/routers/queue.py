@@ -29,11 +29,12 @@ from corral.protocol import (
     UpdateLogEntryRequest,
 )
 from corral.server.auth import authorize_job_or_executor, require_executor
+from corral.server.bodies import BoundedJsonRoute
 from corral.server.deps import ApiError, ServerState, StateDep
 from corral.server.jobview import executor_job, is_dev, job_version_for, parse_version
 from corral.server.store.store import JobAuth
 
-router = APIRouter(prefix="/.executors", tags=["executor queue"])
+router = APIRouter(prefix="/.executors", tags=["executor queue"], route_class=BoundedJsonRoute)
 RECHECK = 1.0  # seconds: a long-poll looks again this often (retry backoffs end without a wake-up)
 
 
