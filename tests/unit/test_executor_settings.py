@@ -44,7 +44,8 @@ def test_defaults():
     assert s.keep_workspaces is False
     assert s.workspace_root == Path("/var/lib/corral/workspaces")
     assert s.docker_auth_config is None and s.docker_additional_mounts == []
-    assert (s.job_uid, s.job_gid) == (1000, 1000)
+    assert (s.job_uid, s.job_gid) == (None, None)  # a uid per job from the range
+    assert s.job_uid_range == (200_000, 265_535)
     assert s.log_max_bytes == 8 * 1024 * 1024
     assert s.extensions is True
     assert s.vm_prefix == "executor"
@@ -234,6 +235,17 @@ def test_job_user():
     assert (s.job_uid, s.job_gid) == (2000, 3000)
     for bad in ("0", "0:0", "root", "1000:x"):
         assert "EXECUTOR_JOB_USER" in problems(EXECUTOR_JOB_USER=bad), bad
+
+
+def test_job_uid_range():
+    s = settings(EXECUTOR_JOB_UID_RANGE="300000-300009", EXECUTOR_JOB_UID_LOCK_DIR="/tmp/locks")
+    assert s.job_uid_range == (300_000, 300_009)
+    assert s.job_uid_lock_dir == Path("/tmp/locks")
+    for bad in ("0-10", "10-5", "abc", "100000"):
+        assert "EXECUTOR_JOB_UID_RANGE" in problems(EXECUTOR_JOB_UID_RANGE=bad), bad
+    assert "EXECUTOR_JOB_UID_RANGE" in problems(
+        EXECUTOR_JOB_UID_RANGE="300000-300001", EXECUTOR_MAXIMUM_NUM_JOBS="3"
+    )
 
 
 def test_vm_prefix():

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import CorralError, RuntimeFailure, ServerError
+from corral.executor import identity
 from corral.executor import workspace as ws
 from corral.executor.client import QueueClient
 from corral.executor.logs import LogEntry
@@ -84,8 +85,9 @@ class JobHandler:
             queue=job.queue or s.queues[0],
             root=root,
             workspace=root / "workspace",
-            uid=s.job_uid,
-            gid=s.job_gid,
+            # A uid/gid of its own while it runs (identity.py); released in _finish after cleanup.
+            uid=(ids := identity.acquire(s))[0],
+            gid=ids[1],
             limits=Limits(cpus=s.job_num_cpus, memory_bytes=s.job_memory, pids=s.job_pids),
             network=False,
             docker_config=None,
@@ -142,6 +144,7 @@ class JobHandler:
             await self.runtime.cleanup(space)
             if self.cli_runtime is not None and self.cli_runtime is not self.runtime:
                 await self.cli_runtime.cleanup(space)
+            identity.release(self.settings, space.uid)  # nothing of the job runs as it any more
         except Exception:
             log.exception("job %s: runtime cleanup failed", job.id)
         if not self.settings.keep_workspaces:

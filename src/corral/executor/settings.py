@@ -91,8 +91,12 @@ class ExecutorSettings:
     docker_add_host_gateway: bool = False
     docker_additional_mounts: list[str] = field(default_factory=list)
     docker_runtime: str = ""  # "" = the daemon's default (runc); "runsc" = gVisor
-    job_uid: int = 1000
-    job_gid: int = 1000
+    # EXECUTOR_JOB_USER=UID[:GID]: every job runs as this fixed uid. Unset (None): each running job
+    # gets its own uid (gid = uid) from job_uid_range, see corral.executor.identity.
+    job_uid: int | None = None
+    job_gid: int | None = None
+    job_uid_range: tuple[int, int] = (200_000, 265_535)  # EXECUTOR_JOB_UID_RANGE=FIRST-LAST, inclusive
+    job_uid_lock_dir: Path = Path("/run/corral/job-uids")  # EXECUTOR_JOB_UID_LOCK_DIR: shared per host
     kill_grace: float = 10.0  # seconds between SIGTERM and SIGKILL on cancel
     shutdown_grace: float = 600.0  # seconds running jobs may take to finish after the first SIGTERM
     log_max_bytes: int = 8 * 1024 * 1024  # per log entry; past it the head and the tail are kept
@@ -209,6 +213,16 @@ class ExecutorSettings:
                 problems.append(f"EXECUTOR_JOB_USER: {user!r} must be UID[:GID] of a non-root user")
             else:
                 values["job_uid"], values["job_gid"] = int(m[1]), int(m[2] or m[1])
+        uid_range = get("EXECUTOR_JOB_UID_RANGE")
+        if uid_range is not None:
+            m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", uid_range)
+            if not m or not 0 < int(m[1]) <= int(m[2]):
+                problems.append(f"EXECUTOR_JOB_UID_RANGE: {uid_range!r} must be FIRST-LAST, 0 < FIRST ≤ LAST")
+            elif int(m[2]) - int(m[1]) + 1 < (values["maximum_num_jobs"] or 1):
+                problems.append("EXECUTOR_JOB_UID_RANGE: holds fewer uids than EXECUTOR_MAXIMUM_NUM_JOBS")
+            else:
+                values["job_uid_range"] = (int(m[1]), int(m[2]))
+        values["job_uid_lock_dir"] = conv("EXECUTOR_JOB_UID_LOCK_DIR", Path)
         if values["vm_prefix"] is not None and not re.fullmatch(
             r"[a-z0-9][a-z0-9_-]{0,31}", values["vm_prefix"]
         ):

@@ -19,6 +19,13 @@ no_new_privs and execs the step. No step code ever runs with privileges: CapEff/
 and NoNewPrivs is 1. Parent directories of binds are created 0755 (``--perms``) so the uid can
 traverse e.g. ``/root`` inside the sandbox, where it holds nothing but the bound path.
 
+System calls: bwrap installs the seccomp filter of `seccomp` (``--seccomp FD``, a memfd per step
+holding the BPF compiled once per executor) right before it executes setpriv, so every process of
+the step runs under it: Docker's default profile for an unprivileged container, tightened (no user
+namespaces or mounts, no keyring, io_uring, bpf, perf_event_open; only the native ABI); see that
+module for the list and why. Each job runs as its own uid (``space.uid``, from
+`corral.executor.identity`), so no uid-wide kernel state (keyring, signals, ptrace) joins two jobs.
+
 Workspace ownership: `prepare` chowns ``space.workspace`` recursively (not following symlinks) to
 ``space.uid:space.gid``, so files the handler put there are writable by the step, and files the step
 creates are owned by that uid on the host.
@@ -31,7 +38,9 @@ when ``memory.oom_control``'s ``oom_kill`` counter grew during the step.
 Ending: when the step's main process exits, bwrap's PID 1 exits and the kernel kills the rest of the
 PID namespace; a freezer sweep then removes anything still in the cgroup. On cancellation the step's
 processes get SIGTERM (bwrap's own outer process is spared, as killing it would SIGKILL the sandbox
-at once), then after at most ``space.kill_grace`` seconds everything in the cgroup gets SIGKILL.
+at once), then after at most ``space.kill_grace`` seconds everything in the cgroup gets SIGKILL. The
+grace survives further cancellations of the task (the worker repeats a cancel whenever the server
+repeats it); before, the second cancel SIGKILLed the step at once and its TERM trap never ran.
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from corral.executor.runtimes import seccomp
 from corral.executor.runtimes.base import (
     LABEL_JOB,
     WORKSPACE_MOUNT,
@@ -187,8 +197,11 @@ class ShellRuntime:
             raise ValueError(f"job name {space.name!r} does not carry its label {label!r}")
         return JobCgroup(self.cgroup_parent, space.name, self.cgroup_root)
 
-    def build_argv(self, space: JobSpace, step: Step) -> list[str]:
-        """The full host command line of one step: bwrap ... -- setpriv ... -- step.argv."""
+    def build_argv(self, space: JobSpace, step: Step, seccomp_fd: int) -> list[str]:
+        """The full host command line of one step: bwrap ... -- setpriv ... -- step.argv.
+
+        seccomp_fd: a descriptor holding the compiled filter (`seccomp.program_fd`), passed to bwrap.
+        """
         args: list[str] = [self.bwrap, "--die-with-parent", "--new-session"]
         args += ["--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
         if not space.network:
@@ -234,6 +247,7 @@ class ShellRuntime:
         for key, value in self._environment(space, step).items():
             args += ["--setenv", key, value]
         args += ["--remount-ro", "/"]
+        args += ["--seccomp", str(seccomp_fd)]  # installed right before setpriv runs: binds the step
 
         args += [
             "--",
@@ -293,13 +307,17 @@ class ShellRuntime:
             space = JobSpace(job_id=0, queue="probe", root=Path(tmp), workspace=workspace)
             step = Step(key="probe", kind="cli", index=0, image=None, argv=("true",))
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    *self.build_argv(space, step),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    env={"PATH": DEFAULT_PATH},
-                )
+                with seccomp.program_fd() as fd:
+                    proc = await asyncio.create_subprocess_exec(
+                        *self.build_argv(space, step, fd),
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                        env={"PATH": DEFAULT_PATH},
+                        pass_fds=(fd,),
+                    )
+            except seccomp.SeccompUnavailable as exc:
+                return [str(exc)]
             except OSError as exc:
                 return [f"cannot start a bubblewrap sandbox: {exc}"]
             try:
@@ -326,19 +344,22 @@ class ShellRuntime:
             return StepResult(exit_code=1, reason="sandbox", message="the step has no command")
         if not cgroup.exists():
             return StepResult(exit_code=1, reason="sandbox", message="the job's cgroups are missing")
-        argv = self.build_argv(space, step)
         oom_before = cgroup.oom_kills()
         procs_files = cgroup.procs_files()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                env={"PATH": DEFAULT_PATH},  # bwrap's own; the step gets a cleared environment
-                start_new_session=True,
-                preexec_fn=lambda: _join_cgroups(procs_files),
-            )
+            with seccomp.program_fd() as fd:
+                proc = await asyncio.create_subprocess_exec(
+                    *self.build_argv(space, step, fd),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    env={"PATH": DEFAULT_PATH},  # bwrap's own; the step gets a cleared environment
+                    start_new_session=True,
+                    preexec_fn=lambda: _join_cgroups(procs_files),
+                    pass_fds=(fd,),
+                )
+        except seccomp.SeccompUnavailable as exc:
+            return StepResult(exit_code=1, reason="sandbox", message=str(exc))
         except (OSError, subprocess.SubprocessError) as exc:
             return StepResult(exit_code=1, reason="sandbox", message=f"cannot start the sandbox: {exc}")
         assert proc.stdout is not None
@@ -348,12 +369,17 @@ class ShellRuntime:
             await cgroup.kill_all()  # a job must not leave processes behind
             await self._drain(pump)
         except asyncio.CancelledError:
-            try:
-                await self._terminate(space, cgroup, proc, pump)
-            except BaseException:  # canceled again, or failed: at least kill without waiting
+            # The grace must survive further cancels: the worker cancels the job again whenever the
+            # server repeats "cancel" (cancel watch, heartbeat) while the step is still running, and
+            # cutting the grace short then SIGKILLed the step before its trap could run. The grace
+            # is bounded (kill_grace, then SIGKILL), so waiting it out cannot hang.
+            terminate = asyncio.ensure_future(self._terminate(space, cgroup, proc, pump))
+            while not terminate.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(terminate)
+            if terminate.exception() is not None:  # failed: at least kill without waiting
                 self._kill_now(cgroup, proc)
                 pump.cancel()
-                raise
             raise
         except BaseException:
             self._kill_now(cgroup, proc)
