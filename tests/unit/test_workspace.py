@@ -15,6 +15,7 @@ import pytest
 
 from corral.errors import RuntimeFailure
 from corral.executor import workspace as ws
+from corral.executor.runtimes.base import META_MOUNT, WORKSPACE_MOUNT
 from corral.protocol import Job
 
 GIT_ENV = {
@@ -115,7 +116,7 @@ def test_read_outputs_reports_missing_files(tmp_path: Path):
     assert list(files) == ["present.txt"]
     assert len(problems) == 2
     assert problems[0].startswith("output missing.txt:") and "No such file" in problems[0]
-    assert problems[1].startswith("output no/such/dir.txt:") and "no such file" in problems[1]
+    assert problems[1].startswith("output no/such/dir.txt:") and "no such file" in problems[1].lower()
 
 
 def test_read_outputs_refuses_symlinks(tmp_path: Path):
@@ -291,8 +292,24 @@ def job_edits(repo: Path) -> None:
     (repo / "README.md").write_text("hello allowlist\n")
     (repo / "new.txt").write_text("brand new\n")
     (repo / "gone.txt").unlink()
-    (repo / ws.SCRIPTS_DIR).mkdir()
-    (repo / ws.SCRIPTS_DIR / "step-0.sh").write_text("echo hi\n")
+
+
+def host_run(root: Path) -> ws.SandboxRun:
+    """Runs the diff's git commands on the host, with the sandbox paths mapped back (tests only: the
+    executor always runs them in the job's sandbox; tests/e2e/test_host_escapes.py covers that)."""
+
+    async def run(argv, env, out) -> int:  # type: ignore[no-untyped-def]
+        mapped = [
+            a.replace(META_MOUNT, str(root / "meta.git")).replace(WORKSPACE_MOUNT, str(root / "workspace"))
+            for a in argv
+        ]
+        return await ws.run(mapped, cwd=root, env=env, out=out)
+
+    return run
+
+
+async def diff_of(root: Path, commit: str, **kw: int) -> str:
+    return await ws.diff(host_run(root), "", commit, **kw)
 
 
 def check_diff(diff: str) -> None:
@@ -300,15 +317,14 @@ def check_diff(diff: str) -> None:
     assert "new file mode" in diff and "+brand new" in diff
     assert "deleted file mode" in diff and "-remove me" in diff
     assert "keep.txt" not in diff
-    assert ws.SCRIPTS_DIR not in diff  # our step scripts never show up
 
 
 async def test_diff_of_a_job_that_changed_files(tmp_path: Path):
     root, repo, commit = make_clone(tmp_path)
-    meta = await ws.prepare_meta_git(root, repo, commit)
+    await ws.prepare_meta_git(root, repo, commit)
     job_edits(repo)
     (repo / "blob.bin").write_bytes(b"\x00\x01\x02binary")
-    diff = await ws.diff(meta, repo, commit)
+    diff = await diff_of(root, commit)
     check_diff(diff)
     assert "GIT binary patch" in diff
     # git apply on a fresh checkout reproduces the job's tree
@@ -323,7 +339,7 @@ async def test_diff_of_a_job_that_changed_files(tmp_path: Path):
 
 async def test_the_jobs_git_config_never_runs_on_the_host(tmp_path: Path):
     root, repo, commit = make_clone(tmp_path)
-    meta = await ws.prepare_meta_git(root, repo, commit)
+    await ws.prepare_meta_git(root, repo, commit)
     pwned_fsmonitor = tmp_path / "pwned-fsmonitor"
     pwned_filter = tmp_path / "pwned-filter"
     pwned_textconv = tmp_path / "pwned-textconv"
@@ -349,7 +365,7 @@ async def test_the_jobs_git_config_never_runs_on_the_host(tmp_path: Path):
     pwned_fsmonitor.unlink()
     pwned_filter.unlink()
 
-    diff = await ws.diff(meta, repo, commit)
+    diff = await diff_of(root, commit)
     assert not pwned_fsmonitor.exists()
     assert not pwned_filter.exists()
     assert not pwned_textconv.exists()
@@ -360,25 +376,25 @@ async def test_the_jobs_git_config_never_runs_on_the_host(tmp_path: Path):
 
 async def test_diff_survives_a_job_that_destroys_its_git_dir(tmp_path: Path):
     root, repo, commit = make_clone(tmp_path)
-    meta = await ws.prepare_meta_git(root, repo, commit)
+    await ws.prepare_meta_git(root, repo, commit)
     job_edits(repo)
     subprocess.run(["rm", "-rf", str(repo / ".git")], check=True)
     (repo / ".git").write_text("gitdir: /nonexistent\n")  # and leaves a pointer somewhere else
-    check_diff(await ws.diff(meta, repo, commit))
+    check_diff(await diff_of(root, commit))
 
 
 async def test_diff_of_a_shallow_clone(tmp_path: Path):
     root, repo, commit = make_clone(tmp_path, depth=1)
     assert (repo / ".git" / "shallow").exists()
-    meta = await ws.prepare_meta_git(root, repo, commit)
+    await ws.prepare_meta_git(root, repo, commit)
     job_edits(repo)
-    check_diff(await ws.diff(meta, repo, commit))
+    check_diff(await diff_of(root, commit))
 
 
 async def test_no_change_is_an_empty_diff(tmp_path: Path):
     root, repo, commit = make_clone(tmp_path)
-    meta = await ws.prepare_meta_git(root, repo, commit)
-    assert await ws.diff(meta, repo, commit) == ""
+    await ws.prepare_meta_git(root, repo, commit)
+    assert await diff_of(root, commit) == ""
 
 
 async def test_prepare_meta_git_fails_in_plain_words_for_an_unknown_commit(tmp_path: Path):
@@ -408,3 +424,49 @@ def test_remove_tree_never_follows_links(tmp_path: Path):
     assert not root.exists()
     assert (outside / "keep").read_text() == "keep"
     ws.remove_tree(root)  # already gone: fine
+
+
+async def test_a_diff_over_the_limit_fails_without_keeping_more_than_the_limit(tmp_path: Path):
+    root, repo, commit = make_clone(tmp_path)
+    await ws.prepare_meta_git(root, repo, commit)
+    (repo / "big.txt").write_text("x" * 100_000 + "\n")
+    with pytest.raises(RuntimeFailure, match="the diff is larger than the limit of 50000 bytes"):
+        await diff_of(root, commit, limit=50_000)
+    assert "big.txt" in await diff_of(root, commit, limit=200_000)
+
+
+def test_bounded_sink_keeps_the_limit_and_counts_the_rest():
+    sink = ws.Bounded(5)
+    for chunk in (b"abc", b"defg", b"hij"):
+        sink(chunk)
+    assert bytes(sink.buf) == b"abcde" and sink.total == 10
+
+
+def test_read_outputs_bounds_the_total_and_the_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(ws, "MAX_OUTPUTS_TOTAL", 10)
+    monkeypatch.setattr(ws, "MAX_OUTPUTS", 3)
+    for name in "abcd":
+        (tmp_path / name).write_bytes(b"1234")
+    files, problems = ws.read_outputs(tmp_path, ["a", "b", "c", "d"])
+    assert sorted(files) == ["a", "b"]
+    assert any("only the first 3" in p for p in problems)
+    assert any(p.startswith("output c:") and "exceed 10 bytes" in p for p in problems)
+
+
+def test_read_outputs_checks_the_size_before_reading_a_sparse_file(tmp_path: Path):
+    with open(tmp_path / "sparse", "wb") as f:
+        f.truncate(ws.MAX_OUTPUT_FILE + 1)
+    files, problems = ws.read_outputs(tmp_path, ["sparse"])
+    assert files == {} and "larger than" in problems[0]
+
+
+def test_make_dirs_refuses_a_committed_symlink(tmp_path: Path):
+    work, outside = tmp_path / "work", tmp_path / "outside"
+    work.mkdir()
+    outside.mkdir()
+    (work / "repo").symlink_to(outside)
+    with pytest.raises(RuntimeFailure, match="repo/sub"):
+        ws.make_dirs(work, "repo/sub")
+    assert list(outside.iterdir()) == []
+    made = ws.make_dirs(work, "a/b")
+    assert made == work / "a" / "b" and made.is_dir()

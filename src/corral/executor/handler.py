@@ -18,6 +18,8 @@ import json
 import logging
 import os
 import secrets
+import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +28,18 @@ from corral.executor import identity
 from corral.executor import workspace as ws
 from corral.executor.client import QueueClient
 from corral.executor.logs import LogEntry
-from corral.executor.redact import Redactor
-from corral.executor.runtimes.base import WORKSPACE_MOUNT, JobSpace, Limits, Runtime, Step, StepResult
+from corral.executor.redact import RedactionLimitError, Redactor, RedactorCache, cache_key, check_limits
+from corral.executor.runtimes.base import (
+    META_MOUNT,
+    SCRIPTS_MOUNT,
+    JobSpace,
+    Limits,
+    Runtime,
+    Step,
+    StepResult,
+)
 from corral.executor.settings import ExecutorSettings, format_duration
-from corral.protocol import EXECUTOR_NAME_HEADER, JOB_ID_HEADER, Job
+from corral.protocol import EXECUTOR_NAME_HEADER, JOB_ID_HEADER, Job, check_workspace_path
 
 log = logging.getLogger("corral.executor")
 
@@ -55,7 +65,11 @@ class JobHandler:
         self.settings, self.client, self.runtime, self.cli_runtime = settings, client, runtime, cli_runtime
         self.echo = echo
 
-    def _redactor(self, job: Job) -> Redactor:
+    async def _redactor(self, job: Job) -> Redactor:
+        """The job's redactor. Its secrets come from the job, so they are bounded first (over the
+        limits the job fails: a retry would fail the same way), then the redactor is built in a worker
+        thread, never on the event loop (it costs up to about a second: heartbeats and other jobs'
+        logs must not wait), and kept per job and secrets, so the job's next attempt reuses it."""
         extra = [self.settings.frontend_password, job.token]
         for auth in [job.docker_auth_config, self.settings.docker_auth_config]:
             for entry in ((auth or {}).get("auths") or {}).values():
@@ -63,7 +77,21 @@ class JobHandler:
                     extra.append(entry["auth"])
                     with contextlib.suppress(ValueError):
                         extra += base64.b64decode(entry["auth"]).decode().split(":", 1)
-        return Redactor(job.redacted_values or {}, [e for e in extra if e])
+        extra = [e for e in extra if e]
+        values = job.redacted_values or {}
+        try:
+            check_limits(values)
+        except RedactionLimitError as exc:
+            raise StepFailed(str(exc), "redaction") from None
+        cache: RedactorCache | None = getattr(self, "_redactors", None)
+        if cache is None:
+            cache = self._redactors = RedactorCache()
+        key = await asyncio.to_thread(cache_key, job.id, values, extra)
+        redactor = cache.get(key)
+        if redactor is None:
+            redactor = await asyncio.to_thread(Redactor, values, extra)
+            cache.put(key, redactor)
+        return redactor
 
     def _entry(self, job: Job, redactor: Redactor, key: str, command: list[str]) -> LogEntry:
         task = asyncio.current_task()  # the job's task: stopped when the server says it is not ours
@@ -88,7 +116,9 @@ class JobHandler:
             # A uid/gid of its own while it runs (identity.py); released in _finish after cleanup.
             uid=(ids := identity.acquire(s))[0],
             gid=ids[1],
-            limits=Limits(cpus=s.job_num_cpus, memory_bytes=s.job_memory, pids=s.job_pids),
+            limits=Limits(
+                cpus=s.job_num_cpus, memory_bytes=s.job_memory, pids=s.job_pids, disk_bytes=s.job_disk_space
+            ),
             network=False,
             docker_config=None,
             kill_grace=s.kill_grace,
@@ -108,13 +138,13 @@ class JobHandler:
             self.settings.workspace_root / f"{job.queue}-{job.id}-{job.attempt or 0}-{secrets.token_hex(4)}"
         )
         space = self._space(job, root)
-        redactor = self._redactor(job)
         limit = self.deadline(job)
         outcome: tuple[str, str] = ("complete", "")
         exit_codes: list[int] = []
         try:
             try:
                 async with asyncio.timeout(limit):
+                    redactor = await self._redactor(job)  # in a thread; may fail the job (StepFailed)
                     await self._run(job, space, redactor, exit_codes)
             except TimeoutError:
                 raise StepFailed(
@@ -122,7 +152,9 @@ class JobHandler:
                 ) from None
         except StepFailed as exc:
             outcome = ("failed", exc.message)
-            await self._upload(job, space, exit_codes, exc.outcome)
+            problem = await self._upload(job, space, exit_codes, exc.outcome)
+            if problem is not None and problem[0] == "errored":
+                outcome = problem
         except asyncio.CancelledError:
             outcome = ("canceled", "canceled")
             raise
@@ -134,7 +166,7 @@ class JobHandler:
             log.exception("job %s: unexpected error", job.id)
             outcome = ("errored", f"executor error: {exc!r}")
         else:
-            await self._upload(job, space, exit_codes, "")
+            outcome = await self._upload(job, space, exit_codes, "") or outcome
         finally:
             await asyncio.shield(self._finish(job, space, outcome))
 
@@ -147,7 +179,10 @@ class JobHandler:
             identity.release(self.settings, space.uid)  # nothing of the job runs as it any more
         except Exception:
             log.exception("job %s: runtime cleanup failed", job.id)
-        if not self.settings.keep_workspaces:
+        if self.settings.keep_workspaces:  # keep the files (and disk.img), but free the loop device
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                await asyncio.to_thread(ws.unmount, space.workspace)
+        else:
             await asyncio.to_thread(ws.remove_tree, space.root)
         try:
             if kind == "complete":
@@ -160,29 +195,78 @@ class JobHandler:
             log.error("job %s: could not report %s to the server: %s", job.id, kind, exc)
         log.info("job %s: %s%s", job.id, kind, f" ({message})" if message else "")
 
-    async def _upload(self, job: Job, space: JobSpace, exit_codes: list[int], outcome: str) -> None:
+    async def _upload(
+        self, job: Job, space: JobSpace, exit_codes: list[int], outcome: str
+    ) -> tuple[str, str] | None:
+        """Collect and upload the diff and the outputs; an outcome that overrides success, or None.
+
+        A result over a size limit fails the job (the producer must not get a silently empty diff);
+        a server that refuses the upload as too large fails it too; an unreachable server errors it.
+        """
         if not self.client.has("results"):
-            return
+            return None
         diff, files = "", {}
-        repo = space.workspace / job.repository_directory if job.repository_name else None
+        problem: tuple[str, str] | None = None
         meta = space.root / "meta.git"
         try:
-            if repo is not None and meta.exists():
-                diff = await ws.diff(meta, repo, job.commit)
+            if job.repository_name and os.path.isdir(meta):
+                diff = await self._diff(job, space, meta)
             if job.outputs:
                 files, problems = await asyncio.to_thread(ws.read_outputs, space.workspace, job.outputs)
                 for p in problems:
                     log.warning("job %s: %s", job.id, p)
+                    if "limit" in p or "exceed" in p:
+                        problem = ("failed", f"results: {p}")
         except RuntimeFailure as exc:
             log.warning("job %s: results incomplete: %s", job.id, exc)
+            problem = ("failed", f"results: {exc.message}")
         try:
             await self.client.upload_result(job, exit_codes, diff, files, outcome)
+        except ServerError as exc:
+            log.warning("job %s: result upload failed: %s", job.id, exc)
+            if exc.status is not None and 400 <= exc.status < 500:
+                return ("failed", f"the server refused the results: {exc.message}")
+            return ("errored", f"the results could not be uploaded: {exc.message}")
         except CorralError as exc:
             log.warning("job %s: result upload failed: %s", job.id, exc)
+            return ("errored", f"the results could not be uploaded: {exc.message}")
+        return problem
+
+    async def _diff(self, job: Job, space: JobSpace, meta: Path) -> str:
+        """The repository's diff, made inside the job's sandbox (never by git on the host: see ws.diff)."""
+        sandbox = self.cli_runtime
+        if sandbox is None:
+            raise RuntimeFailure("the diff needs the shell sandbox (bubblewrap), which is not available")
+        # meta.git is ours and was never visible to the job; the sandboxed git runs as the job's user.
+        await asyncio.to_thread(ws.chown_tree, meta, space.uid, space.gid)
+
+        async def run(argv: Sequence[str], env: Mapping[str, str], out: ws.Writer) -> int:
+            step = Step(
+                key="diff",
+                kind="cli",
+                index=-1,
+                image=None,
+                argv=tuple(argv),
+                env=dict(env),
+                binds=((os.fspath(meta), META_MOUNT),),
+            )
+            assert sandbox is not None
+            async with asyncio.timeout(ws.GIT_TIMEOUT):
+                result = await sandbox.run_step(space, step, out)
+            if result.reason:
+                raise RuntimeFailure(f"cannot make the diff: {result.message}", reason="diff")
+            if result.oom_killed:
+                raise RuntimeFailure("making the diff ran out of the job's memory", reason="diff")
+            return result.exit_code
+
+        return await ws.diff(run, job.repository_directory, job.commit)
 
     async def _run(self, job: Job, space: JobSpace, redactor: Redactor, exit_codes: list[int]) -> None:
         space.root.mkdir(parents=True, mode=0o700)
         space.workspace.mkdir(mode=0o755)
+        space.scripts.mkdir(mode=0o755)
+        if space.limits.disk_bytes > 0:
+            await ws.mount_quota(space.root, space.workspace, space.limits.disk_bytes)
         self._write_docker_config(job, space)
         if job.repository_name:
             await self._clone(job, space, redactor)
@@ -198,8 +282,9 @@ class JobHandler:
             raise StepFailed(str(exc), "files") from None
         steps = self._steps(job, space)
         await self.runtime.prepare(space)
-        if self.cli_runtime is not None and self.cli_runtime is not self.runtime and job.cli_steps:
-            await self.cli_runtime.prepare(space)
+        sandboxed = job.cli_steps or (job.repository_name and self.client.has("results"))
+        if self.cli_runtime is not None and self.cli_runtime is not self.runtime and sandboxed:
+            await self.cli_runtime.prepare(space)  # CLI steps and the diff run in the shell sandbox
         for step in steps:
             result = await self._run_step(job, space, redactor, step)
             exit_codes.append(result.exit_code)
@@ -237,19 +322,20 @@ class JobHandler:
             return result
 
     def _steps(self, job: Job, space: JobSpace) -> list[Step]:
-        scripts = space.workspace / ws.SCRIPTS_DIR
-        scripts.mkdir(exist_ok=True)
         steps: list[Step] = []
         for i, d in enumerate(job.docker_steps or []):
             name = f"step-{i}.sh"
-            (scripts / name).write_text("set +e\nset -x\n" + "\n".join(d.commands) + "\n")
+            # Our own directory beside the workspace (see safefs): nothing the job controls is on this path.
+            fd = os.open(space.scripts / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write("set +e\nset -x\n" + "\n".join(d.commands) + "\n")
             steps.append(
                 Step(
                     key=f"step.docker.{d.key or i}",
                     kind="docker",
                     index=i,
                     image=d.image,
-                    argv=("/bin/sh", f"{WORKSPACE_MOUNT}/{ws.SCRIPTS_DIR}/{name}"),
+                    argv=("/bin/sh", f"{SCRIPTS_MOUNT}/{name}"),
                     dir=d.dir,
                     env=_env(d.env),
                 )
@@ -285,8 +371,13 @@ class JobHandler:
         space.docker_config = d
 
     async def _clone(self, job: Job, space: JobSpace, redactor: Redactor) -> None:
-        repo = space.workspace / job.repository_directory if job.repository_directory else space.workspace
-        repo.mkdir(parents=True, exist_ok=True)
+        repo = space.workspace
+        if job.repository_directory:
+            try:
+                rel = check_workspace_path(job.repository_directory)
+            except ValueError as exc:
+                raise StepFailed(f"repositoryDirectory: {exc}", "files") from None
+            repo = ws.make_dirs(space.workspace, rel)
         url = f"{self.settings.frontend_url}/.executors/git/{job.repository_name}"
         headers = {
             "Authorization": f"Bearer {job.token}",

@@ -1,31 +1,48 @@
 """A job's private workspace on the executor host: clone, files, and what the job produced.
 
-Layout, per job: `<root>/` (0700, root-owned) holds `workspace/` (what the sandbox sees at /data),
-`meta.git/` (our own git dir for computing the diff) and `docker/` (a private docker config).
+Layout, per job: `<root>/` (0700, root-owned, never visible to the job) holds
+- `workspace/`: the job's files, what every sandbox sees at /data. With a disk quota it is the mount
+  point of the job's own filesystem (`disk.img`, a sparse loop-mounted ext4 image of that size);
+- `scripts/`: the step scripts, bound read-only into the sandbox at SCRIPTS_MOUNT;
+- `meta.git/`: our own git dir for the diff; `docker/`: a private docker config for pulls.
 
-The job owns `workspace/` and everything in it, including `.git`: a hostile job can rewrite its git
-config (fsmonitor, filters, hooks...). So after the steps, git on the host never reads the
-workspace's git config: the diff is computed with `meta.git`, a git dir of ours whose objects come
-from the clone via alternates, and files are read without following links out of the workspace.
+The job owns `workspace/` and everything in it, including `.git`: a hostile repository commits
+symlinks and a hostile step can replace any directory with one. So the executor never follows a path
+below the workspace (see `safefs` for the rule): files are written and outputs read with openat and
+O_NOFOLLOW, and the diff runs inside the job's sandbox with our
+`meta.git` (whose objects were copied from the clone before any step ran), never with the job's git
+config.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
+import posixpath
 import shutil
 import stat
-from collections.abc import Callable, Mapping
+import subprocess
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 from corral.errors import RuntimeFailure
+from corral.executor import safefs
+from corral.executor.runtimes.base import META_MOUNT, WORKSPACE_MOUNT
 from corral.protocol import Job, check_workspace_path
 
-SCRIPTS_DIR = ".corral"  # inside the workspace: step scripts (excluded from the diff)
 MAX_DIFF = 32 * 1024 * 1024  # bytes
+MAX_FILES = 10_000  # files a job may ask the executor to write
+MAX_OUTPUTS = 100  # declared output files read back
 MAX_OUTPUT_FILE = 16 * 1024 * 1024  # bytes per declared output file
+MAX_OUTPUTS_TOTAL = 16 * 1024 * 1024  # bytes of all output files together (+ MAX_DIFF < upload limit)
+DIFF_ERROR_BYTES = 8 * 1024  # bytes of git's error output kept for the message
+MAX_SHALLOW = 1024 * 1024  # bytes of .git/shallow (one line per shallow commit)
 GIT_TIMEOUT = 600  # seconds for one git command
+DISK_IMAGE = "disk.img"  # in the job root: the workspace filesystem's backing file
+MKFS_EXTENDED = "lazy_itable_init=1,lazy_journal_init=1,nodiscard"
+SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 Writer = Callable[[bytes], None]
 
@@ -44,7 +61,13 @@ def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-async def run(argv: list[str], *, cwd: Path | None, env: Mapping[str, str], out: Writer | None = None) -> int:
+async def run(
+    argv: list[str],
+    *,
+    cwd: Path | None,
+    env: Mapping[str, str],
+    out: Writer | None = None,
+) -> int:
     """Run a host command, streaming merged output to `out`; kill it if the task is cancelled."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
@@ -114,57 +137,145 @@ def auth_env(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def write_files(workspace: Path, files: Mapping[str, bytes]) -> None:
-    """Write the job's files, refusing paths that leave the workspace (also through symlinks)."""
+    """Write the job's files, refusing paths that leave the workspace (also through symlinks).
+
+    The repository was checked out before this runs and may commit symlinks: every component is
+    opened with O_NOFOLLOW from the workspace's descriptor (see `safefs`).
+    """
+    if len(files) > MAX_FILES:
+        raise RuntimeFailure(
+            f"the job has {len(files)} files; at most {MAX_FILES} are allowed", reason="files"
+        )
     for rel, data in files.items():
         norm = check_workspace_path(rel)
-        target = _safe_path(workspace, norm, create_parents=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-
-
-def _safe_path(workspace: Path, norm: str, *, create_parents: bool) -> Path:
-    """workspace/norm, checking that no existing component is a symlink or leaves the workspace."""
-    cur = workspace
-    parts = norm.split("/")
-    for i, part in enumerate(parts):
-        cur = cur / part
         try:
-            st = os.lstat(cur)
-        except FileNotFoundError:
-            if i < len(parts) - 1:
-                if not create_parents:
-                    raise RuntimeFailure(f"{norm}: no such file in the workspace", reason="files") from None
-                os.mkdir(cur, 0o755)
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            raise RuntimeFailure(f"refusing to follow the symlink {norm!r} in the workspace", reason="files")
-    return cur
+            safefs.write_beneath(workspace, norm, data)
+        except safefs.UnsafePath as exc:
+            raise RuntimeFailure(f"file {norm}: {exc}", reason="files") from None
+        except OSError as exc:
+            raise RuntimeFailure(f"file {norm}: {exc.strerror or exc}", reason="files") from None
 
 
 def read_outputs(workspace: Path, paths: list[str]) -> tuple[dict[str, str], list[str]]:
-    """Declared output files as base64, plus problems (missing, too large, a link) in plain words."""
+    """Declared output files as base64, plus problems (missing, too large, a link) in plain words.
+
+    Bounded before memory is spent: at most MAX_OUTPUTS files, each at most MAX_OUTPUT_FILE bytes and
+    all together at most MAX_OUTPUTS_TOTAL bytes (sizes are checked with fstat on the open file).
+    """
     files: dict[str, str] = {}
     problems: list[str] = []
-    for rel in paths:
+    if len(paths) > MAX_OUTPUTS:
+        problems.append(f"the job declares {len(paths)} outputs; only the first {MAX_OUTPUTS} are read")
+    total = 0
+    for rel in paths[:MAX_OUTPUTS]:
+        limit = min(MAX_OUTPUT_FILE, MAX_OUTPUTS_TOTAL - total)
         try:
-            target = _safe_path(workspace, check_workspace_path(rel), create_parents=False)
-            # O_NONBLOCK: a FIFO planted by the job must not hang us; checked as not regular below.
-            fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except (RuntimeFailure, ValueError, OSError) as exc:
+            data = safefs.read_bounded(workspace, check_workspace_path(rel), limit)
+        except FileNotFoundError:
+            problems.append(f"output {rel}: No such file or directory in the workspace")
+            continue
+        except safefs.TooLarge:
+            if limit < MAX_OUTPUT_FILE:
+                problems.append(f"output {rel}: the outputs together exceed {MAX_OUTPUTS_TOTAL} bytes")
+            else:
+                problems.append(f"output {rel}: larger than {MAX_OUTPUT_FILE} bytes")
+            continue
+        except (ValueError, OSError) as exc:
             problems.append(f"output {rel}: {exc}")
             continue
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            problems.append(f"output {rel}: not a regular file")
-            continue
-        with os.fdopen(fd, "rb") as f:
-            data = f.read(MAX_OUTPUT_FILE + 1)
-        if len(data) > MAX_OUTPUT_FILE:
-            problems.append(f"output {rel}: larger than {MAX_OUTPUT_FILE} bytes")
-            continue
+        total += len(data)
         files[rel] = base64.b64encode(data).decode()
     return files, problems
+
+
+def make_dirs(workspace: Path, rel: str) -> Path:
+    """workspace/rel as a directory (made as needed), never through a symlink."""
+    parts = [p for p in rel.split("/") if p and p != "."]
+    fd = safefs.open_dir(workspace)
+    try:
+        for part in parts:
+            try:
+                nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except FileNotFoundError:
+                os.mkdir(part, 0o755, dir_fd=fd)
+                nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    except OSError as exc:
+        raise RuntimeFailure(
+            f"cannot make the directory {rel!r} in the workspace: {exc}", reason="files"
+        ) from exc
+    finally:
+        os.close(fd)
+    return workspace.joinpath(*parts)
+
+
+def chown_tree(top: Path, uid: int, gid: int) -> None:
+    """chown -R without following symlinks (a link is chowned itself, never its target)."""
+    os.chown(top, uid, gid, follow_symlinks=False)
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
+        for name in (*dirnames, *filenames):
+            os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
+
+
+# --- the workspace's own filesystem (disk quota) ------------------------------------------------
+
+
+async def mount_quota(root: Path, workspace: Path, size: int) -> None:
+    """Give the workspace its own filesystem of `size` bytes: a sparse ext4 image, loop-mounted.
+
+    The image lives in the job's root (never seen by the job) and costs host disk only as the job
+    writes; a job that fills it gets ENOSPC ("No space left on device") and nothing else on the
+    host fills up. Mounted nosuid,nodev. About 40 ms on this machine (mkfs plus mount).
+    """
+    image = root / DISK_IMAGE
+    fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+    env = {"PATH": SBIN_PATH, "LANG": "C.UTF-8"}
+    rc, out = await capture(
+        ["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal", "-E", MKFS_EXTENDED, str(image)],
+        cwd=root,
+        env=env,
+    )
+    if rc != 0:
+        raise RuntimeFailure(f"cannot make the workspace filesystem: {_text(out)}", reason="disk")
+    rc, out = await capture(
+        ["mount", "-t", "ext4", "-o", "loop,nosuid,nodev", str(image), str(workspace)], cwd=root, env=env
+    )
+    if rc != 0:
+        raise RuntimeFailure(f"cannot mount the workspace filesystem: {_text(out)}", reason="disk")
+    with contextlib.suppress(OSError):
+        os.rmdir(workspace / "lost+found")
+
+
+def unmount(workspace: Path) -> None:
+    """Unmount a workspace filesystem (lazily if something still holds it); the loop device goes too."""
+    if not os.path.ismount(workspace):
+        return
+    env = {"PATH": SBIN_PATH}
+    done = subprocess.run(["umount", str(workspace)], env=env, capture_output=True, timeout=60)
+    if done.returncode != 0:
+        subprocess.run(["umount", "-l", str(workspace)], env=env, capture_output=True, timeout=60)
+
+
+def check_quota_support() -> list[str]:
+    """Problems that keep per-job disk quotas from working here; [] when they can."""
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("per-job disk quotas need root (loop-mounted workspace filesystems)")
+    if not os.path.exists("/dev/loop-control"):
+        problems.append("per-job disk quotas need loop devices (/dev/loop-control is missing)")
+    for tool in ("mkfs.ext4", "mount", "umount"):
+        if not shutil.which(tool, path=SBIN_PATH):
+            problems.append(f"per-job disk quotas need {tool} (e2fsprogs, util-linux)")
+    return problems
+
+
+def _text(out: bytes) -> str:
+    return out.decode(errors="replace").strip()[:2000]
 
 
 async def prepare_meta_git(root: Path, repo: Path, commit: str) -> Path:
@@ -176,11 +287,12 @@ async def prepare_meta_git(root: Path, repo: Path, commit: str) -> Path:
         raise RuntimeFailure(f"git init of the diff dir failed: {out.decode(errors='replace')}", reason="git")
     (meta / "objects" / "info").mkdir(parents=True, exist_ok=True)
     (meta / "objects" / "info" / "alternates").write_text(str(repo / ".git" / "objects") + "\n")
-    (meta / "info").mkdir(exist_ok=True)
-    (meta / "info" / "exclude").write_text(f"/{SCRIPTS_DIR}/\n")
-    shallow = repo / ".git" / "shallow"
-    if shallow.exists():  # a shallow clone: its history ends there, for our git dir too
-        shutil.copyfile(shallow, meta / "shallow")
+    try:  # a shallow clone: its history ends there, for our git dir too
+        shallow = safefs.read_bounded(repo, ".git/shallow", MAX_SHALLOW)
+    except FileNotFoundError:
+        pass
+    else:
+        (meta / "shallow").write_bytes(shallow)
     # Pin the clone's objects in our own store now: the job could delete or rewrite its .git.
     rc, out = await capture(
         ["git", "--git-dir", str(meta), "update-ref", "refs/corral/base", commit], cwd=root, env=env
@@ -199,24 +311,76 @@ async def prepare_meta_git(root: Path, repo: Path, commit: str) -> Path:
     return meta
 
 
-async def diff(meta: Path, repo: Path, commit: str) -> str:
-    """Everything the steps changed in the repository, as a binary-safe git diff."""
-    env = git_env({"GIT_DIR": str(meta), "GIT_WORK_TREE": str(repo)})
-    base = ["git", "-c", "core.bare=false", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"]
-    rc, out = await capture([*base, "add", "--all", "--", "."], cwd=repo, env=env)
+SandboxRun = Callable[[Sequence[str], Mapping[str, str], Writer], Awaitable[int]]
+"""Runs argv in the job's sandbox as the job's user, with the workspace at WORKSPACE_MOUNT and
+meta.git at META_MOUNT (read-write); streams merged output to the writer; returns the exit code."""
+
+
+class Bounded:
+    """An output sink that keeps at most `limit` bytes and counts the rest."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.buf, self.total = limit, bytearray(), 0
+
+    def __call__(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.limit - len(self.buf)
+        if room > 0:
+            self.buf += chunk[:room]
+
+
+def _git(meta: str, worktree: str) -> list[str]:
+    return [
+        "git",
+        f"--git-dir={meta}",
+        f"--work-tree={worktree}",
+        "-c",
+        "core.bare=false",
+        "-c",
+        "core.hooksPath=/dev/null",
+        "-c",
+        "core.fsmonitor=false",
+        "-c",
+        "core.autocrlf=false",
+    ]
+
+
+async def diff(run: SandboxRun, repo_dir: str, commit: str, *, limit: int = MAX_DIFF) -> str:
+    """Everything the steps changed in the repository, as a binary-safe git diff.
+
+    It runs inside the job's sandbox (`run`), never on the host: the steps may have replaced the
+    repository directory or anything in it with a symlink to a host path, and git on the host would
+    follow it as root. In the sandbox git sees only what the job could see anyway, runs as the job's
+    user under its memory and CPU limits, and the output is cut at `limit` bytes (the job fails
+    with a message naming the limit) before more memory is spent.
+    """
+    worktree = posixpath.join(WORKSPACE_MOUNT, repo_dir) if repo_dir else WORKSPACE_MOUNT
+    git = _git(META_MOUNT, worktree)
+    env = git_env()
+    errors = Bounded(DIFF_ERROR_BYTES)
+    rc = await run([*git, "add", "--all", "--", ":/"], env, errors)
     if rc != 0:
         raise RuntimeFailure(
-            f"git add for the diff failed: {out.decode(errors='replace')[:2000]}", reason="git"
+            f"git add for the diff failed (exit {rc}): {_text(bytes(errors.buf))}", reason="diff"
         )
-    rc, out = await capture([*base, "diff", "--cached", "--binary", "--no-color", commit], cwd=repo, env=env)
+    # bash's pipefail keeps git's own failure; head stops reading one byte past the limit.
+    script = f'set -o pipefail; "$@" | head -c {limit + 1}'
+    out = Bounded(limit + 1)
+    argv = ["/bin/bash", "-c", script, "diff", *git, "diff", "--cached", "--binary", "--no-color", commit]
+    rc = await run(argv, env, out)
+    if out.total > limit:
+        raise RuntimeFailure(f"the diff is larger than the limit of {limit} bytes", reason="diff")
     if rc != 0:
-        raise RuntimeFailure(f"git diff failed: {out.decode(errors='replace')[:2000]}", reason="git")
-    if len(out) > MAX_DIFF:
-        raise RuntimeFailure(f"the diff is {len(out)} bytes, over the limit of {MAX_DIFF}", reason="diff")
-    return out.decode("utf-8", "replace")
+        raise RuntimeFailure(f"git diff failed (exit {rc}): {_text(bytes(out.buf))}", reason="diff")
+    return bytes(out.buf).decode("utf-8", "replace")
 
 
 def remove_tree(path: Path) -> None:
-    """Remove a job directory (never following links)."""
-    if path.exists():
-        shutil.rmtree(path, ignore_errors=True)
+    """Remove a job directory: unmount its workspace filesystem, then delete without following links
+    (shutil.rmtree works through directory descriptors and never follows symlinks)."""
+    workspace = path / "workspace"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        unmount(workspace)
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path, ignore_errors=True)

@@ -26,6 +26,9 @@ __all__ = [
     "LABEL_JOB",
     "LABEL_MANAGED",
     "LABEL_OWNER",
+    "META_MOUNT",
+    "SCRIPTS_MOUNT",
+    "WORKSPACE_MOUNT",
     "JobSpace",
     "Limits",
     "OutputSink",
@@ -38,6 +41,10 @@ LABEL_MANAGED = "dev.corral.managed"
 LABEL_JOB = "dev.corral.job"
 LABEL_OWNER = "dev.corral.owner"  # EXECUTOR_VM_PREFIX: a janitor only touches its own owner's resources
 WORKSPACE_MOUNT = "/data"  # where the workspace appears inside every sandbox (as in Sourcegraph)
+# Where the step scripts appear, read-only. They live outside the workspace (in space.scripts) so that
+# neither the repository nor a step can redirect the executor's writes of them.
+SCRIPTS_MOUNT = "/.corral-steps"
+META_MOUNT = "/.corral-meta.git"  # the diff's git dir, bound only into the sandbox that makes the diff
 
 OutputSink = Callable[[bytes], None]  # called with raw output bytes as they are produced
 
@@ -47,6 +54,8 @@ class Limits:
     cpus: float = 4.0  # 0 = unbounded
     memory_bytes: int = 12 * 1024**3  # 0 = unbounded; swap is always limited to the same value
     pids: int = 1024
+    # EXECUTOR_JOB_DISK_SPACE; 0 = unbounded: bounds the workspace and each container's writable layer
+    disk_bytes: int = 20 * 1024**3
 
 
 @dataclass
@@ -71,6 +80,11 @@ class JobSpace:
         return {LABEL_MANAGED: "true", LABEL_JOB: f"{self.queue}-{self.job_id}", LABEL_OWNER: self.owner}
 
     @property
+    def scripts(self) -> Path:
+        """Executor-written step scripts (root/scripts); every sandbox binds it read-only at SCRIPTS_MOUNT."""
+        return self.root / "scripts"
+
+    @property
     def name(self) -> str:
         """A name unique to this job, usable for containers, cgroups and VMs."""
         return f"corral-{self.queue}-{self.job_id}"
@@ -85,6 +99,9 @@ class Step:
     argv: tuple[str, ...]  # what to run, paths as seen inside the sandbox
     dir: str = ""  # working dir relative to the workspace
     env: Mapping[str, str] = field(default_factory=dict)
+    # Extra host directories (host path, sandbox path) bound read-write: executor-owned only, never a
+    # path under the workspace (used for META_MOUNT by the diff).
+    binds: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
