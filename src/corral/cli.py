@@ -12,6 +12,7 @@ import typer
 
 from corral import __version__
 from corral.errors import CorralError
+from corral.terminal import Sanitizer, clean
 
 app = typer.Typer(
     help="corral: run untrusted jobs in sandboxes for a central server.",
@@ -177,21 +178,48 @@ def job_list(
 def job_logs(
     job_id: int,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until the job ends.")] = False,
+    raw: Annotated[
+        bool,
+        typer.Option(
+            "--raw",
+            help="Print the job's output exactly, terminal control sequences included "
+            "(by default they are removed: a job could retitle your window or write your clipboard).",
+        ),
+    ] = False,
     server_url: ServerOpt = DEFAULT_URL,
     token: TokenOpt = "",
     data_dir: DataDirOpt = Path(".corral"),
 ) -> None:
-    """Print a job's logs."""
+    """Print a job's logs (without terminal control sequences unless --raw)."""
     c = _client(server_url, token, data_dir)
     if follow:
         from corral.console import print_event
 
+        streams: dict[int, Sanitizer] = {}
         for ev in c.stream_logs(job_id):
-            print_event(ev)
+            print_event(ev if raw else _clean_event(ev, streams))
         return
     for e in _run(lambda: c.logs(job_id))["entries"]:
-        typer.secho(f"== {e['key']} (exit {e['exitCode']}, {e['durationMs']} ms)", bold=True)
-        typer.echo(e["out"], nl=False)
+        if raw:  # exactly as stored (click's echo would strip colour codes when piped)
+            sys.stdout.write(f"== {e['key']} (exit {e['exitCode']}, {e['durationMs']} ms)\n{e['out']}")
+            sys.stdout.flush()
+            continue
+        typer.secho(f"== {clean(e['key'])} (exit {e['exitCode']}, {e['durationMs']} ms)", bold=True)
+        typer.echo(clean(e["out"]), nl=False)
+
+
+def _clean_event(ev: dict[str, Any], streams: dict[int, Sanitizer]) -> dict[str, Any]:
+    """A log stream event with its job-controlled text sanitised. Output is sanitised per entry as
+    a stream, so that a sequence split across two events is still removed."""
+    if ev.get("type") == "output":
+        stream = streams.setdefault(ev.get("entryId", 0), Sanitizer())
+        return {**ev, "data": stream.feed(str(ev.get("data", "")))}
+    clean_ev = {k: clean(v) if isinstance(v, str) else v for k, v in ev.items()}
+    if isinstance(ev.get("command"), list):
+        clean_ev["command"] = [clean(str(c)) for c in ev["command"]]
+    if ev.get("type") == "exit" and ev.get("entryId") in streams:
+        streams.pop(ev["entryId"]).flush()  # an unfinished sequence at the end: dropped
+    return clean_ev
 
 
 @job_app.command("cancel")

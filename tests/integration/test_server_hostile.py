@@ -208,3 +208,43 @@ def test_authenticated_token_heavy_upload_does_not_freeze_the_loop(server: Proc)
         )
         assert r.status_code == 204, r.text[:300]
         assert len(admin.get(f"/api/v1/jobs/{job['id']}/result").json()["diff"]) == len(diff)
+
+
+def test_job_logs_cli_neutralises_terminal_escapes(server: Proc) -> None:
+    """A job's log with an OSC 52 clipboard write, a title change and CSI: `corral job logs` prints
+    none of them (piped or not); `--raw` prints them exactly."""
+    hostile = "start \x1b]52;c;ZXZpbA==\x07 \x1b]0;owned\x1b\\ \x1b[2J\x9b31m end\n"
+    admin = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60)
+    ex = httpx.Client(base_url=server.url, headers={"Authorization": f"token-executor {SECRET}"}, timeout=60)
+    with admin, ex:
+        assert admin.post(
+            "/api/v1/queues/batches/jobs", json={"dockerSteps": [{"image": "a", "commands": ["x"]}]}
+        )
+        job = ex.post(
+            "/.executors/queue/batches/dequeue", json={"executorName": "e1", "version": "dev"}
+        ).json()
+        r = ex.post(
+            "/.executors/queue/batches/addExecutionLogEntry",
+            json={
+                "jobId": job["id"],
+                "executorName": "e1",
+                "key": "step\x1b]0;t\x07",
+                "command": [],
+                "out": hostile,
+            },
+        )
+        assert r.status_code == 200, r.text
+        ex.post("/.executors/queue/batches/markComplete", json={"jobId": job["id"], "executorName": "e1"})
+    env = {**os.environ, "CORRAL_URL": server.url, "CORRAL_ADMIN_TOKEN": ADMIN}
+    for follow in ([], ["--follow"]):
+        out = subprocess.run(
+            [CORRAL, "job", "logs", str(job["id"]), *follow], env=env, capture_output=True, timeout=60
+        )
+        assert out.returncode == 0, out.stderr
+        text = out.stdout.decode()
+        assert "start" in text and "end" in text and "ZXZpbA" not in text and "owned" not in text
+        assert not any(c in text for c in "\x1b\x07\x9b\x9c\x9d"), (follow, text)
+    raw = subprocess.run(
+        [CORRAL, "job", "logs", str(job["id"]), "--raw"], env=env, capture_output=True, timeout=60
+    )
+    assert hostile.encode() in raw.stdout
