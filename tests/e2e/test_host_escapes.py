@@ -254,3 +254,34 @@ def test_the_workspace_has_a_disk_quota(server: Server, runtime: str, tmp_path: 
     while str(tmp_path / "ws") in Path("/proc/self/mounts").read_text():
         assert time.monotonic() < deadline, "the workspace filesystem is still mounted"
         time.sleep(0.1)
+
+
+def test_a_killed_executors_workspace_filesystems_are_removed_by_the_next_one(server: Server, tmp_path: Path):
+    require(bwrap_ok(), "bubblewrap, cgroup v1 and root are needed for the shell runtime")
+    make_repo(tmp_path / "src", {"README.md": "hi\n"})
+    server.client.add_repo("acme/app", str(tmp_path / "src"))
+    prefix = f"esc-{os.getpid()}-8"
+    first = start_executor(
+        server, tmp_path, "shell", EXECUTOR_VM_PREFIX=prefix, EXECUTOR_JOB_DISK_SPACE="32M"
+    )
+    job = server.client.submit(
+        "batches",
+        {
+            "repositoryName": "acme/app",
+            "dockerSteps": [{"image": "x", "commands": ["echo started", "sleep 60"]}],
+        },
+    )
+    deadline = time.monotonic() + 30
+    while "started" not in logs_text(server, job["id"]):
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.1)
+    first.kill()
+    first.wait()
+    ws_root = tmp_path / "ws"
+    assert str(ws_root) in Path("/proc/self/mounts").read_text()
+    server.client.cancel(job["id"])
+    start_executor(server, tmp_path, "shell", EXECUTOR_VM_PREFIX=prefix)
+    deadline = time.monotonic() + 30
+    while str(ws_root) in Path("/proc/self/mounts").read_text() or any(ws_root.iterdir()):
+        assert time.monotonic() < deadline, f"left behind: {list(ws_root.iterdir())}"
+        time.sleep(0.2)

@@ -470,3 +470,22 @@ def test_make_dirs_refuses_a_committed_symlink(tmp_path: Path):
     assert list(outside.iterdir()) == []
     made = ws.make_dirs(work, "a/b")
     assert made == work / "a" / "b" and made.is_dir()
+
+
+def test_sweep_removes_only_its_owners_dead_jobs(tmp_path: Path):
+    names = [
+        "ex.batches-1-1-aaaa",  # dead job of ours
+        "ex.batches-2-1-bbbb",  # running
+        "ex.code-intel-7-2-cccc",  # dead, queue name with a dash
+        "other.batches-1-1-dddd",  # another executor's
+        "ex-2.batches-3-1-eeee",  # a prefix that merely starts like ours
+        "stray",
+    ]
+    for n in names:
+        (tmp_path / n / "workspace").mkdir(parents=True)
+    done = ws.sweep(tmp_path, "ex", lambda: {"batches-2"}, keep=False)
+    assert sorted(done) == ["ex.batches-1-1-aaaa", "ex.code-intel-7-2-cccc"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(set(names) - set(done))
+    # keep=True leaves unmounted directories alone
+    assert ws.sweep(tmp_path, "other", lambda: set(), keep=True) == []
+    assert (tmp_path / "other.batches-1-1-dddd").exists()

@@ -135,7 +135,8 @@ class JobHandler:
     async def handle(self, job: Job) -> None:
         """Run the job and report its outcome; raises CancelledError when canceled."""
         root = (
-            self.settings.workspace_root / f"{job.queue}-{job.id}-{job.attempt or 0}-{secrets.token_hex(4)}"
+            self.settings.workspace_root
+            / f"{self.settings.vm_prefix}.{job.queue}-{job.id}-{job.attempt or 0}-{secrets.token_hex(4)}"
         )
         space = self._space(job, root)
         limit = self.deadline(job)

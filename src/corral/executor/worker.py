@@ -23,6 +23,7 @@ import subprocess
 import time
 
 from corral.errors import CorralError, ServerError
+from corral.executor import workspace as ws
 from corral.executor.client import QueueClient
 from corral.executor.handler import JobHandler
 from corral.executor.runtimes.base import Runtime
@@ -268,13 +269,30 @@ class Worker:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await watch
 
+    def _live_labels(self) -> set[str]:
+        return {f"{j.queue}-{j.id}" for j, _t in self.running.values()}
+
     async def _janitor_loop(self) -> None:
         while True:
-            live = {f"{j.queue}-{j.id}" for j, _t in self.running.values()}
+            s = self.settings
             try:
-                removed = await self.runtime.janitor(live)
-                if removed:
-                    log.info("janitor removed orphans: %s", ", ".join(removed))
+                swept = await asyncio.to_thread(
+                    ws.sweep, s.workspace_root, s.vm_prefix, self._live_labels, keep=s.keep_workspaces
+                )
+                if swept:
+                    log.info("janitor removed workspaces of jobs no longer running: %s", ", ".join(swept))
             except Exception as exc:
-                log.warning("janitor failed: %s", exc)
+                log.warning("workspace janitor failed: %s", exc)
+            live = self._live_labels()
+            runtimes = [self.runtime]
+            cli = self.handler.cli_runtime
+            if cli is not None and cli is not self.runtime:
+                runtimes.append(cli)  # e.g. the CLI steps' cgroups of a docker executor
+            for runtime in runtimes:
+                try:
+                    removed = await runtime.janitor(live)
+                    if removed:
+                        log.info("janitor removed %s orphans: %s", runtime.name, ", ".join(removed))
+                except Exception as exc:
+                    log.warning("%s janitor failed: %s", runtime.name, exc)
             await asyncio.sleep(self.settings.cleanup_task_interval)

@@ -375,6 +375,39 @@ async def diff(run: SandboxRun, repo_dir: str, commit: str, *, limit: int = MAX_
     return bytes(out.buf).decode("utf-8", "replace")
 
 
+def sweep(workspace_root: Path, owner: str, live: Callable[[], set[str]], *, keep: bool) -> list[str]:
+    """Job directories of `owner` (EXECUTOR_VM_PREFIX) left by jobs that no longer run (an executor
+    killed mid-job): unmount their workspace filesystems and remove them (only unmount when `keep`).
+
+    Job roots are named ``<owner>.<queue>-<id>-<attempt>-<random>``. The directory is listed before
+    `live()` (the labels ``<queue>-<id>`` of running jobs) is asked, so a job that starts meanwhile is
+    either not listed yet or already live. Returns the names handled.
+    """
+    try:
+        entries = [e.name for e in os.scandir(workspace_root) if e.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return []
+    running = live()
+    done: list[str] = []
+    for name in entries:
+        head, dot, rest = name.partition(".")
+        if not dot or head != owner or "." in rest:
+            continue
+        label = "-".join(rest.split("-")[:-2])
+        if label in running:
+            continue
+        path = workspace_root / name
+        if keep:
+            if not os.path.ismount(path / "workspace"):
+                continue
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                unmount(path / "workspace")
+        else:
+            remove_tree(path)
+        done.append(name)
+    return done
+
+
 def remove_tree(path: Path) -> None:
     """Remove a job directory: unmount its workspace filesystem, then delete without following links
     (shutil.rmtree works through directory descriptors and never follows symlinks)."""
