@@ -505,6 +505,8 @@ async def registry(rt: DockerRuntime) -> AsyncIterator[FakeRegistry]:
     saved = (await rt.api.request("GET", f"/images/{IMAGE}/get")).content
     password = f"s3cret-{random.randrange(10**9)}-pass"
     with FakeRegistry("corral/private", "1", "ciuser", password, saved) as reg:
+        # a loopback registry: refused unless allowed (EXECUTOR_DOCKER_ALLOWED_REGISTRIES)
+        rt.allowed_registries = rt.allowed_registries | {reg.address}
         yield reg
         try:
             await rt.api.image_remove(f"{reg.address}/corral/private:1")  # only untags: same image as IMAGE

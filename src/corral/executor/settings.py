@@ -80,6 +80,7 @@ class ExecutorSettings:
     job_num_cpus: float = 4.0
     job_memory: int = 12 * 1024**3  # bytes
     job_pids: int = 1024
+    job_disk_space: int = 20 * 1024**3  # bytes: workspace + container writable layer; 0 = unbounded
     maximum_runtime_per_job: float = 30 * 60.0  # seconds
     heartbeat_interval: float = 5.0  # seconds
     num_total_jobs: int = 0  # 0 = no limit
@@ -91,6 +92,8 @@ class ExecutorSettings:
     docker_add_host_gateway: bool = False
     docker_additional_mounts: list[str] = field(default_factory=list)
     docker_runtime: str = ""  # "" = the daemon's default (runc); "runsc" = gVisor
+    # registries (exact host[:port]) that may be on loopback/private addresses; see runtimes/docker.py
+    docker_allowed_registries: list[str] = field(default_factory=list)
     # EXECUTOR_JOB_USER=UID[:GID]: every job runs as this fixed uid. Unset (None): each running job
     # gets its own uid (gid = uid) from job_uid_range, see corral.executor.identity.
     job_uid: int | None = None
@@ -185,6 +188,7 @@ class ExecutorSettings:
             "job_num_cpus": conv("EXECUTOR_JOB_NUM_CPUS", float, "EXECUTOR_FIRECRACKER_NUM_CPUS"),
             "job_memory": conv("EXECUTOR_JOB_MEMORY", parse_size, "EXECUTOR_FIRECRACKER_MEMORY"),
             "job_pids": conv("EXECUTOR_JOB_PIDS", positive_int),
+            "job_disk_space": conv("EXECUTOR_JOB_DISK_SPACE", parse_size, "EXECUTOR_FIRECRACKER_DISK_SPACE"),
             "maximum_runtime_per_job": conv("EXECUTOR_MAXIMUM_RUNTIME_PER_JOB", parse_duration),
             "heartbeat_interval": conv("EXECUTOR_HEARTBEAT_INTERVAL", parse_duration),
             "num_total_jobs": conv("EXECUTOR_NUM_TOTAL_JOBS", positive_int),
@@ -198,6 +202,9 @@ class ExecutorSettings:
                 "EXECUTOR_DOCKER_ADDITIONAL_MOUNTS", lambda v: [m for m in v.split(";") if m]
             ),
             "docker_runtime": get("EXECUTOR_DOCKER_RUNTIME"),
+            "docker_allowed_registries": conv(
+                "EXECUTOR_DOCKER_ALLOWED_REGISTRIES", lambda v: [r.strip() for r in v.split(",") if r.strip()]
+            ),
             "kill_grace": conv("EXECUTOR_KILL_GRACE", parse_duration),
             "shutdown_grace": conv("EXECUTOR_SHUTDOWN_GRACE", parse_duration),
             "log_max_bytes": conv("EXECUTOR_LOG_MAX_BYTES", parse_size),

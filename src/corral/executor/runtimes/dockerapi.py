@@ -332,14 +332,26 @@ class DockerAPI:
             raise DockerAPIError(resp.status_code, f"waiting for the container failed: {err['Message']}")
         return int(body["StatusCode"])
 
-    async def container_inspect(self, cid: str) -> dict[str, Any] | None:
+    async def container_inspect(self, cid: str, *, size: bool = False) -> dict[str, Any] | None:
+        """The container's details (with SizeRw/SizeRootFs when `size`: the daemon then walks the
+        writable layer's files, ~3.5 us per file), or None when it does not exist."""
+        params = {"size": 1} if size else None
         try:
-            data: dict[str, Any] = (await self.request("GET", f"/containers/{_path(cid)}/json")).json()
+            resp = await self.request("GET", f"/containers/{_path(cid)}/json", params=params)
+            data: dict[str, Any] = resp.json()
         except DockerAPIError as exc:
             if exc.status == 404:
                 return None
             raise
         return data
+
+    async def container_kill(self, cid: str, signal: str = "KILL") -> None:
+        """Send `signal`; a container that is gone or no longer running is fine."""
+        try:
+            await self.request("POST", f"/containers/{_path(cid)}/kill", params={"signal": signal})
+        except DockerAPIError as exc:
+            if exc.status not in (404, 409):
+                raise
 
     async def container_stop(self, cid: str, grace_s: int) -> None:
         """SIGTERM (the image's stop signal), then SIGKILL after `grace_s` seconds. Gone or stopped: fine."""

@@ -25,6 +25,10 @@ def _docker(s: ExecutorSettings) -> Runtime:
         add_host_gateway=s.docker_add_host_gateway,
         additional_mounts=s.docker_additional_mounts,
         owner=s.vm_prefix,
+        allowed_registries=s.docker_allowed_registries,
+        executor_auth_config=s.docker_auth_config,
+        # next to the workspace root, not in it (workspaces are removed); one per EXECUTOR_VM_PREFIX
+        state_dir=s.workspace_root.parent / f"docker-state-{s.vm_prefix}",
     )
 
 
