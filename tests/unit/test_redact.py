@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import inspect
 import json
 import random
 import re
+import string
+import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from urllib.parse import quote, quote_plus
 
 import pytest
 
+from corral.executor.handler import JobHandler, StepFailed
 from corral.executor.redact import (
     DEFAULT_REPLACEMENT,
     LONG_PATTERN,
+    MAX_SECRET_BYTES,
+    MAX_VALUES,
     MIN_PART,
     MIN_SECRET,
+    RedactionLimitError,
     Redactor,
+    RedactorCache,
     StreamRedactor,
+    cache_key,
+    check_limits,
 )
+from corral.protocol import Job
 
 TOKEN = "sgp_4f1c2d9e8b7a6f5e4d3c2b1a0f9e8d7c"
 R = "[TOKEN]"
@@ -463,3 +476,135 @@ def test_undecided_tail_matches_a_naive_reference() -> None:
             rng.choice([b"a", b"b", b"ab", b"abab", b"-", b"-Z", b"x"]) for _ in range(rng.randint(0, 12))
         )
         assert r.undecided(buf, keep) == naive(buf), buf
+
+
+# -- many secrets: bounded, built off the event loop, fed in bounded time (issue 9, item 4) ----------
+
+
+def _random_secrets(n: int, seed: int = 9) -> dict[str, str]:
+    rng = random.Random(seed)
+    alphabet = string.ascii_letters + string.digits + "-_/+"
+    return {"".join(rng.choices(alphabet, k=rng.randint(20, 40))): f"[s{i}]" for i in range(n)}
+
+
+def test_too_many_values_are_refused_before_anything_is_built() -> None:
+    values = _random_secrets(80_000)
+    start = time.perf_counter()
+    with pytest.raises(
+        RedactionLimitError, match="the job has 80000 redacted values; this executor redacts at most 10000"
+    ):
+        Redactor(values)
+    assert time.perf_counter() - start < 0.5
+    big = {"k" * (MAX_SECRET_BYTES // 2): "r" * (MAX_SECRET_BYTES // 2 + 1)}
+    with pytest.raises(RedactionLimitError, match=f"at most {MAX_SECRET_BYTES} bytes"):
+        Redactor(big)
+    check_limits(_random_secrets(MAX_VALUES))  # at the limit: fine
+    Redactor({"é" * 10: "x"}, max_bytes=30)  # 20 bytes + 1
+    with pytest.raises(RedactionLimitError):
+        Redactor({"é" * 10: "x"}, max_bytes=20)  # bytes, not characters
+
+
+def _best_of(runs: int, fn: Callable[[], object]) -> float:
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def test_many_secrets_build_fast_and_feed_in_bounded_time() -> None:
+    values = _random_secrets(MAX_VALUES)
+    start = time.perf_counter()
+    r = Redactor(values)
+    build = time.perf_counter() - start
+    assert build < 3.0, f"building {MAX_VALUES} secrets took {build:.2f}s"  # measured ~0.6 s (was ~8 s)
+    rng = random.Random(4)
+    chunk = base64.b64encode(rng.randbytes(48 * 1024))  # 64 KiB of base64: every byte may start a key
+    text = (b"Step 3/7 : RUN make all -j4 --no-print-directory 0123456789abcdef\n" * 1100)[: 64 * 1024]
+    for data in (chunk, text):
+        s = r.stream()
+        cost = _best_of(3, lambda d=data, st=s: st.feed(d))  # type: ignore[misc]
+        assert cost < 0.04, f"feeding 64 KiB cost {cost * 1000:.1f} ms"  # measured ~3-7 ms (was ~120 ms)
+    secret = next(iter(values))
+    s = r.stream()
+    out = s.feed(chunk[:1000] + secret.encode()[:7]) + s.feed(secret.encode()[7:] + b"\n") + s.flush()
+    assert out == chunk[:1000] + values[secret].encode() + b"\n"
+
+
+def test_redactor_cache_is_a_bounded_lru() -> None:
+    cache = RedactorCache(2)
+    a, b, c = Redactor({"aaaa": "1"}), Redactor({"bbbb": "2"}), Redactor({"cccc": "3"})
+    cache.put("a", a)
+    cache.put("b", b)
+    assert cache.get("a") is a  # a is now the most recent
+    cache.put("c", c)
+    assert (cache.get("a"), cache.get("b"), cache.get("c"), len(cache)) == (a, None, c, 2)
+    assert cache_key(1, {"s": "r"}, ["t"]) == cache_key(1, {"s": "r"}, ["t"])
+    assert (
+        len(
+            {
+                cache_key(1, {"s": "r"}, ["t"]),
+                cache_key(2, {"s": "r"}, ["t"]),
+                cache_key(1, {"s": "x"}, ["t"]),
+                cache_key(1, {"s": "r"}, ["u"]),
+            }
+        )
+        == 4
+    )
+    assert "s" not in cache_key(1, {"secret-value": "r"}, []).replace("s", "")  # a hex digest
+
+
+def _handler() -> JobHandler:
+    settings = SimpleNamespace(frontend_password="executor-password", docker_auth_config=None)
+    return JobHandler(settings, None, None, None)  # type: ignore[arg-type]
+
+
+async def _build_off_loop(handler: JobHandler, job: Job) -> tuple[Redactor, float]:
+    """The handler's redactor for `job`, and the event loop's worst lag (a 10 ms ticker) meanwhile."""
+    lag = 0.0
+    done = asyncio.Event()
+
+    async def probe() -> None:
+        nonlocal lag
+        while not done.is_set():
+            before = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lag = max(lag, time.perf_counter() - before - 0.01)
+
+    task = asyncio.create_task(probe())
+    await asyncio.sleep(0.02)
+    try:
+        result = handler._redactor(job)
+        redactor = await result if inspect.isawaitable(result) else result
+    finally:
+        done.set()
+        await task
+    return redactor, lag
+
+
+async def test_handler_builds_the_redactor_off_the_loop_and_reuses_it_on_retry() -> None:
+    values = _random_secrets(MAX_VALUES)
+    job = Job.model_validate({"id": 7, "token": "job-token-0123", "redactedValues": values})
+    handler = _handler()
+    start = time.perf_counter()
+    redactor, lag = await _build_off_loop(handler, job)
+    build = time.perf_counter() - start
+    assert lag < 0.25, f"the event loop stalled {lag:.2f}s while the redactor was built ({build:.2f}s)"
+    secret = next(iter(values))
+    assert redactor.redact_text(f"x {secret} job-token-0123") == f"x {values[secret]} ******"
+    start = time.perf_counter()
+    again, _ = await _build_off_loop(handler, job.model_copy(update={"attempt": 2}))
+    assert again is redactor, "a retry of the same job with the same secrets rebuilt its redactor"
+    assert time.perf_counter() - start < build / 2 + 0.1
+    other, _ = await _build_off_loop(handler, job.model_copy(update={"redacted_values": {"x" * 20: "y"}}))
+    assert other is not redactor and other.redact_text("x" * 20) == "y"
+
+
+async def test_handler_fails_a_job_with_too_many_values_at_once() -> None:
+    job = Job.model_validate({"id": 8, "token": "t", "redactedValues": _random_secrets(80_000)})
+    start = time.perf_counter()
+    with pytest.raises(StepFailed) as caught:
+        await _build_off_loop(_handler(), job)
+    assert time.perf_counter() - start < 1.0
+    assert caught.value.message == "the job has 80000 redacted values; this executor redacts at most 10000"

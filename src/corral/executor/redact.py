@@ -32,18 +32,26 @@ Patterns
     derived form.
 
 Matching
-    Patterns of up to `LONG_PATTERN` bytes are compiled into one bytes regex shaped as a trie (common
-    prefixes shared, the children of a node start with distinct bytes, a node that ends a pattern makes
-    its children optional and greedy), so at any position the engine follows one path and returns the
-    longest pattern starting there, and its first-byte filter skips positions where none can start.
-    The few longer patterns (long secrets, say a PEM key, and their encodings) are found with `bytes.find`.
+    Every pattern is indexed by its first `KEY_LEN` bytes (its "key"; a shorter pattern is its own
+    key) in one Aho-Corasick automaton (pyahocorasick, in C: cost per input byte independent of the
+    number of patterns; built in about a second for `MAX_VALUES` secrets). At each occurrence of a key
+    the longest pattern of that key present at that position is found among the key's patterns, kept
+    sorted (a bisection in the usual case, a few more when they share longer prefixes).
     Matching is leftmost-longest: scanning left to right, at the leftmost position where any pattern
     matches, the longest pattern is replaced, so a secret that is a prefix of a longer one never lets
     the longer one leak. In addition, a match that starts inside an earlier match and extends past its
     end (two secrets overlapping, "abcXYZ" + "XYZdef") extends that redaction instead of leaving its tail
     visible: the whole overlapping run becomes the first match's replacement. So every byte of every
-    occurrence of every pattern is replaced. Cost: one regex pass in C plus a little Python per match
-    (a run of many overlapping occurrences, like "aaaa…" for the secret "aaaa", costs Python per byte).
+    occurrence of every pattern is replaced. Cost: one automaton pass in C plus a little Python per key
+    occurrence (a run of many overlapping occurrences, like "aaaa…" for the secret "aaaa", costs Python
+    per byte).
+
+Limits
+    The secrets come from the job, so their size is bounded before anything is built: at most
+    `MAX_VALUES` redacted values and `MAX_SECRET_BYTES` of secret and replacement text (UTF-8) per job;
+    past that `Redactor` raises `RedactionLimitError` (the executor fails the job: retrying would not
+    help). Building costs about 20 patterns per secret and runs in a worker thread, never on the event
+    loop (`JobHandler._redactor`), cached per job and secrets (`RedactorCache`) across attempts.
 
 Streaming
     `StreamRedactor.feed(chunk)` appends the chunk to a buffer and returns only what is final. With L
@@ -65,34 +73,117 @@ compression, and anything the job computes from a secret; redaction is a safety 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import sys
 from bisect import bisect_right
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
-from itertools import groupby
+from itertools import islice
 from urllib.parse import quote, quote_plus
 
+import ahocorasick
+
 __all__ = [
+    "CACHE_SIZE",
     "DEFAULT_REPLACEMENT",
+    "KEY_LEN",
     "LONG_PATTERN",
+    "MAX_SECRET_BYTES",
+    "MAX_VALUES",
     "MIN_ENCODED",
     "MIN_PART",
     "MIN_SECRET",
+    "RedactionLimitError",
     "Redactor",
+    "RedactorCache",
     "StreamRedactor",
+    "cache_key",
+    "check_limits",
 ]
 
 DEFAULT_REPLACEMENT = "******"  # replacement for `extra` values (the executor's own token, ...)
 MIN_SECRET = 4  # characters: shorter secrets are redacted literally only, not in encoded forms
 MIN_ENCODED = 6  # bytes: derived patterns (encodings, lines) shorter than this are dropped
 MIN_PART = 6  # characters: shortest line of a multi-line secret that is redacted on its own
-LONG_PATTERN = 256  # bytes: longer patterns are searched with bytes.find, not the regex (Redactor._scan)
+KEY_LEN = 8  # bytes: the automaton's key is a pattern's first KEY_LEN bytes; longer patterns are
+# checked whole where their key occurs. Measured (80,000 random 20-40 character secrets): keys of 8
+# bytes give 2.2 M automaton nodes and a 2.6 s build, 16 bytes 6.5 M nodes and 6.4 s, whole patterns
+# 22 M nodes, 17.6 s and 1.1 GiB.
+# Limits on what a job may ask to redact, enforced before anything is built (`check_limits`). A secret
+# becomes about 20 patterns (~11x its bytes); measured at the limit, 10,000 random 20-40 character
+# secrets build in ~0.5 s (in a worker thread) into ~40 MiB, and feeding a 64 KiB chunk costs ~3 ms.
+LONG_PATTERN = 256  # bytes: a "long" pattern (a PEM key, its encodings); matched like any other, by its
+# key, and the stream holds back up to the longest pattern's length (tests build long secrets with it)
+MAX_VALUES = 10_000  # redacted values per job
+MAX_SECRET_BYTES = 1024 * 1024  # bytes (UTF-8) of secrets plus replacements per job: 1 MiB
+CACHE_SIZE = 4  # redactors: an executor keeps the last ones built (RedactorCache), for retries
 
 _NEVER = sys.maxsize  # "no match": a start position beyond any buffer
-_HEAD = 8  # bytes: StreamRedactor's undecided-tail check looks tails this long or longer up by their head
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
 _PERCENT_ESCAPE = re.compile(r"%[0-9A-F]{2}")
+
+
+class RedactionLimitError(ValueError):
+    """A job asks to redact more than this executor does (`MAX_VALUES`, `MAX_SECRET_BYTES`)."""
+
+
+def check_limits(
+    values: Mapping[str, str] | None,
+    *,
+    max_values: int = MAX_VALUES,
+    max_bytes: int = MAX_SECRET_BYTES,
+) -> None:
+    """Raise RedactionLimitError if `values` (a job's secret -> replacement) are over the limits.
+
+    Cheap: the count first, then the length in characters (a lower bound of the UTF-8 length) before
+    any encoding, so an oversized job costs nothing but this check.
+    """
+    if not values:
+        return
+    if len(values) > max_values:
+        raise RedactionLimitError(
+            f"the job has {len(values)} redacted values; this executor redacts at most {max_values}"
+        )
+    chars = sum(len(k) + len(v) for k, v in values.items())
+    size = chars if chars > max_bytes else sum(len(_utf8(k)) + len(_utf8(v)) for k, v in values.items())
+    if size > max_bytes:
+        raise RedactionLimitError(
+            f"the job's redacted values hold {size} bytes of text; this executor redacts at most "
+            f"{max_bytes} bytes ({max_bytes // 1024} KiB)"
+        )
+
+
+def cache_key(job_id: object, values: Mapping[str, str] | None, extra: Iterable[str]) -> str:
+    """A digest of everything a redactor is built from (for `RedactorCache`; never shows a secret)."""
+    blob = json.dumps([str(job_id), sorted((values or {}).items()), list(extra)])
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class RedactorCache:
+    """The last `size` redactors built, by `cache_key` (least recently used dropped first), so that
+    a job's next attempt on the same executor does not build its redactor again. Event-loop use only
+    (not locked)."""
+
+    def __init__(self, size: int = CACHE_SIZE) -> None:
+        self.size = size
+        self._items: OrderedDict[str, Redactor] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: str) -> Redactor | None:
+        redactor = self._items.get(key)
+        if redactor is not None:
+            self._items.move_to_end(key)
+        return redactor
+
+    def put(self, key: str, redactor: Redactor) -> None:
+        self._items[key] = redactor
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
 
 
 def _utf8(s: str) -> bytes:
@@ -136,41 +227,44 @@ def _derived_forms(s: str) -> Iterator[bytes]:
     yield raw.hex().upper().encode("ascii")
 
 
-def _trie_source(group: list[bytes], depth: int) -> bytes:
-    """Regex source for the suffixes from `depth` of `group` (sorted, distinct, sharing `depth` bytes).
-
-    The shape is a trie: the common prefix as a literal, then one branch per distinct next byte (so
-    the engine follows at most one), optional and greedy if a pattern ends at the prefix: the longest
-    pattern matching at a position wins.
-    """
-    first, last = group[0], group[-1]  # sorted: they bound the common prefix of the whole group
-    common = depth
-    while common < len(first) and first[common] == last[common]:
-        common += 1
-    head = re.escape(first[depth:common])
-    ends_here = len(first) == common  # a prefix sorts first
-    rest = group[1:] if ends_here else group
-    if not rest:
-        return head
-    branches = [_trie_source(list(sub), common) for _, sub in groupby(rest, key=lambda p: p[common])]
-    body = branches[0] if len(branches) == 1 else b"(?:" + b"|".join(branches) + b")"
-    return head + (b"(?:" + body + b")?" if ends_here else body)
+def _latin1(data: bytes) -> str:
+    # the automaton works on str: latin-1 maps each byte to the code point of the same value
+    return data.decode("latin-1")
 
 
-def _compile(patterns: Iterable[bytes]) -> re.Pattern[bytes]:
-    """One regex matching exactly `patterns`, the longest one at any position."""
-    ordered = sorted(set(patterns))
-    try:
-        return re.compile(_trie_source(ordered, 0))
-    except RecursionError:  # hundreds of nested prefixes: a flat alternation, longest first
-        return re.compile(b"|".join(re.escape(p) for p in sorted(ordered, key=len, reverse=True)))
+def _longest_at(buf: bytes, start: int, klen: int, patterns: list[bytes], longest: int) -> int:
+    """End of the longest of `patterns` (sorted, all starting with the same `klen`-byte key, which
+    `buf` has at `start`) that occurs at `buf[start:]`; -1 if none does."""
+    if len(patterns) == 1:
+        p = patterns[0]
+        return start + len(p) if buf.startswith(p, start) else -1
+    q = buf[start : start + longest]
+    while True:
+        # the greatest pattern <= q: if it is a prefix of q it is the longest one; otherwise no
+        # pattern longer than the common prefix of the two is a prefix of q (it would sort between)
+        i = bisect_right(patterns, q) - 1
+        if i < 0:
+            return -1
+        c = patterns[i]
+        if q.startswith(c):
+            return start + len(c)
+        lo, hi = klen, min(len(c), len(q)) - 1  # c[:lo] == q[:lo]; they differ before min length
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if c[:mid] == q[:mid]:
+                lo = mid
+            else:
+                hi = mid - 1
+        q = q[:lo]
 
 
 class Redactor:
     """Replaces secrets and their encodings (see the module docstring) in bytes or text.
 
     `values` maps secret -> replacement; `extra` secrets get `default` as replacement. Empty secrets
-    are ignored. Immutable and thread-safe; `stream()` makes a stateful per-stream redactor.
+    are ignored. `values` over `max_values` / `max_bytes` raise RedactionLimitError before anything is
+    built. Immutable and thread-safe; `stream()` makes a stateful per-stream redactor. Building costs
+    up to about a second at the limits: do it in a worker thread, not on an event loop.
     """
 
     def __init__(
@@ -179,7 +273,10 @@ class Redactor:
         extra: Iterable[str] = (),
         *,
         default: str = DEFAULT_REPLACEMENT,
+        max_values: int = MAX_VALUES,
+        max_bytes: int = MAX_SECRET_BYTES,
     ) -> None:
+        check_limits(values, max_values=max_values, max_bytes=max_bytes)
         secrets: list[tuple[str, bytes]] = [(s, _utf8(r)) for s, r in (values or {}).items() if s]
         secrets += [(s, _utf8(default)) for s in extra if s]
         table: dict[bytes, bytes] = {}
@@ -191,47 +288,59 @@ class Redactor:
                     table.setdefault(form, replacement)
         self._replacements = table
         self._max_len = max(map(len, table), default=0)
-        short = [p for p in table if len(p) <= LONG_PATTERN]
-        self._short = _compile(short) if short else None
-        self._short_max = max(map(len, short), default=0)
-        self._long = sorted((p for p in table if len(p) > LONG_PATTERN), key=len, reverse=True)
-        # A stream holds back only a tail that could still grow into a pattern (see `undecided`):
-        # proper prefixes shorter than _HEAD bytes in a set, longer ones start with a pattern's head.
-        self._heads = frozenset(p[:k] for p in table for k in range(1, min(len(p), _HEAD)))
-        self._sorted_short = sorted(short)
-        heads = [p[:_HEAD] for p in short if len(p) > _HEAD]
-        self._short_heads = _compile(heads) if heads else None
+        groups: dict[bytes, list[bytes]] = {}
+        for p in table:
+            groups.setdefault(p[:KEY_LEN], []).append(p)
+        self._key_max = max(map(len, groups), default=0)
+        self._auto: ahocorasick.Automaton | None = None
+        if groups:
+            auto = ahocorasick.Automaton()
+            for key, patterns in groups.items():
+                patterns.sort()
+                auto.add_word(_latin1(key), (len(key), patterns, max(map(len, patterns))))
+            auto.make_automaton()
+            self._auto = auto
+
+    def _proper_prefix(self, tail: bytes) -> bool:
+        """Whether `tail` (at most `KEY_LEN` bytes) is a proper prefix of some pattern."""
+        auto, text = self._auto, _latin1(tail)
+        if auto is None or not auto.match(text):  # not even a prefix of a key
+            return False
+        entry = auto.get(text, None)
+        if entry is None:  # a proper prefix of a key
+            return True
+        if entry[2] > len(tail):  # the key of a longer pattern
+            return True
+        return next(islice(auto.keys(text), 1, None), None) is not None  # a prefix of another key
 
     def undecided(self, buf: bytes, keep: int) -> int:
         """Length of the longest tail of `buf` (at most `keep` bytes) that is a proper prefix of a
         pattern: only those bytes may still be part of a match that the next chunk completes.
 
-        Cost: a regex scan of the last `short_max - 1` bytes for the first `_HEAD` bytes of a short
-        pattern, a `bytes.find` per long pattern, and a few set look-ups: no quadratic slicing.
+        Cost: an automaton pass over the last `keep` bytes (tails longer than a key start with a whole
+        key) and at most `KEY_LEN` look-ups of short tails: no quadratic slicing.
         """
-        n = len(buf)
-        best = n  # start of the longest undecided tail found so far
-        if self._short_heads is not None:  # tails of _HEAD bytes or more, of short patterns
-            pos = max(0, n - min(keep, self._short_max - 1))
-            ordered = self._sorted_short
-            while (m := self._short_heads.search(buf, pos)) is not None:
-                tail = buf[m.start() :]
-                i = bisect_right(ordered, tail)  # patterns extending `tail` sort right after it
-                if i < len(ordered) and ordered[i].startswith(tail):
-                    best = m.start()
+        n, auto = len(buf), self._auto
+        if auto is None or keep <= 0 or n == 0:
+            return 0
+        lo = max(0, n - keep)
+        if n - lo > KEY_LEN and self._max_len > KEY_LEN + 1:
+            for last, (klen, patterns, longest) in auto.iter(_latin1(buf[lo:])):
+                if klen < KEY_LEN:
+                    continue
+                start = lo + last - klen + 1  # whole keys of one length: in increasing order of start
+                size = n - start
+                if size <= KEY_LEN:
                     break
-                pos = m.start() + 1
-        for p in self._long:  # few; each tail candidate starts with the pattern's head
-            head, start = p[:_HEAD], max(0, n - min(keep, len(p) - 1))
-            while (at := buf.find(head, start, min(n, best + _HEAD - 1))) != -1:  # only longer tails
-                if p.startswith(buf[at:]):
-                    best = at
-                    break
-                start = at + 1
-        for k in range(min(keep, n, _HEAD - 1), n - best, -1):  # short tails
-            if buf[n - k :] in self._heads:
+                if longest > size:
+                    tail = buf[start:]
+                    i = bisect_right(patterns, tail)  # patterns extending `tail` sort right after it
+                    if i < len(patterns) and patterns[i].startswith(tail):
+                        return size
+        for k in range(min(keep, n, self._key_max), 0, -1):
+            if self._proper_prefix(buf[n - k :]):
                 return k
-        return n - best
+        return 0
 
     @staticmethod
     def _forms(secret: str) -> Iterator[bytes]:
@@ -281,30 +390,22 @@ class Redactor:
         emitted); every pattern starting before `limit` must fit in `buf`. Returns the new `emitted`,
         at least `limit`: everything before it is final and in `out`.
 
-        The next match is the earlier of two candidates: the regex of short patterns, searched only as
-        far as a short match starting before `limit` can reach (so a stream does not re-scan its whole
-        hold-back with it), and the first occurrence of a long pattern (few, found with bytes.find;
-        at the same position a long match is the longer one).
+        The automaton is run only as far as a key starting before `limit` can reach (so a stream does
+        not re-scan its whole hold-back with it); at each key found, the longest pattern there.
         """
-        short, replacements = self._short, self._replacements
-        short_end = min(len(buf), limit + self._short_max - 1)
-        s_match = short.search(buf, 0, short_end) if short is not None else None
-        s_start = s_match.start() if s_match is not None else _NEVER
-        longs = self._long
-        long_at = [buf.find(p) for p in longs]
-        while True:
-            l_start = l_stop = _NEVER
-            for i, at in enumerate(long_at):  # longest first: ties keep the longest
-                if 0 <= at < l_start:
-                    l_start, l_stop = at, at + len(longs[i])
-            if l_start <= s_start:
-                if l_start == _NEVER:
-                    break
-                start, stop = l_start, l_stop
-            else:
-                start, stop = s_match.span()  # type: ignore[union-attr]
-            if start >= limit:
-                break
+        auto, replacements = self._auto, self._replacements
+        stops: dict[int, int] = {}  # start -> end of the longest match starting there
+        if auto is not None:
+            end = min(len(buf), limit + self._key_max - 1)
+            for last, (klen, patterns, longest) in auto.iter(_latin1(buf[:end])):
+                start = last - klen + 1
+                if start >= limit:
+                    continue
+                stop = _longest_at(buf, start, klen, patterns, longest)
+                if stop > stops.get(start, -1):
+                    stops[start] = stop
+        for start in sorted(stops) if len(stops) > 1 else stops:
+            stop = stops[start]
             if stop > emitted:  # a match inside the current redacted run changes nothing
                 if start >= emitted:
                     if start > emitted:
@@ -312,13 +413,6 @@ class Redactor:
                     out.append(replacements[buf[start:stop]])
                 # else: it overlaps the run and reaches further: the run grows, hiding it all
                 emitted = stop
-            # the next candidate position is start + 1: a match may begin inside this one
-            if s_start <= start:
-                s_match = short.search(buf, start + 1, short_end)  # type: ignore[union-attr]
-                s_start = s_match.start() if s_match is not None else _NEVER
-            for i, at in enumerate(long_at):
-                if 0 <= at <= start:
-                    long_at[i] = buf.find(longs[i], start + 1)
         if limit > emitted:
             out.append(buf[emitted:limit])
             emitted = limit
