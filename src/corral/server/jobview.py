@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -70,19 +71,54 @@ def executor_job(row: dict[str, Any], token: str, *, version: int, with_queue: b
     return job
 
 
+def _decoded_size(b64: str) -> int:
+    """Bytes a base64 text decodes to, without decoding it."""
+    return len(b64) * 3 // 4 - b64[-2:].count("=") if b64 else 0
+
+
 def iso(t: float | None) -> str | None:
     return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z") if t else None
 
 
+def _redact(value: Any, secrets: list[tuple[str, str]]) -> Any:
+    """`value` with every secret replaced by its replacement, in every string (keys included)."""
+    if isinstance(value, str):
+        for secret, replacement in secrets:
+            value = value.replace(secret, replacement)
+        return value
+    if isinstance(value, list):
+        return [_redact(v, secrets) for v in value]
+    if isinstance(value, dict):
+        return {_redact(k, secrets): _redact(v, secrets) for k, v in value.items()}
+    return value
+
+
 def producer_job(row: dict[str, Any]) -> dict[str, Any]:
+    """The producer's view. Never hand secrets back: the redactedValues keys (the secrets) are
+    replaced wherever they appear (step commands, env, image, dir, ...), the map shows only the
+    replacements, and files are shown by size, not content (a file may hold a secret in any form)."""
     spec = dict(row["spec"])
-    # Never hand secrets back: show which values are redacted, not what they are.
-    if spec.get("redactedValues"):
-        spec["redactedValues"] = {f"<redacted {i}>": v for i, v in enumerate(spec["redactedValues"].values())}
+    redacted: dict[str, str] = spec.pop("redactedValues", None) or {}
+    files = spec.pop("files", None) or {}
+    secrets = sorted(((k, v or "<redacted>") for k, v in redacted.items() if k), key=lambda kv: -len(kv[0]))
+    blob = json.dumps([spec, list(files), row["failure_message"]])  # find the secrets that occur
+    secrets = [(k, v) for k, v in secrets if k in blob or json.dumps(k)[1:-1] in blob]
+    if secrets:
+        spec = _redact(spec, secrets)
+    spec["files"] = {
+        _redact(path, secrets): {
+            "size": _decoded_size(f.get("content", "")),
+            "modifiedAt": f.get("modifiedAt"),
+        }
+        for path, f in files.items()
+    }
+    if redacted:
+        spec["redactedValues"] = {f"<redacted {i}>": v for i, v in enumerate(redacted.values())}
     if spec.get("dockerAuthConfig"):
         spec["dockerAuthConfig"] = {
             "auths": dict.fromkeys(spec["dockerAuthConfig"].get("auths", {}), "<redacted>")
         }
+    error = row["failure_message"]
     return {
         "id": row["id"],
         "queue": row["queue"],
@@ -98,7 +134,7 @@ def producer_job(row: dict[str, Any]) -> dict[str, Any]:
         "numResets": row["num_resets"],
         "numFailures": row["num_failures"],
         "cancelRequested": bool(row["cancel"]),
-        "error": row["failure_message"],
+        "error": _redact(error, secrets) if error and secrets else error,
         "outcome": row["outcome"],
         "exitCodes": row.get("exit_codes", []),
         "spec": spec,

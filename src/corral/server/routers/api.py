@@ -33,6 +33,14 @@ router = APIRouter(
 STREAM_POLL = 0.2  # seconds between looks at the store while streaming logs
 MAX_TIMEOUT = 7 * 24 * 3600  # seconds
 ACTIVE_WITHIN = 30.0  # seconds: an executor seen this recently counts as active
+# Bounds on what one job may carry (checked at submit; the executor builds a redactor from the
+# redacted values on every attempt and writes every file, so these bound its work too).
+MAX_REDACTED_VALUES = 1_000  # entries of redactedValues
+MAX_REDACTED_BYTES = 1024 * 1024  # bytes of redactedValues keys and values together (UTF-8)
+MAX_FILES = 1_000  # files written into the workspace
+MAX_FILES_BYTES = 32 * 1024 * 1024  # bytes of all files' contents together, decoded
+MAX_STEPS = 100  # dockerSteps and cliSteps together
+MAX_OUTPUTS = 1_000  # output paths
 
 
 class Model(BaseModel):
@@ -61,6 +69,12 @@ class FileIn(Model):
             except (binascii.Error, ValueError):
                 raise ValueError("contentBase64 is not valid base64") from None
         return self
+
+    def decoded_size(self) -> int:
+        if self.content_base64 is not None:
+            b64 = self.content_base64
+            return len(b64) * 3 // 4 - b64[-2:].count("=")
+        return len((self.content or "").encode())
 
     def as_base64(self) -> str:
         if self.content_base64 is not None:
@@ -95,6 +109,32 @@ class JobIn(Model):
     @classmethod
     def _outputs(cls, v: list[str] | None) -> list[str] | None:
         return [check_workspace_path(p) for p in v] if v else v
+
+    @model_validator(mode="after")
+    def _bounds(self) -> JobIn:
+        values = self.redacted_values or {}
+        if len(values) > MAX_REDACTED_VALUES:
+            raise ValueError(
+                f"redactedValues has {len(values)} entries, over the limit of {MAX_REDACTED_VALUES}"
+            )
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in values.items())
+        if size > MAX_REDACTED_BYTES:
+            raise ValueError(
+                f"redactedValues total {size} bytes, over the limit of {MAX_REDACTED_BYTES} bytes"
+            )
+        if len(self.files) > MAX_FILES:
+            raise ValueError(f"the job has {len(self.files)} files, over the limit of {MAX_FILES}")
+        size = sum(f.decoded_size() for f in self.files.values())
+        if size > MAX_FILES_BYTES:
+            raise ValueError(f"the job's files total {size} bytes, over the limit of {MAX_FILES_BYTES} bytes")
+        steps = len(self.docker_steps) + len(self.cli_steps)
+        if steps > MAX_STEPS:
+            raise ValueError(f"the job has {steps} steps, over the limit of {MAX_STEPS}")
+        if len(self.outputs or []) > MAX_OUTPUTS:
+            raise ValueError(
+                f"the job names {len(self.outputs or [])} outputs, over the limit of {MAX_OUTPUTS}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _steps(self) -> JobIn:

@@ -1,0 +1,69 @@
+"""The producer API never hands a job's secrets back, and bounds what a job may carry."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from tests.serverkit import SIMPLE_STEPS, Kit
+
+
+def test_job_view_redacts_secrets_everywhere(kit: Kit) -> None:
+    secret, other = "s3cr3t-Value-42", 'quote"d-secret'
+    job = kit.submit(
+        dockerSteps=[
+            {
+                "image": "alpine:3",
+                "commands": [f"curl -H 'token: {secret}' https://x", f"echo {other}"],
+                "env": [f"TOKEN={secret}", f"OTHER={other}"],
+                "dir": "work",
+            }
+        ],
+        cliSteps=[{"command": ["batch", "apply"], "env": [f"SRC_ACCESS_TOKEN={secret}"]}],
+        files={
+            "config.txt": {"content": f"token={secret}\n"},
+            "bin.dat": {"contentBase64": base64.b64encode(b"\x00" + secret.encode()).decode()},
+        },
+        redactedValues={secret: "[TOKEN]", other: ""},
+    )
+    got = kit.take()  # the executor still gets everything it needs
+    assert got["redactedValues"][secret] == "[TOKEN]" and f"TOKEN={secret}" in got["dockerSteps"][0]["env"]
+    for text in [
+        json.dumps(job),
+        kit.admin.get(f"/api/v1/jobs/{job['id']}").text,
+        kit.admin.get("/api/v1/jobs").text,
+        kit.admin.post(f"/api/v1/jobs/{job['id']}/cancel").text,
+    ]:
+        assert secret not in text and "s3cr3t" not in text, text
+        assert "quote" not in text, text
+        assert base64.b64encode(secret.encode()).decode()[:12] not in text
+    spec = kit.get_job(job["id"])["spec"]
+    assert spec["dockerSteps"][0]["env"][0] == "TOKEN=[TOKEN]"
+    assert spec["dockerSteps"][0]["commands"][0] == "curl -H 'token: [TOKEN]' https://x"
+    assert spec["cliSteps"][0]["env"] == ["SRC_ACCESS_TOKEN=[TOKEN]"]
+    assert spec["files"]["config.txt"]["size"] == len(f"token={secret}\n")
+    assert "content" not in spec["files"]["bin.dat"]
+    assert sorted(spec["redactedValues"].values()) == ["", "[TOKEN]"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "bound"),
+    [
+        ({"redactedValues": {f"secret-{i}": "x" for i in range(1001)}}, "1000"),
+        ({"redactedValues": {"k" * 600_000: "x", "j" * 600_000: "y"}}, "1048576 bytes"),
+        ({"files": {f"f{i}": {"content": ""} for i in range(1001)}}, "1000"),
+        (
+            {"files": {"a": {"content": "x" * (17 << 20)}, "b": {"content": "y" * (17 << 20)}}},
+            "33554432 bytes",
+        ),
+        ({"dockerSteps": SIMPLE_STEPS["dockerSteps"] * 101}, "100"),
+        ({"outputs": [f"out/{i}" for i in range(1001)]}, "1000"),
+    ],
+)
+def test_submit_bounds(kit: Kit, fields: dict[str, object], bound: str) -> None:
+    r = kit.admin.post("/api/v1/queues/batches/jobs", json={**SIMPLE_STEPS, **fields})
+    assert r.status_code == 400, r.text[:300]
+    assert f"limit of {bound}" in r.json()["error"], r.text[:300]
+    assert kit.admin.get("/api/v1/jobs").json() == []
