@@ -102,7 +102,8 @@ libc = ctypes.CDLL(None, use_errno=True)
 print("personality", libc.personality(ctypes.c_uint(0xFFFFFFFF)) >= 0)  # a query, as Docker allows
 t = threading.Thread(target=lambda: None); t.start(); t.join()
 print("thread ok")
-print(subprocess.run(["sh", "-c", "echo child $(echo sub) | cat"], capture_output=True, text=True).stdout.strip())
+child = subprocess.run(["sh", "-c", "echo child $(echo sub) | cat"], capture_output=True, text=True)
+print(child.stdout.strip())
 print("ptrace-self", libc.ptrace(0, 0, 0, 0) == 0 or ctypes.get_errno())
 """
 X32_PROBE = r"""
@@ -190,7 +191,7 @@ def test_profile_is_compiled_once() -> None:
 async def test_unshare_user_namespace_refused(runtime: ShellRuntime, make_space: SpaceFactory) -> None:
     space = await make_space()
     script = "unshare -Ur true; echo rc=$?; unshare -Urm sh -c 'mount -t tmpfs none /tmp && echo mounted'"
-    result, out = await run(runtime, space, step("sh", "-c", script))
+    _, out = await run(runtime, space, step("sh", "-c", script))
     assert "rc=1" in out and "Operation not permitted" in out, out
     assert "mounted" not in out
 
@@ -211,7 +212,8 @@ async def test_ordinary_programs_still_work(runtime: ShellRuntime, make_space: S
     result, out = await run(runtime, space, step(PYTHON, "-c", ALLOWED_PROBE))
     assert result.exit_code == 0, out
     assert out.splitlines() == ["personality True", "thread ok", "child sub", "ptrace-self True"]
-    script = "git init -q r && cd r && git -c user.name=a -c user.email=a@b commit -q --allow-empty -m x && echo git-ok"
+    script = "git init -q r && cd r && git -c user.name=a -c user.email=a@b commit -q --allow-empty -m x"
+    script += " && echo git-ok"
     result, out = await run(runtime, space, step("sh", "-c", script))
     assert (result.exit_code, out.strip().splitlines()[-1]) == (0, "git-ok"), out
 
@@ -267,10 +269,12 @@ async def test_cli_steps_of_a_docker_executor_get_the_filter(tmp_path: Path, uid
     root.mkdir(mode=0o700)
     (root / "workspace").mkdir()
     uid, gid = uids.acquire()
-    space = JobSpace(job_id=next(_job_ids), queue="t", root=root, workspace=root / "workspace", uid=uid, gid=gid)
+    space = JobSpace(
+        job_id=next(_job_ids), queue="t", root=root, workspace=root / "workspace", uid=uid, gid=gid
+    )
     await cli.prepare(space)
     try:
-        result, out = await run(cli, space, step("sh", "-c", "unshare -Ur true; echo rc=$?", kind="cli"))
+        _, out = await run(cli, space, step("sh", "-c", "unshare -Ur true; echo rc=$?", kind="cli"))
         assert "rc=1" in out and "Operation not permitted" in out, out
     finally:
         await cli.cleanup(space)

@@ -3,6 +3,7 @@ accounts skipped, exhaustion reported, and per-uid locks shared between executor
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +34,7 @@ def test_rotation_does_not_reuse_the_uid_just_released() -> None:
         uid, _gid = pool.acquire()
         seen.append(uid)
         pool.release(uid)
-    assert all(a != b for a, b in zip(seen, seen[1:], strict=False))
+    assert all(a != b for a, b in itertools.pairwise(seen))
     assert seen[:10] == list(range(200_000, 200_010))  # round-robin through the whole range
     assert seen[10] == 200_000
 
