@@ -58,7 +58,10 @@ def test_sigterm_ends_held_long_polls(tmp_path: Path) -> None:
         )
         poll.start()
         deadline = time.monotonic() + 20
-        while "corral_long_polls_waiting 1.0" not in httpx.get(f"{url}/metrics", timeout=5).text:
+        admin = {"Authorization": f"Bearer {(tmp_path / 'admin-token').read_text().strip()}"}
+        while (
+            "corral_long_polls_waiting 1.0" not in httpx.get(f"{url}/metrics", headers=admin, timeout=5).text
+        ):
             assert time.monotonic() < deadline, "the long-poll never parked"
             time.sleep(0.05)
         t0 = time.monotonic()

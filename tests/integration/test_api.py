@@ -78,7 +78,7 @@ def test_healthz_metrics_and_openapi(kit: Kit) -> None:
     assert r.status_code == 200 and r.json()["status"] == "ok" and r.json()["version"]
     kit.submit()
     kit.submit("codeintel")
-    r = kit.anon.get("/metrics")
+    r = kit.admin.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     assert 'corral_jobs_enqueued_total{queue="batches"} 1.0' in r.text
     assert 'corral_jobs_enqueued_total{queue="codeintel"} 1.0' in r.text
@@ -97,7 +97,7 @@ def test_metrics_count_dequeues_and_finishes(kit: Kit) -> None:
     kit.submit()
     job = kit.take()
     assert kit.job_call("batches", "markComplete", job).status_code == 204
-    text = kit.anon.get("/metrics").text
+    text = kit.admin.get("/metrics").text
     assert 'corral_jobs_dequeued_total{queue="batches"} 1.0' in text
     assert 'corral_jobs_finished_total{queue="batches",state="completed"} 1.0' in text
 
@@ -441,4 +441,4 @@ def test_executors_are_listed_after_a_heartbeat(kit: Kit) -> None:
     assert ex["dockerVersion"] == "27.0.1" and ex["srcCliVersion"] == "5.0.0"
     assert ex["runningJobIds"] == [job["id"]] and ex["active"] is True
     assert ex["firstSeenAt"].endswith("Z") and ex["lastSeenAt"].endswith("Z")
-    assert "corral_executors_active 1.0" in kit.anon.get("/metrics").text
+    assert "corral_executors_active 1.0" in kit.admin.get("/metrics").text

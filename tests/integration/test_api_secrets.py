@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 
 import pytest
 
-from tests.serverkit import SIMPLE_STEPS, Kit
+from tests.serverkit import EXECUTOR_SECRET, SIMPLE_STEPS, Kit
 
 
 def test_job_view_redacts_secrets_everywhere(kit: Kit) -> None:
@@ -67,3 +68,26 @@ def test_submit_bounds(kit: Kit, fields: dict[str, object], bound: str) -> None:
     assert r.status_code == 400, r.text[:300]
     assert f"limit of {bound}" in r.json()["error"], r.text[:300]
     assert kit.admin.get("/api/v1/jobs").json() == []
+
+
+def test_metrics_need_a_token_docs_are_off(make_kit: Callable[..., Kit]) -> None:
+    kit = make_kit(metrics_token="prometheus-scrape-token")
+    for headers in [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"token-executor {EXECUTOR_SECRET}"},
+    ]:
+        r = kit.anon.get("/metrics", headers=headers)
+        assert r.status_code == 401 and "CORRAL_METRICS_TOKEN" in r.json()["error"], r.text
+    assert kit.admin.get("/metrics").status_code == 200
+    r = kit.anon.get("/metrics", headers={"Authorization": "Bearer prometheus-scrape-token"})
+    assert r.status_code == 200 and "corral_executors_active" in r.text
+    assert kit.anon.get("/openapi.json").status_code == 200  # the schema stays public
+    assert kit.anon.get("/healthz").status_code == 200
+    assert kit.anon.get("/docs").status_code == 404 and kit.anon.get("/redoc").status_code == 404
+
+
+def test_metrics_public_and_docs_when_the_operator_says_so(make_kit: Callable[..., Kit]) -> None:
+    kit = make_kit(metrics_public=True, docs=True)
+    assert kit.anon.get("/metrics").status_code == 200
+    assert kit.anon.get("/docs").status_code == 200

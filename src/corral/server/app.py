@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from corral import __version__
 from corral.errors import Conflict, CorralError, Invalid, NotFound
 from corral.protocol import EXTENSIONS, EXTENSIONS_HEADER
+from corral.server.auth import require_metrics
 from corral.server.bodies import BodyClass, body_class, limit_for
 from corral.server.deps import ApiError, ServerState
 from corral.server.gate import Gate
@@ -177,7 +178,8 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    app = FastAPI(title="corral", version=__version__, lifespan=lifespan)
+    docs = {} if settings.docs else {"docs_url": None, "redoc_url": None}
+    app = FastAPI(title="corral", version=__version__, lifespan=lifespan, **docs)
     app.state.corral = state
     app.include_router(queue.router)
     app.include_router(git.router)
@@ -211,7 +213,8 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
         return {"status": "ok", "version": __version__}
 
     @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        require_metrics(request, state)
         body = await asyncio.to_thread(state.metrics.render)
         return Response(body, media_type="text/plain; version=0.0.4")
 

@@ -55,3 +55,19 @@ def require_admin(request: Request, state: ServerState) -> None:
     token = state.settings.admin_token
     if len(parts) != 2 or parts[0] != "Bearer" or not token or not _equal(parts[1], token):
         raise ApiError(401, "invalid or missing admin token (Authorization: Bearer <CORRAL_ADMIN_TOKEN>)")
+
+
+def require_metrics(request: Request, state: ServerState) -> None:
+    """/metrics: the admin token or the metrics token (Bearer), unless the operator made it public."""
+    s = state.settings
+    if s.metrics_public:
+        return
+    parts = request.headers.get("authorization", "").split(" ")
+    given = parts[1] if len(parts) == 2 and parts[0] == "Bearer" else ""
+    ok = [t for t in (s.admin_token, s.metrics_token) if t and given and _equal(given, t)]
+    if not ok:
+        raise ApiError(
+            401,
+            "invalid or missing metrics token (Authorization: Bearer <CORRAL_METRICS_TOKEN or admin "
+            "token>; CORRAL_METRICS_PUBLIC=true opens /metrics)",
+        )

@@ -37,6 +37,12 @@ class ServerSettings(BaseSettings):
     max_body_bytes: int = 64 * 1024 * 1024  # largest request body
     max_log_bytes: int = 64 * 1024 * 1024  # largest stored output of one log entry
     extensions: bool = True  # corral's protocol extensions; off = plain Sourcegraph protocol
+    # /metrics needs `Authorization: Bearer <admin token or metrics_token>` unless metrics_public;
+    # /openapi.json and /healthz are public (schema and liveness, no data); /docs and /redoc are off
+    # unless `docs` (they load scripts from a CDN).
+    metrics_token: str = ""  # CORRAL_METRICS_TOKEN: a token that opens /metrics only (Prometheus)
+    metrics_public: bool = False  # CORRAL_METRICS_PUBLIC=true: /metrics without a token
+    docs: bool = False  # CORRAL_DOCS=true: serve the interactive API docs at /docs and /redoc
 
     @field_validator("data_dir")
     @classmethod
