@@ -76,7 +76,6 @@ import base64
 import hashlib
 import json
 import re
-import sys
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
@@ -111,16 +110,16 @@ KEY_LEN = 8  # bytes: the automaton's key is a pattern's first KEY_LEN bytes; lo
 # checked whole where their key occurs. Measured (80,000 random 20-40 character secrets): keys of 8
 # bytes give 2.2 M automaton nodes and a 2.6 s build, 16 bytes 6.5 M nodes and 6.4 s, whole patterns
 # 22 M nodes, 17.6 s and 1.1 GiB.
-# Limits on what a job may ask to redact, enforced before anything is built (`check_limits`). A secret
-# becomes about 20 patterns (~11x its bytes); measured at the limit, 10,000 random 20-40 character
-# secrets build in ~0.5 s (in a worker thread) into ~40 MiB, and feeding a 64 KiB chunk costs ~3 ms.
 LONG_PATTERN = 256  # bytes: a "long" pattern (a PEM key, its encodings); matched like any other, by its
 # key, and the stream holds back up to the longest pattern's length (tests build long secrets with it)
+# Limits on what a job may ask to redact, enforced before anything is built (`check_limits`). A secret
+# becomes about 10-20 patterns (~11x its bytes). Measured at the value limit, 10,000 random 20-40
+# character secrets build in ~0.6 s (in a worker thread) into ~45 MiB, and feeding a 64 KiB chunk costs
+# ~2.5 ms (text) to ~7 ms (random base64); 80,000 would take ~5 s and ~335 MiB.
 MAX_VALUES = 10_000  # redacted values per job
 MAX_SECRET_BYTES = 1024 * 1024  # bytes (UTF-8) of secrets plus replacements per job: 1 MiB
 CACHE_SIZE = 4  # redactors: an executor keeps the last ones built (RedactorCache), for retries
 
-_NEVER = sys.maxsize  # "no match": a start position beyond any buffer
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
 _PERCENT_ESCAPE = re.compile(r"%[0-9A-F]{2}")
 
