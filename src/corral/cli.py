@@ -197,7 +197,7 @@ def job_logs(
 
         streams: dict[int, Sanitizer] = {}
         for ev in c.stream_logs(job_id):
-            print_event(ev if raw else _clean_event(ev, streams))
+            print_event(ev if raw else _clean_event(ev, streams), sanitize=False)
         return
     for e in _run(lambda: c.logs(job_id))["entries"]:
         if raw:  # exactly as stored (click's echo would strip colour codes when piped)

@@ -291,6 +291,8 @@ class JobHandler:
             exit_codes.append(result.exit_code)
             if result.reason == "image":
                 raise StepFailed(f"{step.key}: {result.message}", "image")
+            if result.reason == "disk":
+                raise StepFailed(result.message or f"{step.key} exceeded its disk limit", "disk")
             if result.oom_killed:
                 mib = space.limits.memory_bytes // 1024**2
                 raise StepFailed(f"{step.key} was killed: out of memory (limit {mib} MiB)", "oom")
