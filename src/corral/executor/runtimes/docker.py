@@ -80,6 +80,7 @@ from corral.executor.runtimes.base import (
     LABEL_JOB,
     LABEL_MANAGED,
     LABEL_OWNER,
+    SCRIPTS_MOUNT,
     WORKSPACE_MOUNT,
     JobSpace,
     OutputSink,
@@ -857,7 +858,7 @@ class DockerRuntime:
             env.append(f"{key}={value}")
         limits = space.limits
         host: dict[str, Any] = {
-            "Binds": [f"{space.workspace}:{WORKSPACE_MOUNT}"],
+            "Binds": [f"{space.workspace}:{WORKSPACE_MOUNT}", f"{space.scripts}:{SCRIPTS_MOUNT}:ro"],
             "NetworkMode": "bridge" if space.network else "none",
             "CapDrop": ["ALL"],
             "SecurityOpt": ["no-new-privileges"],

@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, ClassVar
 from corral.executor.runtimes import seccomp
 from corral.executor.runtimes.base import (
     LABEL_JOB,
+    SCRIPTS_MOUNT,
     WORKSPACE_MOUNT,
     JobSpace,
     OutputSink,
@@ -240,6 +241,9 @@ class ShellRuntime:
             args += ["--ro-bind", path, path]
 
         args += ["--bind", os.fspath(space.workspace), WORKSPACE_MOUNT]
+        args += ["--ro-bind-try", os.fspath(space.scripts), SCRIPTS_MOUNT]
+        for host_path, sandbox_path in step.binds:
+            args += ["--bind", host_path, sandbox_path]
         rel = posixpath.normpath("/" + step.dir).lstrip("/")  # cannot climb out of the workspace
         args += ["--chdir", posixpath.join(WORKSPACE_MOUNT, rel) if rel else WORKSPACE_MOUNT]
 
