@@ -9,39 +9,25 @@ executor runs as root, so every one of these reached the host before the fix.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import bwrap_ok, docker_ok, require
+from tests.conftest import bwrap_ok, require
 from tests.e2e.kit import (
     GIT_ENV,
     Server,
     logs_text,
     make_repo,
-    run_server,
     start_executor,
     wait_job,
 )
 
 TOPSECRET = "TOPSECRET-host-file-7f3a"
-
-
-@pytest.fixture(params=["shell", "docker"])
-def runtime(request: pytest.FixtureRequest) -> str:
-    if request.param == "docker":
-        require(docker_ok(), "Docker Engine is not reachable (run scripts/setup.sh)")
-    require(bwrap_ok(), "bubblewrap, cgroup v1 and root are needed (the diff runs in the shell sandbox)")
-    return str(request.param)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    with run_server(tmp_path) as s:
-        yield s
 
 
 @pytest.fixture
@@ -285,3 +271,44 @@ def test_a_killed_executors_workspace_filesystems_are_removed_by_the_next_one(se
     while str(ws_root) in Path("/proc/self/mounts").read_text() or any(ws_root.iterdir()):
         assert time.monotonic() < deadline, f"left behind: {list(ws_root.iterdir())}"
         time.sleep(0.2)
+
+
+def test_a_step_dir_through_a_proc_fd_symlink_stays_in_the_sandbox(server: Server, tmp_path: Path):
+    """`dir` naming a committed link to /proc/self/fd/N: bwrap entered it as root while it still held a
+    descriptor of the host's /proc, so the step's cwd was on the host and `../..` was the host's /."""
+    require(bwrap_ok(), "bubblewrap, cgroup v1 and root are needed for the shell runtime")
+    # World-readable and -writable host paths (the job's uid could use them on the host).
+    victim = Path(tempfile.mkdtemp(prefix="corral-victim-", dir="/tmp"))
+    os.chmod(victim, 0o777)
+    (victim / "secret.txt").write_text(TOPSECRET + "\n")
+    os.chmod(victim / "secret.txt", 0o644)
+    marker = victim / "escaped"
+    try:
+        _proc_fd_jobs(server, tmp_path, victim, marker)
+    finally:
+        shutil.rmtree(victim, ignore_errors=True)
+
+
+def _proc_fd_jobs(server: Server, tmp_path: Path, victim: Path, marker: Path) -> None:
+    commit_symlinks(
+        tmp_path / "src", {"README.md": "hi\n"}, {f"sub{n}": f"/proc/self/fd/{n}" for n in range(3, 9)}
+    )
+    server.client.add_repo("acme/cwd", str(tmp_path / "src"))
+    start_executor(server, tmp_path, "shell", EXECUTOR_VM_PREFIX=f"esc-{os.getpid()}-9")
+    for n in range(3, 9):
+        job = server.client.submit(
+            "batches",
+            {
+                "repositoryName": "acme/cwd",
+                "dockerSteps": [
+                    {
+                        "image": "x",
+                        "dir": f"sub{n}",
+                        "commands": [f"cat ../..{victim}/secret.txt", f"echo ESCAPED > ../..{marker}"],
+                    }
+                ],
+            },
+        )
+        wait_job(server, job["id"])
+        assert TOPSECRET not in logs_text(server, job["id"])
+        assert not marker.exists(), logs_text(server, job["id"])

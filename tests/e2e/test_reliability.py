@@ -318,7 +318,7 @@ def test_killed_executor_job_is_requeued_and_the_old_token_is_fenced(tmp_path: P
         proxy_for(server.url) as (proxy, via_proxy),
         executors.session(),
     ):
-        a = executors.start(via_proxy, "exec-a")
+        a = executors.start(via_proxy, "exec-a", EXECUTOR_JOB_USER="1000")
         # uid 1000 (exec-a) waits long; uid 2000 (exec-b, started later) finishes at once.
         job = server.client.submit(
             "batches",
@@ -355,7 +355,7 @@ def test_executor_stops_a_job_the_server_gave_to_someone_else(tmp_path: Path, ex
         proxy_for(server.url) as (proxy, via_proxy),
         executors.session(),
     ):
-        executors.start(via_proxy, "exec-a", EXECUTOR_HEARTBEAT_INTERVAL="30s")
+        executors.start(via_proxy, "exec-a", EXECUTOR_HEARTBEAT_INTERVAL="30s", EXECUTOR_JOB_USER="1000")
         job = server.client.submit(
             "batches",
             docker_job(

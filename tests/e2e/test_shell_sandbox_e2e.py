@@ -7,20 +7,17 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import bwrap_ok, require
-from tests.e2e.kit import Server, docker_job, logs_text, run_server, start_executor, wait_job, wait_log
+from tests.e2e.kit import Server, docker_job, logs_text, start_executor, wait_job, wait_log
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+@pytest.fixture(autouse=True)
+def _shell_sandbox() -> None:
     require(bwrap_ok(), "bubblewrap, cgroup v1 and root are needed for the shell runtime")
-    with run_server(tmp_path) as s:
-        yield s
 
 
 def uid_of(server: Server, job_id: int) -> int:

@@ -90,6 +90,9 @@ SANDBOX_HOSTNAME = "job"
 SANDBOX_HOME = "/tmp"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FALLBACK_USER = "job"  # USER when space.uid has no passwd entry
+# Enters the step's directory as the job's user (made if missing, as Docker makes a WorkingDir), then
+# execs the step: $1 is the directory, the rest the step's argv.
+CHDIR_SHIM = 'mkdir -p -- "$1" 2>/dev/null; cd -- "$1" || exit 126; shift; exec "$@"'
 
 # Entries of the host /etc bound read-only one by one (skipped when missing). Deliberately not the
 # whole /etc (docker keys, shadow, pip/npm credentials, ...).
@@ -244,8 +247,11 @@ class ShellRuntime:
         args += ["--ro-bind-try", os.fspath(space.scripts), SCRIPTS_MOUNT]
         for host_path, sandbox_path in step.binds:
             args += ["--bind", host_path, sandbox_path]
-        rel = posixpath.normpath("/" + step.dir).lstrip("/")  # cannot climb out of the workspace
-        args += ["--chdir", posixpath.join(WORKSPACE_MOUNT, rel) if rel else WORKSPACE_MOUNT]
+        # bwrap's own --chdir runs as root, before setpriv, while bwrap still holds a descriptor of the
+        # host's /proc: a job-made symlink `dir -> /proc/self/fd/3` put the step's cwd on the host.
+        # So bwrap only enters /data (ours); the step's dir is entered by CHDIR_SHIM after setpriv,
+        # as the job's uid, inside the sandbox, where a symlink leads only where the job could go.
+        args += ["--chdir", WORKSPACE_MOUNT]
 
         args += ["--clearenv"]
         for key, value in self._environment(space, step).items():
@@ -264,9 +270,17 @@ class ShellRuntime:
             "--no-new-privs",
             "--pdeathsig=keep",
             "--",
-            *step.argv,
+            *self._in_dir(step),
         ]
         return args
+
+    @staticmethod
+    def _in_dir(step: Step) -> list[str]:
+        """step.argv, run in step.dir (relative to the workspace) entered from inside the sandbox."""
+        rel = posixpath.normpath("/" + step.dir).lstrip("/")  # cannot climb out of the workspace
+        if not rel:
+            return list(step.argv)
+        return ["/bin/sh", "-c", CHDIR_SHIM, "corral-step", posixpath.join(WORKSPACE_MOUNT, rel), *step.argv]
 
     def _environment(self, space: JobSpace, step: Step) -> dict[str, str]:
         try:
