@@ -26,7 +26,7 @@ from corral import __version__
 from corral.protocol import EXECUTOR_NAME_HEADER, JOB_ID_HEADER
 from corral.server.app import create_app
 from corral.server.settings import ServerSettings
-from corral.server.store.store import Store
+from corral.server.store import Store
 
 EXECUTOR_SECRET = "executor-secret-0123456789"  # >= 20 characters
 ADMIN_TOKEN = "admintoken-0123456789abcdef"

@@ -3,18 +3,28 @@
     CorralError
     ├── ConfigError          a setting is missing or malformed (names the variable)
     ├── StoreError           the job store refused an operation
-    │   ├── NotFound         unknown job, queue, repository or log entry
-    │   ├── Conflict         a stale attempt, a finished job, a log offset mismatch
-    │   └── Invalid          bad input: a bad name, a missing commit, a path escaping the workspace
-    ├── VersionSkew          executor and server are more than one minor version apart
-    ├── ServerError          the executor could not talk to the server (after retries)
+    │   ├── NotFound         unknown job, queue, repository or log entry          (HTTP 404)
+    │   ├── Conflict         a stale attempt, a finished job, a log offset mismatch (HTTP 409)
+    │   └── Invalid          bad input: a bad name, a missing commit, a path escaping the workspace (400)
+    ├── ApiError             the server refuses a request (server side)
+    │   ├── BadRequest       a malformed request: a missing header or field          (400)
+    │   ├── Unauthorized     a missing or wrong token                                 (401)
+    │   ├── Forbidden        a valid token that does not open this object             (403)
+    │   ├── Gone             a route switched off on this server                      (404)
+    │   ├── TooLarge         a body or a value over the server's bound                (413)
+    │   └── NotConfigured    the server lacks a setting the route needs               (500)
+    ├── VersionSkew          executor and server are more than one minor version apart (400)
+    ├── ServerError          a client (executor, producer) could not talk to the server (after retries)
     └── RuntimeFailure       a runtime could not run a step (image missing, sandbox failed...)
 
-Every class carries a message a person understands; the server maps StoreError subclasses to HTTP
-statuses in one place (corral.server.app).
+Every class carries a message a person understands (by default its docstring). The server maps
+these classes to HTTP statuses in one table (corral.server.statuses); the HTTP clients raise
+ServerError, never a StoreError.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class CorralError(Exception):
@@ -50,6 +60,39 @@ class Conflict(StoreError):
 
 class Invalid(StoreError):
     """The input is not valid."""
+
+
+class ApiError(CorralError):
+    """The server refused the request. Rendered as {"error": message} plus the `extra` fields; the
+    server's one table (corral.server.statuses) gives each subclass its HTTP status."""
+
+    def __init__(self, message: str | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.extra = extra
+
+
+class BadRequest(ApiError):
+    """The request is malformed."""
+
+
+class Unauthorized(ApiError):
+    """The request lacks a valid token."""
+
+
+class Forbidden(ApiError):
+    """The token does not open this object."""
+
+
+class Gone(ApiError):
+    """This route is switched off on this server."""
+
+
+class TooLarge(ApiError):
+    """The request is over one of the server's bounds."""
+
+
+class NotConfigured(ApiError):
+    """The server lacks a setting this route needs."""
 
 
 class VersionSkew(CorralError):

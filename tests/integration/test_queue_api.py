@@ -18,7 +18,7 @@ from corral.errors import ConfigError
 from corral.protocol import EXECUTOR_NAME_HEADER, EXTENSIONS, EXTENSIONS_HEADER, JOB_ID_HEADER
 from corral.server.app import create_app
 from corral.server.settings import ServerSettings
-from corral.server.store.store import Store
+from corral.server.store import SqlStore
 from tests.serverkit import (
     ADMIN_TOKEN,
     CORRAL_UA,
@@ -571,7 +571,7 @@ def test_upload_result(kit: Kit) -> None:
 # -- fencing -----------------------------------------------------------------------------------
 def test_stale_attempt_is_fenced_off_after_a_reset(make_kit: Callable[..., Kit], tmp_path: Path) -> None:
     clock = FakeClock()
-    store = Store(f"sqlite:///{tmp_path / 'fenced.db'}", clock=clock)
+    store = SqlStore(f"sqlite:///{tmp_path / 'fenced.db'}", clock=clock)
     kit = make_kit(store, stalled_after=15.0, resetter_interval=0.02)
     kit.submit()
     old = kit.take(executor="exec-old")
@@ -621,7 +621,7 @@ def test_stale_attempt_is_fenced_off_after_a_reset(make_kit: Callable[..., Kit],
 
 def test_stalled_job_fails_after_max_resets(make_kit: Callable[..., Kit], tmp_path: Path) -> None:
     clock = FakeClock()
-    store = Store(f"sqlite:///{tmp_path / 'stalled.db'}", clock=clock)
+    store = SqlStore(f"sqlite:///{tmp_path / 'stalled.db'}", clock=clock)
     kit = make_kit(store, stalled_after=15.0, max_resets=1, resetter_interval=0.02)
     job_id = kit.submit()["id"]
     kit.take(executor="a")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 from sqlalchemy import select
 
 from corral.errors import Conflict, Invalid, NotFound
-from corral.server.store.store import DEFAULT_QUEUES, RESET_FAILURE, JobAuth, Store, hash_token
+from corral.server.store import DEFAULT_QUEUES, RESET_FAILURE, JobAuth, SqlStore, Store, hash_token
 from corral.server.store.tables import attempts, jobs
 from tests.postgreskit import fresh_database_url
 
@@ -53,7 +54,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def store(db_url: str, clock: Clock) -> Iterator[Store]:
-    s = Store(db_url, clock=clock)
+    s = SqlStore(db_url, clock=clock)
     s.migrate()
     yield s
     s.close()
@@ -67,7 +68,7 @@ def take(store: Store, executor: str = "exec-1", queues: tuple[str, ...] = ("bat
     token = secrets.token_urlsafe(16)
     row = store.dequeue(list(queues), executor, token)
     assert row is not None, "expected a job"
-    return row | {"token": token}
+    return {**asdict(row), "token": token}
 
 
 def stall(store: Store, clock: Clock) -> tuple[list[int], list[int]]:
@@ -584,7 +585,7 @@ def test_dequeue_skips_a_job_locked_by_another_transaction(store: Store) -> None
     """Another replica holding the best job (FOR UPDATE) is passed by, not waited for."""
     first = enqueue(store, priority=1)
     second = enqueue(store)
-    other = Store(store.url)
+    other = SqlStore(store.url)
     try:
         with other.engine.connect() as conn, conn.begin():
             conn.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
@@ -635,7 +636,7 @@ def test_migration_widens_a_postgres_schema_made_by_0001(store: Store, db_url: s
 def test_a_libpq_style_url_uses_psycopg(store: Store, db_url: str) -> None:
     plain = db_url.replace("postgresql+psycopg://", "postgresql://")
     for url in (plain, plain.replace("postgresql://", "postgres://")):
-        other = Store(url)
+        other = SqlStore(url)
         try:
             assert other.engine.dialect.driver == "psycopg"
             assert other.queue_exists("batches")

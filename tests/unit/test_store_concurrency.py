@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import select
 
 from corral.errors import Conflict
-from corral.server.store.store import Store
+from corral.server.store import SqlStore, Store
 from corral.server.store.tables import attempts
 from tests.postgreskit import fresh_database_url
 
@@ -39,7 +39,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def store(db_url: str) -> Iterator[Store]:
-    s = Store(db_url)
+    s = SqlStore(db_url)
     s.migrate()
     yield s
     s.close()
@@ -92,7 +92,7 @@ def test_threads_sharing_a_store_dequeue_each_job_once(store: Store) -> None:
 
 
 def test_two_stores_on_one_database_dequeue_each_job_once(store: Store, db_url: str) -> None:
-    other = Store(db_url)
+    other = SqlStore(db_url)
     try:
         expected = [int(store.enqueue("batches", SPEC)["id"]) for _ in range(160)]
         got: dict[str, list[int]] = {f"exec-{i}": [] for i in range(THREADS)}
@@ -161,7 +161,7 @@ def _together(n: int, call: Callable[[int], Any]) -> tuple[list[Any], list[BaseE
 
 def test_concurrent_migrations_of_a_new_database(db_url: str) -> None:
     """Server replicas starting at once on an empty database: one migrates, the others find it done."""
-    stores = [Store(db_url) for _ in range(4)]
+    stores = [SqlStore(db_url) for _ in range(4)]
     try:
         _, errors = _together(len(stores), lambda i: stores[i].migrate())
         assert errors == []
@@ -174,8 +174,8 @@ def test_concurrent_migrations_of_a_new_database(db_url: str) -> None:
 
 _MIGRATE = """
 import pathlib, sys, time
-from corral.server.store.store import Store
-store = Store(sys.argv[1])
+from corral.server.store import SqlStore
+store = SqlStore(sys.argv[1])
 print("ready", flush=True)
 while not pathlib.Path(sys.argv[2]).exists():
     time.sleep(0.002)
@@ -207,7 +207,7 @@ def test_server_processes_migrating_a_new_database_at_once(db_url: str, tmp_path
     assert [rc for rc, _ in outcomes] == [0, 0, 0], [
         [ln for ln in err.splitlines() if "Error" in ln][-1:] for _, err in outcomes
     ]
-    s = Store(db_url)
+    s = SqlStore(db_url)
     try:
         assert {"batches", "codeintel"} <= {q["name"] for q in s.list_queues()}
     finally:
@@ -274,7 +274,7 @@ def test_marks_racing_the_stalled_job_reset_stay_consistent(db_url: str) -> None
     """The executor marks its jobs while the resetter finds them silent: each job ends up either
     completed (and its attempt too) or requeued (and the late mark refused), never half of each."""
     clock = _Clock()
-    s = Store(db_url, clock=clock)
+    s = SqlStore(db_url, clock=clock)
     try:
         s.migrate()
         for _ in range(3):

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
+import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -19,15 +21,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral import __version__
-from corral.errors import Conflict, CorralError, Invalid, NotFound
+from corral.errors import CorralError
 from corral.protocol import EXTENSIONS, EXTENSIONS_HEADER
 from corral.server.auth import require_metrics
 from corral.server.bodies import BodyClass, body_class, limit_for
-from corral.server.deps import ApiError, ServerState
+from corral.server.deps import ServerState
 from corral.server.gate import Gate
 from corral.server.routers import api, git, queue
 from corral.server.settings import ServerSettings
-from corral.server.store.store import Store
+from corral.server.statuses import error_response
+from corral.server.store import SqlStore, Store
 
 log = logging.getLogger("corral.server")
 JSON_PATHS = ("/.executors/queue/", "/api/")
@@ -98,16 +101,6 @@ async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int, cls
     await resp(scope, receive, send)
 
 
-def _status_for(exc: CorralError) -> int:
-    if isinstance(exc, NotFound):
-        return 404
-    if isinstance(exc, Conflict):
-        return 409
-    if isinstance(exc, Invalid):
-        return 400
-    return 500
-
-
 async def _resetter(state: ServerState) -> None:
     s = state.settings
     while True:
@@ -121,8 +114,10 @@ async def _resetter(state: ServerState) -> None:
                     s.stalled_after,
                 )
                 state.metrics.resets.inc(len(requeued) + len(failed))
-                for q in {r["name"] for r in await state.db(state.store.list_queues)}:
+                for q in {r.name for r in await state.db(state.store.list_queues)}:
                     await state.wake(q)
+                for job_id in failed:  # their log followers see the end (a shared store announced it)
+                    state.log_written(job_id)
         except Exception:
             log.exception("resetter sweep failed; retrying")
         await asyncio.sleep(s.resetter_interval)
@@ -151,12 +146,25 @@ def run(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
     Server(uvicorn_config).run()
 
 
+def _private_dir(path: Path) -> None:
+    """The data dir holds the database (every job's secrets), mirrors and the admin token: owner only.
+
+    Made 0700; an existing one that others can enter is tightened (and said), so that a process of
+    another uid on the host, a job that got out of its sandbox included, cannot read the database.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning("data dir %s was mode %o; making it 0700 (it holds the job database)", path, mode)
+        os.chmod(path, 0o700)
+
+
 def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
     settings.check()
     settings.ensure_admin_token()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _private_dir(settings.data_dir)
     settings.repos_dir.mkdir(parents=True, exist_ok=True)
-    store = store or Store(settings.db_url)
+    store = store or SqlStore(settings.db_url)
     store.migrate()
     state = ServerState(settings=settings, store=store)
     state.metrics.watch_store(lambda: (store.list_queues(), api.executors_active(state)))
@@ -164,11 +172,7 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(_resetter(state))]
-        if not store.sqlite:
-            from corral.server import pgnotify
-
-            tasks.append(asyncio.create_task(pgnotify.listen(store.engine, state.notifier)))
+        tasks = [asyncio.create_task(_resetter(state)), asyncio.create_task(store.listen(state.heard))]
         try:
             yield
         finally:
@@ -178,16 +182,14 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    docs = {} if settings.docs else {"docs_url": None, "redoc_url": None}
-    app = FastAPI(title="corral", version=__version__, lifespan=lifespan, **docs)
+    docs_url, redoc_url = ("/docs", "/redoc") if settings.docs else (None, None)
+    app = FastAPI(
+        title="corral", version=__version__, lifespan=lifespan, docs_url=docs_url, redoc_url=redoc_url
+    )
     app.state.corral = state
     app.include_router(queue.router)
     app.include_router(git.router)
     app.include_router(api.router)
-
-    @app.exception_handler(ApiError)
-    async def _api_error(_r: Request, exc: ApiError) -> Response:
-        return JSONResponse({"error": exc.message, **exc.extra}, status_code=exc.status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_r: Request, exc: StarletteHTTPException) -> Response:
@@ -195,10 +197,7 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
 
     @app.exception_handler(CorralError)
     async def _domain_error(_r: Request, exc: CorralError) -> Response:
-        body: dict[str, Any] = {"error": exc.message}
-        if isinstance(exc, Conflict) and exc.offset is not None:
-            body["offset"] = exc.offset
-        return JSONResponse(body, status_code=_status_for(exc))
+        return error_response(exc)  # the one status table: corral.server.statuses
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_r: Request, exc: RequestValidationError) -> Response:

@@ -6,9 +6,10 @@ import hmac
 
 from fastapi import Request
 
+from corral.errors import BadRequest, Forbidden, NotConfigured, Unauthorized
 from corral.protocol import EXECUTOR_NAME_HEADER, JOB_ID_HEADER
-from corral.server.deps import ApiError, ServerState
-from corral.server.store.store import JobAuth
+from corral.server.deps import ServerState
+from corral.server.store import JobAuth
 
 
 def _equal(a: str, b: str) -> bool:
@@ -19,10 +20,10 @@ def require_executor(request: Request, state: ServerState) -> None:
     """`Authorization: token-executor <secret>` or 401 (500 when no secret is configured)."""
     secret = state.settings.executors_access_token
     if not secret:
-        raise ApiError(500, "Executors are not configured on this instance")
+        raise NotConfigured("Executors are not configured on this instance")
     parts = request.headers.get("authorization", "").split(" ")
     if len(parts) != 2 or parts[0] != "token-executor" or not parts[1] or not _equal(parts[1], secret):
-        raise ApiError(401, "invalid or missing executor token (Authorization: token-executor <secret>)")
+        raise Unauthorized("invalid or missing executor token (Authorization: token-executor <secret>)")
 
 
 async def authorize_job_or_executor(request: Request, state: ServerState) -> JobAuth | None:
@@ -33,20 +34,20 @@ async def authorize_job_or_executor(request: Request, state: ServerState) -> Job
         return None
     parts = header.split(" ")
     if len(parts) != 2 or parts[0] != "Bearer" or not parts[1]:
-        raise ApiError(401, "missing job token (Authorization: Bearer <job token>)")
+        raise Unauthorized("missing job token (Authorization: Bearer <job token>)")
     raw_id = request.headers.get(JOB_ID_HEADER, "")
     if not raw_id.isdigit():
-        raise ApiError(400, f"{JOB_ID_HEADER} header is missing or not a number")
+        raise BadRequest(f"{JOB_ID_HEADER} header is missing or not a number")
     name = request.headers.get(EXECUTOR_NAME_HEADER, "")
     if not name:
-        raise ApiError(400, f"{EXECUTOR_NAME_HEADER} header is missing")
+        raise BadRequest(f"{EXECUTOR_NAME_HEADER} header is missing")
     auth = await state.db(state.store.job_auth, parts[1])
     if auth is None:
-        raise ApiError(401, "invalid job token")
+        raise Unauthorized("invalid job token")
     if auth.job_id != int(raw_id):
-        raise ApiError(403, "the job token belongs to another job")
+        raise Forbidden("the job token belongs to another job")
     if auth.executor_name != name:
-        raise ApiError(403, "the job token belongs to another executor")
+        raise Forbidden("the job token belongs to another executor")
     return auth
 
 
@@ -54,7 +55,7 @@ def require_admin(request: Request, state: ServerState) -> None:
     parts = request.headers.get("authorization", "").split(" ")
     token = state.settings.admin_token
     if len(parts) != 2 or parts[0] != "Bearer" or not token or not _equal(parts[1], token):
-        raise ApiError(401, "invalid or missing admin token (Authorization: Bearer <CORRAL_ADMIN_TOKEN>)")
+        raise Unauthorized("invalid or missing admin token (Authorization: Bearer <CORRAL_ADMIN_TOKEN>)")
 
 
 def require_metrics(request: Request, state: ServerState) -> None:
@@ -66,8 +67,7 @@ def require_metrics(request: Request, state: ServerState) -> None:
     given = parts[1] if len(parts) == 2 and parts[0] == "Bearer" else ""
     ok = [t for t in (s.admin_token, s.metrics_token) if t and given and _equal(given, t)]
     if not ok:
-        raise ApiError(
-            401,
+        raise Unauthorized(
             "invalid or missing metrics token (Authorization: Bearer <CORRAL_METRICS_TOKEN or admin "
             "token>; CORRAL_METRICS_PUBLIC=true opens /metrics)",
         )

@@ -1,29 +1,19 @@
-"""What every route needs: the server's state (settings, store, notifier, metrics) and ApiError."""
+"""What every route needs: the server's state (settings, store, notifier, metrics)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, ParamSpec, TypeVar
 
 from fastapi import Depends, Request
 
+from corral.errors import NotFound
 from corral.server.metrics import Metrics
 from corral.server.notify import Notifier
 from corral.server.settings import ServerSettings
-from corral.server.store.store import Store
-
-
-class ApiError(Exception):
-    """An HTTP error with a message for the caller: rendered as {"error": message} (+ extra fields)."""
-
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.extra = extra
-
+from corral.server.store import Store, log_key
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -38,28 +28,37 @@ class ServerState:
     known_queues: set[str] = field(default_factory=set)  # queues are never deleted: cache the yeses
 
     async def db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run a store call. Embedded SQLite answers in well under a millisecond and takes one writer
-        at a time anyway, so it runs inline (no thread hop per request); a networked database runs in
-        a worker thread so that the event loop never waits on the network."""
-        if self.store.sqlite:
+        """Run a store call: inline when the store answers without network I/O in well under a
+        millisecond (embedded SQLite, one writer at a time anyway: no thread hop per request), else
+        in a worker thread so that the event loop never waits on the network."""
+        if self.store.inline:
             return fn(*args, **kwargs)
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     async def wake(self, key: str, *, wake: int | None = None) -> None:
-        """Wake long-polls waiting on `key` (a queue, or cancel:<executor>): here, and on PostgreSQL
-        in every replica (through NOTIFY; this replica hears it too)."""
-        if self.store.sqlite:
-            self.notifier.notify(key, wake=wake)
+        """Wake long-polls waiting on `key` (a queue, cancel:<executor>, log:<job>): here, and when
+        replicas share the store in every one of them (through the store; this replica hears it too)."""
+        if self.store.shared:
+            await asyncio.to_thread(self.store.publish, key)
             return
-        from corral.server import pgnotify
+        self.notifier.notify(key, wake=wake)
 
-        await asyncio.to_thread(pgnotify.publish, self.store.engine, key)
+    def log_written(self, job_id: int) -> None:
+        """Wake the followers of a job's log after a write. A shared store announced the write to
+        every replica (this one too) in the write's own transaction; otherwise wake them here."""
+        if not self.store.shared:
+            self.notifier.notify(log_key(job_id))
+
+    def heard(self, key: str) -> None:
+        """A wake-up from another replica (or this one, through the store): one job wakes one
+        dequeue; a cancel or a log write wakes everyone watching."""
+        self.notifier.notify(key, wake=None if ":" in key else 1)
 
     async def require_queue(self, queue: str) -> None:
         if queue in self.known_queues:
             return
         if not await self.db(self.store.queue_exists, queue):
-            raise ApiError(404, f"unknown queue {queue!r}")
+            raise NotFound(f"unknown queue {queue!r}")
         self.known_queues.add(queue)
 
 

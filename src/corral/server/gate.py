@@ -9,12 +9,13 @@ receiving a byte of the body. The routes still check again (the gate is the firs
 
 from __future__ import annotations
 
-from fastapi.responses import JSONResponse
 from starlette.requests import Request
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from corral.errors import ApiError
 from corral.server.auth import authorize_job_or_executor, require_admin, require_executor
-from corral.server.deps import ApiError, ServerState
+from corral.server.deps import ServerState
+from corral.server.statuses import error_response
 
 # Routes under /.executors/queue/ that a job token may call (the others take the executor token).
 JOB_OPERATIONS = (
@@ -37,8 +38,7 @@ class Gate:
             try:
                 await self.check(scope)
             except ApiError as exc:
-                resp = JSONResponse({"error": exc.message, **exc.extra}, status_code=exc.status)
-                await resp(scope, _no_body, send)
+                await error_response(exc)(scope, _no_body, send)
                 return
         await self.app(scope, receive, send)
 
@@ -58,6 +58,6 @@ class Gate:
             require_admin(request, self.state)
 
 
-async def _no_body() -> dict[str, object]:
+async def _no_body() -> Message:
     """What an early answer sees if it asks for the body: nothing (the body is never received)."""
     return {"type": "http.disconnect"}

@@ -1,4 +1,4 @@
-"""How a stored job is shown: to executors (the Sourcegraph Job JSON) and to producers."""
+"""How a stored job is shown: to executors (the Sourcegraph Job) and to producers (a redacted JobView)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from corral.protocol import ZERO_TIME
+from corral.protocol import ZERO_TIME, Job, JobView, VirtualMachineFile
+from corral.server.store import JobRow
 
 V2_MIN = (4, 3, 0)  # Sourcegraph executors from 4.3.0 take v2 jobs (base64 file contents)
 SEMVER_RE = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
@@ -31,44 +32,51 @@ def job_version_for(executor_version: str) -> int:
     return 1
 
 
-def executor_job(row: dict[str, Any], token: str, *, version: int, with_queue: bool) -> dict[str, Any]:
-    spec = row["spec"]
-    files: dict[str, Any] = {}
+def executor_job(row: JobRow, token: str, *, version: int, with_queue: bool) -> Job:
+    """The Job an executor gets. Only the fields set here are sent (`dump_job`): v1 jobs carry no
+    `version` or `dockerAuthConfig`, and the one-queue route no `queue`, as Sourcegraph's server."""
+    spec = row.spec
+    files: dict[str, VirtualMachineFile] = {}
     for path, f in (spec.get("files") or {}).items():
         content = f.get("content", "")
         if version < 2 and content:
             content = base64.b64decode(content).decode("utf-8", "replace")
-        files[path] = {
-            "content": content,
-            "bucket": f.get("bucket"),
-            "key": f.get("key"),
-            "modifiedAt": f.get("modifiedAt", ZERO_TIME),
-        }
-    job: dict[str, Any] = {
-        "id": row["id"],
-        "token": token,
-        "repositoryName": spec.get("repositoryName", ""),
-        "repositoryDirectory": spec.get("repositoryDirectory", ""),
-        "commit": spec.get("commit", ""),
-        "fetchTags": bool(spec.get("fetchTags")),
-        "shallowClone": bool(spec.get("shallowClone")),
-        "sparseCheckout": spec.get("sparseCheckout"),
-        "files": files,
-        "dockerSteps": spec.get("dockerSteps"),
-        "cliSteps": spec.get("cliSteps"),
-        "redactedValues": spec.get("redactedValues"),
+        files[path] = VirtualMachineFile(
+            content=content,
+            bucket=f.get("bucket"),
+            key=f.get("key"),
+            modified_at=f.get("modifiedAt", ZERO_TIME),
+        )
+    job = Job(
+        id=row.id,
+        token=token,
+        repository_name=spec.get("repositoryName", ""),
+        repository_directory=spec.get("repositoryDirectory", ""),
+        commit=spec.get("commit", ""),
+        fetch_tags=bool(spec.get("fetchTags")),
+        shallow_clone=bool(spec.get("shallowClone")),
+        sparse_checkout=spec.get("sparseCheckout"),
+        files=files,
+        docker_steps=spec.get("dockerSteps"),
+        cli_steps=spec.get("cliSteps"),
+        redacted_values=spec.get("redactedValues"),
         # corral extensions
-        "attempt": row["attempt"],
-        "timeoutSeconds": spec.get("timeoutSeconds"),
-        "outputs": spec.get("outputs"),
-        "namespace": spec.get("namespace"),
-    }
+        attempt=row.attempt,
+        timeout_seconds=spec.get("timeoutSeconds"),
+        outputs=spec.get("outputs"),
+        namespace=spec.get("namespace"),
+    )
     if version >= 2:
-        job["version"] = 2
-        job["dockerAuthConfig"] = spec.get("dockerAuthConfig") or {}
+        job.version = 2
+        job.docker_auth_config = spec.get("dockerAuthConfig") or {}
     if with_queue:
-        job["queue"] = row["queue"]
+        job.queue = row.queue
     return job
+
+
+def dump_job(job: Job) -> bytes:
+    """The Job JSON: wire names, the fields that were set (explicit nulls included)."""
+    return job.model_dump_json(by_alias=True, exclude_unset=True).encode()
 
 
 def _decoded_size(b64: str) -> int:
@@ -93,15 +101,15 @@ def _redact(value: Any, secrets: list[tuple[str, str]]) -> Any:
     return value
 
 
-def producer_job(row: dict[str, Any]) -> dict[str, Any]:
+def producer_job(row: JobRow) -> JobView:
     """The producer's view. Never hand secrets back: the redactedValues keys (the secrets) are
     replaced wherever they appear (step commands, env, image, dir, ...), the map shows only the
     replacements, and files are shown by size, not content (a file may hold a secret in any form)."""
-    spec = dict(row["spec"])
+    spec = dict(row.spec)
     redacted: dict[str, str] = spec.pop("redactedValues", None) or {}
     files = spec.pop("files", None) or {}
     secrets = sorted(((k, v or "<redacted>") for k, v in redacted.items() if k), key=lambda kv: -len(kv[0]))
-    blob = json.dumps([spec, list(files), row["failure_message"]])  # find the secrets that occur
+    blob = json.dumps([spec, list(files), row.failure_message])  # find the secrets that occur
     secrets = [(k, v) for k, v in secrets if k in blob or json.dumps(k)[1:-1] in blob]
     if secrets:
         spec = _redact(spec, secrets)
@@ -118,24 +126,24 @@ def producer_job(row: dict[str, Any]) -> dict[str, Any]:
         spec["dockerAuthConfig"] = {
             "auths": dict.fromkeys(spec["dockerAuthConfig"].get("auths", {}), "<redacted>")
         }
-    error = row["failure_message"]
-    return {
-        "id": row["id"],
-        "queue": row["queue"],
-        "state": row["state"],
-        "repositoryName": row["repository_name"],
-        "commit": row["commit"],
-        "priority": row["priority"],
-        "createdAt": iso(row["created_at"]),
-        "startedAt": iso(row["started_at"]),
-        "finishedAt": iso(row["finished_at"]),
-        "executorName": row["executor_name"],
-        "attempt": row["attempt"],
-        "numResets": row["num_resets"],
-        "numFailures": row["num_failures"],
-        "cancelRequested": bool(row["cancel"]),
-        "error": _redact(error, secrets) if error and secrets else error,
-        "outcome": row["outcome"],
-        "exitCodes": row.get("exit_codes", []),
-        "spec": spec,
-    }
+    error = row.failure_message
+    return JobView(
+        id=row.id,
+        queue=row.queue,
+        state=row.state.value,
+        repository_name=row.repository_name,
+        commit=row.commit,
+        priority=row.priority,
+        created_at=iso(row.created_at),
+        started_at=iso(row.started_at),
+        finished_at=iso(row.finished_at),
+        executor_name=row.executor_name,
+        attempt=row.attempt,
+        num_resets=row.num_resets,
+        num_failures=row.num_failures,
+        cancel_requested=row.cancel,
+        error=_redact(error, secrets) if error and secrets else error,
+        outcome=row.outcome,
+        exit_codes=row.exit_codes,
+        spec=spec,
+    )

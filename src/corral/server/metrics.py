@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from corral.server.store.rows import QueueInfo
+
 
 class _StoreCollector(Collector):
-    def __init__(self, source: Callable[[], tuple[list[dict[str, Any]], int]]) -> None:
+    def __init__(self, source: Callable[[], tuple[list[QueueInfo], int]]) -> None:
         self.source = source
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         queues, active = self.source()
         depth = GaugeMetricFamily("corral_queue_jobs", "Jobs per queue and state", labels=["queue", "state"])
         for q in queues:
-            for state, n in q["counts"].items():
-                depth.add_metric([q["name"], state], n)
+            for state, n in q.counts.items():
+                depth.add_metric([q.name, state], n)
         yield depth
         yield GaugeMetricFamily("corral_executors_active", "Executors seen recently", value=active)
 
@@ -42,7 +43,7 @@ class Metrics:
             "corral_long_polls_waiting", "Held dequeue and cancel-watch requests", registry=self.registry
         )
 
-    def watch_store(self, source: Callable[[], tuple[list[dict[str, Any]], int]]) -> None:
+    def watch_store(self, source: Callable[[], tuple[list[QueueInfo], int]]) -> None:
         self.registry.register(_StoreCollector(source))
 
     def render(self) -> bytes:

@@ -78,7 +78,7 @@ class ServerSettings(BaseSettings):
         if path.exists():
             self.admin_token = path.read_text().strip()
             return self.admin_token, path
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         token = secrets.token_urlsafe(32)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:

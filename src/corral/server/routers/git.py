@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from corral.server.auth import authorize_job_or_executor
 from corral.server.deps import ServerState
+from corral.server.store import JobState
 
 router = APIRouter()
 READ_CHUNK = 64 * 1024  # bytes
@@ -40,11 +41,11 @@ async def git_http(path: str, request: Request) -> Response:
         return _error(403, f"the job token does not open repository {repo!r}")
     if who is not None:
         job = await state.db(state.store.get_job, who.job_id)
-        if job["state"] != "processing" or job["attempt"] != who.attempt:
+        if job.state != JobState.PROCESSING or job.attempt != who.attempt:
             return _error(401, "the job token is no longer valid: its attempt has ended")
     row = await state.db(state.store.get_repo, repo)
     root = state.settings.repos_dir
-    rel = row["path"]
+    rel = row.path
     env = {
         "PATH": "/usr/bin:/bin",
         "HOME": "/nonexistent",
@@ -75,17 +76,18 @@ async def git_http(path: str, request: Request) -> Response:
         stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stdin and proc.stdout and proc.stderr
+    stdin, stdout = proc.stdin, proc.stdout
 
     async def feed() -> None:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            proc.stdin.write(body)
-            await proc.stdin.drain()
-        proc.stdin.close()
+            stdin.write(body)
+            await stdin.drain()
+        stdin.close()
 
     feeder = asyncio.create_task(feed())
     status, headers = 200, {}
     while True:
-        line = await proc.stdout.readline()
+        line = await stdout.readline()
         if not line or line in (b"\r\n", b"\n"):
             break
         k, _, v = line.decode("latin-1").rstrip("\r\n").partition(":")
@@ -96,7 +98,7 @@ async def git_http(path: str, request: Request) -> Response:
 
     async def stream() -> AsyncIterator[bytes]:
         try:
-            while chunk := await proc.stdout.read(READ_CHUNK):
+            while chunk := await stdout.read(READ_CHUNK):
                 yield chunk
         finally:
             await feeder

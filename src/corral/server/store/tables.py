@@ -1,7 +1,7 @@
 """The store's tables (SQLAlchemy Core). Times are UNIX epoch seconds (float) in every column.
 
-The schema is created and evolved only by the Alembic migrations beside this module; this file is
-their single description for queries.
+The schema is created and evolved only by the Alembic migrations beside this module (each one
+frozen: 0001 spells out its own tables); this file describes today's schema for queries.
 
 Integers and strings hold on PostgreSQL what they hold on SQLite, whose DDL these types leave as it
 was: SQLite integers are 64-bit and it enforces no VARCHAR length, so PostgreSQL gets BIGINT and TEXT

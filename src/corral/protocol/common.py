@@ -1,0 +1,51 @@
+"""What both sides of the wire share: names, headers, the workspace path rule, the model base."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = [
+    "EXECUTOR_NAME_HEADER",
+    "EXTENSIONS",
+    "EXTENSIONS_HEADER",
+    "JOB_ID_HEADER",
+    "QUEUE_NAME_RE",
+    "ZERO_TIME",
+    "Wire",
+    "check_workspace_path",
+    "now_rfc3339",
+]
+
+QUEUE_NAME_RE = re.compile(r"^[a-z0-9_-]{1,64}\Z")
+EXTENSIONS_HEADER = "X-Corral-Extensions"
+# What a corral server offers beyond Sourcegraph's protocol; a client only uses what is advertised.
+EXTENSIONS = ("longpoll", "logappend", "fencing", "results", "cancelwatch")
+JOB_ID_HEADER = "X-Sourcegraph-Job-ID"
+EXECUTOR_NAME_HEADER = "X-Sourcegraph-Executor-Name"
+ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def check_workspace_path(path: str) -> str:
+    """Return `path` normalised if it stays inside the workspace, else raise ValueError."""
+    if not path or "\x00" in path:
+        raise ValueError("file path is empty or contains a NUL byte")
+    if path.startswith("/") or "\\" in path:
+        raise ValueError(f"refusing to write outside of working directory: {path!r} is not relative")
+    norm = posixpath.normpath(path)
+    if norm == "." or norm == ".." or norm.startswith("../"):
+        raise ValueError(f"refusing to write outside of working directory: {path!r}")
+    return norm
+
+
+class Wire(BaseModel):
+    """Base of every wire model: unknown fields are ignored (forward compatible)."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")

@@ -1,0 +1,294 @@
+"""The producer API (`/api/v1`, admin token): every request and response body.
+
+    POST /repos                     RepoIn -> RepoAdded          GET /repos -> [RepoView]
+    GET  /queues -> [QueueView]     POST /queues/{queue}/jobs    JobIn -> JobView
+    GET  /jobs -> [JobView]         GET /jobs/{id} -> JobView    POST /jobs/{id}/cancel -> JobView
+    GET  /jobs/{id}/logs -> JobLogs GET /jobs/{id}/logs/stream   NDJSON of LogEvent
+    GET  /jobs/{id}/result -> ResultView                         GET /executors -> [ExecutorView]
+
+The server answers with these models and corral's producer client parses them. A JobView never
+holds a secret: the server redacts it (corral.server.jobview).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from corral.protocol.common import Wire, check_workspace_path
+from corral.protocol.queue import CliStep, DockerStep
+
+__all__ = [
+    "MAX_FILES",
+    "MAX_FILES_BYTES",
+    "MAX_OUTPUTS",
+    "MAX_REDACTED_BYTES",
+    "MAX_REDACTED_VALUES",
+    "MAX_STEPS",
+    "MAX_TIMEOUT",
+    "EntryEvent",
+    "ExecutorView",
+    "ExitEvent",
+    "FileIn",
+    "JobIn",
+    "JobLogs",
+    "JobView",
+    "LogEntryView",
+    "LogEvent",
+    "OutputEvent",
+    "QueueView",
+    "RepoAdded",
+    "RepoIn",
+    "RepoView",
+    "ResultView",
+    "StateEvent",
+]
+
+MAX_TIMEOUT = 7 * 24 * 3600  # seconds
+# Bounds on what one job may carry (checked at submit; the executor builds a redactor from the
+# redacted values on every attempt and writes every file, so these bound its work too).
+MAX_REDACTED_VALUES = 1_000  # entries of redactedValues
+MAX_REDACTED_BYTES = 1024 * 1024  # bytes of redactedValues keys and values together (UTF-8)
+MAX_FILES = 1_000  # files written into the workspace
+MAX_FILES_BYTES = 32 * 1024 * 1024  # bytes of all files' contents together, decoded
+MAX_STEPS = 100  # dockerSteps and cliSteps together
+MAX_OUTPUTS = 1_000  # output paths
+
+
+class Model(BaseModel):
+    """Base of the producer's request bodies: unknown fields are refused (a typo is an error)."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+
+class RepoIn(Model):
+    name: str
+    path: str
+
+
+class FileIn(Model):
+    """A file to write into the workspace: text `content`, or bytes as `contentBase64`."""
+
+    content: str | None = None
+    content_base64: str | None = Field(default=None, alias="contentBase64")
+    modified_at: str | None = Field(default=None, alias="modifiedAt")
+
+    @model_validator(mode="after")
+    def _one(self) -> FileIn:
+        if self.content is not None and self.content_base64 is not None:
+            raise ValueError("give either content or contentBase64, not both")
+        if self.content_base64 is not None:
+            try:
+                base64.b64decode(self.content_base64, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("contentBase64 is not valid base64") from None
+        return self
+
+    def decoded_size(self) -> int:
+        if self.content_base64 is not None:
+            b64 = self.content_base64
+            return len(b64) * 3 // 4 - b64[-2:].count("=")
+        return len((self.content or "").encode())
+
+    def as_base64(self) -> str:
+        if self.content_base64 is not None:
+            return self.content_base64
+        return base64.b64encode((self.content or "").encode()).decode()
+
+
+class JobIn(Model):
+    repository_name: str = Field(default="", alias="repositoryName")
+    commit: str = ""
+    repository_directory: str = Field(default="", alias="repositoryDirectory")
+    fetch_tags: bool = Field(default=False, alias="fetchTags")
+    shallow_clone: bool = Field(default=False, alias="shallowClone")
+    sparse_checkout: list[str] | None = Field(default=None, alias="sparseCheckout")
+    files: dict[str, FileIn] = Field(default_factory=dict)
+    docker_steps: list[DockerStep] = Field(default_factory=list, alias="dockerSteps")
+    cli_steps: list[CliStep] = Field(default_factory=list, alias="cliSteps")
+    redacted_values: dict[str, str] | None = Field(default=None, alias="redactedValues")
+    docker_auth_config: dict[str, Any] | None = Field(default=None, alias="dockerAuthConfig")
+    namespace: str | None = None
+    timeout_seconds: int | None = Field(default=None, alias="timeoutSeconds", gt=0, le=MAX_TIMEOUT)
+    priority: int = 0
+    outputs: list[str] | None = None
+    max_attempts: int | None = Field(default=None, alias="maxAttempts", ge=1, le=20)
+
+    @field_validator("files")
+    @classmethod
+    def _paths(cls, v: dict[str, FileIn]) -> dict[str, FileIn]:
+        return {check_workspace_path(p): f for p, f in v.items()}
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs(cls, v: list[str] | None) -> list[str] | None:
+        return [check_workspace_path(p) for p in v] if v else v
+
+    @model_validator(mode="after")
+    def _bounds(self) -> JobIn:
+        values = self.redacted_values or {}
+        if len(values) > MAX_REDACTED_VALUES:
+            raise ValueError(
+                f"redactedValues has {len(values)} entries, over the limit of {MAX_REDACTED_VALUES}"
+            )
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in values.items())
+        if size > MAX_REDACTED_BYTES:
+            raise ValueError(
+                f"redactedValues total {size} bytes, over the limit of {MAX_REDACTED_BYTES} bytes"
+            )
+        if len(self.files) > MAX_FILES:
+            raise ValueError(f"the job has {len(self.files)} files, over the limit of {MAX_FILES}")
+        size = sum(f.decoded_size() for f in self.files.values())
+        if size > MAX_FILES_BYTES:
+            raise ValueError(f"the job's files total {size} bytes, over the limit of {MAX_FILES_BYTES} bytes")
+        steps = len(self.docker_steps) + len(self.cli_steps)
+        if steps > MAX_STEPS:
+            raise ValueError(f"the job has {steps} steps, over the limit of {MAX_STEPS}")
+        if len(self.outputs or []) > MAX_OUTPUTS:
+            raise ValueError(
+                f"the job names {len(self.outputs or [])} outputs, over the limit of {MAX_OUTPUTS}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _steps(self) -> JobIn:
+        if not self.docker_steps and not self.cli_steps:
+            raise ValueError("a job needs at least one step (dockerSteps or cliSteps)")
+        for s in self.docker_steps:
+            if not s.image.strip():
+                raise ValueError("every docker step needs an image")
+        for s in [*self.docker_steps, *self.cli_steps]:
+            for e in s.env or []:
+                if "=" not in e:
+                    raise ValueError(f"step env entry {e!r} is not NAME=value")
+            if s.dir:
+                check_workspace_path(s.dir)
+        if self.repository_directory:
+            check_workspace_path(self.repository_directory)
+        for p in self.sparse_checkout or []:
+            if p.startswith("-"):
+                raise ValueError(f"sparse checkout pattern {p!r} may not start with '-'")
+        return self
+
+
+# -- responses ------------------------------------------------------------------------------------
+class RepoAdded(Wire):
+    name: str
+    source: str
+    created: bool
+
+
+class RepoView(Wire):
+    name: str
+    source: str
+    updated_at: str | None = Field(alias="updatedAt")
+
+
+class QueueView(Wire):
+    name: str
+    counts: dict[str, int]  # state -> jobs
+
+
+class JobView(Wire):
+    """A job as a producer sees it (secrets redacted, files by size)."""
+
+    id: int
+    queue: str
+    state: str
+    repository_name: str = Field(alias="repositoryName")
+    commit: str
+    priority: int
+    created_at: str | None = Field(alias="createdAt")
+    started_at: str | None = Field(alias="startedAt")
+    finished_at: str | None = Field(alias="finishedAt")
+    executor_name: str | None = Field(alias="executorName")
+    attempt: int
+    num_resets: int = Field(alias="numResets")
+    num_failures: int = Field(alias="numFailures")
+    cancel_requested: bool = Field(alias="cancelRequested")
+    error: str | None
+    outcome: str | None
+    exit_codes: list[int] = Field(alias="exitCodes")
+    spec: dict[str, Any]  # the submitted fields (wire names), redacted
+
+
+class LogEntryView(Wire):
+    entry_id: int = Field(alias="entryId")
+    attempt: int
+    key: str
+    command: list[str]
+    start_time: str = Field(alias="startTime")
+    exit_code: int | None = Field(alias="exitCode")
+    duration_ms: int | None = Field(alias="durationMs")
+    out: str
+
+
+class JobLogs(Wire):
+    job_id: int = Field(alias="jobId")
+    entries: list[LogEntryView]
+
+
+class ResultView(Wire):
+    job_id: int = Field(alias="jobId")
+    attempt: int
+    exit_codes: list[int] = Field(alias="exitCodes")
+    diff: str
+    files: dict[str, str]  # path -> base64
+
+
+class ExecutorView(Wire):
+    name: str
+    hostname: str
+    queues: list[str]
+    os: str
+    architecture: str
+    executor_version: str = Field(alias="executorVersion")
+    git_version: str = Field(alias="gitVersion")
+    docker_version: str = Field(alias="dockerVersion")
+    src_cli_version: str = Field(alias="srcCliVersion")
+    qemu_version: str = Field(alias="qemuVersion")
+    running_job_ids: list[int] = Field(alias="runningJobIds")
+    first_seen_at: str | None = Field(alias="firstSeenAt")
+    last_seen_at: str | None = Field(alias="lastSeenAt")
+    active: bool
+
+
+# -- the log stream (NDJSON, one event a line) ----------------------------------------------------
+class EntryEvent(Wire):
+    """A log entry started."""
+
+    type: Literal["entry"] = "entry"
+    entry_id: int = Field(alias="entryId")
+    key: str
+    command: list[str]
+
+
+class OutputEvent(Wire):
+    """New output of an entry."""
+
+    type: Literal["output"] = "output"
+    entry_id: int = Field(alias="entryId")
+    data: str
+
+
+class ExitEvent(Wire):
+    """An entry ended."""
+
+    type: Literal["exit"] = "exit"
+    entry_id: int = Field(alias="entryId")
+    exit_code: int | None = Field(alias="exitCode")
+    duration_ms: int | None = Field(alias="durationMs")
+
+
+class StateEvent(Wire):
+    """The job ended and everything was sent: the last line."""
+
+    type: Literal["state"] = "state"
+    state: str
+    error: str | None
+
+
+LogEvent = Annotated[EntryEvent | OutputEvent | ExitEvent | StateEvent, Field(discriminator="type")]

@@ -1,0 +1,197 @@
+"""Execution logs: entries numbered per job, their output stored as append-only chunks.
+
+A reader (a follower, a UI paging through a big log, a spool resync) asks for output from a byte
+offset: SQL works out where each chunk ends (a running sum of chunk lengths, which neither SQLite
+nor PostgreSQL computes by reading the bytes) and returns only the chunks past that offset, instead
+of the whole log being read and sliced. Every write announces `log:<job id>`,
+which wakes followers on every replica (PostgreSQL NOTIFY; on SQLite the server wakes its own).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import Connection, Row, func, insert, select, text, update
+
+from corral.errors import Conflict, Invalid, NotFound
+from corral.server.store.engine import Database
+from corral.server.store.jobs import Jobs
+from corral.server.store.rows import LogEntry
+from corral.server.store.tables import log_chunks, log_entries
+
+
+def log_key(job_id: int) -> str:
+    """The wake-up key of a job's log (and of its end)."""
+    return f"log:{job_id}"
+
+
+class Logs:
+    def __init__(self, db: Database, jobs: Jobs) -> None:
+        self.db, self.jobs = db, jobs
+
+    def add(self, job_id: int, attempt: int | None, executor_name: str, entry: Mapping[str, Any]) -> int:
+        """A new entry of the live attempt (Sourcegraph's addExecutionLogEntry); returns its number."""
+        with self.db.write() as conn:
+            job = self.jobs.fence(conn, job_id, attempt, executor_name)
+            last = conn.execute(
+                select(func.max(log_entries.c.entry_id)).where(log_entries.c.job_id == job_id)
+            ).scalar()
+            entry_id = int(last or 0) + 1
+            out = (entry.get("out") or "").encode()
+            conn.execute(
+                insert(log_entries).values(
+                    job_id=job_id,
+                    entry_id=entry_id,
+                    attempt=job.attempt,
+                    key=entry.get("key", ""),
+                    command=entry.get("command") or [],
+                    start_time=entry.get("start_time", ""),
+                    exit_code=entry.get("exit_code"),
+                    duration_ms=entry.get("duration_ms"),
+                    out_len=len(out),
+                )
+            )
+            if out:
+                self._chunk(conn, job_id, entry_id, out)
+            self.db.announce(conn, log_key(job_id))
+            return entry_id
+
+    def update(
+        self,
+        job_id: int,
+        attempt: int | None,
+        executor_name: str,
+        entry_id: int,
+        entry: Mapping[str, Any],
+    ) -> None:
+        """Sourcegraph's update: the whole output so far replaces what was stored."""
+        out = (entry.get("out") or "").encode()
+        with self.db.write() as conn:
+            job = self.jobs.fence(conn, job_id, attempt, executor_name)
+            self._entry(conn, job_id, entry_id, job.attempt)
+            conn.execute(
+                log_chunks.delete().where(log_chunks.c.job_id == job_id, log_chunks.c.entry_id == entry_id)
+            )
+            if out:
+                self._chunk(conn, job_id, entry_id, out)
+            conn.execute(
+                update(log_entries)
+                .where(log_entries.c.job_id == job_id, log_entries.c.entry_id == entry_id)
+                .values(
+                    out_len=len(out), exit_code=entry.get("exit_code"), duration_ms=entry.get("duration_ms")
+                )
+            )
+            self.db.announce(conn, log_key(job_id))
+
+    def append(
+        self,
+        job_id: int,
+        attempt: int | None,
+        executor_name: str,
+        entry_id: int,
+        offset: int,
+        data: bytes,
+        *,
+        exit_code: int | None = None,
+        duration_ms: int | None = None,
+        max_bytes: int,
+    ) -> int:
+        """corral's append: `data` goes at byte `offset`; a mismatch is a Conflict carrying ours."""
+        with self.db.write() as conn:
+            job = self.jobs.fence(conn, job_id, attempt, executor_name)
+            e = self._entry(conn, job_id, entry_id, job.attempt)
+            if offset != e.out_len:
+                raise Conflict(f"log offset {offset} does not match the stored {e.out_len}", offset=e.out_len)
+            if e.out_len + len(data) > max_bytes:
+                raise Invalid(f"log entry {entry_id} would exceed the server's cap of {max_bytes} bytes")
+            end = int(e.out_len) + len(data)
+            if data:
+                self._chunk(conn, job_id, entry_id, data)
+            values: dict[str, Any] = {"out_len": end}
+            if exit_code is not None:
+                values["exit_code"] = exit_code
+            if duration_ms is not None:
+                values["duration_ms"] = duration_ms
+            conn.execute(
+                update(log_entries)
+                .where(log_entries.c.job_id == job_id, log_entries.c.entry_id == entry_id)
+                .values(**values)
+            )
+            self.db.announce(conn, log_key(job_id))
+            return end
+
+    def get(self, job_id: int, *, offsets: Mapping[int, int] | None = None) -> list[LogEntry]:
+        """Every log entry of the job with its output; with `offsets` (entry -> bytes already seen)
+        only the rest. Reads only the chunks that hold bytes past those offsets."""
+        seen = offsets or {}
+        with self.db.read() as conn:
+            if not self.jobs.exists(conn, job_id):
+                raise NotFound(f"unknown job {job_id}")
+            entries = conn.execute(
+                select(log_entries).where(log_entries.c.job_id == job_id).order_by(log_entries.c.entry_id)
+            ).all()
+            wanted = [
+                (e.entry_id, seen.get(e.entry_id, 0)) for e in entries if e.out_len > seen.get(e.entry_id, 0)
+            ]
+            data = self._read(conn, job_id, wanted)
+        return [
+            LogEntry(
+                job_id=e.job_id,
+                entry_id=e.entry_id,
+                attempt=e.attempt,
+                key=e.key,
+                command=e.command,
+                start_time=e.start_time,
+                exit_code=e.exit_code,
+                duration_ms=e.duration_ms,
+                out_len=e.out_len,
+                out_bytes=data.get(e.entry_id, b""),
+                offset=seen.get(e.entry_id, 0),
+            )
+            for e in entries
+        ]
+
+    def read(self, job_id: int, entry_id: int, start: int = 0, end: int | None = None) -> bytes:
+        """Bytes [start, end) of one entry's output (end: all there is)."""
+        with self.db.read() as conn:
+            got = self._read(conn, job_id, [(entry_id, start)], end=end)
+        return got.get(entry_id, b"")
+
+    # -- internals ------------------------------------------------------------------------------
+    def _chunk(self, conn: Connection, job_id: int, entry_id: int, data: bytes) -> None:
+        conn.execute(insert(log_chunks).values(job_id=job_id, entry_id=entry_id, data=data))
+
+    def _entry(self, conn: Connection, job_id: int, entry_id: int, attempt: int) -> Row[Any]:
+        r = conn.execute(
+            select(log_entries).where(log_entries.c.job_id == job_id, log_entries.c.entry_id == entry_id)
+        ).first()
+        if r is None or r.attempt != attempt:
+            raise NotFound(f"unknown log entry {entry_id} of job {job_id}")
+        return r
+
+    def _read(
+        self, conn: Connection, job_id: int, wanted: list[tuple[int, int]], *, end: int | None = None
+    ) -> dict[int, bytes]:
+        """Output of each (entry, start) from byte `start` (to `end`), from the chunks that hold it."""
+        out: dict[int, bytes] = {}
+        for entry_id, start in wanted:
+            params = {"job": job_id, "entry": entry_id, "start": start, "end": end}
+            rows = conn.execute(_SQL_CHUNKS_FROM if end is None else _SQL_CHUNKS_RANGE, params).all()
+            if not rows:
+                continue
+            first_start = int(rows[0].chunk_end) - len(rows[0].data)
+            joined = b"".join(bytes(r.data) for r in rows)[max(start - first_start, 0) :]
+            out[entry_id] = joined if end is None else joined[: max(end - start, 0)]
+        return out
+
+
+# The chunks of one entry that end past :start (and begin before :end), in order. The inner query
+# reads only chunk ids and lengths; the bytes are read for the chunks returned.
+_CHUNKS = (
+    "SELECT c.data, w.chunk_end FROM log_chunks c JOIN ("
+    "SELECT id, SUM(length(data)) OVER (ORDER BY id) AS chunk_end FROM log_chunks"
+    " WHERE job_id = :job AND entry_id = :entry) w ON w.id = c.id WHERE w.chunk_end > :start"
+)
+_SQL_CHUNKS_FROM = text(_CHUNKS + " ORDER BY c.id")
+_SQL_CHUNKS_RANGE = text(_CHUNKS + " AND w.chunk_end - length(c.data) < :end ORDER BY c.id")
