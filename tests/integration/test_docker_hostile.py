@@ -530,6 +530,24 @@ async def test_writable_layer_is_bounded(
         )
         assert result.reason == "disk" and "was killed" in result.message, (result, out.data)
 
+        # many small files: dockerd's SizeRw counts their apparent size (bytes), the disk holds blocks
+        result, out = await run(
+            rt,
+            make_space(limits=limits),
+            "cd /scratch && i=0; while [ $i -lt 30000 ]; do echo > f$i; i=$((i+1)); done; sleep 60",
+            scratch_image,
+        )
+        assert result.reason == "disk" and "was killed" in result.message, (result, out.data[-500:])
+
+        # a tree deeper than the watchdog follows counts as over the limit (nothing hides below it)
+        result, out = await run(
+            rt,
+            make_space(limits=limits),
+            "cd /scratch && i=0; while [ $i -lt 300 ]; do mkdir d && cd d; i=$((i+1)); done; sleep 60",
+            scratch_image,
+        )
+        assert result.reason == "disk" and "was killed" in result.message, (result, out.data[-500:])
+
         # under the limit: fine
         result, _ = await run(
             rt, make_space(limits=limits), "dd if=/dev/zero of=/scratch/f bs=1M count=20", scratch_image
