@@ -312,3 +312,25 @@ def _proc_fd_jobs(server: Server, tmp_path: Path, victim: Path, marker: Path) ->
         wait_job(server, job["id"])
         assert TOPSECRET not in logs_text(server, job["id"])
         assert not marker.exists(), logs_text(server, job["id"])
+
+
+def test_secrets_in_step_keys_and_failure_messages_never_reach_a_producer_view(
+    server: Server, tmp_path: Path
+):
+    require(bwrap_ok(), "bubblewrap, cgroup v1 and root are needed for the shell runtime")
+    secret = "SEKRETvalue-9c1e7f"
+    start_executor(server, tmp_path, "shell", EXECUTOR_VM_PREFIX=f"esc-{os.getpid()}-10")
+    job = server.client.submit(
+        "batches",
+        {
+            "redactedValues": {secret: "[R]"},
+            "dockerSteps": [{"key": secret, "image": f"corral/busybox:{secret}", "commands": ["exit 3"]}],
+        },
+    )
+    done = wait_job(server, job["id"])
+    assert done["state"] == "failed"
+    assert done["error"] == "step.docker.[R] failed with exit code 3", done["error"]
+    views = [str(server.client.logs(job["id"])), str(server.client.get(job["id"])), str(server.client.list())]
+    views.append("".join(str(ev) for ev in server.client.stream_logs(job["id"])))
+    for view in views:
+        assert secret not in view, view

@@ -142,6 +142,7 @@ class JobHandler:
         limit = self.deadline(job)
         outcome: tuple[str, str] = ("complete", "")
         exit_codes: list[int] = []
+        redactor: Redactor | None = None
         try:
             try:
                 async with asyncio.timeout(limit):
@@ -169,10 +170,14 @@ class JobHandler:
         else:
             outcome = await self._upload(job, space, exit_codes, "") or outcome
         finally:
-            await asyncio.shield(self._finish(job, space, outcome))
+            await asyncio.shield(self._finish(job, space, outcome, redactor))
 
-    async def _finish(self, job: Job, space: JobSpace, outcome: tuple[str, str]) -> None:
+    async def _finish(
+        self, job: Job, space: JobSpace, outcome: tuple[str, str], redactor: Redactor | None
+    ) -> None:
         kind, message = outcome
+        if redactor is not None:  # messages quote git, docker and step keys: the job's text, maybe secrets
+            message = redactor.redact_text(message)
         try:
             await self.runtime.cleanup(space)
             if self.cli_runtime is not None and self.cli_runtime is not self.runtime:

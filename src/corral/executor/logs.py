@@ -43,7 +43,8 @@ class LogEntry:
         echo: bool = False,
         on_lost: Callable[[], object] | None = None,
     ) -> None:
-        self.client, self.job, self.key = client, job, key
+        self.client, self.job = client, job
+        self.key = redactor.redact_text(key)  # a step key is the producer's text, like the command
         self.command = [redactor.redact_text(c) for c in command]
         self.redact = redactor.stream()
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
