@@ -380,3 +380,22 @@ def test_cgroup_limits_are_written() -> None:
         assert (cgroup.path("pids") / "pids.max").read_text().strip() == "max"
     finally:
         asyncio.run(cgroup.remove())
+
+
+async def test_tmpfs_mounts_are_capped_by_the_jobs_limits(
+    runtime: ShellRuntime, make_space: SpaceFactory
+) -> None:
+    space = make_space(limits=Limits(cpus=1, memory_bytes=256 * 1024**2, pids=64, disk_bytes=32 * 1024**2))
+    await runtime.prepare(space)
+    script = (
+        "grep -E ' /(tmp|var/tmp|dev/shm) ' /proc/mounts\n"
+        "dd if=/dev/zero of=/dev/shm/f bs=1M count=64 || echo FULL"
+    )
+    result, out = await run(runtime, space, step("sh", "-c", script))
+    text = out.decode()
+    assert result.exit_code == 0, text
+    for mount in ("/tmp", "/var/tmp", "/dev/shm"):
+        assert (
+            f" {mount} tmpfs " in text and "size=32768k" in text.split(f" {mount} tmpfs ")[1].split("\n")[0]
+        ), text
+    assert "FULL" in text

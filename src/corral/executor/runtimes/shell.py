@@ -90,9 +90,9 @@ SANDBOX_HOSTNAME = "job"
 SANDBOX_HOME = "/tmp"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FALLBACK_USER = "job"  # USER when space.uid has no passwd entry
-# Enters the step's directory as the job's user (made if missing, as Docker makes a WorkingDir), then
-# execs the step: $1 is the directory, the rest the step's argv.
-CHDIR_SHIM = 'mkdir -p -- "$1" 2>/dev/null; cd -- "$1" || exit 126; shift; exec "$@"'
+# Enters the step's directory as the job's user, then execs the step: $1 is the directory, the rest
+# the step's argv. A missing directory fails the step (126), as bwrap's --chdir did.
+CHDIR_SHIM = 'cd -- "$1" || exit 126; shift; exec "$@"'
 
 # Entries of the host /etc bound read-only one by one (skipped when missing). Deliberately not the
 # whole /etc (docker keys, shadow, pip/npm credentials, ...).
@@ -225,9 +225,13 @@ class ShellRuntime:
         args += ["--perms", "0755", "--dir", "/etc"]
         for name in self.etc_files:
             args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-        args += ["--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm", "--proc", "/proc"]
-        args += ["--perms", "1777", "--tmpfs", "/tmp"]
-        args += ["--perms", "0755", "--dir", "/var", "--perms", "1777", "--tmpfs", "/var/tmp"]
+        # tmpfs pages are charged to the job's memory cgroup; each is also capped at the smaller of the
+        # job's memory and disk limits, as the docker runtime caps its /tmp.
+        caps = [b for b in (space.limits.memory_bytes, space.limits.disk_bytes) if b > 0]
+        size = ["--size", str(min(caps))] if caps else []
+        args += ["--dev", "/dev", "--perms", "1777", *size, "--tmpfs", "/dev/shm", "--proc", "/proc"]
+        args += ["--perms", "1777", *size, "--tmpfs", "/tmp"]
+        args += ["--perms", "0755", "--dir", "/var", "--perms", "1777", *size, "--tmpfs", "/var/tmp"]
 
         made = {"/", "/etc", "/var", "/tmp", "/var/tmp"}
         for path in self.extra_ro_binds:
