@@ -111,7 +111,7 @@ def embedded(
     max_jobs: int = 2,
     env: dict[str, str] | None = None,
 ) -> Iterator[Embedded]:
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(24)
     admin = secrets.token_urlsafe(24)
     port = free_port()
