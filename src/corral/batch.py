@@ -1,5 +1,7 @@
 """Batch changes: the same steps in many repositories, one job each, one diff each.
 
+Each repository's job is a protocol JobIn (the producer API's submit body), checked before it is sent.
+
 A spec (YAML):
 
     name: allowlist
@@ -21,7 +23,6 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import typer
 import yaml
@@ -31,6 +32,7 @@ from corral.client import ProducerClient
 from corral.console import print_event
 from corral.errors import ConfigError, CorralError
 from corral.executor.settings import parse_duration
+from corral.protocol import DockerStep, JobIn, StateEvent
 
 
 class RepoRef(BaseModel):
@@ -98,25 +100,24 @@ def submit(spec: BatchSpec, client: ProducerClient, base: Path) -> list[RepoRun]
         name = _repo_name(ref, base)
         if ref.path:
             client.add_repo(name, str((base / Path(ref.path).expanduser()).resolve()))
-        job: dict[str, Any] = {
-            "repositoryName": name,
-            "commit": ref.commit,
-            "dockerSteps": [
-                {
-                    "key": f"{i}",
-                    "image": s.image,
-                    "commands": s.run.strip().splitlines(),
-                    "dir": s.dir,
-                    "env": [f"{k}={v}" for k, v in s.env.items()],
-                }
+        job = JobIn(
+            repository_name=name,
+            commit=ref.commit,
+            docker_steps=[
+                DockerStep(
+                    key=f"{i}",
+                    image=s.image,
+                    commands=s.run.strip().splitlines(),
+                    dir=s.dir,
+                    env=[f"{k}={v}" for k, v in s.env.items()],
+                )
                 for i, s in enumerate(spec.steps)
             ],
-            "namespace": spec.name,
-        }
-        if timeout:
-            job["timeoutSeconds"] = timeout
-        created = client.submit(spec.queue, job)
-        runs.append(RepoRun(repo=name, job_id=created["id"]))
+            namespace=spec.name,
+            **({"timeout_seconds": timeout} if timeout else {}),
+        )
+        created = client.submit_job(spec.queue, job)
+        runs.append(RepoRun(repo=name, job_id=created.id))
     return runs
 
 
@@ -128,12 +129,12 @@ def follow(runs: list[RepoRun], client: ProducerClient, *, live: bool = True) ->
     def one(run: RepoRun) -> None:
         prefix = typer.style(f"{run.repo:<{width}} │ ", fg=typer.colors.MAGENTA)
         try:
-            for ev in client.stream_logs(run.job_id):
-                if ev["type"] == "state":
-                    run.state, run.error = ev["state"], ev.get("error")
+            for ev in client.events(run.job_id):
+                if isinstance(ev, StateEvent):
+                    run.state, run.error = ev.state, ev.error
                 if live:
                     with lock:
-                        print_event(ev, prefix)
+                        print_event(ev.model_dump(mode="json", by_alias=True), prefix)
         except CorralError as exc:
             run.state, run.error = "unknown", exc.message
 
@@ -144,7 +145,7 @@ def follow(runs: list[RepoRun], client: ProducerClient, *, live: bool = True) ->
         t.join()
     for r in runs:
         if r.state == "completed":
-            r.diff = client.result(r.job_id)["diff"]
+            r.diff = client.job_result(r.job_id).diff
 
 
 def print_diff(diff: str) -> None:

@@ -1,16 +1,38 @@
-"""A thin client of the producer API, used by the CLI, `corral batch` and `corral demo`."""
+"""A thin client of the producer API, used by the CLI, `corral batch` and `corral demo`.
+
+Requests are built from, and answers parsed by, the producer API's models (corral.protocol.producer),
+so both sides hold one contract. The typed methods (`submit_job`, `job`, `job_result`, ...) answer
+models; the plain ones answer the same JSON as dicts, for callers that print or pass it on.
+Every failure is a ServerError (with the HTTP status when there was one).
+"""
 
 from __future__ import annotations
 
+import builtins
 import json
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from corral.errors import ServerError
+from corral.protocol import (
+    ExecutorView,
+    JobIn,
+    JobLogs,
+    JobView,
+    LogEvent,
+    QueueView,
+    RepoAdded,
+    RepoIn,
+    RepoView,
+    ResultView,
+)
 
 TIMEOUT = 30.0  # seconds per request (log streams have no read timeout)
+M = TypeVar("M", bound=BaseModel)
+_EVENT: TypeAdapter[LogEvent] = TypeAdapter(LogEvent)
 
 
 class ProducerClient:
@@ -36,39 +58,53 @@ class ProducerClient:
             except ValueError:
                 msg = r.text
             raise ServerError(f"{method} {path}: {r.status_code} {msg}", status=r.status_code)
-        return r.json() if r.content else None
+        try:
+            return r.json() if r.content else None
+        except ValueError as exc:
+            raise ServerError(f"{method} {path}: the server answered with invalid JSON: {exc}") from exc
 
-    def add_repo(self, name: str, path: str) -> dict[str, Any]:
-        return self._call("POST", "/api/v1/repos", json={"name": name, "path": path})
+    def _one(self, model: type[M], method: str, path: str, **kw: Any) -> M:
+        return _parse(model, self._call(method, path, **kw), path)
 
-    def list_repos(self) -> list[dict[str, Any]]:
-        return self._call("GET", "/api/v1/repos")
+    def _many(self, model: type[M], method: str, path: str, **kw: Any) -> list[M]:
+        data = self._call(method, path, **kw)
+        if not isinstance(data, list):
+            raise ServerError(f"{method} {path}: expected a list, the server answered {type(data).__name__}")
+        return [_parse(model, item, path) for item in data]
 
-    def submit(self, queue: str, job: dict[str, Any]) -> dict[str, Any]:
-        return self._call("POST", f"/api/v1/queues/{queue}/jobs", json=job)
+    # -- typed ------------------------------------------------------------------------------------
+    def add_repository(self, repo: RepoIn) -> RepoAdded:
+        return self._one(RepoAdded, "POST", "/api/v1/repos", json=_body(repo))
 
-    def get(self, job_id: int) -> dict[str, Any]:
-        return self._call("GET", f"/api/v1/jobs/{job_id}")
+    def repositories(self) -> list[RepoView]:
+        return self._many(RepoView, "GET", "/api/v1/repos")
 
-    def list(self, **params: Any) -> list[dict[str, Any]]:
-        return self._call("GET", "/api/v1/jobs", params={k: v for k, v in params.items() if v is not None})
+    def submit_job(self, queue: str, job: JobIn) -> JobView:
+        return self._one(JobView, "POST", f"/api/v1/queues/{queue}/jobs", json=_body(job))
 
-    def logs(self, job_id: int) -> dict[str, Any]:
-        return self._call("GET", f"/api/v1/jobs/{job_id}/logs")
+    def job(self, job_id: int) -> JobView:
+        return self._one(JobView, "GET", f"/api/v1/jobs/{job_id}")
 
-    def result(self, job_id: int) -> dict[str, Any]:
-        return self._call("GET", f"/api/v1/jobs/{job_id}/result")
+    def jobs(self, **params: Any) -> list[JobView]:
+        query = {k: v for k, v in params.items() if v is not None}
+        return self._many(JobView, "GET", "/api/v1/jobs", params=query)
 
-    def cancel(self, job_id: int) -> dict[str, Any]:
-        return self._call("POST", f"/api/v1/jobs/{job_id}/cancel")
+    def job_logs(self, job_id: int) -> JobLogs:
+        return self._one(JobLogs, "GET", f"/api/v1/jobs/{job_id}/logs")
 
-    def executors(self) -> list[dict[str, Any]]:
-        return self._call("GET", "/api/v1/executors")
+    def job_result(self, job_id: int) -> ResultView:
+        return self._one(ResultView, "GET", f"/api/v1/jobs/{job_id}/result")
 
-    def queues(self) -> list[dict[str, Any]]:
-        return self._call("GET", "/api/v1/queues")
+    def cancel_job(self, job_id: int) -> JobView:
+        return self._one(JobView, "POST", f"/api/v1/jobs/{job_id}/cancel")
 
-    def stream_logs(self, job_id: int) -> Iterator[dict[str, Any]]:
+    def executor_list(self) -> list[ExecutorView]:
+        return self._many(ExecutorView, "GET", "/api/v1/executors")
+
+    def queue_list(self) -> list[QueueView]:
+        return self._many(QueueView, "GET", "/api/v1/queues")
+
+    def events(self, job_id: int) -> Iterator[LogEvent]:
         """Events of the job's log stream until the job ends (see the API's NDJSON stream)."""
         try:
             with self.http.stream(
@@ -81,6 +117,68 @@ class ProducerClient:
                     )
                 for line in r.iter_lines():
                     if line:
-                        yield json.loads(line)
+                        yield _event(line, job_id)
         except httpx.HTTPError as exc:
             raise ServerError(f"log stream of job {job_id} broke: {exc}") from exc
+
+    # -- the same answers as JSON dicts ------------------------------------------------------------
+    def add_repo(self, name: str, path: str) -> dict[str, Any]:
+        return _dict(self.add_repository(RepoIn(name=name, path=path)))
+
+    def list_repos(self) -> list[dict[str, Any]]:
+        return [_dict(r) for r in self.repositories()]
+
+    def submit(self, queue: str, job: JobIn | Mapping[str, Any]) -> dict[str, Any]:
+        """Submit `job` (a JobIn, or its JSON as a mapping: the server checks it)."""
+        if isinstance(job, JobIn):
+            return _dict(self.submit_job(queue, job))
+        path = f"/api/v1/queues/{queue}/jobs"
+        return _dict(_parse(JobView, self._call("POST", path, json=dict(job)), path))
+
+    def get(self, job_id: int) -> dict[str, Any]:
+        return _dict(self.job(job_id))
+
+    def logs(self, job_id: int) -> dict[str, Any]:
+        return _dict(self.job_logs(job_id))
+
+    def result(self, job_id: int) -> dict[str, Any]:
+        return _dict(self.job_result(job_id))
+
+    def cancel(self, job_id: int) -> dict[str, Any]:
+        return _dict(self.cancel_job(job_id))
+
+    def executors(self) -> list[dict[str, Any]]:
+        return [_dict(e) for e in self.executor_list()]
+
+    def queues(self) -> list[dict[str, Any]]:
+        return [_dict(q) for q in self.queue_list()]
+
+    def stream_logs(self, job_id: int) -> Iterator[dict[str, Any]]:
+        for ev in self.events(job_id):
+            yield _dict(ev)
+
+    def list(self, **params: Any) -> builtins.list[dict[str, Any]]:  # last: it shadows `list` here
+        return [_dict(j) for j in self.jobs(**params)]
+
+
+def _body(model: BaseModel) -> dict[str, Any]:
+    """A request body: the fields the caller set, by their wire names."""
+    return model.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def _dict(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json", by_alias=True)
+
+
+def _parse(model: type[M], data: Any, what: str) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ServerError(f"{what}: the server's answer does not match the protocol: {exc}") from exc
+
+
+def _event(line: str, job_id: int) -> LogEvent:
+    try:
+        return _EVENT.validate_python(json.loads(line))
+    except (ValueError, ValidationError) as exc:
+        raise ServerError(f"log stream of job {job_id}: not a protocol event: {exc}") from exc

@@ -160,12 +160,13 @@ class JobIn(Model):
         for s in self.docker_steps:
             if not s.image.strip():
                 raise ValueError("every docker step needs an image")
-        for s in [*self.docker_steps, *self.cli_steps]:
-            for e in s.env or []:
+        steps: list[DockerStep | CliStep] = [*self.docker_steps, *self.cli_steps]
+        for step in steps:
+            for e in step.env or []:
                 if "=" not in e:
                     raise ValueError(f"step env entry {e!r} is not NAME=value")
-            if s.dir:
-                check_workspace_path(s.dir)
+            if step.dir:
+                check_workspace_path(step.dir)
         if self.repository_directory:
             check_workspace_path(self.repository_directory)
         for p in self.sparse_checkout or []:

@@ -27,6 +27,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+# The pure-Python JSON scanner's pieces (no stubs: they are not public API).
+_pure_decoder: Any = json.decoder
+_pure_scanner: Any = json.scanner
+
 KiB = 1024
 MiB = 1024 * KiB
 
@@ -97,9 +101,9 @@ def bounded_loads(raw: bytes, max_tokens: int = MAX_JSON_TOKENS) -> Any:
         if count > max_tokens:
             raise TooComplex(f"the JSON body has more than {max_tokens} values")
 
-    decoder = json.JSONDecoder()
+    decoder: Any = json.JSONDecoder()  # its scanner's hooks are undocumented attributes
     parse_object, parse_array = decoder.parse_object, decoder.parse_array
-    parse_string = json.decoder.py_scanstring
+    parse_string = _pure_decoder.py_scanstring
 
     def counted_number(kind: Any) -> Any:
         def parse(s: str) -> Any:
@@ -121,7 +125,7 @@ def bounded_loads(raw: bytes, max_tokens: int = MAX_JSON_TOKENS) -> Any:
     decoder.parse_int = counted_number(int)
     decoder.parse_float = counted_number(float)
     decoder.memo = {}
-    decoder.scan_once = json.scanner.py_make_scanner(decoder)
+    decoder.scan_once = _pure_scanner.py_make_scanner(decoder)
     text = raw.decode("utf-8")
     return decoder.decode(text)
 

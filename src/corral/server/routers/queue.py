@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
@@ -100,10 +101,10 @@ async def _dequeue(
     return Response(dump_job(job), media_type="application/json")
 
 
-DEQUEUE_ANSWERS = {"response_model": Job, "responses": {204: {"description": "No job is waiting"}}}
+NO_JOB: dict[int | str, dict[str, Any]] = {204: {"description": "No job is waiting"}}
 
 
-@router.post("/queue/dequeue", **DEQUEUE_ANSWERS)
+@router.post("/queue/dequeue", response_model=Job, responses=NO_JOB)
 async def dequeue_many(request: Request, body: DequeueRequest, state: StateDep) -> Response:
     require_executor(request, state)
     if not body.queues:
@@ -111,7 +112,7 @@ async def dequeue_many(request: Request, body: DequeueRequest, state: StateDep) 
     return await _dequeue(request, state, list(dict.fromkeys(body.queues)), body, with_queue=True)
 
 
-@router.post("/queue/{queue}/dequeue", **DEQUEUE_ANSWERS)
+@router.post("/queue/{queue}/dequeue", response_model=Job, responses=NO_JOB)
 async def dequeue_one(queue: str, request: Request, body: DequeueRequest, state: StateDep) -> Response:
     require_executor(request, state)
     return await _dequeue(request, state, [queue], body, with_queue=False)

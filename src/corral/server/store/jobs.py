@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, TextClause, bindparam, insert, select, text, update
+from sqlalchemy import Connection, Row, TextualSelect, bindparam, insert, select, text, update
 
 from corral.errors import Conflict, NotFound
 from corral.server.store.engine import Clock, Database
@@ -93,7 +93,7 @@ _SQL_MARK_ATTEMPT = text(
 )
 
 
-def _dequeue_sql(db: Database) -> TextClause:
+def _dequeue_sql(db: Database) -> TextualSelect:
     waiting = _states(DEQUEUEABLE)
     return (
         text(
@@ -162,7 +162,7 @@ class Jobs:
     def exists(self, conn: Connection, job_id: int) -> bool:
         return conn.execute(select(jobs.c.id).where(jobs.c.id == job_id)).first() is not None
 
-    def list(
+    def find(
         self,
         *,
         queue: str | None = None,

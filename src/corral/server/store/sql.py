@@ -108,7 +108,7 @@ class SqlStore:
         limit: int = 50,
         before_id: int | None = None,
     ) -> list[JobRow]:
-        return self.jobs.list(queue=queue, state=state, limit=limit, before_id=before_id)
+        return self.jobs.find(queue=queue, state=state, limit=limit, before_id=before_id)
 
     def request_cancel(self, job_id: int) -> JobRow:
         return self.jobs.request_cancel(job_id)
