@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from corral.client import ProducerClient
 from corral.embedded import free_port, serve_in_thread
 from corral.server.settings import ServerSettings
@@ -152,3 +154,16 @@ def wait_log(server: Server, job_id: int, needle: str, timeout: float = 30) -> N
     while needle not in logs_text(server, job_id):
         assert time.monotonic() < deadline, f"{needle!r} never appeared in the log of job {job_id}"
         time.sleep(0.1)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Until `corral server` at url answers /healthz (fails if the process ends first)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
+        time.sleep(0.05)

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from corral.embedded import free_port
-from tests.e2e.kit import CORRAL, SECRET
+from tests.e2e.kit import CORRAL, SECRET, wait_healthy
 
 
 def test_short_secret_is_refused(tmp_path: Path) -> None:
@@ -36,15 +36,7 @@ def test_sigterm_ends_held_long_polls(tmp_path: Path) -> None:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and p.poll() is None, "server did not start"
-            time.sleep(0.05)
+        wait_healthy(url, p)
         assert (tmp_path / "admin-token").stat().st_mode & 0o777 == 0o600  # generated, private
         result: dict[str, httpx.Response] = {}
         body = {"executorName": "e1", "version": "0.1.0", "waitSeconds": 30}
@@ -76,3 +68,21 @@ def test_sigterm_ends_held_long_polls(tmp_path: Path) -> None:
             p.wait()
     out = p.stdout.read().decode() if p.stdout else ""
     assert "Traceback" not in out, out
+
+
+def test_the_data_dir_is_private(tmp_path: Path) -> None:
+    """It holds the job database (every job's secrets): a process of another uid must not read it."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    os.chmod(data, 0o755)
+    port = free_port()
+    env = {**os.environ, "EXECUTORS_ACCESS_TOKEN": SECRET}
+    cmd = [CORRAL, "server", "--port", str(port), "--data-dir", str(data)]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", p)
+        assert data.stat().st_mode & 0o777 == 0o700
+        assert (data / "corral.db").exists()
+    finally:
+        p.terminate()
+        p.wait(15)

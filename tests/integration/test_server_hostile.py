@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from corral.embedded import free_port
-from tests.e2e.kit import CORRAL, SECRET
+from tests.e2e.kit import CORRAL, SECRET, wait_healthy
 
 ADMIN = "hostile-admin-token-0123456789"
 MiB = 1024 * 1024
@@ -47,15 +47,7 @@ def server(tmp_path: Path) -> Iterator[Proc]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and p.poll() is None, "server did not start"
-            time.sleep(0.05)
+        wait_healthy(url, p)
         yield Proc(url=url, port=port, pid=p.pid)
     finally:
         p.terminate()
