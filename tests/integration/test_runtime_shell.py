@@ -7,7 +7,6 @@ Every test uses its own job cgroups under a parent unique to this test process, 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import socket
@@ -19,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from corral.executor.runtimes.base import LABEL_JOB, JobSpace, Limits, Step, StepResult
-from corral.executor.runtimes.cgroups import CGROUP_ROOT, CONTROLLERS, JobCgroup
+from corral.executor.runtimes.cgroups import JobCgroup
 from corral.executor.runtimes.shell import ShellRuntime
+from tests.integration.shellkit import sweep_cgroup_parent
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.usefixtures("bwrap_available")]
 
@@ -38,10 +38,7 @@ SpaceFactory = Callable[..., JobSpace]
 @pytest.fixture(scope="module", autouse=True)
 def _remove_cgroup_parent() -> Iterator[None]:
     yield
-    leftovers = asyncio.run(ShellRuntime(cgroup_parent=CGROUP_PARENT).janitor(set()))
-    for controller in CONTROLLERS:
-        with contextlib.suppress(FileNotFoundError):
-            (CGROUP_ROOT / controller / CGROUP_PARENT).rmdir()
+    leftovers = sweep_cgroup_parent(CGROUP_PARENT)
     assert leftovers == [], f"tests left job cgroups behind: {leftovers}"
 
 

@@ -8,7 +8,6 @@ mount rights, io_uring and the kernel keyring are reachable, and all jobs share 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import sys
@@ -21,11 +20,11 @@ import pytest
 
 from corral.executor.identity import UidPool
 from corral.executor.runtimes.base import JobSpace, Step, StepResult
-from corral.executor.runtimes.cgroups import CGROUP_ROOT, CONTROLLERS
 from corral.executor.runtimes.registry import make_cli_runtime
 from corral.executor.runtimes.seccomp import bpf_program
 from corral.executor.runtimes.shell import ShellRuntime
 from corral.executor.settings import ExecutorSettings
+from tests.integration.shellkit import sweep_cgroup_parent
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.usefixtures("bwrap_available")]
 
@@ -124,10 +123,7 @@ print("int80", ctypes.CFUNCTYPE(ctypes.c_long)(addr)(), flush=True)
 @pytest.fixture(scope="module", autouse=True)
 def _remove_cgroup_parent() -> Iterator[None]:
     yield
-    leftovers = asyncio.run(ShellRuntime(cgroup_parent=CGROUP_PARENT).janitor(set()))
-    for controller in CONTROLLERS:
-        with contextlib.suppress(FileNotFoundError):
-            (CGROUP_ROOT / controller / CGROUP_PARENT).rmdir()
+    leftovers = sweep_cgroup_parent(CGROUP_PARENT)
     assert leftovers == [], f"tests left job cgroups behind: {leftovers}"
 
 

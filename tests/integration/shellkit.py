@@ -1,0 +1,18 @@
+"""Helpers for the shell runtime's integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from corral.executor.runtimes.cgroups import CGROUP_ROOT, CONTROLLERS
+from corral.executor.runtimes.shell import ShellRuntime
+
+
+def sweep_cgroup_parent(parent: str) -> list[str]:
+    """Remove the tests' cgroup parent in every controller; return the job cgroups that were left."""
+    leftovers = asyncio.run(ShellRuntime(cgroup_parent=parent).janitor(set()))
+    for controller in CONTROLLERS:
+        with contextlib.suppress(FileNotFoundError):
+            (CGROUP_ROOT / controller / parent).rmdir()
+    return leftovers
