@@ -91,3 +91,17 @@ def test_metrics_public_and_docs_when_the_operator_says_so(make_kit: Callable[..
     kit = make_kit(metrics_public=True, docs=True)
     assert kit.anon.get("/metrics").status_code == 200
     assert kit.anon.get("/docs").status_code == 200
+
+
+def test_a_failure_message_with_a_secret_is_redacted_in_every_view(kit: Kit) -> None:
+    """An executor that does not redact (a plain Sourcegraph one, say) reports an error quoting a
+    secret: the job view, the list and the log stream's last line show it replaced."""
+    secret = "s3cr3t-in-error-77ab"
+    job = kit.submit(**SIMPLE_STEPS, redactedValues={secret: "[TOKEN]"})
+    got = kit.take()
+    r = kit.job_call("batches", "markFailed", got, errorMessage=f"git said: bad token {secret}")
+    assert r.status_code == 204, r.text
+    stream = kit.admin.get(f"/api/v1/jobs/{job['id']}/logs/stream").text
+    for text in [stream, kit.admin.get(f"/api/v1/jobs/{job['id']}").text, kit.admin.get("/api/v1/jobs").text]:
+        assert secret not in text, text
+        assert "bad token [TOKEN]" in text, text

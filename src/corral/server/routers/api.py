@@ -172,6 +172,8 @@ async def stream_logs(job_id: int, request: Request) -> StreamingResponse:
                         exited.add(eid)
                         yield _line(ExitEvent(entry_id=eid, exit_code=e.exit_code, duration_ms=e.duration_ms))
                 if job_state in TERMINAL:
+                    if error:  # as the job view shows it: with the job's secrets replaced
+                        error = producer_job(await state.db(state.store.get_job, job_id)).error
                     yield _line(StateEvent(state=job_state.value, error=error))
                     return
                 if await request.is_disconnected() or state.notifier.closed:
