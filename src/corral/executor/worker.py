@@ -55,9 +55,10 @@ class Worker:
         cli_runtime: Runtime | None = None,
         *,
         echo: bool = False,
+        handler: JobHandler | None = None,  # injected (tests); by default built from the arguments
     ) -> None:
         self.settings, self.client, self.runtime = settings, client, runtime
-        self.handler = JobHandler(settings, client, runtime, cli_runtime, echo=echo)
+        self.handler = handler or JobHandler(settings, client, runtime, cli_runtime, echo=echo)
         self.running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
         self.slots = asyncio.Semaphore(settings.maximum_num_jobs)
         self.stopping = asyncio.Event()

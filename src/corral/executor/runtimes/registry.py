@@ -35,6 +35,7 @@ def _docker(s: ExecutorSettings) -> Runtime:
 RUNTIMES: dict[str, Callable[[ExecutorSettings], Runtime]] = {
     "shell": _shell,
     "docker": _docker,
+    "fake": lambda s: __import__("corral.testing", fromlist=["FakeRuntime"]).FakeRuntime(s),  # tests only
 }
 
 
