@@ -15,7 +15,14 @@
     │   └── NotConfigured    the server lacks a setting the route needs               (500)
     ├── VersionSkew          executor and server are more than one minor version apart (400)
     ├── ServerError          a client (executor, producer) could not talk to the server (after retries)
-    └── RuntimeFailure       a runtime could not run a step (image missing, sandbox failed...)
+    ├── RuntimeFailure       a runtime could not run a step (image missing, sandbox failed...)
+    ├── StepFailed           a step (or the job's setup) ended badly: the job fails, no retry (executor)
+    ├── DockerAPIError       the Docker Engine refused a request or could not be reached (docker runtime)
+    └── CgroupError          a cgroup could not be created, configured or removed (shell runtime)
+
+`Reason` names why a step or a job did not succeed (RuntimeFailure.reason, StepResult.reason,
+StepFailed.reason; the executor sends it with the results as `outcome`). DockerAPIError and
+CgroupError stay inside their runtime: it maps them to RuntimeFailure (or a StepResult) at its seam.
 
 Every class carries a message a person understands (by default its docstring). The server maps
 these classes to HTTP statuses in one table (corral.server.statuses); the HTTP clients raise
@@ -24,7 +31,26 @@ ServerError, never a StoreError.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
+
+
+class Reason(StrEnum):
+    """Why a step or a job did not succeed (plain strings on the wire)."""
+
+    RUNTIME = "runtime"  # the runtime broke (default of RuntimeFailure)
+    IMAGE = "image"  # the step's image is missing, refused or cannot be pulled
+    DOCKER = "docker"  # the Docker Engine refused or failed a request
+    SANDBOX = "sandbox"  # the sandbox (bubblewrap, cgroups, seccomp) could not be built
+    DISK = "disk"  # a step wrote more than the job's disk limit
+    OOM = "oom"  # a step ran out of the job's memory
+    EXIT = "exit"  # a step exited non-zero
+    TIMEOUT = "timeout"  # the job ran longer than its maximum runtime
+    FILES = "files"  # the job's files or repository directory are invalid
+    REDACTION = "redaction"  # the job's redacted values are over their bounds
+    CLONE = "clone"  # cloning the repository failed
+    GIT = "git"  # a git command of the workspace failed
+    DIFF = "diff"  # the diff could not be made
 
 
 class CorralError(Exception):
@@ -110,6 +136,31 @@ class ServerError(CorralError):
 class RuntimeFailure(CorralError):
     """The runtime could not run the step."""
 
-    def __init__(self, message: str | None = None, *, reason: str = "runtime") -> None:
+    def __init__(self, message: str | None = None, *, reason: Reason | str = Reason.RUNTIME) -> None:
         super().__init__(message)
-        self.reason = reason
+        self.reason = Reason(reason)
+
+
+class StepFailed(CorralError):
+    """A step ended badly; the job fails with this message (a retry would fail the same way)."""
+
+    def __init__(self, message: str, reason: Reason | str) -> None:
+        super().__init__(message)
+        self.reason = Reason(reason)
+
+    @property
+    def outcome(self) -> Reason:
+        """The name the results upload uses (`outcome`)."""
+        return self.reason
+
+
+class DockerAPIError(CorralError):
+    """The Docker Engine refused a request, or could not be reached (status 0)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class CgroupError(CorralError):
+    """A cgroup could not be created, configured or removed."""

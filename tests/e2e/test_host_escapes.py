@@ -171,6 +171,7 @@ def test_outputs_cannot_exhaust_the_executors_memory(server: Server, runtime: st
     )
     done = wait_job(server, job["id"])
     peak_mib = vm_hwm_kib(executor.pid) / 1024
+    print(f"executor peak RSS {peak_mib:.0f} MiB; job {done['state']}: {done.get('error')}")
     assert done["state"] == "failed", done
     assert "outputs together exceed" in done["error"], done["error"]
     assert peak_mib < 250, f"executor peaked at {peak_mib:.0f} MiB"
@@ -194,6 +195,7 @@ def test_a_huge_diff_fails_the_job_without_buffering_it_on_the_host(
     )
     done = wait_job(server, job["id"], timeout=120)
     peak_mib = vm_hwm_kib(executor.pid) / 1024
+    print(f"executor peak RSS {peak_mib:.0f} MiB; job {done['state']}: {done.get('error')}")
     assert done["state"] == "failed", done
     assert "the diff is larger than the limit" in done["error"], done["error"]
     assert peak_mib < 200, f"executor peaked at {peak_mib:.0f} MiB"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from corral.executor.runtimes.cgroups import CGROUP_ROOT, CONTROLLERS
 from corral.executor.runtimes.shell import ShellRuntime
+from corral.executor.runtimes.shell.cgroups import CGROUP_ROOT, CONTROLLERS
 
 
 def sweep_cgroup_parent(parent: str) -> list[str]:

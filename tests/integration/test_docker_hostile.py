@@ -377,7 +377,7 @@ async def test_image_pulled_with_job_credentials_is_not_usable_without_them(
     rt = DockerRuntime(allowed_registries=[registry.address], state_dir=state, pull_timeout=60)
     try:
         a = make_space()
-        a.docker_config = registry.docker_config(a)
+        rt.use_docker_config(a, registry.docker_config(a))
         result, out = await run(rt, a, "echo job-a", registry.image)
         assert (result.exit_code, out.data) == (0, b"job-a\n")
 
@@ -390,7 +390,7 @@ async def test_image_pulled_with_job_credentials_is_not_usable_without_them(
 
         # wrong password: refused too
         bad = make_space()
-        bad.docker_config = registry.docker_config(bad, password="wrong-password")
+        rt.use_docker_config(bad, registry.docker_config(bad, password="wrong-password"))
         with pytest.raises(RuntimeFailure) as err:
             await run(rt, bad, "true", registry.image)
         assert "unauthorized" in err.value.message
@@ -415,7 +415,7 @@ async def test_image_pulled_with_job_credentials_is_not_usable_without_them(
         assert "unauthorized" in err.value.message
         # job C, the right credentials: works (the registry agrees)
         c = make_space()
-        c.docker_config = registry.docker_config(c)
+        rt2.use_docker_config(c, registry.docker_config(c))
         result, out = await run(rt2, c, "echo job-c", registry.image)
         assert (result.exit_code, out.data) == (0, b"job-c\n")
         # an unrelated local image is used as is, and the local name of the same content too
@@ -444,9 +444,8 @@ async def test_operator_credentials_are_for_every_job(
     rt = DockerRuntime(allowed_registries=[registry.address], executor_auth_config=operator)
     try:
         a = make_space()
-        a.docker_config = registry.docker_config(
-            a
-        )  # what the handler writes from EXECUTOR_DOCKER_AUTH_CONFIG
+        # what the runtime's stage() writes from EXECUTOR_DOCKER_AUTH_CONFIG
+        rt.use_docker_config(a, registry.docker_config(a))
         assert (await run(rt, a, "true", registry.image))[0].exit_code == 0
         result, out = await run(rt, make_space(), "echo b", registry.image)
         assert (result.exit_code, out.data) == (0, b"b\n")

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from corral.errors import ConfigError, RuntimeFailure
+from corral.executor.network import NetworkPolicy
 from corral.executor.runtimes.base import LABEL_JOB, LABEL_MANAGED, JobSpace, Limits, Step, StepResult
 from corral.executor.runtimes.docker import (
     LABEL_STEP,
@@ -37,7 +38,7 @@ from corral.executor.runtimes.docker import (
     parse_mount_spec,
     registry_auth_header,
 )
-from corral.executor.runtimes.dockerapi import FrameDecoder, socket_from_env
+from corral.executor.runtimes.docker.api import FrameDecoder, socket_from_env
 
 pytestmark = pytest.mark.docker
 
@@ -313,7 +314,7 @@ async def test_network_allowed_gets_an_interface(
     rt: DockerRuntime, make_space: Callable[..., JobSpace]
 ) -> None:
     # no traffic is sent: only the interface list is read
-    space = make_space(network=True)
+    space = make_space(network=NetworkPolicy.open())
     result, out = await run(rt, space, "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '")
     assert result.exit_code == 0
     assert "lo" in out.text.split() and "eth0" in out.text.split()
@@ -528,7 +529,7 @@ async def test_pull_uses_the_jobs_registry_credentials(
     image = f"{registry.address}/corral/private:1"
     # wrong password: the registry refuses, the step fails with reason "image"
     space = make_space()
-    space.docker_config = write_docker_config(space, registry.address, "ciuser", "wrong")
+    rt.use_docker_config(space, write_docker_config(space, registry.address, "ciuser", "wrong"))
     with pytest.raises(RuntimeFailure) as err:
         await run(rt, space, "true", image=image)
     assert err.value.reason == "image" and "not found" in err.value.message
@@ -536,7 +537,9 @@ async def test_pull_uses_the_jobs_registry_credentials(
 
     # an unknown tag: fails fast with reason "image"
     space = make_space()
-    space.docker_config = write_docker_config(space, registry.address, registry.user, registry.password)
+    rt.use_docker_config(
+        space, write_docker_config(space, registry.address, registry.user, registry.password)
+    )
     started = time.monotonic()
     with pytest.raises(RuntimeFailure) as err:
         await run(rt, space, "true", image=f"{registry.address}/corral/private:nope")
@@ -555,9 +558,9 @@ async def test_container_never_sees_the_docker_config(
 ) -> None:
     space = make_space()
     password = registry.password
-    space.docker_config = write_docker_config(space, registry.address, registry.user, password)
+    rt.use_docker_config(space, write_docker_config(space, registry.address, registry.user, password))
     auth = base64.b64encode(f"{registry.user}:{password}".encode()).decode()
-    cfg = space.docker_config
+    cfg = rt.docker_config(space)
     script = (
         f"test -e {cfg} && echo CONFIG-DIR-VISIBLE; "
         f"grep -q {cfg} /proc/self/mountinfo && echo CONFIG-MOUNTED; "

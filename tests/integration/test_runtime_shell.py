@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from corral.executor.network import NetworkPolicy
 from corral.executor.runtimes.base import LABEL_JOB, JobSpace, Limits, Step, StepResult
-from corral.executor.runtimes.cgroups import JobCgroup
 from corral.executor.runtimes.shell import ShellRuntime
+from corral.executor.runtimes.shell.cgroups import JobCgroup
 from tests.integration.shellkit import sweep_cgroup_parent
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.usefixtures("bwrap_available")]
@@ -225,7 +226,7 @@ async def test_no_network_only_loopback(runtime: ShellRuntime, make_space: Space
         assert result.exit_code == 0, out
         assert out.decode().splitlines() == ["['lo']", "failed ConnectionRefusedError"]
 
-        shared = await prepared(runtime, make_space, network=True)
+        shared = await prepared(runtime, make_space, network=NetworkPolicy.open())
         result, out = await run(runtime, shared, step(PYTHON, "-c", probe))
         assert result.exit_code == 0, out
         assert out.decode().splitlines()[1] == "connected"

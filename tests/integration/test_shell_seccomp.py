@@ -21,8 +21,8 @@ import pytest
 from corral.executor.identity import UidPool
 from corral.executor.runtimes.base import JobSpace, Step, StepResult
 from corral.executor.runtimes.registry import make_cli_runtime
-from corral.executor.runtimes.seccomp import bpf_program
 from corral.executor.runtimes.shell import ShellRuntime
+from corral.executor.runtimes.shell.seccomp import bpf_program
 from corral.executor.settings import ExecutorSettings
 from tests.integration.shellkit import sweep_cgroup_parent
 

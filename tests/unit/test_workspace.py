@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from corral.errors import RuntimeFailure
-from corral.executor import workspace as ws
 from corral.executor.runtimes.base import META_MOUNT, WORKSPACE_MOUNT
+from corral.executor.workspace import host as ws
 from corral.protocol import Job
 
 GIT_ENV = {

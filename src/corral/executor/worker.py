@@ -16,34 +16,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import signal
-import socket
-import subprocess
 import time
 
 from corral.errors import CorralError, ServerError
-from corral.executor import workspace as ws
 from corral.executor.client import QueueClient
 from corral.executor.handler import JobHandler
+from corral.executor.janitor import sweep_once
 from corral.executor.runtimes.base import Runtime
 from corral.executor.settings import ExecutorSettings
+from corral.executor.telemetry import executor_telemetry, tool_version
 from corral.protocol import Job
+
+__all__ = ["Worker", "tool_version"]
 
 log = logging.getLogger("corral.executor")
 BACKOFF_MAX = 30.0  # seconds between dequeues while the server fails
 PING_INTERVAL = 1.0  # seconds between start-up pings until the server answers
 CANCEL_WATCH_WAIT = 20.0  # seconds one cancel-watch request is held
-
-
-def tool_version(argv: list[str]) -> str:
-    if not shutil.which(argv[0]):
-        return ""
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=5).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return out.strip().splitlines()[0] if out.strip() else ""
 
 
 class Worker:
@@ -65,15 +55,9 @@ class Worker:
         self.jobs_changed = asyncio.Event()
         self.dequeued = 0
         self.started = time.monotonic()
-        self.telemetry = {
-            "gitVersion": tool_version(["git", "--version"]),
-            "dockerVersion": tool_version(["docker", "version", "--format", "{{.Server.Version}}"])
-            if settings.runtime == "docker"
-            else "",
-            "srcCliVersion": tool_version([settings.cli_path, "version"]),
-            "qemuVersion": tool_version(["qemu-system-x86_64", "--version"]),
-            "hostname": socket.gethostname(),
-        }
+        self.telemetry = executor_telemetry(
+            settings.cli_path, (r.telemetry() for r in self.handler.runtimes.distinct())
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def run(self, *, install_signals: bool = True) -> None:
@@ -276,24 +260,11 @@ class Worker:
     async def _janitor_loop(self) -> None:
         while True:
             s = self.settings
-            try:
-                swept = await asyncio.to_thread(
-                    ws.sweep, s.workspace_root, s.vm_prefix, self._live_labels, keep=s.keep_workspaces
-                )
-                if swept:
-                    log.info("janitor removed workspaces of jobs no longer running: %s", ", ".join(swept))
-            except Exception as exc:
-                log.warning("workspace janitor failed: %s", exc)
-            live = self._live_labels()
-            runtimes = [self.runtime]
-            cli = self.handler.cli_runtime
-            if cli is not None and cli is not self.runtime:
-                runtimes.append(cli)  # e.g. the CLI steps' cgroups of a docker executor
-            for runtime in runtimes:
-                try:
-                    removed = await runtime.janitor(live)
-                    if removed:
-                        log.info("janitor removed %s orphans: %s", runtime.name, ", ".join(removed))
-                except Exception as exc:
-                    log.warning("%s janitor failed: %s", runtime.name, exc)
+            await sweep_once(
+                self.handler.runtimes.distinct(),  # e.g. also the CLI steps' cgroups of a docker executor
+                self._live_labels,
+                workspace_root=s.workspace_root,
+                owner=s.vm_prefix,
+                keep_workspaces=s.keep_workspaces,
+            )
             await asyncio.sleep(self.settings.cleanup_task_interval)

@@ -1,8 +1,7 @@
-"""Streaming one command's output to the server as a log entry.
+"""Shipping one command's output to the server as a log entry.
 
-Bytes from the runtime are redacted (streaming, so a secret split across two reads is still caught),
-decoded as UTF-8 incrementally, capped (the head and the tail are kept and the cut is marked), and
-sent about every FLUSH_INTERVAL while output flows:
+What is shipped is the entry's `Capture` (capture.py: redacted, decoded, capped); it is sent about
+every FLUSH_INTERVAL while output flows:
 - with the server's `logappend` extension: only new bytes, at a byte offset; when the server answers
   409 with its own offset, we resend from there (nothing is ever sent twice otherwise);
 - against a plain Sourcegraph server: the whole output so far with updateExecutionLogEntry.
@@ -12,15 +11,14 @@ Sending never blocks the step: `write()` is synchronous and cheap; a background 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 
 from corral.errors import Conflict, CorralError
 from corral.executor.client import QueueClient
+from corral.executor.logs.capture import Capture, char_boundary
 from corral.executor.redact import Redactor
 from corral.protocol import Job, now_rfc3339
 
@@ -46,20 +44,14 @@ class LogEntry:
         self.client, self.job = client, job
         self.key = redactor.redact_text(key)  # a step key is the producer's text, like the command
         self.command = [redactor.redact_text(c) for c in command]
-        self.redact = redactor.stream()
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.head_cap = max_bytes // 2
-        self.tail: deque[bytes] = deque()
-        self.tail_len = 0
-        self.omitted = 0
-        self.text = bytearray()  # everything produced so far (redacted, capped, UTF-8)
+        self._wake = asyncio.Event()
+        self.capture = Capture(redactor, max_bytes=max_bytes, echo=echo, on_data=self._wake.set)
+        self.text = self.capture.text  # the same buffer: grows at its end only
         self.sent = 0  # bytes of self.text the server has
         self.entry_id = 0
         self.start_time = now_rfc3339()
         self.started = time.monotonic()
         self.append = client.has("logappend")
-        self.echo = echo
-        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.exit_code: int | None = None
@@ -77,39 +69,11 @@ class LogEntry:
 
     def write(self, data: bytes) -> None:
         """Called by the runtime with raw output bytes."""
-        self._add(self.redact.feed(data))
+        self.capture.write(data)
 
     def note(self, message: str) -> None:
         """A line of corral's own in this entry's output (e.g. why a step could not run)."""
         self.write(f"[corral] {message}\n".encode())
-
-    def _add(self, raw: bytes, final: bool = False) -> None:
-        text = self.decoder.decode(raw, final=final).encode()
-        if not text:
-            return
-        shown = text
-        room = self.head_cap - len(self.text) if not self.omitted and not self.tail else 0
-        if room > 0:
-            cut = _char_boundary(text, min(room, len(text)))
-            self.text += text[:cut]
-            text = text[cut:]
-        if text:  # past the head: keep a bounded tail, trimmed at character boundaries
-            self.tail.append(text)
-            self.tail_len += len(text)
-            while self.tail_len > self.head_cap:
-                first = self.tail[0]
-                drop = _char_boundary(first, min(len(first), self.tail_len - self.head_cap))
-                if drop == 0:  # a single character straddles the cap: keep it
-                    break
-                self.tail[0] = first[drop:]
-                if not self.tail[0]:
-                    self.tail.popleft()
-                self.tail_len -= drop
-                self.omitted += drop
-        if self.echo:
-            with contextlib.suppress(Exception):
-                print(shown.decode("utf-8", "replace"), end="", flush=True)
-        self._wake.set()
 
     async def _pump(self) -> None:
         while not self._closed:
@@ -129,7 +93,7 @@ class LogEntry:
     async def _send(self, exit_code: int | None = None, duration_ms: int | None = None) -> None:
         if self.append:
             while True:
-                end = self.sent + _char_boundary(
+                end = self.sent + char_boundary(
                     self.text[self.sent :], min(MAX_SEND, len(self.text) - self.sent)
                 )
                 chunk = bytes(self.text[self.sent : end])
@@ -174,20 +138,9 @@ class LogEntry:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._add(self.redact.flush(), final=True)
-        if self.omitted:
-            self.text += f"\n[corral] ... {self.omitted} bytes of output omitted ...\n".encode()
-        while self.tail:
-            self.text += self.tail.popleft()
+        self.capture.finish()
         duration = int((time.monotonic() - self.started) * 1000)
         await self._send(exit_code, duration)
 
     def output(self) -> str:
         return self.text.decode("utf-8", "replace")
-
-
-def _char_boundary(data: bytes | bytearray, cut: int) -> int:
-    """`cut` moved back so that it does not split a UTF-8 character (valid UTF-8 assumed)."""
-    while 0 < cut < len(data) and data[cut] & 0xC0 == 0x80:
-        cut -= 1
-    return cut

@@ -1,18 +1,39 @@
 """The one interface every runtime implements, and the values it works with.
 
-Lifecycle, per job: `prepare(space)` once, then `run_step(space, step, output)` for each step in
-order, then `cleanup(space)` exactly once, also when prepare failed, a step failed, or the job was
-canceled. `cleanup` must be idempotent and must never raise for "already gone" resources.
+Lifecycle, per job (the handler drives it):
 
-Concurrency: one runtime instance serves many jobs at once; all per-job state is keyed by
-`space.job_id` (or derived from `space`), never kept in single attributes.
+    prepare(space)                       once, before anything runs
+    run_step(space, step, output) ...    for each step of the plan, in order, stopping at the first
+      or run_plan(space, plan, sink)     failure; a whole-job runtime (one pod, one VM) may offer
+                                         `run_plan` (see `PlanRunner`) and then gets the whole plan
+    cleanup(space)                       exactly once, also when prepare failed or raised, a step
+                                         failed, or the job was canceled or timed out
 
-Cancellation: the handler cancels the task running `run_step` (cancel from the server, or the job
-deadline). `run_step` must then stop the step: signal it (SIGTERM / docker stop), wait at most
-`space.kill_grace` seconds, kill it, and re-raise `asyncio.CancelledError`.
+`cleanup` must be idempotent, safe after a failed (or never started) `prepare`, and must never raise
+for "already gone" resources. A runtime raises `RuntimeFailure` (never its own client's errors:
+DockerAPIError, CgroupError, OSError are mapped at this seam) when it cannot do its part; a step that
+ran and failed is a `StepResult`, not an exception.
+
+Concurrency: one runtime instance serves many jobs at once (EXECUTOR_MAXIMUM_NUM_JOBS); all per-job
+state is keyed by the job (`space.root`, `space.name`), never kept in single attributes. Calls for
+one job never overlap, except `cleanup`, which may run while a canceled `run_step` unwinds.
+
+Cancellation: the handler cancels the task running `run_step`/`run_plan` (cancel from the server, or
+the job deadline). The runtime must then stop the step: signal it (SIGTERM / docker stop), wait at
+most `space.kill_grace` seconds, kill it, and re-raise `asyncio.CancelledError`.
+
+Network: `space.network` is the job's `NetworkPolicy`; every runtime honours it (no interface but
+loopback unless `space.network.has_interface`).
 
 Labels: everything a runtime creates (containers, cgroups, ...) carries `space.labels`, so that
-`janitor(live_job_ids)` can remove what belongs to no running job.
+`janitor(live_job_labels)` can remove what belongs to no running job.
+
+Optional capabilities, found with isinstance() on these runtime-checkable Protocols:
+- `PlanRunner.run_plan`: run the whole job at once;
+- `CredentialStager`: a runtime that needs the job's registry credentials gets them here, so the
+  handler never handles them itself (it only asks which values the redactor must hide).
+And an optional class attribute `cli_runtime`: the registry name of the runtime that runs this
+runtime's CLI steps and the diff (absent: the runtime runs them itself); see `registry`.
 """
 
 from __future__ import annotations
@@ -20,7 +41,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
+
+from corral.errors import Reason
+from corral.executor.network.policy import NetworkPolicy
+
+if TYPE_CHECKING:
+    from corral.executor.plan import JobPlan
 
 __all__ = [
     "LABEL_JOB",
@@ -29,9 +56,12 @@ __all__ = [
     "META_MOUNT",
     "SCRIPTS_MOUNT",
     "WORKSPACE_MOUNT",
+    "CredentialStager",
     "JobSpace",
     "Limits",
     "OutputSink",
+    "PlanRunner",
+    "PlanSink",
     "Runtime",
     "Step",
     "StepResult",
@@ -69,8 +99,7 @@ class JobSpace:
     uid: int = 1000  # the unprivileged user steps run as
     gid: int = 1000
     limits: Limits = field(default_factory=Limits)
-    network: bool = False  # no network at all unless the job's policy allows it
-    docker_config: Path | None = None  # private docker config dir for pulls (credentials), never mounted
+    network: NetworkPolicy = field(default_factory=NetworkPolicy.none)  # see corral.executor.network
     kill_grace: float = 10.0  # seconds between SIGTERM and SIGKILL
     executor_name: str = ""
     owner: str = "executor"  # EXECUTOR_VM_PREFIX
@@ -108,9 +137,13 @@ class Step:
 class StepResult:
     exit_code: int
     oom_killed: bool = False
-    # A short reason when the step could not run as asked: "image", "sandbox", ... ; None when it ran.
-    reason: str | None = None
+    # Why the step could not run as asked (Reason.IMAGE, SANDBOX, DISK, ...); None when it ran.
+    reason: Reason | None = None
     message: str = ""
+
+    def __post_init__(self) -> None:
+        if self.reason is not None and not isinstance(self.reason, Reason):
+            object.__setattr__(self, "reason", Reason(self.reason))
 
 
 class Runtime(Protocol):
@@ -128,4 +161,42 @@ class Runtime(Protocol):
 
     async def janitor(self, live: set[str]) -> list[str]:
         """Remove resources labelled by corral whose LABEL_JOB value is not in `live`; return their names."""
+        ...
+
+    def telemetry(self) -> dict[str, str]:
+        """What this runtime reports in heartbeats (e.g. {"dockerVersion": "27.1.1"}); may be {}."""
+        ...
+
+
+class PlanSink(Protocol):
+    """How a whole-job runtime reports its steps: the handler opens and closes each step's log."""
+
+    async def started(self, step: Step) -> OutputSink:
+        """The step begins: returns where its output goes."""
+        ...
+
+    async def finished(self, step: Step, result: StepResult) -> None:
+        """The step ended. Raises StepFailed when the job must stop (the runtime stops and re-raises)."""
+        ...
+
+
+@runtime_checkable
+class PlanRunner(Protocol):
+    """A runtime that runs the whole job at once (one pod, one VM): the handler calls run_plan instead
+    of run_step per step. Its steps are `plan.steps` (in order); the diff still runs per step."""
+
+    async def run_plan(self, space: JobSpace, plan: JobPlan, sink: PlanSink) -> None: ...
+
+
+@runtime_checkable
+class CredentialStager(Protocol):
+    """A runtime that uses the job's registry credentials (plan.registry_auth) for pulls."""
+
+    def secrets(self, plan: JobPlan) -> list[str]:
+        """Values of those credentials the job's redactor must hide (before anything runs)."""
+        ...
+
+    async def stage(self, space: JobSpace, plan: JobPlan) -> None:
+        """Keep the job's credentials where only this runtime reads them (under space.root, never
+        mounted); called before prepare. cleanup() forgets them."""
         ...

@@ -1,35 +1,38 @@
-"""Pick a runtime by name. Adding a runtime = one module plus one line in RUNTIMES."""
+"""Pick a runtime by name. Adding a runtime = its package plus one line in RUNTIMES.
+
+A runtime that does not run CLI steps (and the diff) itself names the runtime that does in its
+class attribute `cli_runtime` (docker: "shell"); `make_runtimes` builds that one too.
+"""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 from corral.errors import ConfigError
-from corral.executor.runtimes.base import Runtime
+from corral.executor.runtimes.base import Runtime, Step
 from corral.executor.settings import ExecutorSettings
+
+__all__ = ["RUNTIMES", "RuntimeSet", "cli_binds", "make_cli_runtime", "make_runtime"]
 
 
 def _shell(s: ExecutorSettings) -> Runtime:
     from corral.executor.runtimes.shell import ShellRuntime
 
     # One cgroup parent per EXECUTOR_VM_PREFIX: executors sharing a host never sweep each other's jobs.
-    return ShellRuntime(cgroup_parent=f"corral-{s.vm_prefix}", extra_ro_binds=cli_binds(s))
+    return ShellRuntime.from_settings(
+        s.shell, cgroup_parent=f"corral-{s.vm_prefix}", extra_ro_binds=cli_binds(s)
+    )
 
 
 def _docker(s: ExecutorSettings) -> Runtime:
     from corral.executor.runtimes.docker import DockerRuntime
 
-    return DockerRuntime(
-        runtime=s.docker_runtime or None,
-        add_host_gateway=s.docker_add_host_gateway,
-        additional_mounts=s.docker_additional_mounts,
-        owner=s.vm_prefix,
-        allowed_registries=s.docker_allowed_registries,
-        executor_auth_config=s.docker_auth_config,
-        # next to the workspace root, not in it (workspaces are removed); one per EXECUTOR_VM_PREFIX
-        state_dir=s.workspace_root.parent / f"docker-state-{s.vm_prefix}",
-    )
+    # next to the workspace root, not in it (workspaces are removed); one per EXECUTOR_VM_PREFIX
+    state_dir = s.workspace_root.parent / f"docker-state-{s.vm_prefix}"
+    return DockerRuntime.from_settings(s.docker, owner=s.vm_prefix, state_dir=state_dir)
 
 
 RUNTIMES: dict[str, Callable[[ExecutorSettings], Runtime]] = {
@@ -41,8 +44,6 @@ RUNTIMES: dict[str, Callable[[ExecutorSettings], Runtime]] = {
 
 def cli_binds(s: ExecutorSettings) -> list[str]:
     """Host paths a CLI step needs read-only inside the sandbox: the CLI's own installation."""
-    from pathlib import Path
-
     import corral
 
     # The interpreter, the venv, the CLI's directory, and corral's own package (an editable install
@@ -52,18 +53,43 @@ def cli_binds(s: ExecutorSettings) -> list[str]:
     return sorted(p for p in paths if not p.startswith(("/usr/", "/etc/")) and p != "/usr")
 
 
-def make_runtime(settings: ExecutorSettings) -> Runtime:
-    factory = RUNTIMES.get(settings.runtime)
+def _factory(name: str) -> Callable[[ExecutorSettings], Runtime]:
+    factory = RUNTIMES.get(name)
     if factory is None:
         raise ConfigError(
-            f"EXECUTOR_RUNTIME={settings.runtime}: this runtime is not available in corral yet "
+            f"EXECUTOR_RUNTIME={name}: this runtime is not available in corral yet "
             f"(available: {', '.join(RUNTIMES)})"
         )
-    return factory(settings)
+    return factory
+
+
+def make_runtime(settings: ExecutorSettings) -> Runtime:
+    return _factory(settings.runtime)(settings)
 
 
 def make_cli_runtime(settings: ExecutorSettings, runtime: Runtime) -> Runtime:
-    """CLI steps run in the shell sandbox (bubblewrap), whatever runs the docker steps."""
-    if runtime.name == "shell":
+    """The runtime that runs `runtime`'s CLI steps and the diff: itself, unless it names another."""
+    name: str = getattr(runtime, "cli_runtime", runtime.name)
+    if name == runtime.name:
         return runtime
-    return _shell(settings)
+    return _factory(name)(settings)
+
+
+@dataclass(frozen=True)
+class RuntimeSet:
+    """The runtimes one executor uses: `main` (EXECUTOR_RUNTIME) and `cli`, which runs CLI steps and
+    the diff (`main` itself, another runtime, or None when that one is unavailable here)."""
+
+    main: Runtime
+    cli: Runtime | None = None
+
+    def for_step(self, step: Step) -> Runtime | None:
+        return self.main if step.kind == "docker" else self.cli
+
+    def distinct(self) -> list[Runtime]:
+        """Each runtime once: what prepare, cleanup, the janitor and telemetry go over."""
+        out: list[Runtime] = []
+        for r in (self.main, self.cli):
+            if r is not None and all(r is not o for o in out):
+                out.append(r)
+        return out

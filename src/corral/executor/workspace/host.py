@@ -1,10 +1,12 @@
-"""A job's private workspace on the executor host: clone, files, and what the job produced.
+"""A job's private workspace on the executor host (`HostWorkspace`): clone, files, and what the job
+produced; also the quota mount and the janitor's sweep of workspaces left behind.
 
 Layout, per job: `<root>/` (0700, root-owned, never visible to the job) holds
 - `workspace/`: the job's files, what every sandbox sees at /data. With a disk quota it is the mount
   point of the job's own filesystem (`disk.img`, a sparse loop-mounted ext4 image of that size);
 - `scripts/`: the step scripts, bound read-only into the sandbox at SCRIPTS_MOUNT;
-- `meta.git/`: our own git dir for the diff; `docker/`: a private docker config for pulls.
+- `meta.git/`: our own git dir for the diff; runtimes may keep private files of their own here
+  (the docker runtime's `docker/` config for pulls).
 
 The job owns `workspace/` and everything in it, including `.git`: a hostile repository commits
 symlinks and a hostile step can replace any directory with one. So the executor never follows a path
@@ -26,11 +28,15 @@ import stat
 import subprocess
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
-from corral.errors import RuntimeFailure
+from corral.errors import Reason, RuntimeFailure, StepFailed
 from corral.executor import safefs
-from corral.executor.runtimes.base import META_MOUNT, WORKSPACE_MOUNT
-from corral.protocol import Job, check_workspace_path
+from corral.executor.janitor import orphans
+from corral.executor.plan import JobPlan
+from corral.executor.runtimes.base import META_MOUNT, WORKSPACE_MOUNT, JobSpace, Runtime, Step
+from corral.executor.workspace.base import LogOpener, Results, Workspace
+from corral.protocol import EXECUTOR_NAME_HEADER, JOB_ID_HEADER, check_workspace_path
 
 MAX_DIFF = 32 * 1024 * 1024  # bytes
 MAX_FILES = 10_000  # files a job may ask the executor to write
@@ -96,7 +102,22 @@ async def capture(argv: list[str], *, cwd: Path | None, env: Mapping[str, str]) 
     return rc, bytes(buf)
 
 
-def clone_commands(job: Job, url: str) -> list[tuple[str, list[str]]]:
+class CloneLike(Protocol):
+    """What clone_commands reads: a Job, or a plan's CloneSpec."""
+
+    @property
+    def repository_name(self) -> str: ...
+    @property
+    def commit(self) -> str: ...
+    @property
+    def fetch_tags(self) -> bool: ...
+    @property
+    def shallow_clone(self) -> bool: ...
+    @property
+    def sparse_checkout(self) -> Sequence[str] | None: ...
+
+
+def clone_commands(job: CloneLike, url: str) -> list[tuple[str, list[str]]]:
     """The git commands that put the job's commit in the workspace, as (log key, argv)."""
     cmds = [
         ("setup.git.init", ["git", "init", "--quiet"]),
@@ -144,16 +165,16 @@ def write_files(workspace: Path, files: Mapping[str, bytes]) -> None:
     """
     if len(files) > MAX_FILES:
         raise RuntimeFailure(
-            f"the job has {len(files)} files; at most {MAX_FILES} are allowed", reason="files"
+            f"the job has {len(files)} files; at most {MAX_FILES} are allowed", reason=Reason.FILES
         )
     for rel, data in files.items():
         norm = check_workspace_path(rel)
         try:
             safefs.write_beneath(workspace, norm, data)
         except safefs.UnsafePath as exc:
-            raise RuntimeFailure(f"file {norm}: {exc}", reason="files") from None
+            raise RuntimeFailure(f"file {norm}: {exc}", reason=Reason.FILES) from None
         except OSError as exc:
-            raise RuntimeFailure(f"file {norm}: {exc.strerror or exc}", reason="files") from None
+            raise RuntimeFailure(f"file {norm}: {exc.strerror or exc}", reason=Reason.FILES) from None
 
 
 def read_outputs(workspace: Path, paths: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -203,7 +224,7 @@ def make_dirs(workspace: Path, rel: str) -> Path:
             fd = nxt
     except OSError as exc:
         raise RuntimeFailure(
-            f"cannot make the directory {rel!r} in the workspace: {exc}", reason="files"
+            f"cannot make the directory {rel!r} in the workspace: {exc}", reason=Reason.FILES
         ) from exc
     finally:
         os.close(fd)
@@ -241,12 +262,12 @@ async def mount_quota(root: Path, workspace: Path, size: int) -> None:
         env=env,
     )
     if rc != 0:
-        raise RuntimeFailure(f"cannot make the workspace filesystem: {_text(out)}", reason="disk")
+        raise RuntimeFailure(f"cannot make the workspace filesystem: {_text(out)}", reason=Reason.DISK)
     rc, out = await capture(
         ["mount", "-t", "ext4", "-o", "loop,nosuid,nodev", str(image), str(workspace)], cwd=root, env=env
     )
     if rc != 0:
-        raise RuntimeFailure(f"cannot mount the workspace filesystem: {_text(out)}", reason="disk")
+        raise RuntimeFailure(f"cannot mount the workspace filesystem: {_text(out)}", reason=Reason.DISK)
     with contextlib.suppress(OSError):
         os.rmdir(workspace / "lost+found")
 
@@ -284,7 +305,9 @@ async def prepare_meta_git(root: Path, repo: Path, commit: str) -> Path:
     env = git_env()
     rc, out = await capture(["git", "init", "--quiet", "--bare", str(meta)], cwd=root, env=env)
     if rc != 0:
-        raise RuntimeFailure(f"git init of the diff dir failed: {out.decode(errors='replace')}", reason="git")
+        raise RuntimeFailure(
+            f"git init of the diff dir failed: {out.decode(errors='replace')}", reason=Reason.GIT
+        )
     (meta / "objects" / "info").mkdir(parents=True, exist_ok=True)
     (meta / "objects" / "info" / "alternates").write_text(str(repo / ".git" / "objects") + "\n")
     try:  # a shallow clone: its history ends there, for our git dir too
@@ -298,16 +321,16 @@ async def prepare_meta_git(root: Path, repo: Path, commit: str) -> Path:
         ["git", "--git-dir", str(meta), "update-ref", "refs/corral/base", commit], cwd=root, env=env
     )
     if rc != 0:
-        raise RuntimeFailure(f"git update-ref failed: {out.decode(errors='replace')}", reason="git")
+        raise RuntimeFailure(f"git update-ref failed: {out.decode(errors='replace')}", reason=Reason.GIT)
     rc, out = await capture(["git", "--git-dir", str(meta), "repack", "-a", "-d", "-q"], cwd=root, env=env)
     if rc != 0:
-        raise RuntimeFailure(f"git repack failed: {out.decode(errors='replace')}", reason="git")
+        raise RuntimeFailure(f"git repack failed: {out.decode(errors='replace')}", reason=Reason.GIT)
     (meta / "objects" / "info" / "alternates").unlink()
     rc, out = await capture(
         ["git", "--git-dir", str(meta), "--work-tree", str(repo), "read-tree", commit], cwd=root, env=env
     )
     if rc != 0:
-        raise RuntimeFailure(f"git read-tree failed: {out.decode(errors='replace')}", reason="git")
+        raise RuntimeFailure(f"git read-tree failed: {out.decode(errors='replace')}", reason=Reason.GIT)
     return meta
 
 
@@ -361,7 +384,7 @@ async def diff(run: SandboxRun, repo_dir: str, commit: str, *, limit: int = MAX_
     rc = await run([*git, "add", "--all", "--", ":/"], env, errors)
     if rc != 0:
         raise RuntimeFailure(
-            f"git add for the diff failed (exit {rc}): {_text(bytes(errors.buf))}", reason="diff"
+            f"git add for the diff failed (exit {rc}): {_text(bytes(errors.buf))}", reason=Reason.DIFF
         )
     # bash's pipefail keeps git's own failure; head stops reading one byte past the limit.
     script = f'set -o pipefail; "$@" | head -c {limit + 1}'
@@ -369,9 +392,9 @@ async def diff(run: SandboxRun, repo_dir: str, commit: str, *, limit: int = MAX_
     argv = ["/bin/bash", "-c", script, "diff", *git, "diff", "--cached", "--binary", "--no-color", commit]
     rc = await run(argv, env, out)
     if out.total > limit:
-        raise RuntimeFailure(f"the diff is larger than the limit of {limit} bytes", reason="diff")
+        raise RuntimeFailure(f"the diff is larger than the limit of {limit} bytes", reason=Reason.DIFF)
     if rc != 0:
-        raise RuntimeFailure(f"git diff failed (exit {rc}): {_text(bytes(out.buf))}", reason="diff")
+        raise RuntimeFailure(f"git diff failed (exit {rc}): {_text(bytes(out.buf))}", reason=Reason.DIFF)
     return bytes(out.buf).decode("utf-8", "replace")
 
 
@@ -387,15 +410,14 @@ def sweep(workspace_root: Path, owner: str, live: Callable[[], set[str]], *, kee
         entries = [e.name for e in os.scandir(workspace_root) if e.is_dir(follow_symlinks=False)]
     except FileNotFoundError:
         return []
-    running = live()
-    done: list[str] = []
+    labels = {}
     for name in entries:
         head, dot, rest = name.partition(".")
         if not dot or head != owner or "." in rest:
             continue
-        label = "-".join(rest.split("-")[:-2])
-        if label in running:
-            continue
+        labels[name] = "-".join(rest.split("-")[:-2])
+    done: list[str] = []
+    for name in orphans(labels, live()):
         path = workspace_root / name
         if keep:
             if not os.path.ismount(path / "workspace"):
@@ -417,3 +439,117 @@ def remove_tree(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISDIR(os.lstat(path).st_mode):
             shutil.rmtree(path, ignore_errors=True)
+
+
+class HostWorkspace:
+    """The `Workspace` on the executor host (see the module docstring); the diff runs in `sandbox`,
+    the runtime that runs CLI steps (None: no sandbox here, so no diff)."""
+
+    def __init__(
+        self,
+        sandbox: Runtime | None,
+        *,
+        frontend_url: str,
+        frontend_password: str,
+        executor_name: str,
+        keep: bool = False,
+    ) -> None:
+        self.sandbox = sandbox
+        self.frontend_url, self.frontend_password = frontend_url, frontend_password
+        self.executor_name = executor_name
+        self.keep = keep
+
+    async def prepare(self, space: JobSpace) -> None:
+        space.root.mkdir(parents=True, mode=0o700)
+        space.workspace.mkdir(mode=0o755)
+        space.scripts.mkdir(mode=0o755)
+        if space.limits.disk_bytes > 0:
+            await mount_quota(space.root, space.workspace, space.limits.disk_bytes)
+
+    async def write_scripts(self, space: JobSpace, scripts: Mapping[str, str]) -> None:
+        for name, text in scripts.items():
+            # Our own directory beside the workspace (see safefs): nothing the job controls is on this path.
+            fd = os.open(space.scripts / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+
+    async def write_files(self, space: JobSpace, files: Mapping[str, bytes]) -> None:
+        write_files(space.workspace, files)
+
+    async def clone(self, space: JobSpace, plan: JobPlan, token: str, open_log: LogOpener) -> None:
+        repo = space.workspace
+        if plan.repository_directory:
+            try:
+                rel = check_workspace_path(plan.repository_directory)
+            except ValueError as exc:
+                raise StepFailed(f"repositoryDirectory: {exc}", Reason.FILES) from None
+            repo = make_dirs(space.workspace, rel)
+        url = f"{self.frontend_url}/.executors/git/{plan.repository}"
+        headers = {
+            "Authorization": f"Bearer {token}",
+            JOB_ID_HEADER: str(plan.job_id),
+            EXECUTOR_NAME_HEADER: self.executor_name,
+        }
+        if not token:
+            headers = {"Authorization": f"token-executor {self.frontend_password}"}
+        env = git_env(auth_env(headers))
+        assert plan.clone is not None
+        for key, argv in clone_commands(plan.clone, url):
+            async with open_log(key, argv) as entry:
+                rc = await run(argv, cwd=repo, env=env, out=entry.write)
+                entry.exit_code = rc
+            if rc != 0:
+                raise RuntimeFailure(
+                    f"clone failed: {key} exited with {rc} (see its log)", reason=Reason.CLONE
+                )
+        await prepare_meta_git(space.root, repo, plan.commit)
+
+    async def collect(self, space: JobSpace, plan: JobPlan) -> Results:
+        diff_text, files, problems = "", {}, ()
+        meta = space.root / "meta.git"
+        if plan.repository and os.path.isdir(meta):
+            diff_text = await self._diff(space, plan, meta)
+        if plan.outputs:
+            files, found = await asyncio.to_thread(read_outputs, space.workspace, list(plan.outputs))
+            problems = tuple(found)
+        over = any("limit" in p or "exceed" in p for p in problems)
+        return Results(diff=diff_text, files=files, problems=problems, over_limit=over)
+
+    async def _diff(self, space: JobSpace, plan: JobPlan, meta: Path) -> str:
+        """The repository's diff, made inside the job's sandbox (never by git on the host: see diff)."""
+        sandbox = self.sandbox
+        if sandbox is None:
+            raise RuntimeFailure("the diff needs the shell sandbox (bubblewrap), which is not available")
+        # meta.git is ours and was never visible to the job; the sandboxed git runs as the job's user.
+        await asyncio.to_thread(chown_tree, meta, space.uid, space.gid)
+
+        async def in_sandbox(argv: Sequence[str], env: Mapping[str, str], out: Writer) -> int:
+            step = Step(
+                key="diff",
+                kind="cli",
+                index=-1,
+                image=None,
+                argv=tuple(argv),
+                env=dict(env),
+                binds=((os.fspath(meta), META_MOUNT),),
+            )
+            async with asyncio.timeout(GIT_TIMEOUT):
+                result = await sandbox.run_step(space, step, out)
+            if result.reason:
+                raise RuntimeFailure(f"cannot make the diff: {result.message}", reason=Reason.DIFF)
+            if result.oom_killed:
+                raise RuntimeFailure("making the diff ran out of the job's memory", reason=Reason.DIFF)
+            return result.exit_code
+
+        return await diff(in_sandbox, plan.repository_directory, plan.commit)
+
+    async def cleanup(self, space: JobSpace) -> None:
+        if self.keep:  # keep the files (and disk.img), but free the loop device
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                await asyncio.to_thread(unmount, space.workspace)
+        else:
+            await asyncio.to_thread(remove_tree, space.root)
+
+
+if TYPE_CHECKING:
+    _conforms: Workspace = HostWorkspace(None, frontend_url="", frontend_password="", executor_name="")

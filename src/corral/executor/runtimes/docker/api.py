@@ -26,6 +26,8 @@ from urllib.parse import quote
 
 import httpx
 
+from corral.errors import DockerAPIError, Reason, RuntimeFailure
+
 __all__ = [
     "API_VERSION_MAX",
     "API_VERSION_MIN",
@@ -33,6 +35,7 @@ __all__ = [
     "DockerAPI",
     "DockerAPIError",
     "FrameDecoder",
+    "docker_failure",
     "socket_from_env",
 ]
 
@@ -47,13 +50,9 @@ HEADER_LEN_BYTES = 8  # multiplexed stream frame header
 MAX_KEEPALIVE = 32  # idle connections kept to the daemon
 
 
-class DockerAPIError(Exception):
-    """The Docker Engine refused a request, or could not be reached (status 0)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+def docker_failure(exc: DockerAPIError, doing: str) -> RuntimeFailure:
+    """The runtime seam's error for a failed Engine call: what we were doing, then the engine's words."""
+    return RuntimeFailure(f"{doing}: {exc.message}", reason=Reason.DOCKER)
 
 
 def socket_from_env(environ: Mapping[str, str] | None = None) -> str:

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from corral.errors import CgroupError
 from corral.executor.runtimes.base import Limits
 
 __all__ = [
@@ -59,10 +60,6 @@ _KEY_FILES = {
     "pids": "cgroup.procs",
     "freezer": "cgroup.procs",
 }
-
-
-class CgroupError(RuntimeError):
-    """A cgroup could not be created, configured or removed."""
 
 
 def _write(path: Path, value: str) -> None:

@@ -4,8 +4,8 @@ Sandbox (per step): a read-only root built from parts (``/usr``, the usrmerge sy
 of ``/etc`` entries bound one by one, `extra_ro_binds`), a fresh ``/dev``, ``/proc``, tmpfs ``/tmp``,
 ``/var/tmp`` and ``/dev/shm``, and the job workspace bound read-write at ``WORKSPACE_MOUNT``
 (``/data``). New IPC, PID, UTS and cgroup namespaces always; a new network namespace (only ``lo``)
-unless ``space.network``. The environment is cleared; the step sees PATH, HOME=/tmp, USER, PWD (set
-by bwrap's --chdir) and ``step.env``.
+unless ``space.network.has_interface`` (the job's NetworkPolicy). The environment is cleared; the
+step sees PATH, HOME=/tmp, USER, PWD (set by bwrap's --chdir) and ``step.env``.
 
 Privileges, and why bwrap runs as root: the step must run as ``space.uid``/``space.gid`` with no
 capabilities. Running ``setpriv --reuid U ... bwrap`` (unprivileged bwrap in a user namespace)
@@ -59,7 +59,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from corral.executor.runtimes import seccomp
+from corral.errors import CgroupError, Reason, RuntimeFailure
 from corral.executor.runtimes.base import (
     LABEL_JOB,
     SCRIPTS_MOUNT,
@@ -70,14 +70,15 @@ from corral.executor.runtimes.base import (
     Step,
     StepResult,
 )
-from corral.executor.runtimes.cgroups import (
+from corral.executor.runtimes.shell import seccomp
+from corral.executor.runtimes.shell.cgroups import (
     CGROUP_ROOT,
     NAME_PREFIX,
-    CgroupError,
     JobCgroup,
     job_cgroup_names,
     missing_controllers,
 )
+from corral.executor.runtimes.shell.settings import ShellSettings
 
 __all__ = ["DEFAULT_ETC_FILES", "ShellRuntime"]
 
@@ -208,7 +209,7 @@ class ShellRuntime:
         """
         args: list[str] = [self.bwrap, "--die-with-parent", "--new-session"]
         args += ["--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
-        if not space.network:
+        if not space.network.has_interface:  # see corral.executor.network: deny-private fails closed
             args.append("--unshare-net")
         args += ["--hostname", SANDBOX_HOSTNAME, "--cap-drop", "ALL"]
         for cap in SETPRIV_CAPS:
@@ -353,19 +354,45 @@ class ShellRuntime:
                 return [f"a bubblewrap sandbox fails to start (exit {proc.returncode}): {text}"]
         return []
 
+    @classmethod
+    def from_settings(
+        cls, settings: ShellSettings, *, cgroup_parent: str, extra_ro_binds: Sequence[str] = ()
+    ) -> ShellRuntime:
+        return cls(
+            cgroup_parent=cgroup_parent,
+            extra_ro_binds=extra_ro_binds,
+            bwrap=settings.bwrap,
+            setpriv=settings.setpriv,
+        )
+
+    def telemetry(self) -> dict[str, str]:
+        return {}
+
     async def prepare(self, space: JobSpace) -> None:
-        """Create the job's cgroups with its limits, and hand the workspace to space.uid/space.gid."""
-        cgroup = self.cgroup(space)
-        cgroup.create(space.limits)
-        space.workspace.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(_chown_tree, space.workspace, space.uid, space.gid)
+        """Create the job's cgroups with its limits, and hand the workspace to space.uid/space.gid.
+
+        Raises RuntimeFailure (reason sandbox) when the cgroups or the workspace cannot be set up."""
+        try:
+            cgroup = self.cgroup(space)
+            cgroup.create(space.limits)
+            space.workspace.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(_chown_tree, space.workspace, space.uid, space.gid)
+        except (CgroupError, ValueError) as exc:
+            raise RuntimeFailure(f"cannot set up the job's sandbox: {exc}", reason=Reason.SANDBOX) from exc
+        except OSError as exc:
+            raise RuntimeFailure(
+                f"cannot prepare the workspace {space.workspace}: {exc}", reason=Reason.SANDBOX
+            ) from exc
 
     async def run_step(self, space: JobSpace, step: Step, output: OutputSink) -> StepResult:
         cgroup = self.cgroup(space)
         if not step.argv:
-            return StepResult(exit_code=1, reason="sandbox", message="the step has no command")
+            return StepResult(exit_code=1, reason=Reason.SANDBOX, message="the step has no command")
         if not cgroup.exists():
-            return StepResult(exit_code=1, reason="sandbox", message="the job's cgroups are missing")
+            return StepResult(exit_code=1, reason=Reason.SANDBOX, message="the job's cgroups are missing")
+        if step.kind == "docker" and step.image:
+            note = f"the shell runtime runs steps on the host's tools; image {step.image} is not used"
+            output(f"[corral] {note}\n".encode())
         oom_before = cgroup.oom_kills()
         procs_files = cgroup.procs_files()
         try:
@@ -381,9 +408,9 @@ class ShellRuntime:
                     pass_fds=(fd,),
                 )
         except seccomp.SeccompUnavailable as exc:
-            return StepResult(exit_code=1, reason="sandbox", message=str(exc))
+            return StepResult(exit_code=1, reason=Reason.SANDBOX, message=str(exc))
         except (OSError, subprocess.SubprocessError) as exc:
-            return StepResult(exit_code=1, reason="sandbox", message=f"cannot start the sandbox: {exc}")
+            return StepResult(exit_code=1, reason=Reason.SANDBOX, message=f"cannot start the sandbox: {exc}")
         assert proc.stdout is not None
         pump = asyncio.create_task(_pump(proc.stdout, output))
         try:

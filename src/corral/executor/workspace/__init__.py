@@ -1,0 +1,68 @@
+"""Where a job's files live: the `Workspace` seam (base.py) and its host implementation (host.py).
+
+`from corral.executor import workspace as ws` keeps working: the host functions are re-exported.
+The no-follow rule for every host-side path below a workspace is `corral.executor.safefs`.
+"""
+
+from corral.executor.workspace.base import CommandLog, LogOpener, Results, Workspace
+from corral.executor.workspace.host import (
+    GIT_TIMEOUT,
+    MAX_DIFF,
+    MAX_FILES,
+    MAX_OUTPUT_FILE,
+    MAX_OUTPUTS,
+    MAX_OUTPUTS_TOTAL,
+    Bounded,
+    HostWorkspace,
+    SandboxRun,
+    Writer,
+    auth_env,
+    capture,
+    check_quota_support,
+    chown_tree,
+    clone_commands,
+    diff,
+    git_env,
+    make_dirs,
+    mount_quota,
+    prepare_meta_git,
+    read_outputs,
+    remove_tree,
+    run,
+    sweep,
+    unmount,
+    write_files,
+)
+
+__all__ = [
+    "GIT_TIMEOUT",
+    "MAX_DIFF",
+    "MAX_FILES",
+    "MAX_OUTPUTS",
+    "MAX_OUTPUTS_TOTAL",
+    "MAX_OUTPUT_FILE",
+    "Bounded",
+    "CommandLog",
+    "HostWorkspace",
+    "LogOpener",
+    "Results",
+    "SandboxRun",
+    "Workspace",
+    "Writer",
+    "auth_env",
+    "capture",
+    "check_quota_support",
+    "chown_tree",
+    "clone_commands",
+    "diff",
+    "git_env",
+    "make_dirs",
+    "mount_quota",
+    "prepare_meta_git",
+    "read_outputs",
+    "remove_tree",
+    "run",
+    "sweep",
+    "unmount",
+    "write_files",
+]
