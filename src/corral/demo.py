@@ -81,7 +81,10 @@ def docker_ready() -> bool:
 
 
 def run_demo(runtime: str | None, keep: bool, data_dir: Path | None) -> int:
-    say = lambda text: typer.secho(text, fg=typer.colors.BLUE, bold=True)  # noqa: E731
+
+    def say(text: str) -> None:
+        typer.secho(text, fg=typer.colors.BLUE, bold=True)
+
     if runtime is None:
         runtime = "docker" if docker_ready() else "shell"
     tmp = Path(tempfile.mkdtemp(prefix="corral-demo-")) if data_dir is None else data_dir

@@ -82,7 +82,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
 from urllib.parse import quote, quote_plus
 
-import ahocorasick
+import ahocorasick  # type: ignore[import-not-found]  # C extension without stubs
 
 __all__ = [
     "CACHE_SIZE",
@@ -327,7 +327,7 @@ class Redactor:
             for last, (klen, patterns, longest) in auto.iter(_latin1(buf[lo:])):
                 if klen < KEY_LEN:
                     continue
-                start = lo + last - klen + 1  # whole keys of one length: in increasing order of start
+                start: int = lo + last - klen + 1  # whole keys of one length: in increasing order of start
                 size = n - start
                 if size <= KEY_LEN:
                     break

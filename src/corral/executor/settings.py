@@ -29,10 +29,26 @@ from corral.executor.runtimes.shell.settings import ShellSettings
 from corral.executor.settingsbase import Bool, Count, EnvSettings, from_env, present
 from corral.units import Duration, Size, format_duration, parse_duration, parse_size
 
-__all__ = ["RUNTIMES", "ExecutorSettings", "format_duration", "parse_duration", "parse_size"]
+__all__ = [
+    "RUNTIMES",
+    "ExecutorSettings",
+    "format_duration",
+    "known_runtimes",
+    "parse_duration",
+    "parse_size",
+]
 
 MIN_SECRET_LEN = 20  # characters
+# Runtimes EXECUTOR_RUNTIME may name besides the registry's (corral.executor.runtimes.registry):
+# Sourcegraph's, not built yet (make_runtime then says so by name).
 RUNTIMES = ("shell", "docker", "firecracker", "kubernetes")
+
+
+def known_runtimes() -> list[str]:
+    """Every name EXECUTOR_RUNTIME accepts: the registry's runtimes, then Sourcegraph's others."""
+    from corral.executor.runtimes.registry import RUNTIMES as REGISTERED  # the registry imports us
+
+    return list(dict.fromkeys([*REGISTERED, *RUNTIMES]))
 
 
 def _default_cli() -> str:
@@ -212,8 +228,8 @@ def _composite(env: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
     runtime = env.get("EXECUTOR_RUNTIME")
     if runtime is None:
         runtime = "firecracker" if use_fc else "docker"
-    elif runtime not in RUNTIMES:
-        problems.append(f"EXECUTOR_RUNTIME: {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    elif runtime not in (known := known_runtimes()):
+        problems.append(f"EXECUTOR_RUNTIME: {runtime!r} is not one of {', '.join(known)}")
     elif use_fc and runtime != "firecracker":
         problems.append(f"EXECUTOR_USE_FIRECRACKER=true contradicts EXECUTOR_RUNTIME={runtime}")
     values["runtime"] = runtime

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Awaitable
 
 from corral.errors import CorralError, ServerError
 from corral.executor.client import QueueClient
@@ -152,10 +153,10 @@ class Worker:
             self.dequeued += 1
             self._start(job)
 
-    async def _interruptible(self, coro: object) -> Job | None:
+    async def _interruptible(self, coro: Awaitable[Job | None]) -> Job | None:
         """Await a dequeue, abandoning it when stop() is called (a job it got back is requeued by
         the server's resetter, since we never heartbeat it)."""
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        task = asyncio.ensure_future(coro)
         stop = asyncio.ensure_future(self.stopping.wait())
         done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
         if task in done:

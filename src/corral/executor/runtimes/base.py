@@ -33,7 +33,7 @@ Optional capabilities, found with isinstance() on these runtime-checkable Protoc
 - `CredentialStager`: a runtime that needs the job's registry credentials gets them here, so the
   handler never handles them itself (it only asks which values the redactor must hide).
 And an optional class attribute `cli_runtime`: the registry name of the runtime that runs this
-runtime's CLI steps and the diff (absent: the runtime runs them itself); see `registry`.
+runtime's CLI steps and the diff (absent: the shell sandbox, `registry.DEFAULT_CLI_RUNTIME`).
 """
 
 from __future__ import annotations

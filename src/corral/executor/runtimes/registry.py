@@ -1,7 +1,8 @@
 """Pick a runtime by name. Adding a runtime = its package plus one line in RUNTIMES.
 
-A runtime that does not run CLI steps (and the diff) itself names the runtime that does in its
-class attribute `cli_runtime` (docker: "shell"); `make_runtimes` builds that one too.
+CLI steps (and the diff) run in the runtime named by the main runtime's class attribute
+`cli_runtime`, by default the shell sandbox ("shell" runs its own; docker names "shell" explicitly);
+`make_cli_runtime` builds it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from corral.errors import ConfigError
 from corral.executor.runtimes.base import Runtime, Step
 from corral.executor.settings import ExecutorSettings
 
-__all__ = ["RUNTIMES", "RuntimeSet", "cli_binds", "make_cli_runtime", "make_runtime"]
+DEFAULT_CLI_RUNTIME = "shell"  # runs CLI steps and the diff of runtimes that name no other
+
+__all__ = ["DEFAULT_CLI_RUNTIME", "RUNTIMES", "RuntimeSet", "cli_binds", "make_cli_runtime", "make_runtime"]
 
 
 def _shell(s: ExecutorSettings) -> Runtime:
@@ -68,8 +71,9 @@ def make_runtime(settings: ExecutorSettings) -> Runtime:
 
 
 def make_cli_runtime(settings: ExecutorSettings, runtime: Runtime) -> Runtime:
-    """The runtime that runs `runtime`'s CLI steps and the diff: itself, unless it names another."""
-    name: str = getattr(runtime, "cli_runtime", runtime.name)
+    """The runtime that runs `runtime`'s CLI steps and the diff: the one its `cli_runtime` names,
+    by default the shell sandbox (a runtime that runs them itself names itself)."""
+    name: str = getattr(runtime, "cli_runtime", DEFAULT_CLI_RUNTIME)
     if name == runtime.name:
         return runtime
     return _factory(name)(settings)

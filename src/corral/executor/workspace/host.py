@@ -505,7 +505,7 @@ class HostWorkspace:
         await prepare_meta_git(space.root, repo, plan.commit)
 
     async def collect(self, space: JobSpace, plan: JobPlan) -> Results:
-        diff_text, files, problems = "", {}, ()
+        diff_text, files, problems = "", dict[str, str](), tuple[str, ...]()
         meta = space.root / "meta.git"
         if plan.repository and os.path.isdir(meta):
             diff_text = await self._diff(space, plan, meta)

@@ -19,7 +19,7 @@ import asyncio
 import json
 import os
 import struct
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
@@ -111,7 +111,7 @@ def _engine_message(resp: httpx.Response) -> str:
     except (ValueError, UnicodeDecodeError):
         body = None
     if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"]
+        return str(body["message"])
     text = resp.text.strip()
     return text or f"HTTP {resp.status_code}"
 
@@ -298,7 +298,7 @@ class DockerAPI:
         params = {"stream": 1, "stdout": 1, "stderr": 1}
         async with self.stream("POST", f"/containers/{_path(cid)}/attach", params=params) as resp:
 
-            async def payloads() -> AsyncIterator[bytes]:
+            async def payloads() -> AsyncGenerator[bytes]:
                 decoder = FrameDecoder()
                 try:
                     async for chunk in resp.aiter_raw():

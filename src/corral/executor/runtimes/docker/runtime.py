@@ -159,12 +159,10 @@ class DockerRuntime:
         self.network_runtime = network_runtime
         self.add_host_gateway = add_host_gateway
         self.mounts = [parse_mount_spec(s) for s in additional_mounts]
-        self.pull = pull
-        self.pull_timeout = pull_timeout
         self.api = DockerAPI(socket)
         self._host_cpus: int | None = None  # the daemon's NCPU, fetched once
         try:
-            self.allowed_registries = frozenset(canonical_registry(r) for r in allowed_registries)
+            allowed = frozenset(canonical_registry(r) for r in allowed_registries)
         except ValueError as exc:
             raise ConfigError(f"{ALLOWED_REGISTRIES_SETTING}: {exc} (use host[:port], [ipv6]:port)") from None
         self.executor_auth_config = executor_auth_config
@@ -176,11 +174,20 @@ class DockerRuntime:
             self.pulled,
             pull=pull,
             pull_timeout=pull_timeout,
-            allowed_registries=self.allowed_registries,
+            allowed_registries=allowed,
             executor_auth_config=executor_auth_config,
         )
         self._configs: dict[Path, Path] = {}  # job root -> its private docker config dir
         self._telemetry: dict[str, str] | None = None
+
+    @property
+    def allowed_registries(self) -> frozenset[str]:
+        """Canonical host[:port] of registries allowed on non-public addresses (read by every pull)."""
+        return self.images.allowed_registries
+
+    @allowed_registries.setter
+    def allowed_registries(self, value: frozenset[str]) -> None:
+        self.images.allowed_registries = frozenset(value)
 
     @classmethod
     def from_settings(cls, settings: DockerSettings, *, owner: str, state_dir: Path) -> DockerRuntime:

@@ -130,7 +130,7 @@ class SeccompUnavailable(RuntimeError):
 def bpf_program() -> bytes:
     """The compiled filter (classic BPF for the native architecture); built once per process."""
     try:
-        import pyseccomp as sc
+        import pyseccomp as sc  # type: ignore[import-untyped]
     except (ImportError, RuntimeError) as exc:  # pyseccomp raises RuntimeError without libseccomp.so
         raise SeccompUnavailable(f"libseccomp is not usable: {exc} (apt-get install libseccomp2)") from exc
     try:
