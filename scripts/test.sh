@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check src tests bench
+.venv/bin/mypy  # strict, on src/corral (pyproject [tool.mypy])
 set +e
 .venv/bin/pytest -p no:cacheprovider "$@"
 rc=$?

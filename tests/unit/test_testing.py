@@ -50,11 +50,6 @@ def test_the_fake_is_never_the_default_and_says_it_is_for_tests() -> None:
     assert "Not for production" in (corral.testing.__doc__ or "")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ExecutorSettings validates EXECUTOR_RUNTIME against its own RUNTIMES tuple, not the "
-    "registry's names: a runtime added by one registry line is refused by the settings",
-)
 def test_executor_runtime_fake_is_accepted_from_the_environment() -> None:
     assert ExecutorSettings.from_env({**ENV, "EXECUTOR_RUNTIME": "fake"}).runtime == "fake"
 

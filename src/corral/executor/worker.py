@@ -125,9 +125,7 @@ class Worker:
     async def _dequeue_loop(self) -> None:
         backoff = 0.0
         while not self.stopping.is_set() and not self._done_taking():
-            await self.slots.acquire()
-            if self.stopping.is_set():
-                self.slots.release()
+            if not await self._free_slot():
                 break
             wait = self.settings.long_poll
             try:
@@ -152,6 +150,25 @@ class Worker:
                 continue
             self.dequeued += 1
             self._start(job)
+
+    async def _free_slot(self) -> bool:
+        """Take a slot; False (holding none) once stop() is called, also while every slot is busy, so
+        that the shutdown grace starts at the first stop and not when some job happens to end."""
+        if self.stopping.is_set():
+            return False
+        acquire = asyncio.ensure_future(self.slots.acquire())
+        stop = asyncio.ensure_future(self.stopping.wait())
+        await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not acquire.done():
+            acquire.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await acquire
+        if acquire.done() and not acquire.cancelled():
+            if not self.stopping.is_set():
+                return True
+            self.slots.release()
+        return False
 
     async def _interruptible(self, coro: Awaitable[Job | None]) -> Job | None:
         """Await a dequeue, abandoning it when stop() is called (a job it got back is requeued by
@@ -211,7 +228,9 @@ class Worker:
 
     def cancel(self, job_id: int, why: str) -> None:
         entry = self.running.get(job_id)
-        if entry is not None and not entry[1].done():
+        # Cancel once: every cancel-watch answer and heartbeat repeats the server's cancel, and a second
+        # CancelledError during the step's kill grace would cut the grace short.
+        if entry is not None and not entry[1].done() and not entry[1].cancelling():
             log.info("job %s: canceling (%s)", job_id, why)
             entry[1].cancel()
 

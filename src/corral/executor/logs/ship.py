@@ -56,6 +56,7 @@ class LogEntry:
         self._closed = False
         self.exit_code: int | None = None
         self.on_lost = on_lost  # called when the server says this attempt is no longer live
+        self.lost = False  # the server fenced this attempt off: nothing more is sent for it
 
     async def __aenter__(self) -> LogEntry:
         self.entry_id = await self.client.add_log_entry(self.job, self.key, self.command, self.start_time)
@@ -83,6 +84,7 @@ class LogEntry:
                 await self._send()
             except Conflict as exc:  # not a resync: this attempt is no longer the job's live one
                 log.warning("job %s: the server refused our log (%s); stopping the job", self.job.id, exc)
+                self.lost = True
                 if self.on_lost is not None:
                     self.on_lost()
                 return
@@ -139,6 +141,8 @@ class LogEntry:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self.capture.finish()
+        if self.lost:  # the server refused this attempt: it would refuse the rest too
+            return
         duration = int((time.monotonic() - self.started) * 1000)
         await self._send(exit_code, duration)
 
