@@ -208,7 +208,7 @@ async def test_an_unreachable_server_errors_the_job_with_lost_contact(h: Harness
     assert fake.methods(job_id)[-1] == "cleanup"
 
 
-async def test_a_fenced_attempt_sends_nothing_after_the_first_409(h: Harness) -> None:
+async def test_a_fenced_attempt_sends_no_more_log_after_the_first_409(h: Harness) -> None:
     fake = FakeRuntime()
     step = fake_step(FAKE_OUTPUT="x" * 400, FAKE_CHUNK=1, FAKE_CHUNK_DELAY=0.01, FAKE_SLEEP=30)
     job_id, task, _proc = await start(h, fake, step)
@@ -218,4 +218,5 @@ async def test_a_fenced_attempt_sends_nothing_after_the_first_409(h: Harness) ->
         await asyncio.wait_for(task, 5)
     ops = [(s.op, s.status) for s in h.transport.sent]
     first = ops.index(("appendExecutionLogEntry", 409))
-    assert ops[first + 1 :] == [], ops
+    # no more log sends; only the one mark that says the executor gave the attempt up (refused too)
+    assert ops[first + 1 :] == [("markFailed", 409)], ops

@@ -78,7 +78,6 @@ class JobHandler:
         self.echo = echo
         self._workspace = workspace
         self._redactors = RedactorCache()
-        self._lost: set[tuple[int, int | None]] = set()  # (job id, attempt) the server fenced off
 
     @property
     def workspace(self) -> Workspace:
@@ -129,13 +128,8 @@ class JobHandler:
             redactor,
             max_bytes=self.settings.log_max_bytes,
             echo=self.echo,
-            on_lost=(lambda: self._lose(job, task)) if task is not None else None,
+            on_lost=task.cancel if task is not None else None,
         )
-
-    def _lose(self, job: Job, task: asyncio.Task[object]) -> None:
-        """The server fenced this attempt off (409): stop it and send nothing more about it."""
-        self._lost.add((job.id, job.attempt))
-        task.cancel()
 
     def _space(self, job: Job, root: Path) -> JobSpace:
         s = self.settings
@@ -216,10 +210,6 @@ class JobHandler:
             await self.workspace.cleanup(space)
         except Exception:
             log.exception("job %s: workspace cleanup failed", job.id)
-        if (job.id, job.attempt) in self._lost:
-            self._lost.discard((job.id, job.attempt))
-            log.info("job %s: attempt %s was taken over by the server; not reported", job.id, job.attempt)
-            return
         try:
             if kind is Outcome.COMPLETE:
                 await self.client.mark_complete(job)
