@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 
 import pytest
 
@@ -39,3 +40,23 @@ def docker_available() -> None:
 @pytest.fixture(scope="session")
 def bwrap_available() -> None:
     require(bwrap_ok(), "bubblewrap, cgroup v1 and root are needed for the shell runtime")
+
+
+def _unmount_below(root: str) -> None:
+    """Unmount job workspace filesystems left below root: an executor a test killed with SIGKILL
+    leaves its loop mounts (its janitor would remove them on its next start, which never comes)."""
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1] for line in f]
+    for point in sorted((p for p in points if p.startswith(root + "/")), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, timeout=30)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_workspace_mounts_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Before and after the session: pytest deletes old temp dirs, which fails on a mount point."""
+    root = str(tmp_path_factory.getbasetemp().parent)
+    if os.geteuid() == 0:
+        _unmount_below(root)
+    yield
+    if os.geteuid() == 0:
+        _unmount_below(root)
