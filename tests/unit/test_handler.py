@@ -220,3 +220,53 @@ async def test_a_fenced_attempt_sends_no_more_log_after_the_first_409(h: Harness
     first = ops.index(("appendExecutionLogEntry", 409))
     # no more log sends; only the one mark that says the executor gave the attempt up (refused too)
     assert ops[first + 1 :] == [("markFailed", 409)], ops
+
+
+# -- seams found by review ---------------------------------------------------------------------------
+class _WholeJob(FakeRuntime):
+    """A whole-job runtime (as a VM or a pod): run_plan gets every step at once."""
+
+    def __init__(self, crash_after_start: bool = False) -> None:
+        super().__init__()
+        self.crash_after_start = crash_after_start
+        self.plans: list[int] = []
+
+    async def run_plan(self, space, plan, sink) -> None:  # type: ignore[no-untyped-def]
+        self.plans.append(plan.job_id)
+        for step in plan.steps:
+            out = await sink.started(step)
+            if self.crash_after_start:
+                raise RuntimeError("the VM crashed")
+            await sink.finished(step, await self.run_step(space, step, out))
+
+
+async def test_a_whole_job_runtime_runs_the_plan(h: Harness) -> None:
+    rt = _WholeJob()
+    job_id, view = await run(h, rt, fake_step(FAKE_OUTPUT="one"), fake_step(FAKE_EXIT=4), fake_step())
+    assert rt.plans == [job_id]
+    assert view["state"] == "failed" and view["error"] == "step.docker.1 failed with exit code 4", view
+    entries = [(e["key"], e["exitCode"]) for e in (await h.logs(job_id))]
+    assert entries == [("step.docker.0", 0), ("step.docker.1", 4)]
+
+
+async def test_a_whole_job_runtime_that_breaks_mid_step_leaves_no_log_entry_open(h: Harness) -> None:
+    job_id, view = await run(h, _WholeJob(crash_after_start=True), fake_step())
+    assert view["state"] == "errored", view
+    (entry,) = await h.logs(job_id)
+    assert entry["exitCode"] == -1 and "the runtime stopped before this step finished" in entry["out"]
+
+
+async def test_a_workspace_that_breaks_while_collecting_does_not_complete_the_job(h: Harness) -> None:
+    from corral.executor.workspace import HostWorkspace
+
+    class Broken(HostWorkspace):
+        async def collect(self, space, plan):  # type: ignore[no-untyped-def]
+            raise PermissionError(13, "Permission denied", str(space.root / "meta.git"))
+
+    fake = FakeRuntime()
+    handler = h.handler(fake)
+    handler._workspace = Broken(fake, frontend_url="x", frontend_password="y", executor_name="n")
+    job_id = await h.submit(fake_step(), outputs=["x.txt"])
+    await handler.handle(await h.dequeue(handler.client))
+    view = await h.job(job_id)
+    assert view["state"] in ("errored", "queued") and "cannot collect the results" in view["error"], view

@@ -111,8 +111,9 @@ async def test_the_second_stop_cancels_the_running_job(h: Harness) -> None:
     worker.stop()
     await asyncio.wait_for(task, 5)
     assert proc.term_at is not None
-    view = await h.job(job_id)
-    assert view["state"] == "failed" and view["error"] == "canceled", view
+    view = await h.job(job_id)  # errored, so another executor retries it: a restart fails nothing for good
+    assert view["error"] == "the executor shut down before the job finished", view
+    assert view["state"] in ("errored", "queued"), view
 
 
 async def test_the_shutdown_grace_cancels_what_still_runs(h: Harness) -> None:
@@ -129,7 +130,7 @@ async def test_the_shutdown_grace_cancels_what_still_runs(h: Harness) -> None:
             worker.stop()  # the second stop ends it, so the harness closes cleanly
             await asyncio.wait_for(task, 5)
     assert proc.term_at is not None
-    assert (await h.job(job_id))["error"] == "canceled"
+    assert (await h.job(job_id))["error"] == "the executor shut down before the job finished"
 
 
 async def test_a_failing_dequeue_is_retried_with_backoff(h: Harness) -> None:

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import subprocess
 from enum import StrEnum
 from pathlib import Path
 
@@ -78,6 +79,8 @@ class JobHandler:
         self.echo = echo
         self._workspace = workspace
         self._redactors = RedactorCache()
+        # Jobs this executor stops on its own (shutdown): reported errored (retried), not canceled.
+        self.stopped_locally: dict[int, bool] = {}
 
     @property
     def workspace(self) -> Workspace:
@@ -161,7 +164,13 @@ class JobHandler:
             self.settings.workspace_root
             / f"{self.settings.vm_prefix}.{job.queue}-{job.id}-{job.attempt or 0}-{secrets.token_hex(4)}"
         )
-        space = self._space(job, root)
+        try:
+            space = self._space(job, root)
+        except identity.IdentityExhausted as exc:  # no uid free: another executor (or a later try) runs it
+            log.error("job %s: %s", job.id, exc)
+            with contextlib.suppress(CorralError):
+                await self.client.mark_errored(job, f"no job uid free on this executor: {exc}")
+            return
         plan = plan_job(job, cli_path=self.settings.cli_path, default_queue=space.queue)
         limit = self.deadline(job)
         outcome: Result = (Outcome.COMPLETE, "")
@@ -182,7 +191,10 @@ class JobHandler:
             if problem is not None and problem[0] is Outcome.ERRORED:
                 outcome = problem
         except asyncio.CancelledError:
-            outcome = (Outcome.CANCELED, "canceled")
+            if self.stopped_locally.pop(job.id, False):  # this executor shut down: another one retries
+                outcome = (Outcome.ERRORED, "the executor shut down before the job finished")
+            else:
+                outcome = (Outcome.CANCELED, "canceled")
             raise
         except RuntimeFailure as exc:
             outcome = (Outcome.ERRORED, exc.message)
@@ -243,6 +255,9 @@ class JobHandler:
         except RuntimeFailure as exc:
             log.warning("job %s: results incomplete: %s", job.id, exc)
             problem = (Outcome.FAILED, f"results: {exc.message}")
+        except (OSError, subprocess.SubprocessError) as exc:  # the host broke, not the job: retry
+            log.warning("job %s: cannot collect the results: %s", job.id, exc)
+            return (Outcome.ERRORED, f"cannot collect the results: {exc}")
         try:
             await self.client.upload_result(job, exit_codes, diff, files, outcome)
         except ServerError as exc:
@@ -284,7 +299,11 @@ class JobHandler:
         if cli is not None and cli is not main and sandboxed:
             await cli.prepare(space)  # CLI steps and the diff run in that runtime (e.g. the shell sandbox)
         if isinstance(main, PlanRunner):
-            await main.run_plan(space, plan, _Sink(self, job, space, redactor, exit_codes))
+            sink = _Sink(self, job, space, redactor, exit_codes)
+            try:
+                await main.run_plan(space, plan, sink)
+            finally:
+                await sink.close_open()  # a runtime that broke mid-step leaves no log entry open
             return
         for step in plan.steps:
             result = await self._run_step(job, space, redactor, step)
@@ -349,6 +368,14 @@ class _Sink:
         await entry.__aenter__()
         self.entries[step.key] = entry
         return entry.write
+
+    async def close_open(self) -> None:
+        """Close the entries of steps the runtime started but never finished (exit -1)."""
+        for key in list(self.entries):
+            entry = self.entries.pop(key)
+            entry.note("the runtime stopped before this step finished")
+            with contextlib.suppress(CorralError):
+                await entry.__aexit__(None, None, None)
 
     async def finished(self, step: Step, result: StepResult) -> None:
         entry = self.entries.pop(step.key)

@@ -83,9 +83,9 @@ class Worker:
     def stop(self) -> None:
         """First call: stop taking jobs. Second call: cancel the running ones."""
         if self.stopping.is_set():
-            log.warning("second stop signal: canceling %d running job(s)", len(self.running))
-            for _job, task in self.running.values():
-                task.cancel()
+            log.warning("second stop signal: stopping %d running job(s)", len(self.running))
+            for job, task in self.running.values():
+                self._stop_locally(job.id, task)
         else:
             log.info("stopping: no new jobs; waiting for %d running job(s)", len(self.running))
             self.stopping.set()
@@ -221,10 +221,17 @@ class Worker:
         tasks = [t for _j, t in self.running.values()]
         _done, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace)
         if pending:
-            log.warning("shutdown grace over: canceling %d job(s)", len(pending))
-            for t in pending:
-                t.cancel()
+            log.warning("shutdown grace over: stopping %d job(s)", len(pending))
+            for job, task in list(self.running.values()):
+                if task in pending:
+                    self._stop_locally(job.id, task)
             await asyncio.wait(pending)
+
+    def _stop_locally(self, job_id: int, task: asyncio.Task[None]) -> None:
+        """Stop a job because this executor shuts down: it is reported errored, so the server hands
+        it to another executor (a rolling restart must not fail jobs for good)."""
+        self.handler.stopped_locally[job_id] = True
+        task.cancel()
 
     def cancel(self, job_id: int, why: str) -> None:
         entry = self.running.get(job_id)
