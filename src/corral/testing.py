@@ -360,6 +360,7 @@ class Fault:
     status: int | None = 503
     times: int | None = None
     hits: int = 0
+    response: httpx.Response | None = None  # answer this instead (a malformed body, say)
 
 
 class FaultyTransport(httpx.AsyncBaseTransport):
@@ -372,6 +373,12 @@ class FaultyTransport(httpx.AsyncBaseTransport):
 
     def fail(self, path: str, *, status: int | None = 503, times: int | None = None) -> Fault:
         fault = Fault(path, status, times)
+        self.faults.append(fault)
+        return fault
+
+    def respond(self, path: str, response: httpx.Response, *, times: int | None = 1) -> Fault:
+        """Requests whose path contains `path` get `response` (as a broken server or a proxy answers)."""
+        fault = Fault(path, response.status_code, times, response=response)
         self.faults.append(fault)
         return fault
 
@@ -391,6 +398,9 @@ class FaultyTransport(httpx.AsyncBaseTransport):
                 self.sent.append(Sent(request.method, path, body, fault.status))
                 if fault.status is None:
                     raise httpx.ConnectError("fault injected: the server is unreachable", request=request)
+                if fault.response is not None:
+                    r = fault.response
+                    return httpx.Response(r.status_code, headers=r.headers, content=r.content)
                 return httpx.Response(fault.status, json={"error": f"fault injected ({fault.status})"})
         response = await self.inner.handle_async_request(request)
         self.sent.append(Sent(request.method, path, body, response.status_code))

@@ -183,3 +183,24 @@ async def _until(probe, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not probe():
             await asyncio.sleep(0.005)
+
+
+async def test_malformed_server_answers_do_not_stop_heartbeats_or_the_executor(h: Harness) -> None:
+    """An HTML page or ids that are not numbers, as a proxy or a broken server may answer: the client
+    says what is wrong (ServerError) and every loop carries on."""
+    import httpx
+
+    from corral.errors import ServerError
+
+    client = h.client()
+    for path, body in [("heartbeat", "<html>proxy error</html>"), ("heartbeat", '{"knownIds": ["abc"]}')]:
+        h.transport.respond(
+            path, httpx.Response(200, text=body, headers={"content-type": "application/json"})
+        )
+        with pytest.raises(
+            ServerError, match="the server's answer to heartbeat is not what the protocol says"
+        ):
+            await client.heartbeat([], {})
+    h.transport.respond("dequeue", httpx.Response(200, json={"id": "not-a-number"}))
+    with pytest.raises(ServerError, match="the server's answer to dequeue"):
+        await client.dequeue()

@@ -6,7 +6,9 @@ time; any other 4xx is final and raised as ServerError with the server's message
 
 from __future__ import annotations
 
+import contextlib
 import platform
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -112,6 +114,15 @@ class QueueClient:
             raise ServerError(f"cannot reach the server at {self.settings.frontend_url}: {exc!r}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
+    @contextlib.contextmanager
+    def _answer(self, what: str) -> Iterator[None]:
+        """Decode a server answer: anything malformed (not JSON, wrong shape, bad ids) is a ServerError
+        naming the call, so no loop of the worker dies of a library error."""
+        try:
+            yield
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:  # JSON, pydantic, shapes
+            raise ServerError(f"the server's answer to {what} is not what the protocol says: {exc}") from exc
+
     def _queue_path(self, job: Job, op: str) -> str:
         queue = job.queue or self.settings.queues[0]
         return f"/.executors/queue/{queue}/{op}"
@@ -152,7 +163,8 @@ class QueueClient:
         )
         if r.status_code == 204 or not r.content:
             return None
-        job = Job.model_validate(r.json())
+        with self._answer("dequeue"):
+            job = Job.model_validate(r.json())
         if job.queue is None:
             job.queue = s.queues[0]
         return job
@@ -178,15 +190,16 @@ class QueueClient:
             body["jobIds"] = [j.id for j in jobs]
             path = f"/.executors/queue/{s.queues[0]}/heartbeat"
         r = await self._post(path, body, self._executor_headers(), retry_for=0)
-        data = r.json() or {}
 
-        def ids(key: str) -> set[int]:
+        def ids(data: dict[str, Any], key: str) -> set[int]:
             return {
                 int(str(x).split("-", 1)[0])
                 for x in (data.get(key) or data.get(key.replace("Ids", "IDs")) or [])
             }
 
-        return ids("knownIds"), ids("cancelIds")
+        with self._answer("heartbeat"):
+            data = r.json() or {}
+            return ids(data, "knownIds"), ids(data, "cancelIds")
 
     async def cancel_watch(self, job_ids: list[int], wait: float) -> set[int]:
         body = {"executorName": self.settings.name, "jobIds": job_ids, "waitSeconds": wait}
@@ -197,7 +210,8 @@ class QueueClient:
             timeout=wait + REQUEST_TIMEOUT,
             retry_for=0,
         )
-        return set(r.json().get("cancelIds") or [])
+        with self._answer("cancelWatch"):
+            return {int(x) for x in (r.json().get("cancelIds") or [])}
 
     # -- job-scoped calls ---------------------------------------------------------------------
     async def add_log_entry(
@@ -205,7 +219,8 @@ class QueueClient:
     ) -> int:
         body = self._op(job, key=key, command=command, startTime=start_time, out=out)
         r = await self._post(self._queue_path(job, "addExecutionLogEntry"), body, self._job_headers(job))
-        return int(r.json())
+        with self._answer("addExecutionLogEntry"):
+            return int(r.json())
 
     async def update_log_entry(
         self,
@@ -238,7 +253,8 @@ class QueueClient:
             body["exitCode"] = exit_code
             body["durationMs"] = duration_ms or 0
         r = await self._post(self._queue_path(job, "appendExecutionLogEntry"), body, self._job_headers(job))
-        return int(r.json()["offset"])
+        with self._answer("appendExecutionLogEntry"):
+            return int(r.json()["offset"])
 
     async def upload_result(
         self, job: Job, exit_codes: list[int], diff: str, files: dict[str, str], outcome: str

@@ -251,6 +251,9 @@ class Worker:
             except CorralError as exc:
                 log.warning("heartbeat failed: %s", exc)
                 continue
+            except Exception:  # a bug must not stop heartbeats for good (every lease would expire)
+                log.exception("heartbeat failed unexpectedly; trying again next interval")
+                continue
             for j in jobs:
                 if j.id in cancel:
                     self.cancel(j.id, "the server asked")
@@ -275,6 +278,9 @@ class Worker:
                         self.cancel(job_id, "the server asked")
                 except CorralError as exc:
                     log.warning("cancel watch failed: %s", exc)
+                    await asyncio.sleep(1.0)
+                except Exception:  # a bug must not end cancel delivery for good
+                    log.exception("cancel watch failed unexpectedly; trying again")
                     await asyncio.sleep(1.0)
             else:
                 watch.cancel()
