@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import httpx
 
-from corral.errors import RuntimeFailure
+from corral.errors import ConfigError, RuntimeFailure
 from corral.executor.runtimes.base import LABEL_JOB, JobSpace, OutputSink, Step, StepResult
 from corral.protocol import check_workspace_path
 from corral.protocol.states import TERMINAL
@@ -70,6 +71,7 @@ __all__ = [
     "FaultyTransport",
     "Harness",
     "Sent",
+    "fake_from_settings",
     "fake_step",
 ]
 
@@ -408,6 +410,20 @@ class FaultyTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+TESTING_ENV = "CORRAL_TESTING"  # =1: EXECUTOR_RUNTIME=fake may be used (it runs nothing)
+
+
+def fake_from_settings(settings: ExecutorSettings) -> FakeRuntime:
+    """The registry's factory for EXECUTOR_RUNTIME=fake: refused unless CORRAL_TESTING=1, so that a
+    production executor can never "complete" jobs without running them."""
+    if os.environ.get(TESTING_ENV) != "1":
+        raise ConfigError(
+            "EXECUTOR_RUNTIME=fake is the test suite's fake runtime: it runs no step. "
+            f"Use shell or docker; tests set {TESTING_ENV}=1"
+        )
+    return FakeRuntime(settings)
 
 
 # -- the in-process harness ------------------------------------------------------------------------

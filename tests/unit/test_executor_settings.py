@@ -280,3 +280,36 @@ def test_other_values():
 )
 def test_format_duration(seconds: float, text: str):
     assert format_duration(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("EXECUTOR_HEARTBEAT_INTERVAL", "0s", "greater than 0"),
+        ("EXECUTOR_QUEUE_POLL_INTERVAL", "0", "greater than 0"),
+        ("EXECUTOR_CLEANUP_TASK_INTERVAL", "0ms", "greater than 0"),
+        ("EXECUTOR_MAXIMUM_RUNTIME_PER_JOB", "0", "greater than 0"),
+        ("EXECUTOR_JOB_NUM_CPUS", "-1", "greater than or equal to 0"),
+        ("EXECUTOR_JOB_NUM_CPUS", "nan", "finite"),
+    ],
+)
+def test_values_that_would_spin_or_break_every_job_are_refused(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"{name}: .*{message}"):
+        ExecutorSettings.from_env({**GOOD, name: value})
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("t", True),
+        ("T", True),
+        ("TRUE", True),
+        ("1", True),
+        ("f", False),
+        ("F", False),
+        ("False", False),
+        ("0", False),
+    ],
+)
+def test_booleans_take_gos_forms(value: str, expected: bool) -> None:
+    assert ExecutorSettings.from_env({**GOOD, "EXECUTOR_KEEP_WORKSPACES": value}).keep_workspaces is expected

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import corral.testing
-from corral.errors import RuntimeFailure
+from corral.errors import ConfigError, RuntimeFailure
 from corral.executor.runtimes.base import JobSpace, Step
 from corral.executor.runtimes.registry import RUNTIMES, make_runtime
 from corral.executor.settings import ExecutorSettings
@@ -31,8 +31,11 @@ def step(**env: str) -> Step:
     return Step(key="step.docker.0", kind="docker", index=0, image="img:1", argv=("true",), env=env)
 
 
-async def test_the_fake_registered_by_one_line_runs_a_job_end_to_end(tmp_path: Path) -> None:
+async def test_the_fake_registered_by_one_line_runs_a_job_end_to_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert "fake" in RUNTIMES
+    monkeypatch.setenv("CORRAL_TESTING", "1")
     async with Harness(tmp_path) as h:
         settings = h.executor_settings()
         runtime = make_runtime(settings)
@@ -143,3 +146,10 @@ async def test_the_janitor_removes_only_jobs_not_live(tmp_path: Path) -> None:
 async def test_check_reports_the_configured_problems() -> None:
     assert await FakeRuntime().check() == []
     assert await FakeRuntime(problems=["no engine"]).check() == ["no engine"]
+
+
+def test_a_production_executor_refuses_the_fake_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CORRAL_TESTING", raising=False)
+    settings = ExecutorSettings.from_env({**ENV, "EXECUTOR_RUNTIME": "fake"})
+    with pytest.raises(ConfigError, match="EXECUTOR_RUNTIME=fake is the test suite's fake runtime"):
+        make_runtime(settings)

@@ -13,6 +13,7 @@ from corral.executor.runtimes.base import Runtime
 from corral.executor.runtimes.registry import make_cli_runtime, make_runtime
 from corral.executor.settings import ExecutorSettings
 from corral.executor.worker import Worker
+from corral.executor.workspace.host import check_quota_support
 
 
 async def build_worker(settings: ExecutorSettings, *, echo: bool = False) -> Worker:
@@ -25,6 +26,8 @@ async def build_worker(settings: ExecutorSettings, *, echo: bool = False) -> Wor
     if cli_runtime is not None and cli_runtime is not runtime and await cli_runtime.check():
         logging.getLogger("corral.executor").warning("shell sandbox unavailable: CLI steps will fail")
         cli_runtime = None
+    if settings.job_disk_space > 0 and (quota := check_quota_support()):
+        raise CorralError("EXECUTOR_JOB_DISK_SPACE cannot be enforced here:\n  " + "\n  ".join(quota))
     settings.workspace_root.mkdir(parents=True, exist_ok=True, mode=0o700)
     return Worker(settings, QueueClient(settings), runtime, cli_runtime, echo=echo)
 
@@ -49,6 +52,8 @@ async def validate(settings: ExecutorSettings) -> list[str]:
         problems += [f"runtime {runtime.name}: {p}" for p in await runtime.check()]
     except CorralError as exc:
         problems.append(exc.message)
+    if settings.job_disk_space > 0:
+        problems += [f"EXECUTOR_JOB_DISK_SPACE: {p} (or set it to 0)" for p in check_quota_support()]
     client = QueueClient(settings, retry_for=0)
     try:
         await client.test_auth()

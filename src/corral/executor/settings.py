@@ -66,12 +66,17 @@ class ExecutorSettings(EnvSettings):
     frontend_password: str = Field(validation_alias="EXECUTOR_FRONTEND_PASSWORD")
     queues: list[str]
     runtime: str = "docker"
-    queue_poll_interval: Duration = Field(1.0, validation_alias="EXECUTOR_QUEUE_POLL_INTERVAL")  # seconds
+    queue_poll_interval: Duration = Field(
+        1.0, gt=0, validation_alias="EXECUTOR_QUEUE_POLL_INTERVAL"
+    )  # seconds
     # seconds a dequeue may wait on a server that offers long-poll; 0 = off
     long_poll: Duration = Field(20.0, validation_alias="EXECUTOR_LONG_POLL")
     maximum_num_jobs: Count = Field(1, validation_alias="EXECUTOR_MAXIMUM_NUM_JOBS")
-    job_num_cpus: float = Field(
-        4.0, validation_alias=AliasChoices("EXECUTOR_JOB_NUM_CPUS", "EXECUTOR_FIRECRACKER_NUM_CPUS")
+    job_num_cpus: float = Field(  # 0 = unbounded
+        4.0,
+        ge=0,
+        allow_inf_nan=False,
+        validation_alias=AliasChoices("EXECUTOR_JOB_NUM_CPUS", "EXECUTOR_FIRECRACKER_NUM_CPUS"),
     )
     job_memory: Size = Field(  # bytes
         12 * 1024**3, validation_alias=AliasChoices("EXECUTOR_JOB_MEMORY", "EXECUTOR_FIRECRACKER_MEMORY")
@@ -82,15 +87,17 @@ class ExecutorSettings(EnvSettings):
         20 * 1024**3,
         validation_alias=AliasChoices("EXECUTOR_JOB_DISK_SPACE", "EXECUTOR_FIRECRACKER_DISK_SPACE"),
     )
-    maximum_runtime_per_job: Duration = Field(30 * 60.0, validation_alias="EXECUTOR_MAXIMUM_RUNTIME_PER_JOB")
-    heartbeat_interval: Duration = Field(5.0, validation_alias="EXECUTOR_HEARTBEAT_INTERVAL")  # seconds
+    maximum_runtime_per_job: Duration = Field(
+        30 * 60.0, gt=0, validation_alias="EXECUTOR_MAXIMUM_RUNTIME_PER_JOB"
+    )
+    heartbeat_interval: Duration = Field(5.0, gt=0, validation_alias="EXECUTOR_HEARTBEAT_INTERVAL")  # seconds
     num_total_jobs: Count = Field(0, validation_alias="EXECUTOR_NUM_TOTAL_JOBS")  # 0 = no limit
     max_active_time: Duration = Field(0.0, validation_alias="EXECUTOR_MAX_ACTIVE_TIME")  # 0 = no limit
     keep_workspaces: Bool = Field(False, validation_alias="EXECUTOR_KEEP_WORKSPACES")
     workspace_root: Path = Field(
         Path("/var/lib/corral/workspaces"), validation_alias="EXECUTOR_WORKSPACE_ROOT"
     )
-    cleanup_task_interval: Duration = Field(60.0, validation_alias="EXECUTOR_CLEANUP_TASK_INTERVAL")
+    cleanup_task_interval: Duration = Field(60.0, gt=0, validation_alias="EXECUTOR_CLEANUP_TASK_INTERVAL")
     # EXECUTOR_JOB_USER=UID[:GID]: every job runs as this fixed uid. Unset (None): each running job
     # gets its own uid (gid = uid) from job_uid_range, see corral.executor.identity.
     job_uid: int | None = None

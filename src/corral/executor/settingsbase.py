@@ -56,11 +56,12 @@ def from_env(model: type[M], env: Mapping[str, str], **extra: Any) -> tuple[M | 
 def _bool(v: Any) -> Any:
     if not isinstance(v, str):
         return v
-    if v.lower() in ("1", "true", "yes", "on"):
+    # Go's strconv.ParseBool forms (1, t, true, 0, f, false), in any case, plus yes/no/on/off
+    if v.lower() in ("1", "t", "true", "yes", "on"):
         return True
-    if v.lower() in ("0", "false", "no", "off"):
+    if v.lower() in ("0", "f", "false", "no", "off"):
         return False
-    raise ValueError(f"{v!r} is not a boolean (true/false)")
+    raise ValueError(f"{v!r} is not a boolean (true/false, t/f, 1/0)")
 
 
 def _count(v: Any) -> Any:

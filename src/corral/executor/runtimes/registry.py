@@ -41,7 +41,7 @@ def _docker(s: ExecutorSettings) -> Runtime:
 RUNTIMES: dict[str, Callable[[ExecutorSettings], Runtime]] = {
     "shell": _shell,
     "docker": _docker,
-    "fake": lambda s: __import__("corral.testing", fromlist=["FakeRuntime"]).FakeRuntime(s),  # tests only
+    "fake": lambda s: __import__("corral.testing", fromlist=["fake_from_settings"]).fake_from_settings(s),
 }
 
 
