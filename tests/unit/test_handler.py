@@ -270,3 +270,39 @@ async def test_a_workspace_that_breaks_while_collecting_does_not_complete_the_jo
     await handler.handle(await h.dequeue(handler.client))
     view = await h.job(job_id)
     assert view["state"] in ("errored", "queued") and "cannot collect the results" in view["error"], view
+
+
+async def test_a_runtime_that_keeps_its_workspace_in_its_sandbox_supplies_it(h: Harness) -> None:
+    """A pod or a VM clones and diffs inside: the handler then never touches the host workspace."""
+    from corral.executor.workspace.base import Results
+
+    calls: list[str] = []
+
+    class InSandbox:
+        async def prepare(self, space) -> None:  # type: ignore[no-untyped-def]
+            calls.append("prepare")
+
+        async def clone(self, space, plan, token, open_log) -> None:  # type: ignore[no-untyped-def]
+            calls.append("clone")
+
+        async def write_files(self, space, files) -> None:  # type: ignore[no-untyped-def]
+            calls.append("write_files")
+
+        async def write_scripts(self, space, scripts) -> None:  # type: ignore[no-untyped-def]
+            calls.append("write_scripts")
+
+        async def collect(self, space, plan):  # type: ignore[no-untyped-def]
+            calls.append("collect")
+            return Results(diff="diff --git a/x b/x\n", files={}, problems=())
+
+        async def cleanup(self, space) -> None:  # type: ignore[no-untyped-def]
+            calls.append("cleanup")
+
+    class PodLike(FakeRuntime):
+        def make_workspace(self, settings):  # type: ignore[no-untyped-def]
+            return InSandbox()
+
+    job_id, view = await run(h, PodLike(), fake_step())
+    assert view["state"] == "completed", view
+    assert calls[0] == "prepare" and "write_scripts" in calls and calls[-1] == "cleanup", calls
+    assert "collect" in calls

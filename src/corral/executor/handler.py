@@ -39,6 +39,7 @@ from corral.executor.runtimes.base import (
     Runtime,
     Step,
     StepResult,
+    WorkspaceProvider,
 )
 from corral.executor.runtimes.registry import RuntimeSet
 from corral.executor.settings import ExecutorSettings
@@ -84,6 +85,10 @@ class JobHandler:
 
     @property
     def workspace(self) -> Workspace:
+        """The runtime's own workspace when it keeps one in its sandbox (WorkspaceProvider), else the
+        host workspace."""
+        if self._workspace is None and isinstance(self.runtime, WorkspaceProvider):
+            self._workspace = self.runtime.make_workspace(self.settings)
         if self._workspace is None:
             s = self.settings
             self._workspace = HostWorkspace(

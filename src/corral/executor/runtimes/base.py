@@ -48,6 +48,8 @@ from corral.executor.network.policy import NetworkPolicy
 
 if TYPE_CHECKING:
     from corral.executor.plan import JobPlan
+    from corral.executor.settings import ExecutorSettings
+    from corral.executor.workspace.base import Workspace
 
 __all__ = [
     "LABEL_JOB",
@@ -65,6 +67,7 @@ __all__ = [
     "Runtime",
     "Step",
     "StepResult",
+    "WorkspaceProvider",
 ]
 
 LABEL_MANAGED = "dev.corral.managed"
@@ -186,6 +189,15 @@ class PlanRunner(Protocol):
     of run_step per step. Its steps are `plan.steps` (in order); the diff still runs per step."""
 
     async def run_plan(self, space: JobSpace, plan: JobPlan, sink: PlanSink) -> None: ...
+
+
+@runtime_checkable
+class WorkspaceProvider(Protocol):
+    """A runtime whose workspace lives in its sandbox (a pod's volume, a VM's disk): it supplies the
+    Workspace (clone, files, scripts, results, cleanup) the handler uses for its jobs instead of the
+    host workspace. The object is made once per executor and serves every job (state keyed by space)."""
+
+    def make_workspace(self, settings: ExecutorSettings) -> Workspace: ...
 
 
 @runtime_checkable
