@@ -302,7 +302,7 @@ async def test_a_runtime_that_keeps_its_workspace_in_its_sandbox_supplies_it(h: 
         def make_workspace(self, settings):  # type: ignore[no-untyped-def]
             return InSandbox()
 
-    job_id, view = await run(h, PodLike(), fake_step())
+    _job_id, view = await run(h, PodLike(), fake_step())
     assert view["state"] == "completed", view
     assert calls[0] == "prepare" and "write_scripts" in calls and calls[-1] == "cleanup", calls
     assert "collect" in calls
