@@ -15,6 +15,7 @@
     │   └── NotConfigured    the server lacks a setting the route needs               (500)
     ├── VersionSkew          executor and server are more than one minor version apart (400)
     ├── ServerError          a client (executor, producer) could not talk to the server (after retries)
+    │   └── StaleAttempt     the server refused a write about a job (409): resync offset, or a lost attempt
     ├── RuntimeFailure       a runtime could not run a step (image missing, sandbox failed...)
     ├── StepFailed           a step (or the job's setup) ended badly: the job fails, no retry (executor)
     ├── DockerAPIError       the Docker Engine refused a request or could not be reached (docker runtime)
@@ -131,6 +132,15 @@ class ServerError(CorralError):
     def __init__(self, message: str | None = None, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class StaleAttempt(ServerError):
+    """The server refused a write about a job (409): a log offset to resync to (`offset`), or an
+    attempt that is no longer the job's live one (`offset` None)."""
+
+    def __init__(self, message: str | None = None, *, offset: int | None = None) -> None:
+        super().__init__(message, status=409)
+        self.offset = offset
 
 
 class RuntimeFailure(CorralError):

@@ -15,7 +15,7 @@ import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from corral import __version__
-from corral.errors import Conflict, ServerError
+from corral.errors import ServerError, StaleAttempt
 from corral.executor.settings import ExecutorSettings
 from corral.protocol import EXECUTOR_NAME_HEADER, EXTENSIONS_HEADER, JOB_ID_HEADER, Job
 
@@ -87,7 +87,7 @@ class QueueClient:
                 payload, msg = None, r.text
             if r.status_code == 409:
                 offset = payload.get("offset") if isinstance(payload, dict) else None
-                raise Conflict(f"{path}: {msg}", offset=offset)
+                raise StaleAttempt(f"{path}: {msg}", offset=offset)
             raise ServerError(f"{path}: {r.status_code} {msg}".strip(), status=r.status_code)
         return r
 

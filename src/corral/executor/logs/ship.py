@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from corral.errors import Conflict, CorralError
+from corral.errors import CorralError, StaleAttempt
 from corral.executor.client import QueueClient
 from corral.executor.logs.capture import Capture, char_boundary
 from corral.executor.redact import Redactor
@@ -82,7 +82,7 @@ class LogEntry:
             self._wake.clear()
             try:
                 await self._send()
-            except Conflict as exc:  # not a resync: this attempt is no longer the job's live one
+            except StaleAttempt as exc:  # not a resync: this attempt is no longer the job's live one
                 log.warning("job %s: the server refused our log (%s); stopping the job", self.job.id, exc)
                 self.lost = True
                 if self.on_lost is not None:
@@ -111,7 +111,7 @@ class LogEntry:
                         exit_code if last else None,
                         duration_ms if last else None,
                     )
-                except Conflict as exc:
+                except StaleAttempt as exc:
                     if exc.offset is None or exc.offset > len(self.text):
                         raise
                     self.sent = exc.offset  # resync: the server tells us what it has
