@@ -470,7 +470,7 @@ def scratch_image() -> Iterator[str]:
         info.type, info.mode = tarfile.DIRTYPE, 0o1777
         tar.addfile(info)
     (ctx / "scratch.tar").write_bytes(buf.getvalue())
-    (ctx / "Dockerfile").write_text(f"FROM {IMAGE}\nADD scratch.tar /\nVOLUME /cache\n")
+    (ctx / "Dockerfile").write_text(f"FROM {IMAGE}\nADD scratch.tar /\nVOLUME /cache\nVOLUME /data/big\n")
     build = subprocess.run(
         ["docker", "build", "--network", "none", "-q", "-t", SCRATCH_IMAGE, str(ctx)],
         capture_output=True,
@@ -557,13 +557,14 @@ async def test_writable_layer_is_bounded(
         result, out = await run(
             rt,
             make_space(limits=limits),
-            "grep -E ' /(tmp|cache) ' /proc/mounts; "
+            "grep -E ' /(tmp|cache|data/big) ' /proc/mounts; "
             "dd if=/dev/zero of=/tmp/f bs=1M count=100 2>/dev/null || echo TMP-FULL",
             scratch_image,
         )
         text = out.data.decode()
         assert result.exit_code == 0, text
-        for mount in ("/tmp", "/cache"):
+        # a VOLUME under /data got an anonymous volume on the host's disk (outside quota and watchdog)
+        for mount in ("/tmp", "/cache", "/data/big"):
             assert f"tmpfs {mount} tmpfs rw,nosuid,nodev,relatime,size=51200k" in text, text
         assert "TMP-FULL" in text
     finally:

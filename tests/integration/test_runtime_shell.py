@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from corral.errors import RuntimeFailure
 from corral.executor.network import NetworkPolicy
 from corral.executor.runtimes.base import LABEL_JOB, JobSpace, Limits, Step, StepResult
 from corral.executor.runtimes.shell import ShellRuntime
@@ -397,3 +398,27 @@ async def test_tmpfs_mounts_are_capped_by_the_jobs_limits(
             f" {mount} tmpfs " in text and "size=32768k" in text.split(f" {mount} tmpfs ")[1].split("\n")[0]
         ), text
     assert "FULL" in text
+
+
+async def test_the_steps_environment_never_reaches_the_privileged_exec(
+    runtime: ShellRuntime, make_space: SpaceFactory
+) -> None:
+    """bwrap execs setpriv as real root: an LD_PRELOAD (or LD_AUDIT, GCONV_PATH...) of the step's in
+    that exec ran job code as uid 0 before the drop (core_pattern, then host root). The loader's debug
+    output shows which programs saw the step's environment: only the step itself."""
+    space = await prepared(runtime, make_space)
+    result, out = await run(runtime, space, step("/usr/bin/true", env={"LD_DEBUG": "libs"}))
+    text = out.decode()
+    assert result.exit_code == 0, text
+    assert "initialize program: /usr/bin/true" in text, text  # the step honours its env
+    assert "setpriv" not in text and "initialize program: /usr/bin/env" not in text, text
+    _result, out = await run(runtime, space, step("sh", "-c", "grep ' /proc/sys ' /proc/self/mounts"))
+    assert " ro," in out.decode() or out.decode().split()[3].startswith("ro"), out
+
+
+async def test_an_invalid_environment_name_is_refused(
+    runtime: ShellRuntime, make_space: SpaceFactory
+) -> None:
+    space = await prepared(runtime, make_space)
+    with pytest.raises(RuntimeFailure, match="invalid environment variable"):
+        await run(runtime, space, step("true", env={"A=B": "x"}))

@@ -103,7 +103,9 @@ def add_scratch_mounts(config: dict[str, Any], space: JobSpace, image: Mapping[s
         target = posixpath.normpath(target)
         if not target.startswith("/") or target == "/":
             continue
-        if any(target == t or target.startswith(t.rstrip("/") + "/") for t in taken if t):
-            continue  # under the workspace or an operator mount: already not the writable layer
+        if target in taken:
+            continue  # the workspace or an operator mount itself: docker makes no volume there
+        # Anything else, also a VOLUME *under* /data: without a tmpfs docker makes an anonymous
+        # volume on the host's disk, outside the workspace quota and the layer watchdog.
         tmpfs[target] = options
     host["Tmpfs"] = tmpfs

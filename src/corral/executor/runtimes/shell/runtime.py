@@ -90,6 +90,7 @@ PROBE_TIMEOUT_S = 10.0  # seconds: the sandbox smoke test in check()
 SANDBOX_HOSTNAME = "job"
 SANDBOX_HOME = "/tmp"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+ENV = "/usr/bin/env"  # sets the step's environment after setpriv (as seen in the sandbox: under /usr)
 FALLBACK_USER = "job"  # USER when space.uid has no passwd entry
 # Enters the step's directory as the job's user, then execs the step: $1 is the directory, the rest
 # the step's argv. A missing directory fails the step (126), as bwrap's --chdir did.
@@ -231,6 +232,15 @@ class ShellRuntime:
         caps = [b for b in (space.limits.memory_bytes, space.limits.disk_bytes) if b > 0]
         size = ["--size", str(min(caps))] if caps else []
         args += ["--dev", "/dev", "--perms", "1777", *size, "--tmpfs", "/dev/shm", "--proc", "/proc"]
+        # sysctls and the kernel's triggers read-only (as Docker has them): never writable from a job
+        args += [
+            "--ro-bind",
+            "/proc/sys",
+            "/proc/sys",
+            "--ro-bind-try",
+            "/proc/sysrq-trigger",
+            "/proc/sysrq-trigger",
+        ]
         args += ["--perms", "1777", *size, "--tmpfs", "/tmp"]
         args += ["--perms", "0755", "--dir", "/var", "--perms", "1777", *size, "--tmpfs", "/var/tmp"]
 
@@ -258,9 +268,10 @@ class ShellRuntime:
         # as the job's uid, inside the sandbox, where a symlink leads only where the job could go.
         args += ["--chdir", WORKSPACE_MOUNT]
 
-        args += ["--clearenv"]
-        for key, value in self._environment(space, step).items():
-            args += ["--setenv", key, value]
+        # The step's environment is set by env(1) *after* setpriv dropped to the job's uid: bwrap execs
+        # setpriv as real root, so anything of the job's in that exec's environment (LD_PRELOAD,
+        # LD_LIBRARY_PATH, LD_AUDIT, GCONV_PATH...) ran job code as uid 0 before the drop.
+        args += ["--clearenv", "--setenv", "PATH", DEFAULT_PATH]
         args += ["--remount-ro", "/"]
         args += ["--seccomp", str(seccomp_fd)]  # installed right before setpriv runs: binds the step
 
@@ -275,6 +286,10 @@ class ShellRuntime:
             "--no-new-privs",
             "--pdeathsig=keep",
             "--",
+            ENV,
+            "-i",
+            "--",
+            *(f"{k}={v}" for k, v in self._environment(space, step).items()),
             *self._in_dir(step),
         ]
         return args
@@ -288,12 +303,20 @@ class ShellRuntime:
         return ["/bin/sh", "-c", CHDIR_SHIM, "corral-step", posixpath.join(WORKSPACE_MOUNT, rel), *step.argv]
 
     def _environment(self, space: JobSpace, step: Step) -> dict[str, str]:
+        for key, value in step.env.items():
+            if not key or "=" in key or "\0" in key or "\0" in value:
+                raise RuntimeFailure(
+                    f"step {step.key}: invalid environment variable {key!r} (empty, '=' or NUL)",
+                    reason=Reason.SANDBOX,
+                )
         try:
             user = pwd.getpwuid(space.uid).pw_name
         except KeyError:
             user = FALLBACK_USER
         path = ":".join((*self.extra_path, DEFAULT_PATH))
-        return {"PATH": path, "HOME": SANDBOX_HOME, "USER": user, **step.env}
+        rel = posixpath.normpath("/" + step.dir).lstrip("/")
+        pwd_ = posixpath.join(WORKSPACE_MOUNT, rel) if rel else WORKSPACE_MOUNT
+        return {"PATH": path, "HOME": SANDBOX_HOME, "USER": user, "PWD": pwd_, **step.env}
 
     # -------------------------------------------------------------------------------- protocol
 
