@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 import httpx
 
 from corral.errors import ConfigError, RuntimeFailure
+from corral.executor import safefs
 from corral.executor.runtimes.base import LABEL_JOB, JobSpace, OutputSink, Step, StepResult
 from corral.protocol import check_workspace_path
 from corral.protocol.states import TERMINAL
@@ -271,9 +272,7 @@ class FakeRuntime:
             await asyncio.sleep(delay)
         if env.get("FAKE_WRITE"):
             rel, _, text = env["FAKE_WRITE"].partition("=")
-            target = space.workspace / check_workspace_path(rel)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text)
+            safefs.write_beneath(space.workspace, check_workspace_path(rel), text.encode())
         await asyncio.sleep(_number(env, "FAKE_SLEEP", float, 0.0))
 
     async def _stop(self, proc: FakeProcess, env: Mapping[str, str], grace: float) -> None:

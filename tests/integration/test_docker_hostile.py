@@ -97,6 +97,8 @@ def untag(image: str) -> None:
 # --- item 7: registry addresses (pure: no name is resolved for real) -------------------------------
 
 
+# Registry spellings the address check must refuse. Only the pure check sees them: the test fakes
+# getaddrinfo and asserts it is never asked, and no pull happens, so nothing is ever sent to them.
 REFUSED = [
     "127.0.0.1:5000",
     "127.9.9.9",

@@ -35,6 +35,8 @@ __all__ = [
     "NotRegular",
     "TooLarge",
     "UnsafePath",
+    "chown_tree",
+    "make_dirs",
     "open_beneath",
     "open_dir",
     "read_bounded",
@@ -78,11 +80,12 @@ def open_dir(path: Path) -> int:
 
 
 @contextlib.contextmanager
-def _walk(root_fd: int, parts: list[str], *, create: bool) -> Iterator[int]:
-    """Yield a descriptor of the directory holding parts[-1], opening each component NOFOLLOW."""
+def _walk(root_fd: int, dirs: list[str], *, create: bool) -> Iterator[int]:
+    """Yield a descriptor of root/dirs[0]/.../dirs[-1], opening each component NOFOLLOW (made 0755
+    when missing and `create`)."""
     fd = os.dup(root_fd)
     try:
-        for part in parts[:-1]:
+        for part in dirs:
             try:
                 nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except FileNotFoundError:
@@ -106,13 +109,32 @@ def _walk(root_fd: int, parts: list[str], *, create: bool) -> Iterator[int]:
 def open_beneath(root_fd: int, rel: str, flags: int, mode: int = 0o644, *, create_dirs: bool = False) -> int:
     """os.open(rel) relative to root_fd without following any symlink on the way or at the end."""
     parts = _parts(rel)
-    with _walk(root_fd, parts, create=create_dirs) as parent:
+    with _walk(root_fd, parts[:-1], create=create_dirs) as parent:
         try:
             return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=parent)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise UnsafePath(f"refusing to follow the symlink {rel!r}") from None
             raise
+
+
+def make_dirs(root: Path, rel: str) -> None:
+    """root/rel as a directory, each missing component made 0755, never through a symlink."""
+    root_fd = open_dir(root)
+    try:
+        with _walk(root_fd, _parts(rel), create=True):
+            pass
+    finally:
+        os.close(root_fd)
+
+
+def chown_tree(top: Path, uid: int, gid: int) -> None:
+    """chown -R without following symlinks (a link is chowned itself, never its target). Only for trees
+    no job process can change meanwhile (before the first step, or after the last)."""
+    os.chown(top, uid, gid, follow_symlinks=False)
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
+        for name in (*dirnames, *filenames):
+            os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
 
 
 def write_beneath(root: Path, rel: str, data: bytes, mode: int = 0o644) -> None:

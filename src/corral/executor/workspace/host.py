@@ -211,32 +211,16 @@ def read_outputs(workspace: Path, paths: list[str]) -> tuple[dict[str, str], lis
 
 def make_dirs(workspace: Path, rel: str) -> Path:
     """workspace/rel as a directory (made as needed), never through a symlink."""
-    parts = [p for p in rel.split("/") if p and p != "."]
-    fd = safefs.open_dir(workspace)
     try:
-        for part in parts:
-            try:
-                nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            except FileNotFoundError:
-                os.mkdir(part, 0o755, dir_fd=fd)
-                nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
-    except OSError as exc:
+        safefs.make_dirs(workspace, rel)
+    except (OSError, safefs.UnsafePath) as exc:
         raise RuntimeFailure(
             f"cannot make the directory {rel!r} in the workspace: {exc}", reason=Reason.FILES
         ) from exc
-    finally:
-        os.close(fd)
-    return workspace.joinpath(*parts)
+    return workspace.joinpath(*(p for p in rel.split("/") if p and p != "."))
 
 
-def chown_tree(top: Path, uid: int, gid: int) -> None:
-    """chown -R without following symlinks (a link is chowned itself, never its target)."""
-    os.chown(top, uid, gid, follow_symlinks=False)
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
-        for name in (*dirnames, *filenames):
-            os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
+chown_tree = safefs.chown_tree
 
 
 # --- the workspace's own filesystem (disk quota) ------------------------------------------------

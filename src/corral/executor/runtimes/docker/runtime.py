@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from corral.errors import ConfigError, DockerAPIError, Reason, RuntimeFailure
+from corral.executor import safefs
 from corral.executor.plan import JobPlan
 from corral.executor.runtimes.base import (
     LABEL_JOB,
@@ -74,14 +75,6 @@ from corral.executor.telemetry import tool_version
 __all__ = ["DockerRuntime"]
 
 log = logging.getLogger("corral.executor.runtimes.docker")
-
-
-def _chown_tree(root: Path, uid: int, gid: int) -> None:
-    """chown -R without following symlinks (a link is chowned itself, never its target)."""
-    os.chown(root, uid, gid, follow_symlinks=False)
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        for name in (*dirnames, *filenames):
-            os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
 
 
 async def _run_to_end(aw: Awaitable[Any], what: str) -> None:
@@ -287,7 +280,7 @@ class DockerRuntime:
         """
         try:
             await asyncio.to_thread(space.workspace.mkdir, parents=True, exist_ok=True)
-            await asyncio.to_thread(_chown_tree, space.workspace, space.uid, space.gid)
+            await asyncio.to_thread(safefs.chown_tree, space.workspace, space.uid, space.gid)
         except OSError as exc:
             raise RuntimeFailure(
                 f"cannot prepare the workspace {space.workspace}: {exc}", reason=Reason.DOCKER

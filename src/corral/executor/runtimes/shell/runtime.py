@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from corral.errors import CgroupError, Reason, RuntimeFailure
+from corral.executor import safefs
 from corral.executor.runtimes.base import (
     LABEL_JOB,
     SCRIPTS_MOUNT,
@@ -142,13 +143,6 @@ def _join_cgroups(procs_files: Sequence[bytes]) -> None:
             os.write(fd, pid)
         finally:
             os.close(fd)
-
-
-def _chown_tree(top: Path, uid: int, gid: int) -> None:
-    os.lchown(top, uid, gid)
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
-        for entry in (*dirnames, *filenames):
-            os.lchown(os.path.join(dirpath, entry), uid, gid)
 
 
 def _exit_code(returncode: int) -> int:
@@ -399,7 +393,7 @@ class ShellRuntime:
             cgroup = self.cgroup(space)
             cgroup.create(space.limits)
             space.workspace.mkdir(parents=True, exist_ok=True)
-            await asyncio.to_thread(_chown_tree, space.workspace, space.uid, space.gid)
+            await asyncio.to_thread(safefs.chown_tree, space.workspace, space.uid, space.gid)
         except (CgroupError, ValueError) as exc:
             raise RuntimeFailure(f"cannot set up the job's sandbox: {exc}", reason=Reason.SANDBOX) from exc
         except OSError as exc:
