@@ -18,6 +18,7 @@ The step environment contract of `FakeRuntime` (values are strings, as in a job'
     FAKE_OUTPUT=text        written to the step's output in chunks of FAKE_CHUNK bytes (default 16),
                             FAKE_CHUNK_DELAY seconds apart (default 0: one event-loop turn)
     FAKE_WRITE=path=text    a file written into the workspace (e.g. a declared output)
+    FAKE_LINK=path=target   a symlink made in the workspace (what a hostile step leaves behind)
     FAKE_SLEEP=2.5          seconds the step runs (after its output); cancellable
     FAKE_EXIT=3             the exit code (default 0)
     FAKE_OOM=1              the step is killed for memory: exit 137, oom_killed
@@ -93,12 +94,13 @@ Method = Literal["check", "prepare", "run_step", "cleanup", "janitor"]
 # -- the fake runtime ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FakeCall:
-    """One call into the FakeRuntime: the method, the job's label (queue-id) and the step's key."""
+    """One call into the FakeRuntime: the method, the job's label (queue-id), the step's key and argv."""
 
     method: Method
     job: str | None = None  # None for check and janitor
     step: str | None = None  # run_step only
     live: frozenset[str] = frozenset()  # janitor only: the labels it was told are running
+    argv: tuple[str, ...] = ()  # run_step only: what the step would run
 
 
 @dataclass
@@ -184,7 +186,7 @@ class FakeRuntime:
 
     async def run_step(self, space: JobSpace, step: Step, output: OutputSink) -> StepResult:
         job = self._job(space)
-        self.calls.append(FakeCall("run_step", job.label, step.key))
+        self.calls.append(FakeCall("run_step", job.label, step.key, argv=step.argv))
         if not job.live:
             raise RuntimeFailure(f"{step.key}: run_step before prepare (or after cleanup)", reason="sandbox")
         env = step.env
@@ -241,6 +243,11 @@ class FakeRuntime:
             raise KeyError(f"the fake runtime never saw job {job}")
         return attempts[-1]
 
+    def steps(self, job: int | str) -> list[str]:
+        """The keys of the steps the job ran, in order (all attempts)."""
+        labels = {a.label for a in self.attempts(job)}
+        return [c.step or "" for c in self.calls if c.job in labels and c.method == "run_step"]
+
     def methods(self, job: int | str) -> list[str]:
         """The job's calls in order (all attempts), e.g. ["prepare", "run_step", "cleanup"]."""
         labels = {a.label for a in self.attempts(job)}
@@ -273,6 +280,19 @@ class FakeRuntime:
         if env.get("FAKE_WRITE"):
             rel, _, text = env["FAKE_WRITE"].partition("=")
             safefs.write_beneath(space.workspace, check_workspace_path(rel), text.encode())
+        if env.get("FAKE_LINK"):
+            rel, _, target = env["FAKE_LINK"].partition("=")
+            parent, _, name = check_workspace_path(rel).rpartition("/")
+            root_fd = safefs.open_dir(space.workspace)
+            try:
+                if parent:  # made and opened without following a link, as the executor would
+                    safefs.make_dirs(space.workspace, parent)
+                    dir_fd = safefs.open_beneath(root_fd, parent, os.O_RDONLY | os.O_DIRECTORY)
+                    os.close(root_fd)
+                    root_fd = dir_fd
+                os.symlink(target, name, dir_fd=root_fd)
+            finally:
+                os.close(root_fd)
         await asyncio.sleep(_number(env, "FAKE_SLEEP", float, 0.0))
 
     async def _stop(self, proc: FakeProcess, env: Mapping[str, str], grace: float) -> None:
@@ -504,12 +524,19 @@ class Harness:
         settings.workspace_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         return settings
 
-    def client(self, settings: ExecutorSettings | None = None, *, retry_for: float = 2.0) -> QueueClient:
-        """A queue client of the executor through `transport` (closed with the harness)."""
+    def client(
+        self,
+        settings: ExecutorSettings | None = None,
+        *,
+        retry_for: float = 2.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> QueueClient:
+        """A queue client of the executor through `transport` (default: the harness server's
+        FaultyTransport; another one points it at another server, e.g. a Sourcegraph stand-in)."""
         from corral.executor.client import QueueClient
 
         client = QueueClient(
-            settings or self.executor_settings(), transport=self.transport, retry_for=retry_for
+            settings or self.executor_settings(), transport=transport or self.transport, retry_for=retry_for
         )
         self.clients.append(client)
         return client
@@ -519,7 +546,8 @@ class Harness:
         from corral.executor.handler import JobHandler
 
         settings = settings or self.executor_settings()
-        client = self.client(settings, retry_for=kw.pop("retry_for", 2.0))
+        retry_for, transport = kw.pop("retry_for", 2.0), kw.pop("transport", None)
+        client = self.client(settings, retry_for=retry_for, transport=transport)
         return JobHandler(settings, client, runtime, runtime, **kw)
 
     def worker(self, runtime: Runtime, settings: ExecutorSettings | None = None, **kw: Any) -> Worker:
@@ -527,7 +555,8 @@ class Harness:
         from corral.executor.worker import Worker
 
         settings = settings or self.executor_settings()
-        client = self.client(settings, retry_for=kw.pop("retry_for", 2.0))
+        retry_for, transport = kw.pop("retry_for", 2.0), kw.pop("transport", None)
+        client = self.client(settings, retry_for=retry_for, transport=transport)
         return Worker(settings, client, runtime, runtime, **kw)
 
     @asynccontextmanager

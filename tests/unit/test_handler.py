@@ -306,3 +306,278 @@ async def test_a_runtime_that_keeps_its_workspace_in_its_sandbox_supplies_it(h: 
     assert view["state"] == "completed", view
     assert calls[0] == "prepare" and "write_scripts" in calls and calls[-1] == "cleanup", calls
     assert "collect" in calls
+
+
+# -- against a Sourcegraph frontend (tests/compat/sgfrontend.py, in-process) --------------------------
+SG_URL = "http://sourcegraph.test"  # never resolved: requests go through the ASGI transport
+
+
+def sourcegraph(**options):
+    import httpx
+
+    from corral.testing import EXECUTOR_SECRET, FaultyTransport
+    from tests.compat.sgfrontend import Frontend
+
+    sg = Frontend(EXECUTOR_SECRET, **options)
+    return sg, FaultyTransport(httpx.ASGITransport(app=sg.app))
+
+
+async def run_sg(h: Harness, fake: FakeRuntime, sg, transport, job, **overrides):
+    """Enqueue `job` (an SgJob) at the stand-in, dequeue and handle it; returns the workspace root
+    (kept: EXECUTOR_KEEP_WORKSPACES) and the stand-in's record of the job."""
+    sg.enqueue(job)
+    settings = h.executor_settings(
+        **{"frontend_url": SG_URL, "queues": [job.queue], "keep_workspaces": True, **overrides}
+    )
+    handler = h.handler(fake, settings, transport=transport)
+    await handler.handle(await h.dequeue(handler.client))
+    roots = sorted(settings.workspace_root.glob(f"*.{job.queue}-{job.id}-*"))
+    return (roots[-1] / "workspace" if roots else None), sg.job(job.queue, job.id)
+
+
+async def test_a_sourcegraph_job_is_v2_and_binary_files_arrive_intact(h: Harness) -> None:
+    from tests.compat.sgfrontend import SgFile, SgJob
+
+    sg, transport = sourcegraph()
+    job = SgJob(1, "batches", docker_steps=[fake_step()], files={"bin/x.dat": SgFile(b"\x00\xffA\n")})
+    ws, record = await run_sg(h, FakeRuntime(), sg, transport, job)
+    assert record.version == 2 and record.state == "completed", record
+    assert (ws / "bin/x.dat").read_bytes() == b"\x00\xffA\n"
+
+
+async def test_a_v1_job_writes_the_utf8_bytes_of_its_text_files(h: Harness) -> None:
+    from tests.compat.sgfrontend import SgFile, SgJob
+
+    sg, transport = sourcegraph(force_version1=True)  # a frontend older than 4.3
+    text = "héllo ✓ 日本\n".encode()
+    job = SgJob(
+        1, "batches", docker_steps=[fake_step()], files={"t.txt": SgFile(text), "b": SgFile(b"\x00\xffA")}
+    )
+    ws, record = await run_sg(h, FakeRuntime(), sg, transport, job)
+    assert record.version == 1 and record.state == "completed", record
+    assert (ws / "t.txt").read_bytes() == text
+    # what Go's json.Marshal made of the invalid UTF-8 (why the executor asks for v2 jobs)
+    assert (ws / "b").read_bytes() == "\x00\ufffdA".encode()
+
+
+def test_file_content_decodes_each_version_and_names_a_bad_file() -> None:
+    from corral.errors import StepFailed
+    from corral.executor.jobfiles import file_content
+    from corral.protocol import VirtualMachineFile as F
+
+    assert file_content("a", F(content="AP9BCg=="), 2) == b"\x00\xffA\n"
+    assert file_content("a", F(content="h\u00e9"), 1) == "hé".encode()
+    assert file_content("a", F(content="x\ud800y"), 1) == "x\ufffdy".encode()  # a lone surrogate, as Go
+    assert file_content("a", F(), 2) == b""
+    with pytest.raises(StepFailed, match=r"file a\.sh: its content is not base64"):
+        file_content("a.sh", F(content="not base64!"), 2)
+
+
+async def test_files_given_by_bucket_and_key_are_fetched_with_the_job_token(h: Harness) -> None:
+    from tests.compat.sgfrontend import SgFile, SgJob
+
+    sg, transport = sourcegraph()
+    sg.files[("batch-changes", "spec-1/file-1")] = b"\x00remote \xff bytes"
+    files = {
+        "deep/remote.bin": SgFile(bucket="batch-changes", key="spec-1/file-1"),
+        "inline.txt": SgFile(b"inline"),
+    }
+    ws, record = await run_sg(
+        h, FakeRuntime(), sg, transport, SgJob(9, "batches", docker_steps=[fake_step()], files=files)
+    )
+    assert record.state == "completed", record
+    assert (ws / "deep/remote.bin").read_bytes() == b"\x00remote \xff bytes"
+    assert (ws / "inline.txt").read_bytes() == b"inline"
+    (get,) = sg.recorded("/.executors/files/batch-changes/spec-1/file-1")
+    assert not sg.tokens  # the job token was deleted when the job was marked
+    assert get.method == "GET" and get.headers["authorization"].startswith("Bearer ")
+    assert get.headers["x-sourcegraph-job-id"] == "9" and get.headers["x-sourcegraph-executor-name"]
+
+
+async def test_a_fetched_file_over_its_bound_fails_the_job_and_a_missing_one_errors_it(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from corral.executor import jobfiles
+    from tests.compat.sgfrontend import SgFile, SgJob
+
+    sg, transport = sourcegraph()
+    sg.files[("batch-changes", "s/big")] = b"x" * 100
+    monkeypatch.setattr(jobfiles, "MAX_FETCHED_FILE", 10)
+    big = SgJob(
+        1, "batches", docker_steps=[fake_step()], files={"big": SgFile(bucket="batch-changes", key="s/big")}
+    )
+    _ws, record = await run_sg(h, FakeRuntime(), sg, transport, big)
+    assert record.state == "failed" and "larger than 10 bytes" in record.failure, record
+    gone = SgJob(
+        2, "batches", docker_steps=[fake_step()], files={"f": SgFile(bucket="batch-changes", key="s/gone")}
+    )
+    _ws, record = await run_sg(h, FakeRuntime(), sg, transport, gone)
+    assert record.state == "errored", record
+    assert (
+        "fetching batch-changes/s/gone from the files API failed" in record.failure
+        and "404" in record.failure
+    )
+
+
+@pytest.mark.parametrize(
+    ("bucket", "key", "problem"),
+    [
+        ("../queue", "x/y", "is not a valid bucket name"),
+        ("batch-changes", "a/../../queue", "is not a valid files-API key"),
+    ],
+)
+async def test_a_bucket_or_key_that_could_change_the_url_fails_the_job(
+    h: Harness, bucket: str, key: str, problem: str
+) -> None:
+    from tests.compat.sgfrontend import SgFile, SgJob
+
+    sg, transport = sourcegraph()
+    job = SgJob(1, "batches", docker_steps=[fake_step()], files={"f": SgFile(bucket=bucket, key=key)})
+    _ws, record = await run_sg(h, FakeRuntime(), sg, transport, job)
+    assert record.state == "failed" and problem in record.failure, record
+    assert not sg.recorded("/f") and not [r for r in sg.requests if "/files/" in r.path]
+
+
+# -- skip.json (Sourcegraph's batch changes step skipping) ------------------------------------------
+def keyed(key: str, **env) -> dict:
+    return {**fake_step(**env), "key": key}
+
+
+async def test_skip_json_after_a_pre_step_skips_to_the_step_it_names(h: Harness) -> None:
+    fake = FakeRuntime()
+    job_id, view = await run(
+        h,
+        fake,
+        keyed("step.0.pre", FAKE_WRITE='skip.json={"nextStep": "step.2.pre"}'),
+        keyed("step.0.run"),
+        keyed("step.0.post"),
+        keyed("step.1.pre"),
+        keyed("step.2.pre"),
+        keyed("step.2.run"),
+    )
+    assert view["state"] == "completed", view
+    assert fake.steps(job_id) == [
+        "step.docker.step.0.pre",
+        "step.docker.step.2.pre",
+        "step.docker.step.2.run",
+    ]
+    assert view["exitCodes"] == [0, 0, 0]
+    assert [e["key"] for e in await h.logs(job_id)] == fake.steps(job_id)
+
+
+async def test_skip_json_is_read_only_after_pre_steps_and_removed(h: Harness) -> None:
+    fake = FakeRuntime()
+    settings = h.executor_settings(keep_workspaces=True)
+    job_id, view = await run(
+        h,
+        fake,
+        keyed("step.0.run", FAKE_WRITE='skip.json={"nextStep": "step.1.post"}'),  # not a .pre step
+        keyed("step.1.pre"),  # reads (and removes) the file the run step left
+        keyed("step.1.run"),
+        keyed("step.1.post"),
+        settings=settings,
+    )
+    assert view["state"] == "completed", view
+    assert fake.steps(job_id) == [
+        "step.docker.step.0.run",
+        "step.docker.step.1.pre",
+        "step.docker.step.1.post",
+    ]
+    assert not list(settings.workspace_root.glob("*/workspace/skip.json"))
+
+
+async def test_a_skip_target_that_names_no_step_skips_the_rest_as_sourcegraph_does(h: Harness) -> None:
+    fake = FakeRuntime()
+    job_id, view = await run(
+        h, fake, keyed("a.pre", FAKE_WRITE='skip.json={"nextStep": "nowhere"}'), keyed("b"), keyed("c")
+    )
+    assert view["state"] == "completed", view
+    assert fake.steps(job_id) == ["step.docker.a.pre"]
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"FAKE_WRITE": "skip.json=[1]"}, "unmarshalling skip file: a JSON list, not an object"),
+        ({"FAKE_WRITE": "skip.json={not json"}, "unmarshalling skip file: not JSON"),
+        ({"FAKE_WRITE": 'skip.json={"nextStep": 3}'}, "nextStep is a int, not a string"),
+        ({"FAKE_LINK": "skip.json=/etc/passwd"}, "refusing to follow the symlink 'skip.json'"),
+        ({"FAKE_WRITE": "skip.json/x=a directory"}, "not a regular file"),
+    ],
+)
+async def test_a_hostile_skip_json_fails_the_job_clearly(h: Harness, env: dict, problem: str) -> None:
+    fake = FakeRuntime()
+    job_id, view = await run(h, fake, keyed("step.0.pre", **env), keyed("step.0.run"))
+    assert view["state"] == "failed", view
+    assert (
+        view["error"].startswith("step.docker.step.0.pre: checking for skip.json: ")
+        and problem in view["error"]
+    )
+    assert fake.steps(job_id) == ["step.docker.step.0.pre"]
+
+
+async def test_a_big_skip_json_is_refused_before_it_is_read(h: Harness) -> None:
+    from corral.executor.plan import MAX_SKIP_FILE
+
+    fake = FakeRuntime()
+    big = '{"nextStep": "' + "x" * MAX_SKIP_FILE + '"}'
+    _job_id, view = await run(h, fake, keyed("p.pre", FAKE_WRITE=f"skip.json={big}"), keyed("q"))
+    assert view["state"] == "failed" and f"larger than {MAX_SKIP_FILE} bytes" in view["error"], view
+
+
+async def test_a_job_with_cli_steps_ignores_skip_json_as_sourcegraphs_legacy_path(h: Harness) -> None:
+    fake = FakeRuntime()
+    job_id, view = await run(
+        h,
+        fake,
+        keyed("step.0.pre", FAKE_WRITE='skip.json={"nextStep": "step.9.pre"}'),
+        keyed("step.0.run"),
+        cliSteps=[{"command": ["batch-exec"]}],
+    )
+    assert view["state"] == "completed", view
+    assert fake.steps(job_id) == ["step.docker.step.0.pre", "step.docker.step.0.run", "step.src.0"]
+
+
+# -- which CLI runs CLI steps ----------------------------------------------------------------------
+async def test_cli_steps_run_corrals_cli_against_corrals_server(h: Harness) -> None:
+    fake = FakeRuntime()
+    _job_id, view = await run(h, fake, cliSteps=[{"command": ["batch", "exec"]}])
+    assert view["state"] == "completed", view
+    (call,) = [c for c in fake.calls if c.method == "run_step"]
+    assert call.argv == ("/bin/false", "batch", "exec")  # the harness's EXECUTOR_CLI_PATH
+
+
+async def test_cli_steps_run_src_against_sourcegraph(
+    h: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.compat.sgfrontend import SgJob
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    src = bin_dir / "src"
+    src.write_text("#!/bin/sh\necho 'Current version: 5.2.0'\n")
+    src.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    sg, transport = sourcegraph()
+    fake = FakeRuntime()
+    job = SgJob(1, "batches", cli_steps=[{"command": ["batch-exec", "-f", "input.json"]}])
+    _ws, record = await run_sg(h, fake, sg, transport, job)
+    assert record.state == "completed", record
+    (call,) = [c for c in fake.calls if c.method == "run_step"]
+    assert call.argv == (str(src), "batch-exec", "-f", "input.json")
+
+
+async def test_a_sourcegraph_job_with_cli_steps_fails_at_once_without_src(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.compat.sgfrontend import SgJob
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    sg, transport = sourcegraph()
+    fake = FakeRuntime()
+    job = SgJob(1, "batches", repository_name="acme/app", cli_steps=[{"command": ["batch-exec"]}])
+    _ws, record = await run_sg(h, fake, sg, transport, job)
+    assert record.state == "failed", record
+    assert "src-cli is not installed" in record.failure and "EXECUTOR_SRC_CLI_PATH" in record.failure
+    assert not [c for c in fake.calls if c.method in ("prepare", "run_step")]  # nothing ran, no clone
+    assert not sg.recorded("/info/refs")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from corral.executor.plan import plan_job, step_env
 from corral.executor.runtimes.base import SCRIPTS_MOUNT
 from corral.protocol import Job
@@ -58,3 +60,54 @@ def test_the_plan_is_pure() -> None:
 
 def test_step_env_last_wins() -> None:
     assert step_env(["A=1", "A=2", "B"]) == {"A": "2", "B": ""}
+
+
+# -- skip.json (cmd/executor/internal/worker/runner/skip.go, util/batcheshelper.go) -----------------
+def test_pre_step_keys_and_the_skip_target() -> None:
+    from corral.executor.plan import is_pre_step, skip_target
+
+    assert is_pre_step("step.docker.step.1.pre") and not is_pre_step("step.docker.step.1.run")
+    assert not is_pre_step("step.docker.step.1.prep")
+    assert skip_target("step.1.pre") == "step.docker.step.1.pre"  # runtime.CommandKey -> dockerKey
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b'{"nextStep": "step.1.pre"}', "step.1.pre"),  # skip_test.go's fixture
+        (b'{"NEXTSTEP": "a", "other": [1]}', "a"),  # Go matches field names case-insensitively
+        (b'{"nextStep": "a", "nextstep": "b"}', "b"),  # the last one wins
+        (b'{"nextStep": null}', ""),
+        (b"{}", ""),
+        (b"null", ""),
+        (b'  {"nextStep": ""}\n', ""),
+    ],
+)
+def test_next_step_reads_skip_json_as_go_does(data: bytes, expected: str) -> None:
+    from corral.executor.plan import next_step
+
+    assert next_step(data) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"", "not JSON"),
+        (b"[]", "a JSON list, not an object"),
+        (b'"step.1.pre"', "a JSON str, not an object"),
+        (b'{"nextStep": ["x"]}', "nextStep is a list, not a string"),
+        (b'{"nextStep": "' + b"k" * 2000 + b'"}', "longer than 1024 characters"),
+    ],
+)
+def test_next_step_refuses_what_go_would_not_decode(data: bytes, problem: str) -> None:
+    from corral.executor.plan import next_step
+
+    with pytest.raises(ValueError, match=problem):
+        next_step(data)
+
+
+def test_cli_steps_run_the_cli_path_given() -> None:
+    job = Job.model_validate({"id": 1, "cliSteps": [{"command": ["batch-exec", "x"], "dir": "."}]})
+    (step,) = plan_job(job, cli_path="/usr/local/bin/src").steps
+    assert step.argv == ("/usr/local/bin/src", "batch-exec", "x") and step.key == "step.src.0"
+    assert not plan_job(job, cli_path="src").skips  # a job with CLI steps never skips

@@ -204,3 +204,178 @@ async def test_malformed_server_answers_do_not_stop_heartbeats_or_the_executor(h
     h.transport.respond("dequeue", httpx.Response(200, json={"id": "not-a-number"}))
     with pytest.raises(ServerError, match="the server's answer to dequeue"):
         await client.dequeue()
+
+
+# -- against a Sourcegraph frontend (tests/compat/sgfrontend.py, in-process) --------------------------
+SG_URL = "http://sourcegraph.test"  # never resolved: requests go through the ASGI transport
+
+
+def sourcegraph(h: Harness, **options):
+    """The Sourcegraph stand-in and a FaultyTransport to it (records what the executor sends)."""
+    import httpx
+
+    from corral.testing import EXECUTOR_SECRET, FaultyTransport
+    from tests.compat.sgfrontend import Frontend
+
+    sg = Frontend(EXECUTOR_SECRET, **options)
+    return sg, FaultyTransport(httpx.ASGITransport(app=sg.app))
+
+
+def sg_settings(h: Harness, *queues: str, **overrides):
+    return h.executor_settings(**{"frontend_url": SG_URL, "queues": list(queues or ["batches"]), **overrides})
+
+
+async def test_job_7_of_two_queues_runs_side_by_side_and_a_cancel_reaches_only_its_own(h: Harness) -> None:
+    """Sourcegraph keys running jobs <id>-<queue>: 7-batches and 7-codeintel are two jobs."""
+    from tests.compat.sgfrontend import SgJob
+
+    sg, transport = sourcegraph(h)
+    sg.enqueue(SgJob(7, "batches", docker_steps=[fake_step(FAKE_SLEEP=1.0)]))
+    sg.enqueue(SgJob(7, "codeintel", docker_steps=[fake_step(FAKE_SLEEP=30)]))
+    fake = FakeRuntime()
+    settings = sg_settings(h, "batches", "codeintel", maximum_num_jobs=2)
+    async with h.running(h.worker(fake, settings, transport=transport)) as worker:
+        batches = await fake.wait_step("batches-7")
+        codeintel = await fake.wait_step("codeintel-7")
+        assert set(worker.running) == {"7-batches", "7-codeintel"}
+
+        def both_heartbeated() -> bool:
+            bodies = [s.body for s in transport.sent if s.op == "heartbeat" and s.body.get("jobIdsByQueue")]
+            return any(len(b["jobIdsByQueue"]) == 2 for b in bodies)
+
+        await _until(both_heartbeated)
+        sg.request_cancel("codeintel", 7)
+        await _until(lambda: sg.job("codeintel", 7).state == "canceled")
+        await _until(lambda: sg.job("batches", 7).state == "completed")
+    assert codeintel.term_at is not None and sg.job("codeintel", 7).failure == "canceled"
+    assert batches.term_at is None and batches.exit_code == 0
+    body = next(b for b in (s.body for s in transport.sent if s.op == "heartbeat") if b.get("jobIdsByQueue"))
+    assert body["version"] == "" and body["queueNames"] == ["batches", "codeintel"]
+    assert [g["queueName"] for g in body["jobIdsByQueue"]] == sorted(
+        g["queueName"] for g in body["jobIdsByQueue"]
+    )
+
+
+async def test_a_job_missing_from_known_ids_is_dropped_stopped_and_never_marked(h: Harness) -> None:
+    from tests.compat.sgfrontend import SgJob
+
+    sg, transport = sourcegraph(h)
+    sg.enqueue(SgJob(5, "batches", docker_steps=[fake_step(FAKE_SLEEP=30)]))
+    fake = FakeRuntime()
+    async with h.running(h.worker(fake, sg_settings(h), transport=transport)) as worker:
+        proc = await fake.wait_step("batches-5")
+        sg.give_away("batches", 5)  # reset and taken by another executor: not ours any more
+        await _until(lambda: proc.ended_at is not None)
+        await _until(lambda: not worker.dropped and not worker.running)
+        assert fake.methods("batches-5")[-1] == "cleanup"
+        sent = len(transport.sent)
+        await asyncio.sleep(0.2)  # a few heartbeats later: the job is never heartbeated again
+        later = [s.body for s in transport.sent[sent:] if s.op == "heartbeat"]
+        assert later and all(b["jobIds"] is None for b in later)
+    assert proc.term_at is not None, "its work stops: Sourcegraph's IDSet.Remove cancels the job's context"
+    assert not [s for s in transport.sent if s.op.startswith("mark")], "a dropped job is never marked"
+    assert sg.job("batches", 5).state == "processing" and sg.job("batches", 5).worker == "another-executor"
+
+
+async def test_the_one_queue_heartbeat_speaks_v2_and_sends_sourcegraphs_telemetry(h: Harness) -> None:
+    from corral.executor.telemetry import TELEMETRY_KEYS, go_arch
+    from tests.compat.sgfrontend import SgJob
+
+    sg, transport = sourcegraph(h, old_heartbeat=True)  # a 4.x server: answers without V2 with an array
+    sg.enqueue(SgJob(3, "batches", docker_steps=[fake_step(FAKE_SLEEP=0.5)]))
+    fake = FakeRuntime()
+    async with h.running(h.worker(fake, sg_settings(h), transport=transport)):
+        await fake.wait_step("batches-3")
+        await _until(lambda: sg.job("batches", 3).state == "completed")
+    bodies = [s.body for s in transport.sent if s.op == "heartbeat"]
+    assert all(b["version"] == "V2" for b in bodies)
+    assert bodies[0]["jobIds"] is None  # Go marshals the empty slice of the start-up ping as null
+    assert any(b["jobIds"] == [3] for b in bodies)  # ints, as HeartbeatRequestV1
+    assert all(set(TELEMETRY_KEYS) <= set(b) for b in bodies)
+    b = bodies[-1]
+    assert b["os"] == "linux" and b["architecture"] == go_arch() and b["architecture"] in ("amd64", "arm64")
+    assert b["gitVersion"] and not b["gitVersion"].startswith("git version")
+    assert "# TYPE" in b["prometheusMetrics"] and b["igniteVersion"] == ""
+    assert sg.job("batches", 3).state == "completed"  # never dropped: V2 got the object answer
+
+
+async def test_an_old_bare_array_heartbeat_answer_is_understood(h: Harness) -> None:
+    import httpx
+
+    client = h.client()
+    job_id = await h.submit(fake_step())
+    job = await h.dequeue(client)
+    h.transport.respond("heartbeat", httpx.Response(200, json=[job_id, 99]))
+    assert await client.heartbeat([job], {}) == ({f"{job_id}-batches", "99-batches"}, set())
+    h.transport.respond("heartbeat", httpx.Response(200, content=b"null"))
+    assert await client.heartbeat([job], {}) == (set(), set())
+    h.transport.respond(
+        "heartbeat", httpx.Response(200, json={"KnownIDs": [float(job_id)], "cancelIds": None})
+    )
+    assert await client.heartbeat([job], {}) == ({f"{job_id}-batches"}, set())
+
+
+async def test_heartbeat_failures_never_stop_heartbeats(h: Harness) -> None:
+    import httpx
+
+    fake = FakeRuntime()
+    worker = h.worker(fake)
+    async with h.running(worker):
+        job_id = await h.submit(fake_step(FAKE_SLEEP=1.0))
+        await fake.wait_step(job_id)
+        h.transport.fail("heartbeat", status=503, times=2)
+        h.transport.fail("heartbeat", status=None, times=1)  # unreachable
+        h.transport.respond("heartbeat", httpx.Response(200, text="<html>proxy</html>"), times=1)
+        real = worker.client.heartbeat
+        broken = {"left": 1}
+
+        async def flaky(jobs, telemetry):
+            if broken["left"]:
+                broken["left"] -= 1
+                raise RuntimeError("a bug in the client")
+            return await real(jobs, telemetry)
+
+        worker.client.heartbeat = flaky  # type: ignore[method-assign]
+        await _until(lambda: not broken["left"])
+        mark = len(h.transport.sent)
+        await _until(lambda: any(s.op == "heartbeat" and s.status == 200 for s in h.transport.sent[mark:]))
+        view = await h.wait_for(job_id)
+    assert view["state"] == "completed", view
+    statuses = [s.status for s in h.transport.sent if s.op == "heartbeat"]
+    assert statuses.count(503) == 2 and None in statuses
+
+
+async def test_the_dequeue_body_is_sourcegraphs(h: Harness) -> None:
+    from corral import __version__
+    from corral.executor.client import SOURCEGRAPH_PROTOCOL_VERSION
+
+    settings = h.executor_settings(job_memory=12 * 1024**3, job_disk_space=20 * 1024**3, job_num_cpus=4)
+    corral = h.client(settings)
+    await corral.heartbeat([], {})
+    await corral.dequeue()
+    _sg, transport = sourcegraph(h)
+    other = h.client(sg_settings(h, job_memory=1536 * 1024**2, job_num_cpus=0.5), transport=transport)
+    await other.heartbeat([], {})
+    await other.dequeue()
+    ours = next(s.body for s in h.transport.sent if s.op == "dequeue")
+    theirs = next(s.body for s in transport.sent if s.op == "dequeue")
+    assert corral.server_is_corral and not other.server_is_corral
+    assert ours["version"] == __version__ and theirs["version"] == SOURCEGRAPH_PROTOCOL_VERSION == "0.0.0+dev"
+    assert (ours["numCPUs"], ours["memory"], ours["diskSpace"]) == (4, "12G", "20G")
+    assert "numCPUs" not in theirs and theirs["memory"] == "1536M"  # 0 CPUs is omitted, as omitempty
+
+
+async def test_a_path_prefix_in_the_frontend_url_is_kept_for_every_call(h: Harness) -> None:
+    from tests.compat.sgfrontend import SgFile, SgJob
+
+    sg, transport = sourcegraph(h, prefix="/sg")
+    sg.files[("batch-changes", "spec/f")] = b"remote"
+    sg.enqueue(SgJob(4, "batches", files={"r.txt": SgFile(bucket="batch-changes", key="spec/f")}))
+    sg.jobs[("batches", 4)].docker_steps = [fake_step()]
+    fake = FakeRuntime()
+    settings = sg_settings(h, frontend_url=SG_URL + "/sg")
+    async with h.running(h.worker(fake, settings, transport=transport)):
+        await _until(lambda: sg.job("batches", 4).state == "completed")
+    paths = {s.path for s in transport.sent}
+    assert all(p.startswith("/sg/.executors/") for p in paths), paths
+    assert "/sg/.executors/files/batch-changes/spec/f" in paths

@@ -100,6 +100,67 @@ def test_write_files_stops_at_the_first_bad_path_but_never_writes_outside(tmp_pa
 
 
 # -- read_outputs ------------------------------------------------------------------------------
+async def _chunks(*parts: bytes):
+    for p in parts:
+        yield p
+
+
+async def test_write_stream_writes_the_chunks_and_makes_parents(tmp_path: Path):
+    size = await ws.write_stream(tmp_path, "a/b/c.bin", _chunks(b"\x00\xff", b"A\n"), 100)
+    assert size == 4 and (tmp_path / "a/b/c.bin").read_bytes() == b"\x00\xffA\n"
+
+
+async def test_write_stream_stops_at_the_limit(tmp_path: Path):
+    from corral.executor import safefs
+
+    with pytest.raises(safefs.TooLarge, match="larger than 5 bytes"):
+        await ws.write_stream(tmp_path, "big", _chunks(b"abc", b"def", b"never"), 5)
+    assert (tmp_path / "big").read_bytes() == b"abc"  # nothing past the bound was written
+
+
+async def test_write_stream_never_follows_a_link(tmp_path: Path):
+    from corral.executor import safefs
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    work = tmp_path / "ws"
+    work.mkdir()
+    (work / "d").symlink_to(outside)
+    (work / "f").symlink_to(outside / "target")
+    for rel in ("d/x", "f"):
+        with pytest.raises(safefs.UnsafePath):
+            await ws.write_stream(work, rel, _chunks(b"x"), 10)
+    with pytest.raises(ValueError, match="refusing to write outside of working directory"):
+        await ws.write_stream(work, "../escape", _chunks(b"x"), 10)
+    assert list(outside.iterdir()) == []
+
+
+def test_take_file_reads_and_removes(tmp_path: Path):
+    (tmp_path / "skip.json").write_text('{"nextStep": "step.1.pre"}')
+    assert ws.take_file(tmp_path, "skip.json", 100) == b'{"nextStep": "step.1.pre"}'
+    assert not (tmp_path / "skip.json").exists()
+    assert ws.take_file(tmp_path, "skip.json", 100) is None
+
+
+def test_take_file_refuses_links_fifos_directories_and_big_files(tmp_path: Path):
+    from corral.executor import safefs
+
+    secret = tmp_path / "secret"
+    secret.write_text("host secret")
+    work = tmp_path / "ws"
+    work.mkdir()
+    (work / "link").symlink_to(secret)
+    os.mkfifo(work / "fifo")
+    (work / "dir").mkdir()
+    (work / "big").write_bytes(b"x" * 11)
+    for name in ("link", "fifo", "dir", "big"):
+        with pytest.raises(safefs.UnsafePath):
+            ws.take_file(work, name, 10)
+    assert (work / "link").is_symlink() and secret.read_text() == "host secret"
+    with pytest.raises(safefs.UnsafePath):
+        ws.take_file(work, "a/b", 10)
+
+
 def test_read_outputs_returns_base64_of_regular_files(tmp_path: Path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "report.txt").write_bytes(b"report\n")
@@ -192,8 +253,17 @@ def test_clone_commands_default():
     fetch = fetch_of(cmds)
     assert fetch[:4] == ["git", "-c", "protocol.version=2", "fetch"]
     assert fetch[-2:] == ["origin", "c0ffee"]
-    assert "--no-tags" in fetch and "--tags" not in fetch
-    assert not any(a.startswith(("--depth", "--filter")) for a in fetch)
+    # Sourcegraph's exact fetch (clone.go): no tag option at all unless fetchTags or a shallow clone
+    assert fetch == [
+        "git",
+        "-c",
+        "protocol.version=2",
+        "fetch",
+        "--progress",
+        "--no-recurse-submodules",
+        "origin",
+        "c0ffee",
+    ]
     assert dict(cmds)["setup.git.add-remote"] == ["git", "remote", "add", "origin", URL]
     assert dict(cmds)["setup.git.checkout"] == ["git", "checkout", "--quiet", "--force", "c0ffee"]
     # the server's URL does not stay in the workspace's git config
@@ -202,23 +272,22 @@ def test_clone_commands_default():
     assert not any("Authorization" in a or "token" in a.lower() for _k, argv in cmds for a in argv)
 
 
-def test_clone_commands_shallow():
-    fetch = fetch_of(ws.clone_commands(job(shallowClone=True), URL))
-    assert "--depth=1" in fetch and "--no-tags" in fetch
-    assert fetch[-2:] == ["origin", "c0ffee"]
+FETCH_HEAD = ["git", "-c", "protocol.version=2", "fetch", "--progress", "--no-recurse-submodules"]
 
 
-def test_clone_commands_tags():
-    fetch = fetch_of(ws.clone_commands(job(fetchTags=True), URL))
-    assert "--tags" in fetch and "--no-tags" not in fetch
-    assert not any(a.startswith("--depth") for a in fetch)
-
-
-def test_clone_commands_shallow_with_tags_stays_shallow():
-    """DIVERGENCE from Sourcegraph (workspace.py clone_commands): Sourcegraph's executor fetches with
-    `--tags --depth=1` when both fetchTags and shallowClone are set; corral drops the depth."""
-    fetch = fetch_of(ws.clone_commands(job(fetchTags=True, shallowClone=True), URL))
-    assert "--tags" in fetch and "--depth=1" in fetch and "--no-tags" not in fetch
+@pytest.mark.parametrize(
+    ("fields", "options"),
+    [  # cmd/executor/internal/worker/workspace/clone.go, appendFetchArg in that order
+        ({}, []),
+        ({"shallowClone": True}, ["--no-tags", "--depth=1"]),
+        ({"fetchTags": True}, ["--tags"]),
+        ({"fetchTags": True, "shallowClone": True}, ["--tags", "--depth=1"]),
+        ({"sparseCheckout": ["a/"]}, ["--filter=blob:none"]),
+        ({"shallowClone": True, "sparseCheckout": ["a/"]}, ["--no-tags", "--depth=1", "--filter=blob:none"]),
+    ],
+)
+def test_the_fetch_passes_exactly_sourcegraphs_options(fields: dict, options: list[str]):
+    assert fetch_of(ws.clone_commands(job(**fields), URL)) == [*FETCH_HEAD, *options, "origin", "c0ffee"]
 
 
 def test_clone_commands_sparse():
@@ -227,6 +296,16 @@ def test_clone_commands_sparse():
     assert keys.index("setup.git.fetch") < keys.index("setup.git.sparse-checkout-config")
     assert keys.index("setup.git.sparse-checkout-set") < keys.index("setup.git.checkout")
     assert "--filter=blob:none" in fetch_of(cmds)
+    # the checkout fetches the missing blobs, over protocol v2 as Sourcegraph's does
+    assert dict(cmds)["setup.git.checkout"] == [
+        "git",
+        "-c",
+        "protocol.version=2",
+        "checkout",
+        "--quiet",
+        "--force",
+        "c0ffee",
+    ]
     assert dict(cmds)["setup.git.sparse-checkout-config"] == [
         "git",
         "config",

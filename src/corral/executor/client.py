@@ -1,15 +1,24 @@
-"""The executor's HTTP client of the queue API: auth headers, retries, extension discovery.
+"""The executor's HTTP client of the queue and files APIs: auth headers, retries, extension discovery.
 
 Transient failures (connection errors, 5xx, 429) are retried with exponential backoff for a bounded
 time; any other 4xx is final and raised as ServerError with the server's message.
+
+Which server it talks to: a response carrying X-Corral-Extensions comes from corral's server
+(`server_is_corral`); anything else is treated as Sourcegraph's frontend. That decides the version
+sent at dequeue (see SOURCEGRAPH_PROTOCOL_VERSION) and, in the handler, which CLI runs CLI steps.
+
+Running jobs are keyed `<id>-<queue>` everywhere (`job_key`), as Sourcegraph's worker keys them
+(`Job.RecordUID` in internal/executor/types/job.go): ids are only unique per queue.
 """
 
 from __future__ import annotations
 
 import contextlib
-import platform
-from collections.abc import Iterator
+import json
+import re
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
@@ -17,7 +26,34 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_e
 from corral import __version__
 from corral.errors import ServerError, StaleAttempt
 from corral.executor.settings import ExecutorSettings
+from corral.executor.telemetry import TELEMETRY_KEYS
 from corral.protocol import EXECUTOR_NAME_HEADER, EXTENSIONS_HEADER, JOB_ID_HEADER, Job
+from corral.units import format_size
+
+__all__ = ["SOURCEGRAPH_PROTOCOL_VERSION", "QueueClient", "job_key"]
+
+# The version a corral executor sends at dequeue to a server that is not corral's. Sourcegraph's
+# frontend answers with a v2 job (base64 file contents, dockerAuthConfig) only when
+# `api.CheckSourcegraphVersion(version, "4.3.0-0", "2022-11-24")` holds (cmd/frontend/internal/
+# executorqueue/handler/handler.go and multihandler.go, dequeue; lib/api/version_check.go): for
+# "dev" and "0.0.0+dev", for an insiders build "<n>_<date>_<sha>" dated 2022-11-24 or later, and
+# for a semver only when it EQUALS 4.3.0-0 (the constraint has no operator, which Masterminds/semver
+# reads as "="), so "5.2.0" gets v1 jobs. corral is not a Sourcegraph release either, so it claims
+# no release or build date: the development version is the one honest string that gets v2 jobs
+# from every Sourcegraph version, and Sourcegraph's admin UI skips its compatibility warning for
+# it. corral's own server gets corral's real version (it checks version skew against it).
+SOURCEGRAPH_PROTOCOL_VERSION = "0.0.0+dev"
+# The heartbeat's "version" field: "V2" asks a Sourcegraph 4.x server for the object answer
+# ({"knownIds", "cancelIds"}) instead of the bare array of known ids (queue/client.go, Heartbeat).
+HEARTBEAT_API_V2 = "V2"
+FILES_PATH = "/.executors/files"  # Sourcegraph's files API (apiclient/files/client.go)
+FILE_CHUNK = 64 * 1024  # bytes read from the files API at a time
+
+
+def job_key(job: Job) -> str:
+    """The job's key in the running set, heartbeats and cancels: `<id>-<queue>` (RecordUID)."""
+    return f"{job.id}-{job.queue}"
+
 
 CONNECT_TIMEOUT = 10.0  # seconds
 REQUEST_TIMEOUT = 30.0  # seconds, beyond any long-poll wait
@@ -43,6 +79,7 @@ class QueueClient:
     ) -> None:
         self.settings = settings
         self.extensions: frozenset[str] = frozenset()
+        self.server_is_corral = False  # set by the first answer that carries X-Corral-Extensions
         self.retry_for = retry_for
         self.http = httpx.AsyncClient(
             base_url=settings.frontend_url,
@@ -57,18 +94,26 @@ class QueueClient:
     def has(self, ext: str) -> bool:
         return self.settings.extensions and ext in self.extensions
 
+    @property
+    def dequeue_version(self) -> str:
+        """The version sent at dequeue: corral's own to corral's server, else the one that makes
+        Sourcegraph hand out v2 jobs (SOURCEGRAPH_PROTOCOL_VERSION)."""
+        return __version__ if self.server_is_corral else SOURCEGRAPH_PROTOCOL_VERSION
+
+    def _seen(self, r: httpx.Response) -> None:
+        if ext := r.headers.get(EXTENSIONS_HEADER):
+            self.extensions = frozenset(x.strip() for x in ext.split(","))
+            self.server_is_corral = True
+
     # -- plumbing -----------------------------------------------------------------------------
     def _executor_headers(self) -> dict[str, str]:
         return {"Authorization": f"token-executor {self.settings.frontend_password}"}
 
     def _job_headers(self, job: Job) -> dict[str, str]:
-        if not job.token:
-            return self._executor_headers()
-        return {
-            "Authorization": f"Bearer {job.token}",
-            JOB_ID_HEADER: str(job.id),
-            EXECUTOR_NAME_HEADER: self.settings.name,
-        }
+        # As Sourcegraph's BaseClient.addHeaders (cmd/executor/internal/apiclient/baseclient.go): the
+        # job token, or the executor token for a server that issues none, and always both headers.
+        auth = f"Bearer {job.token}" if job.token else f"token-executor {self.settings.frontend_password}"
+        return {"Authorization": auth, JOB_ID_HEADER: str(job.id), EXECUTOR_NAME_HEADER: self.settings.name}
 
     async def _once(
         self, path: str, body: Any, headers: dict[str, str], timeout: float | None
@@ -77,8 +122,7 @@ class QueueClient:
         if timeout is not None:
             kw["timeout"] = httpx.Timeout(timeout, connect=CONNECT_TIMEOUT)
         r = await self.http.post(path, **kw)
-        if ext := r.headers.get(EXTENSIONS_HEADER):
-            self.extensions = frozenset(x.strip() for x in ext.split(","))
+        self._seen(r)
         if r.status_code >= 400:
             try:
                 payload = r.json()
@@ -91,6 +135,14 @@ class QueueClient:
             raise ServerError(f"{path}: {r.status_code} {msg}".strip(), status=r.status_code)
         return r
 
+    def _retrying(self, retry_for: float | None) -> AsyncRetrying:
+        return AsyncRetrying(
+            retry=retry_if_exception(_transient),
+            stop=stop_after_delay(self.retry_for if retry_for is None else retry_for),
+            wait=wait_exponential(multiplier=0.2, max=RETRY_MAX_WAIT),
+            reraise=True,
+        )
+
     async def _post(
         self,
         path: str,
@@ -100,12 +152,7 @@ class QueueClient:
         timeout: float | None = None,
         retry_for: float | None = None,
     ) -> httpx.Response:
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(_transient),
-            stop=stop_after_delay(self.retry_for if retry_for is None else retry_for),
-            wait=wait_exponential(multiplier=0.2, max=RETRY_MAX_WAIT),
-            reraise=True,
-        )
+        retrying = self._retrying(retry_for)
         try:
             async for attempt in retrying:
                 with attempt:
@@ -139,17 +186,22 @@ class QueueClient:
             r = await self.http.get("/.executors/test/auth", headers=self._executor_headers())
         except httpx.HTTPError as exc:
             raise ServerError(f"cannot reach the server at {self.settings.frontend_url}: {exc!r}") from exc
+        self._seen(r)
         if r.status_code != 200:
             raise ServerError(f"auth check failed: {r.status_code} {r.text.strip()}", status=r.status_code)
 
     async def dequeue(self, wait: float = 0.0) -> Job | None:
         s = self.settings
-        body: dict[str, Any] = {
-            "executorName": s.name,
-            "version": __version__,
-            "numCPUs": int(s.job_num_cpus),
-            "memory": f"{s.job_memory // 1024**2}M",
-        }
+        # types.DequeueRequest (internal/executor/types/http.go): numCPUs, memory and diskSpace are
+        # omitempty; memory and diskSpace are the operator's size strings (Sourcegraph sends its raw
+        # EXECUTOR_JOB_MEMORY and EXECUTOR_FIRECRACKER_DISK_SPACE; its codeintel queue parses them
+        # with datasize, 1024-based, into VM_MEM/VM_DISK). Here they are the configured sizes in
+        # that notation ("12G" stays "12G"; 0, unbounded, is "0").
+        body: dict[str, Any] = {"executorName": s.name, "version": self.dequeue_version}
+        if int(s.job_num_cpus):
+            body["numCPUs"] = int(s.job_num_cpus)
+        body["memory"] = format_size(s.job_memory)
+        body["diskSpace"] = format_size(s.job_disk_space)
         wait = wait if self.has("longpoll") else 0.0
         if wait > 0:
             body["waitSeconds"] = wait
@@ -169,37 +221,47 @@ class QueueClient:
             job.queue = s.queues[0]
         return job
 
-    async def heartbeat(self, jobs: list[Job], telemetry: dict[str, str]) -> tuple[set[int], set[int]]:
-        """Renew leases; returns (ids the server still considers ours, ids to cancel)."""
+    async def heartbeat(self, jobs: list[Job], telemetry: dict[str, str]) -> tuple[set[str], set[str]]:
+        """Renew leases; returns (keys the server still considers ours, keys to cancel), as
+        `job_key`s. The body is Sourcegraph's (cmd/executor/internal/apiclient/queue/client.go,
+        Heartbeat): one queue sends `HeartbeatRequestV1` ("version": "V2", int jobIds, null when
+        there are none, as Go marshals a nil slice); several queues send `HeartbeatRequest` ("version"
+        left "", jobIdsByQueue only for queues with jobs, sorted by queue, omitted when empty)."""
         s = self.settings
-        body: dict[str, Any] = {
-            "executorName": s.name,
-            "os": platform.system().lower(),
-            "architecture": platform.machine(),
-            "executorVersion": __version__,
-            **telemetry,
-        }
+        body: dict[str, Any] = {"executorName": s.name}
         if s.multi_queue:
-            body["version"] = "V2"
+            body["version"] = ""
+            groups = sorted({j.queue or s.queues[0] for j in jobs})
+            if groups:
+                body["jobIdsByQueue"] = [
+                    {"queueName": q, "jobIds": [str(j.id) for j in jobs if (j.queue or s.queues[0]) == q]}
+                    for q in groups
+                ]
             body["queueNames"] = s.queues
-            body["jobIdsByQueue"] = [
-                {"queueName": q, "jobIds": [str(j.id) for j in jobs if j.queue == q]} for q in s.queues
-            ]
             path = "/.executors/queue/heartbeat"
         else:
-            body["jobIds"] = [j.id for j in jobs]
+            body["version"] = HEARTBEAT_API_V2
+            body["jobIds"] = [j.id for j in jobs] or None
             path = f"/.executors/queue/{s.queues[0]}/heartbeat"
+        for k in TELEMETRY_KEYS:
+            body[k] = telemetry.get(k, "")
+        body.update({k: v for k, v in telemetry.items() if k not in body})  # corral's extensions
         r = await self._post(path, body, self._executor_headers(), retry_for=0)
-
-        def ids(data: dict[str, Any], key: str) -> set[int]:
-            return {
-                int(str(x).split("-", 1)[0])
-                for x in (data.get(key) or data.get(key.replace("Ids", "IDs")) or [])
-            }
-
         with self._answer("heartbeat"):
-            data = r.json() or {}
-            return ids(data, "knownIds"), ids(data, "cancelIds")
+            known, cancel = _heartbeat_ids(r.content)
+            return {self._key(i) for i in known}, {self._key(i) for i in cancel}
+
+    def _key(self, wire_id: str) -> str:
+        """A heartbeat answer's id as a job key: the one-queue answer names bare ids ("7"), the
+        several-queue one "<id>-<queue>" (multihandler.go appends the queue)."""
+        head, dash, queue = wire_id.partition("-")
+        if not re.fullmatch(r"[0-9]{1,18}", head) or (dash and not queue):
+            raise ValueError(f"{wire_id!r} is not a job id")
+        if not dash:
+            if self.settings.multi_queue:
+                raise ValueError(f"{wire_id!r} names no queue (several queues answer <id>-<queue>)")
+            queue = self.settings.queues[0]
+        return f"{int(head)}-{queue}"
 
     async def cancel_watch(self, job_ids: list[int], wait: float) -> set[int]:
         body = {"executorName": self.settings.name, "jobIds": job_ids, "waitSeconds": wait}
@@ -214,6 +276,37 @@ class QueueClient:
             return {int(x) for x in (r.json().get("cancelIds") or [])}
 
     # -- job-scoped calls ---------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def fetch_file(
+        self, job: Job, bucket: str, key: str
+    ) -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
+        """GET <frontend>/.executors/files/<bucket>/<key> with the job's headers, as Sourcegraph's
+        files client (cmd/executor/internal/apiclient/files/client.go, Get); yields (the announced
+        Content-Length or None, the body as chunks). A status other than 200 is a ServerError
+        (Sourcegraph: "unexpected status code"); connection errors and 5xx are retried before any
+        byte arrives. The caller bounds the size."""
+        path = f"{FILES_PATH}/{_path_segment(bucket)}/{'/'.join(_path_segment(p) for p in key.split('/'))}"
+        headers = self._job_headers(job)
+        try:
+            async for attempt in self._retrying(None):
+                with attempt:
+                    request = self.http.build_request("GET", path, headers=headers)
+                    r = await self.http.send(request, stream=True)
+                    self._seen(r)
+                    if r.status_code != 200:
+                        text = (await r.aread())[:2000].decode("utf-8", "replace").strip()
+                        await r.aclose()
+                        raise ServerError(f"GET {path}: {r.status_code} {text}".strip(), status=r.status_code)
+        except httpx.HTTPError as exc:
+            raise ServerError(f"cannot reach the server at {self.settings.frontend_url}: {exc!r}") from exc
+        length = r.headers.get("content-length", "")
+        try:
+            yield (int(length) if length.isdigit() else None), r.aiter_bytes(FILE_CHUNK)
+        except httpx.HTTPError as exc:
+            raise ServerError(f"GET {path}: the download broke off: {exc!r}") from exc
+        finally:
+            await r.aclose()
+
     async def add_log_entry(
         self, job: Job, key: str, command: list[str], start_time: str, out: str = ""
     ) -> int:
@@ -272,3 +365,51 @@ class QueueClient:
     async def mark_failed(self, job: Job, message: str) -> None:
         body = self._op(job, errorMessage=message)
         await self._post(self._queue_path(job, "markFailed"), body, self._job_headers(job))
+
+
+def _path_segment(part: str) -> str:
+    """One segment of a files-API path, escaped as Go's url.URL.EscapedPath escapes a path; a segment
+    that could change the path (empty, ".", "..") is refused."""
+    if part in ("", ".", "..") or "\0" in part:
+        raise ValueError(f"{part!r} is not a valid files-API path segment")
+    return quote(part, safe="$&+,:;=@!'()*")
+
+
+def _wire_ids(value: Any) -> list[str]:
+    """Ids of a heartbeat answer as strings: numbers or strings, as Sourcegraph's decoder accepts
+    them (HeartbeatResponse.UnmarshalJSON, internal/executor/types/http.go); null is none."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"ids must be a list, not {type(value).__name__}")
+    out = []
+    for x in value:
+        if isinstance(x, bool) or not isinstance(x, int | float | str):
+            raise ValueError(f"{x!r} is not a job id")
+        if isinstance(x, float):
+            if not x.is_integer():
+                raise ValueError(f"{x!r} is not a job id")
+            x = int(x)
+        out.append(str(x))
+    return out
+
+
+def _heartbeat_ids(content: bytes) -> tuple[list[str], list[str]]:
+    """(known ids, cancel ids) of a heartbeat answer, in either form a Sourcegraph server sends:
+    the object {"knownIds": [...], "cancelIds": [...]} (field names matched case-insensitively, the
+    last one winning, as Go's encoding/json does), or the bare array of known ids that a 4.x
+    server answers a heartbeat without "version": "V2" (enterprise/cmd/frontend/internal/
+    executorqueue/handler/routes.go: "TODO: Remove in Sourcegraph 4.4"). `null` means none known."""
+    if not content.strip():
+        raise ValueError("the answer is empty")
+    data = json.loads(content)
+    if data is None:
+        return [], []
+    if isinstance(data, list):
+        return _wire_ids(data), []
+    if not isinstance(data, dict):
+        raise ValueError("the answer is neither an object nor an array of ids")
+    fields: dict[str, Any] = {}
+    for k, v in json.loads(content, object_pairs_hook=list):  # the top level's pairs, in order
+        fields[k.lower()] = v
+    return _wire_ids(fields.get("knownids")), _wire_ids(fields.get("cancelids"))

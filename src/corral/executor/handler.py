@@ -10,8 +10,14 @@ Outcomes (what the server is told):
 - a step exits non-zero, is OOM-killed, its image is missing, or the job times out: markFailed
   with a reason a person understands (retrying would fail the same way);
 - the clone or another setup step fails, or the runtime breaks: markErrored (the server retries);
-- canceled (by the server or at shutdown): markFailed("canceled"); the server records `canceled`.
+- canceled (by the server or at shutdown): markFailed("canceled"); the server records `canceled`;
+- dropped (the server no longer considers it ours, see Worker.drop): stopped, cleaned up, no mark.
 Cleanup (runtimes, workspace) always runs, also after a cancel, and its errors are logged.
+
+CLI steps follow the server: against corral's server they run corral's CLI (EXECUTOR_CLI_PATH);
+against a Sourcegraph server they run Sourcegraph's src-cli (`src`, which implements `batch-exec`,
+EXECUTOR_SRC_CLI_PATH), since that is what a Sourcegraph job's CLI steps are written for. A
+Sourcegraph job with CLI steps on an executor without src-cli fails at once, saying so.
 """
 
 from __future__ import annotations
@@ -20,15 +26,25 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import shutil
 import subprocess
 from enum import StrEnum
 from pathlib import Path
 
 from corral.errors import CorralError, Reason, RuntimeFailure, ServerError, StepFailed
-from corral.executor import identity
-from corral.executor.client import QueueClient
+from corral.executor import identity, safefs
+from corral.executor.client import QueueClient, job_key
+from corral.executor.jobfiles import write_job_files
 from corral.executor.logs import LogEntry
-from corral.executor.plan import JobPlan, plan_job
+from corral.executor.plan import (
+    MAX_SKIP_FILE,
+    SKIP_FILE,
+    JobPlan,
+    is_pre_step,
+    next_step,
+    plan_job,
+    skip_target,
+)
 from corral.executor.redact import RedactionLimitError, Redactor, RedactorCache, cache_key, check_limits
 from corral.executor.runtimes.base import (
     CredentialStager,
@@ -47,9 +63,18 @@ from corral.executor.workspace import HostWorkspace, Workspace
 from corral.protocol import Job
 from corral.units import format_duration
 
-__all__ = ["JobHandler", "Outcome", "StepFailed"]
+__all__ = ["SRC_CLI", "JobHandler", "Outcome", "StepFailed", "src_cli_path"]
 
 log = logging.getLogger("corral.executor")
+SRC_CLI = "src"  # Sourcegraph's CLI (src-cli), as Sourcegraph's executor runs CLI steps
+
+
+def src_cli_path(settings: ExecutorSettings) -> str | None:
+    """EXECUTOR_SRC_CLI_PATH (`ExecutorSettings.src_cli_path`: default `src` on PATH, else None)."""
+    if hasattr(settings, "src_cli_path"):
+        configured: str | None = settings.src_cli_path
+        return configured
+    return shutil.which(SRC_CLI)  # settings from before EXECUTOR_SRC_CLI_PATH existed
 
 
 class Outcome(StrEnum):
@@ -59,6 +84,7 @@ class Outcome(StrEnum):
     FAILED = "failed"
     ERRORED = "errored"
     CANCELED = "canceled"
+    DROPPED = "dropped"  # the server disowned the job: nothing is reported
 
 
 Result = tuple[Outcome, str]  # the outcome and its message
@@ -80,8 +106,12 @@ class JobHandler:
         self.echo = echo
         self._workspace = workspace
         self._redactors = RedactorCache()
-        # Jobs this executor stops on its own (shutdown): reported errored (retried), not canceled.
-        self.stopped_locally: dict[int, bool] = {}
+        # By job_key. Jobs this executor stops on its own (shutdown): reported errored (retried),
+        # not canceled.
+        self.stopped_locally: dict[str, bool] = {}
+        # By job_key. Jobs the server no longer considers ours (Worker.drop): stopped, never marked.
+        self.disowned: set[str] = set()
+        self._entries: dict[str, list[LogEntry]] = {}  # by job_key: the log entries a job opened
 
     @property
     def workspace(self) -> Workspace:
@@ -126,9 +156,16 @@ class JobHandler:
             self._redactors.put(key, redactor)
         return redactor
 
+    def disown(self, key: str) -> None:
+        """The server no longer considers job `key` ours (Worker.drop, which then stops its task):
+        its log entries go quiet (the server would refuse every write) and it is never marked."""
+        self.disowned.add(key)
+        for entry in self._entries.get(key, ()):
+            entry.lost = True
+
     def _entry(self, job: Job, redactor: Redactor, key: str, command: list[str]) -> LogEntry:
         task = asyncio.current_task()  # the job's task: stopped when the server says it is not ours
-        return LogEntry(
+        entry = LogEntry(
             self.client,
             job,
             key,
@@ -138,6 +175,9 @@ class JobHandler:
             echo=self.echo,
             on_lost=task.cancel if task is not None else None,
         )
+        entry.lost = job_key(job) in self.disowned
+        self._entries.setdefault(job_key(job), []).append(entry)
+        return entry
 
     def _space(self, job: Job, root: Path) -> JobSpace:
         s = self.settings
@@ -176,7 +216,9 @@ class JobHandler:
             with contextlib.suppress(CorralError):
                 await self.client.mark_errored(job, f"no job uid free on this executor: {exc}")
             return
-        plan = plan_job(job, cli_path=self.settings.cli_path, default_queue=space.queue)
+        cli_path = self.cli_path()
+        plan = plan_job(job, cli_path=cli_path or SRC_CLI, default_queue=space.queue)
+        key = job_key(job)
         limit = self.deadline(job)
         outcome: Result = (Outcome.COMPLETE, "")
         exit_codes: list[int] = []
@@ -184,6 +226,8 @@ class JobHandler:
         try:
             try:
                 async with asyncio.timeout(limit):
+                    if plan.has_cli_steps and cli_path is None:
+                        raise StepFailed(self._no_src_cli(plan), Reason.SANDBOX)
                     redactor = await self._redactor(job, plan)  # in a thread; may fail the job (StepFailed)
                     await self._run(job, plan, space, redactor, exit_codes)
             except TimeoutError:
@@ -196,7 +240,7 @@ class JobHandler:
             if problem is not None and problem[0] is Outcome.ERRORED:
                 outcome = problem
         except asyncio.CancelledError:
-            if self.stopped_locally.pop(job.id, False):  # this executor shut down: another one retries
+            if self.stopped_locally.pop(key, False):  # this executor shut down: another one retries
                 outcome = (Outcome.ERRORED, "the executor shut down before the job finished")
             else:
                 outcome = (Outcome.CANCELED, "canceled")
@@ -211,7 +255,27 @@ class JobHandler:
         else:
             outcome = await self._upload(job, plan, space, exit_codes, "") or outcome
         finally:
-            await asyncio.shield(self._finish(job, space, outcome, redactor))
+            if key in self.disowned:  # whatever ended the job meanwhile, there is nothing to report
+                outcome = (Outcome.DROPPED, "the server no longer considers the job this executor's")
+            try:
+                await asyncio.shield(self._finish(job, space, outcome, redactor))
+            finally:
+                self.disowned.discard(key)
+                self._entries.pop(key, None)
+
+    def cli_path(self) -> str | None:
+        """The binary CLI steps run: corral's CLI against corral's server, Sourcegraph's src-cli
+        against a Sourcegraph server (None when it is not installed)."""
+        return self.settings.cli_path if self.client.server_is_corral else src_cli_path(self.settings)
+
+    @staticmethod
+    def _no_src_cli(plan: JobPlan) -> str:
+        n = sum(1 for s in plan.steps if s.kind == "cli")
+        return (
+            f"this job has {n} CLI step(s), which a Sourcegraph server writes for Sourcegraph's src-cli "
+            f"({SRC_CLI} batch-exec ...), and src-cli is not installed on this executor: install src-cli "
+            f"or point EXECUTOR_SRC_CLI_PATH at it"
+        )
 
     async def _finish(self, job: Job, space: JobSpace, outcome: Result, redactor: Redactor | None) -> None:
         kind, message = outcome
@@ -228,7 +292,9 @@ class JobHandler:
         except Exception:
             log.exception("job %s: workspace cleanup failed", job.id)
         try:
-            if kind is Outcome.COMPLETE:
+            if kind is Outcome.DROPPED:
+                pass  # see Worker.drop: the attempt is not ours any more, a mark could hit a newer one
+            elif kind is Outcome.COMPLETE:
                 await self.client.mark_complete(job)
             elif kind is Outcome.ERRORED:
                 await self.client.mark_errored(job, message)
@@ -287,17 +353,7 @@ class JobHandler:
             await workspace.clone(
                 space, plan, job.token, lambda key, argv: self._entry(job, redactor, key, argv)
             )
-        files = {p: f.data(job.version or 1) for p, f in job.files.items()}
-        for p, f in job.files.items():
-            if f.content is None and f.bucket:
-                raise StepFailed(
-                    f"file {p}: fetching from the files API (bucket {f.bucket}) is not supported",
-                    Reason.FILES,
-                )
-        try:
-            await workspace.write_files(space, files)
-        except (RuntimeFailure, ValueError) as exc:
-            raise StepFailed(str(exc), Reason.FILES) from None
+        await write_job_files(self.client, job, space, workspace)
         await workspace.write_scripts(space, plan.scripts)
         await main.prepare(space)
         sandboxed = plan.has_cli_steps or (plan.repository and self.client.has("results"))
@@ -310,9 +366,27 @@ class JobHandler:
             finally:
                 await sink.close_open()  # a runtime that broke mid-step leaves no log entry open
             return
+        skip_to = ""
         for step in plan.steps:
+            if skip_to and step.key != skip_to:
+                log.info("job %s: skipping %s (skip.json names %s)", job.id, step.key, skip_to)
+                continue
+            skip_to = ""
             result = await self._run_step(job, space, redactor, step)
             self._check(space, step, result, exit_codes)
+            if plan.skips and is_pre_step(step.key):
+                skip_to = await self._skip_to(space, step)
+
+    async def _skip_to(self, space: JobSpace, step: Step) -> str:
+        """The key of the step to skip to, from the skip.json the `.pre` step left ("" = none)."""
+        try:
+            data = await self.workspace.take_file(space, SKIP_FILE, MAX_SKIP_FILE)
+            target = next_step(data) if data is not None else ""
+        except (safefs.UnsafePath, ValueError) as exc:
+            raise StepFailed(f"{step.key}: checking for {SKIP_FILE}: {exc}", Reason.FILES) from None
+        except OSError as exc:
+            raise RuntimeFailure(f"{step.key}: reading {SKIP_FILE}: {exc}", reason=Reason.FILES) from None
+        return skip_target(target) if target else ""
 
     @staticmethod
     def _check(space: JobSpace, step: Step, result: StepResult, exit_codes: list[int]) -> None:

@@ -3,8 +3,10 @@
 - Slots: at most EXECUTOR_MAXIMUM_NUM_JOBS jobs run at once; a dequeue is only sent for a free slot.
 - Pickup: long-poll dequeue when the server offers it (a job starts as soon as it is enqueued),
   else Sourcegraph's short poll every EXECUTOR_QUEUE_POLL_INTERVAL; server errors back off.
-- Heartbeat every heartbeat_interval with all running job ids; ids the server no longer knows are
-  stopped and discarded, ids it names in cancelIds are canceled.
+- Running jobs are keyed `<id>-<queue>` (client.job_key), as Sourcegraph's worker keys them: job 7
+  of `batches` and job 7 of `codeintel` are two jobs, in the running set, heartbeats and cancels.
+- Heartbeat every heartbeat_interval with all running jobs; jobs missing from knownIds are dropped
+  (see `drop`), keys the server names in cancelIds are canceled.
 - Cancel watch (extension): a held request that returns the moment a job is canceled.
 - Shutdown: the first SIGTERM/SIGINT stops dequeuing and lets running jobs finish (at most
   shutdown_grace); the second cancels them. EXECUTOR_NUM_TOTAL_JOBS / EXECUTOR_MAX_ACTIVE_TIME end
@@ -21,12 +23,12 @@ import time
 from collections.abc import Awaitable
 
 from corral.errors import CorralError, ServerError
-from corral.executor.client import QueueClient
-from corral.executor.handler import JobHandler
+from corral.executor.client import QueueClient, job_key
+from corral.executor.handler import JobHandler, src_cli_path
 from corral.executor.janitor import sweep_once
 from corral.executor.runtimes.base import Runtime
 from corral.executor.settings import ExecutorSettings
-from corral.executor.telemetry import executor_telemetry, tool_version
+from corral.executor.telemetry import executor_telemetry, prometheus_metrics, src_cli_version, tool_version
 from corral.protocol import Job
 
 __all__ = ["Worker", "tool_version"]
@@ -50,15 +52,32 @@ class Worker:
     ) -> None:
         self.settings, self.client, self.runtime = settings, client, runtime
         self.handler = handler or JobHandler(settings, client, runtime, cli_runtime, echo=echo)
-        self.running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
+        # by job_key: the jobs whose leases this executor holds (sent in heartbeats)
+        self.running: dict[str, tuple[Job, asyncio.Task[None]]] = {}
+        # jobs the server no longer considers ours that still stop and clean up here (see drop)
+        self.dropped: dict[str, tuple[Job, asyncio.Task[None]]] = {}
         self.slots = asyncio.Semaphore(settings.maximum_num_jobs)
         self.stopping = asyncio.Event()
         self.jobs_changed = asyncio.Event()
         self.dequeued = 0
         self.started = time.monotonic()
-        self.telemetry = executor_telemetry(
+        self._telemetry = executor_telemetry(
             settings.cli_path, (r.telemetry() for r in self.handler.runtimes.distinct())
         )
+        self._src_cli_version = src_cli_version(src_cli_path(settings))
+
+    @property
+    def telemetry(self) -> dict[str, str]:
+        """The heartbeat's telemetry. srcCliVersion names the CLI that runs this server's CLI steps:
+        corral's against corral's server, src-cli's against Sourcegraph's (handler.cli_path_for)."""
+        t = dict(self._telemetry)
+        if not self.client.server_is_corral:
+            t["srcCliVersion"] = self._src_cli_version
+        try:
+            t["prometheusMetrics"] = prometheus_metrics()
+        except Exception:  # metrics must never stop a heartbeat (Sourcegraph: "Continue")
+            log.exception("could not gather the executor's metrics for the heartbeat")
+        return t
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def run(self, *, install_signals: bool = True) -> None:
@@ -84,8 +103,8 @@ class Worker:
         """First call: stop taking jobs. Second call: cancel the running ones."""
         if self.stopping.is_set():
             log.warning("second stop signal: stopping %d running job(s)", len(self.running))
-            for job, task in self.running.values():
-                self._stop_locally(job.id, task)
+            for key, (_job, task) in list(self.running.items()):
+                self._stop_locally(key, task)
         else:
             log.info("stopping: no new jobs; waiting for %d running job(s)", len(self.running))
             self.stopping.set()
@@ -189,10 +208,11 @@ class Worker:
             await asyncio.wait_for(self.stopping.wait(), seconds)
 
     def _start(self, job: Job) -> None:
+        key = job_key(job)
         log.info("job %s (queue %s, attempt %s): starting", job.id, job.queue, job.attempt)
-        stale = self.running.get(job.id)
+        stale = self.running.get(key) or self.dropped.get(key)
         task = asyncio.create_task(self._guarded(job, stale[1] if stale else None))
-        self.running[job.id] = (job, task)
+        self.running[key] = (job, task)
         self.jobs_changed.set()
 
     async def _guarded(self, job: Job, stale: asyncio.Task[None] | None) -> None:
@@ -209,60 +229,90 @@ class Worker:
         except Exception:
             log.exception("job %s: handler crashed", job.id)
         finally:
-            current = self.running.get(job.id)
-            if current is not None and current[1] is asyncio.current_task():
-                del self.running[job.id]
+            key = job_key(job)
+            for table in (self.running, self.dropped):
+                current = table.get(key)
+                if current is not None and current[1] is asyncio.current_task():
+                    del table[key]
             self.jobs_changed.set()
             self.slots.release()
 
     async def _drain(self) -> None:
-        if not self.running:
+        tasks = [t for _j, t in (*self.running.values(), *self.dropped.values())]
+        if not tasks:
             return
-        tasks = [t for _j, t in self.running.values()]
         _done, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace)
         if pending:
             log.warning("shutdown grace over: stopping %d job(s)", len(pending))
-            for job, task in list(self.running.values()):
+            for key, (_job, task) in list(self.running.items()):
                 if task in pending:
-                    self._stop_locally(job.id, task)
+                    self._stop_locally(key, task)
             await asyncio.wait(pending)
 
-    def _stop_locally(self, job_id: int, task: asyncio.Task[None]) -> None:
+    def _stop_locally(self, key: str, task: asyncio.Task[None]) -> None:
         """Stop a job because this executor shuts down: it is reported errored, so the server hands
         it to another executor (a rolling restart must not fail jobs for good)."""
-        self.handler.stopped_locally[job_id] = True
+        self.handler.stopped_locally[key] = True
         task.cancel()
 
-    def cancel(self, job_id: int, why: str) -> None:
-        entry = self.running.get(job_id)
+    def cancel(self, key: str, why: str) -> None:
+        """Cancel the running job `key` (`<id>-<queue>`): its step is stopped and it is reported
+        canceled. Only that job: job 7 of another queue is another job."""
+        entry = self.running.get(key)
         # Cancel once: every cancel-watch answer and heartbeat repeats the server's cancel, and a second
         # CancelledError during the step's kill grace would cut the grace short.
         if entry is not None and not entry[1].done() and not entry[1].cancelling():
-            log.info("job %s: canceling (%s)", job_id, why)
+            log.info("job %s: canceling (%s)", key, why)
             entry[1].cancel()
+
+    def drop(self, key: str) -> None:
+        """The server no longer considers the job ours (it is missing from knownIds).
+
+        Sourcegraph's worker removes the id from its running set (workerutil/worker.go, the
+        heartbeat loop) and IDSet.Remove calls the job's context cancel func, so its steps stop;
+        the job is then no longer "canceled" in its eyes (isJobCanceled needs it in the set) and its
+        final mark goes to a server that answers it with 404. corral does the same with the work:
+        the job leaves the running set at once (it is never heartbeated again, so its lease is not
+        renewed for an attempt the server gave up or gave to another executor), its step is stopped
+        and its resources are cleaned up, since its results could no longer be reported. Unlike
+        Sourcegraph it sends no mark at all: the server disowned the attempt, and a mark could land
+        on a newer attempt of the same job that this executor dequeued meanwhile under the same
+        name. Until its cleanup is done it stays in `dropped`, so the janitor leaves it alone."""
+        entry = self.running.pop(key, None)
+        if entry is None:
+            return
+        log.warning("job %s: the server no longer considers it ours; dropping it", key)
+        self.dropped[key] = entry
+        self.handler.disown(key)
+        if not entry[1].done() and not entry[1].cancelling():
+            entry[1].cancel()
+        self.jobs_changed.set()
 
     # -- background loops ---------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
-            jobs = [j for j, _t in self.running.values()]
+            sent = dict(self.running)
             try:
-                known, cancel = await self.client.heartbeat(jobs, self.telemetry)
+                known, cancel = await self.client.heartbeat([j for j, _t in sent.values()], self.telemetry)
             except CorralError as exc:
                 log.warning("heartbeat failed: %s", exc)
                 continue
             except Exception:  # a bug must not stop heartbeats for good (every lease would expire)
                 log.exception("heartbeat failed unexpectedly; trying again next interval")
                 continue
-            for j in jobs:
-                if j.id in cancel:
-                    self.cancel(j.id, "the server asked")
-                elif j.id not in known and j.id in self.running:
-                    self.cancel(j.id, "the server no longer considers it ours")
+            # As Sourcegraph's heartbeat loop: first drop what the server does not know, then cancel
+            # (a cancel of a dropped job finds nothing to cancel).
+            for key, entry in sent.items():
+                if key not in known and self.running.get(key) is entry:
+                    self.drop(key)
+            for key in cancel:
+                self.cancel(key, "the server asked")
 
     async def _cancel_watch_loop(self) -> None:
         while True:
-            ids = list(self.running)
+            # cancelWatch is corral's extension; corral's job ids are unique across queues.
+            ids = sorted({j.id for j, _t in self.running.values()})
             if not ids:
                 self.jobs_changed.clear()
                 await self.jobs_changed.wait()
@@ -274,8 +324,10 @@ class Worker:
             if watch in done:
                 changed.cancel()
                 try:
-                    for job_id in watch.result():
-                        self.cancel(job_id, "the server asked")
+                    canceled = watch.result()
+                    for key, (job, _t) in list(self.running.items()):
+                        if job.id in canceled:
+                            self.cancel(key, "the server asked")
                 except CorralError as exc:
                     log.warning("cancel watch failed: %s", exc)
                     await asyncio.sleep(1.0)
@@ -288,7 +340,7 @@ class Worker:
                     await watch
 
     def _live_labels(self) -> set[str]:
-        return {f"{j.queue}-{j.id}" for j, _t in self.running.values()}
+        return {f"{j.queue}-{j.id}" for j, _t in (*self.running.values(), *self.dropped.values())}
 
     async def _janitor_loop(self) -> None:
         while True:

@@ -30,8 +30,10 @@ from corral.executor.workspace.host import (
     remove_tree,
     run,
     sweep,
+    take_file,
     unmount,
     write_files,
+    write_stream,
 )
 
 __all__ = [
@@ -63,6 +65,8 @@ __all__ = [
     "remove_tree",
     "run",
     "sweep",
+    "take_file",
     "unmount",
     "write_files",
+    "write_stream",
 ]

@@ -4,14 +4,15 @@ The handler talks only to this Protocol. `HostWorkspace` (host.py) keeps the wor
 executor host and runs the diff in the job's sandbox; a pod or a microVM can implement the same
 calls inside the sandbox later (clone in an init step, results read back through the runtime).
 
-Lifecycle, per job: prepare(space) -> clone(...) when the job names a repository -> write_files ->
-(the runtime runs the steps) -> collect(...) -> cleanup(space). `cleanup` runs exactly once, also
-after a failed prepare, and never raises.
+Lifecycle, per job: prepare(space) -> clone(...) when the job names a repository -> write_files
+(and write_stream for files fetched from the server) -> (the runtime runs the steps; take_file
+reads what a step leaves for the executor, e.g. Sourcegraph's skip.json) -> collect(...) ->
+cleanup(space). `cleanup` runs exactly once, also after a failed prepare, and never raises.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -56,6 +57,16 @@ class Workspace(Protocol):
 
     async def write_files(self, space: JobSpace, files: Mapping[str, bytes]) -> None:
         """Write the job's files (paths relative to the workspace). ValueError/RuntimeFailure if bad."""
+        ...
+
+    async def write_stream(self, space: JobSpace, rel: str, chunks: AsyncIterator[bytes], limit: int) -> int:
+        """Write the file `rel` (relative to the workspace) from `chunks`; returns its size.
+        safefs.TooLarge once more than `limit` bytes arrive; ValueError/RuntimeFailure if `rel` is bad."""
+        ...
+
+    async def take_file(self, space: JobSpace, name: str, limit: int) -> bytes | None:
+        """Read and remove the file `name` a step left at the top of the workspace (None when there is
+        none). safefs.UnsafePath (a link, not a regular file, over `limit` bytes) when it is not one."""
         ...
 
     async def write_scripts(self, space: JobSpace, scripts: Mapping[str, str]) -> None:

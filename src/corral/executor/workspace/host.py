@@ -26,7 +26,7 @@ import posixpath
 import shutil
 import stat
 import subprocess
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -49,6 +49,7 @@ GIT_TIMEOUT = 600  # seconds for one git command
 DISK_IMAGE = "disk.img"  # in the job root: the workspace filesystem's backing file
 MKFS_EXTENDED = "lazy_itable_init=1,lazy_journal_init=1,nodiscard"
 SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+ACTOR_UID_HEADER = "X-Sourcegraph-Actor-UID"  # "internal": the clone runs as Sourcegraph's internal actor
 
 Writer = Callable[[bytes], None]
 
@@ -124,9 +125,15 @@ def clone_commands(job: CloneLike, url: str) -> list[tuple[str, list[str]]]:
         ("setup.git.add-remote", ["git", "remote", "add", "origin", url]),
         ("setup.git.disable-gc", ["git", "config", "--local", "gc.auto", "0"]),
     ]
+    # The fetch's options exactly as Sourcegraph's cloneRepo (cmd/executor/internal/worker/workspace/
+    # clone.go): --tags when fetchTags; a shallow clone adds --no-tags (unless fetchTags) and
+    # --depth=1; a sparse checkout adds --filter=blob:none. Otherwise git's default tag following.
     fetch = ["git", "-c", "protocol.version=2", "fetch", "--progress", "--no-recurse-submodules"]
-    fetch.append("--tags" if job.fetch_tags else "--no-tags")
+    if job.fetch_tags:
+        fetch.append("--tags")
     if job.shallow_clone:
+        if not job.fetch_tags:
+            fetch.append("--no-tags")
         fetch.append("--depth=1")
     if job.sparse_checkout:
         fetch.append("--filter=blob:none")
@@ -142,7 +149,9 @@ def clone_commands(job: CloneLike, url: str) -> list[tuple[str, list[str]]]:
                 ["git", "sparse-checkout", "set", "--no-cone", "--", *job.sparse_checkout],
             )
         )
-    cmds.append(("setup.git.checkout", ["git", "checkout", "--quiet", "--force", job.commit]))
+    # A sparse checkout fetches the blobs it needs, so it speaks protocol v2 too (clone.go).
+    v2 = ["-c", "protocol.version=2"] if job.sparse_checkout else []
+    cmds.append(("setup.git.checkout", ["git", *v2, "checkout", "--quiet", "--force", job.commit]))
     # The job never needs the server's URL; leave a name so `git remote -v` still says something.
     cmds.append(("setup.git.set-remote", ["git", "remote", "set-url", "origin", job.repository_name]))
     return cmds
@@ -175,6 +184,48 @@ def write_files(workspace: Path, files: Mapping[str, bytes]) -> None:
             raise RuntimeFailure(f"file {norm}: {exc}", reason=Reason.FILES) from None
         except OSError as exc:
             raise RuntimeFailure(f"file {norm}: {exc.strerror or exc}", reason=Reason.FILES) from None
+
+
+async def write_stream(workspace: Path, rel: str, chunks: AsyncIterator[bytes], limit: int) -> int:
+    """Create or replace the regular file workspace/rel from `chunks` (parents made), never through
+    a symlink (safefs); safefs.TooLarge as soon as more than `limit` bytes arrive (what was written
+    stays, the job fails). Returns the size written."""
+    norm = check_workspace_path(rel)
+    root_fd = safefs.open_dir(workspace)
+    try:
+        fd = safefs.open_beneath(
+            root_fd, norm, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK, 0o644, create_dirs=True
+        )
+    finally:
+        os.close(root_fd)
+    with os.fdopen(fd, "wb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise safefs.NotRegular
+        size = 0
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise safefs.TooLarge(limit)
+            f.write(chunk)
+    return size
+
+
+def take_file(workspace: Path, name: str, limit: int) -> bytes | None:
+    """Read and remove workspace/name (a name at the top of the workspace), never following a
+    link; None when it does not exist. Refuses links, FIFOs, directories and files over `limit`."""
+    if not name or "/" in name or name in (".", ".."):
+        raise safefs.UnsafePath(f"{name!r} is not a name at the top of the workspace")
+    try:
+        data = safefs.read_bounded(workspace, name, limit)
+    except FileNotFoundError:
+        return None
+    root_fd = safefs.open_dir(workspace)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=root_fd)  # unlink never follows: it removes the name itself
+    finally:
+        os.close(root_fd)
+    return data
 
 
 def read_outputs(workspace: Path, paths: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -460,6 +511,12 @@ class HostWorkspace:
     async def write_files(self, space: JobSpace, files: Mapping[str, bytes]) -> None:
         write_files(space.workspace, files)
 
+    async def write_stream(self, space: JobSpace, rel: str, chunks: AsyncIterator[bytes], limit: int) -> int:
+        return await write_stream(space.workspace, rel, chunks, limit)
+
+    async def take_file(self, space: JobSpace, name: str, limit: int) -> bytes | None:
+        return await asyncio.to_thread(take_file, space.workspace, name, limit)
+
     async def clone(self, space: JobSpace, plan: JobPlan, token: str, open_log: LogOpener) -> None:
         repo = space.workspace
         if plan.repository_directory:
@@ -468,14 +525,19 @@ class HostWorkspace:
             except ValueError as exc:
                 raise StepFailed(f"repositoryDirectory: {exc}", Reason.FILES) from None
             repo = make_dirs(space.workspace, rel)
-        url = f"{self.frontend_url}/.executors/git/{plan.repository}"
+        # EXECUTOR_FRONTEND_URL may carry a path prefix (http://host/sg): the git service is below it.
+        url = f"{self.frontend_url.rstrip('/')}/.executors/git/{plan.repository}"
+        # The headers Sourcegraph's clone proxy sets on every git request (newReverseProxy in
+        # cmd/executor/internal/worker/workspace/clone.go), here as git's http.extraHeader: the job
+        # token (the executor token for a server that issues none), the internal actor, the job and
+        # the executor.
+        auth = f"Bearer {token}" if token else f"token-executor {self.frontend_password}"
         headers = {
-            "Authorization": f"Bearer {token}",
+            "Authorization": auth,
+            ACTOR_UID_HEADER: "internal",
             JOB_ID_HEADER: str(plan.job_id),
             EXECUTOR_NAME_HEADER: self.executor_name,
         }
-        if not token:
-            headers = {"Authorization": f"token-executor {self.frontend_password}"}
         env = git_env(auth_env(headers))
         assert plan.clone is not None
         for key, argv in clone_commands(plan.clone, url):
