@@ -48,6 +48,7 @@ SOURCEGRAPH_PROTOCOL_VERSION = "0.0.0+dev"
 HEARTBEAT_API_V2 = "V2"
 FILES_PATH = "/.executors/files"  # Sourcegraph's files API (apiclient/files/client.go)
 FILE_CHUNK = 64 * 1024  # bytes read from the files API at a time
+ERROR_BODY = 2000  # bytes of an error answer kept for the message
 
 
 def job_key(job: Job) -> str:
@@ -294,8 +295,13 @@ class QueueClient:
                     r = await self.http.send(request, stream=True)
                     self._seen(r)
                     if r.status_code != 200:
-                        text = (await r.aread())[:2000].decode("utf-8", "replace").strip()
+                        head = bytearray()
+                        async for chunk in r.aiter_bytes():  # the server's message, bounded
+                            head += chunk
+                            if len(head) >= ERROR_BODY:
+                                break
                         await r.aclose()
+                        text = bytes(head[:ERROR_BODY]).decode("utf-8", "replace").strip()
                         raise ServerError(f"GET {path}: {r.status_code} {text}".strip(), status=r.status_code)
         except httpx.HTTPError as exc:
             raise ServerError(f"cannot reach the server at {self.settings.frontend_url}: {exc!r}") from exc

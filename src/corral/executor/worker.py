@@ -69,7 +69,7 @@ class Worker:
     @property
     def telemetry(self) -> dict[str, str]:
         """The heartbeat's telemetry. srcCliVersion names the CLI that runs this server's CLI steps:
-        corral's against corral's server, src-cli's against Sourcegraph's (handler.cli_path_for)."""
+        corral's against corral's server, src-cli's against Sourcegraph's (JobHandler.cli_path)."""
         t = dict(self._telemetry)
         if not self.client.server_is_corral:
             t["srcCliVersion"] = self._src_cli_version
