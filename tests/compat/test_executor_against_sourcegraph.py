@@ -417,3 +417,69 @@ def test_the_stand_in_checks_versions_as_sourcegraph(version: str, v2: bool) -> 
     assert check_sourcegraph_version(version) is v2
     with pytest.raises(VersionError):
         check_sourcegraph_version("\n1.2")
+
+
+async def test_the_stand_in_authenticates_as_sourcegraphs_middlewares() -> None:
+    """queuehandler.go's validateExecutorToken and validateJobRequest: the statuses and messages
+    the executor has to get right (a wrong executor token on a job route is 403, not 401)."""
+    import httpx
+
+    frontend = Frontend(SECRET)
+    frontend.enqueue(SgJob(1, "batches"))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=frontend.app), base_url="http://sg.test"
+    ) as http:
+        executor = {"Authorization": f"token-executor {SECRET}"}
+        assert (await http.get("/.executors/test/auth")).status_code == 401
+        assert (
+            await http.get("/.executors/test/auth", headers={"Authorization": "Bearer x"})
+        ).status_code == 401
+        assert (await http.get("/.executors/test/auth", headers=executor)).text == "ok"
+        r = await http.post("/.executors/queue/batches/dequeue", headers=executor, content=b"")
+        assert (r.status_code, r.text) == (400, "Failed to unmarshal payload: EOF\n")
+        r = await http.post("/.executors/queue/batches/dequeue", headers=executor, json={"executorName": ""})
+        assert (r.status_code, r.json()) == (500, {"error": "worker hostname cannot be empty"})
+        r = await http.post(
+            "/.executors/queue/batches/dequeue",
+            headers=executor,
+            json={"executorName": "e", "version": "\n1.2"},
+        )
+        assert (r.status_code, r.json()) == (
+            500,
+            {"error": 'failed to check version "\\n1.2": Invalid Semantic Version'},
+        )
+        r = await http.post("/.executors/queue/batches/dequeue", headers=executor, json={"executorName": "e"})
+        job = r.json()
+        assert "version" not in job and "queue" not in job  # no version sent: v1; one queue: no queue
+        op = {"executorName": "e", "jobId": 1}
+        bearer = {"Authorization": f"Bearer {job['token']}", "X-Sourcegraph-Executor-Name": "e"}
+        r = await http.post("/.executors/queue/batches/markComplete", headers=bearer, json=op)
+        assert (r.status_code, r.text) == (400, "job ID not provided in header 'X-Sourcegraph-Job-ID'\n")
+        r = await http.post(
+            "/.executors/queue/batches/markComplete", headers={**bearer, "X-Sourcegraph-Job-ID": "1"}, json=op
+        )
+        assert (r.status_code, r.text) == (401, "invalid token\n")  # no heartbeat yet: unknown executor
+        await http.post("/.executors/queue/batches/heartbeat", headers=executor, json={"executorName": "e"})
+        wrong = {"Authorization": "token-executor wrong", "X-Sourcegraph-Job-ID": "1"}
+        assert (
+            await http.post("/.executors/queue/batches/markComplete", headers=wrong, json=op)
+        ).status_code == 403
+        r = await http.post(
+            "/.executors/queue/codeintel/markComplete",
+            headers={**bearer, "X-Sourcegraph-Job-ID": "1"},
+            json=op,
+        )
+        assert (r.status_code, r.text) == (403, "invalid token\n")  # the token is for batches
+        r = await http.post(
+            "/.executors/queue/batches/markComplete", headers={**bearer, "X-Sourcegraph-Job-ID": "1"}, json=op
+        )
+        assert r.status_code == 204 and frontend.job("batches", 1).state == "completed"
+        r = await http.post(
+            "/.executors/queue/batches/markComplete",
+            headers=executor | {"X-Sourcegraph-Job-ID": "1"},
+            json=op,
+        )
+        assert (r.status_code, r.text) == (404, "null")  # not processing any more
+        assert (
+            await http.post("/.executors/queue/other/dequeue", headers=executor, json={})
+        ).status_code == 404
