@@ -379,3 +379,37 @@ async def test_a_path_prefix_in_the_frontend_url_is_kept_for_every_call(h: Harne
     paths = {s.path for s in transport.sent}
     assert all(p.startswith("/sg/.executors/") for p in paths), paths
     assert "/sg/.executors/files/batch-changes/spec/f" in paths
+
+
+def test_a_repeating_failure_is_logged_once_then_reminded(caplog) -> None:
+    from corral.executor.worker import REMIND_EVERY, FailureLog
+
+    now = [0.0]
+    flog = FailureLog("server not ready", clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="corral.executor"):
+        for _ in range(50):  # a server down for 50 tries, one second apart
+            flog.failed(ConnectionError("connection refused"), 1.0)
+            now[0] += 1.0
+        flog.failed(ConnectionError("503 starting"), 1.0)  # a new message is logged at once
+        now[0] += REMIND_EVERY
+        flog.failed(ConnectionError("503 starting"), 1.0)  # the same one again after a minute
+        flog.recovered()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 4, lines
+    assert "connection refused" in lines[0] and "503 starting" in lines[1]
+    assert "1 more tries" not in lines[2] and "503 starting" in lines[2] and lines[3].endswith("recovered")
+
+
+async def test_an_executor_waits_quietly_on_a_queue_with_no_jobs_yet(h: Harness, caplog) -> None:
+    fake = FakeRuntime()
+    settings = h.executor_settings(queues=["fresh-queue"])
+    with caplog.at_level(logging.INFO, logger="corral.executor"):
+        async with h.running(h.worker(fake, settings)):
+            for _ in range(100):  # bounded: until the start-up ping got its answer
+                if any("connected to" in r.getMessage() for r in caplog.records):
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)  # a few dequeues of the empty, never-used queue
+            warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("connected to" in r.getMessage() for r in caplog.records)
+    assert warnings == []

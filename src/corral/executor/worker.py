@@ -20,7 +20,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from corral.errors import CorralError, ServerError
 from corral.executor.client import QueueClient, job_key
@@ -34,8 +34,35 @@ from corral.protocol import Job
 __all__ = ["Worker", "tool_version"]
 
 log = logging.getLogger("corral.executor")
-BACKOFF_MAX = 30.0  # seconds between dequeues while the server fails
-PING_INTERVAL = 1.0  # seconds between start-up pings until the server answers
+BACKOFF_MAX = 30.0  # seconds between dequeues (or start-up pings) while the server fails
+PING_INTERVAL = 1.0  # seconds before the second start-up ping; doubled per failure up to BACKOFF_MAX
+REMIND_EVERY = 60.0  # seconds: an unchanged failure is logged again at most this often
+
+
+class FailureLog:
+    """Log a repeating failure once, then only when its message changes or every REMIND_EVERY
+    seconds (with the count of tries in between), so a server that is down for an hour costs a
+    screenful, not 3,600 lines."""
+
+    def __init__(self, what: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.what, self.clock = what, clock
+        self.last_msg: str | None = None
+        self.last_at = 0.0
+        self.quiet = 0  # failures since the last logged one
+
+    def failed(self, exc: BaseException, retry_in: float) -> None:
+        msg, now = str(exc), self.clock()
+        if msg != self.last_msg or now - self.last_at >= REMIND_EVERY:
+            again = f" ({self.quiet} more tries since the last message)" if self.quiet else ""
+            log.warning("%s: %s; retrying in %.1fs%s", self.what, msg, retry_in, again)
+            self.last_msg, self.last_at, self.quiet = msg, now, 0
+        else:
+            self.quiet += 1
+
+    def recovered(self) -> None:
+        if self.last_msg is not None:
+            log.info("%s: recovered", self.what)
+        self.last_msg, self.quiet = None, 0
 CANCEL_WATCH_WAIT = 20.0  # seconds one cancel-watch request is held
 
 
@@ -116,6 +143,7 @@ class Worker:
                 loop.add_signal_handler(sig, self.stop)
 
     async def _wait_for_server(self) -> None:
+        failures, delay = FailureLog("server not ready"), PING_INTERVAL
         while not self.stopping.is_set():
             try:
                 await self.client.heartbeat([], self.telemetry)
@@ -131,9 +159,10 @@ class Worker:
             except CorralError as exc:
                 if isinstance(exc, ServerError) and exc.status in (400, 401, 403):
                     raise
-                log.warning("server not ready: %s", exc)
+                failures.failed(exc, delay)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), PING_INTERVAL)
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+                delay = min(delay * 2, BACKOFF_MAX)
 
     def _done_taking(self) -> bool:
         s = self.settings
@@ -142,7 +171,7 @@ class Worker:
         return bool(s.max_active_time and time.monotonic() - self.started >= s.max_active_time)
 
     async def _dequeue_loop(self) -> None:
-        backoff = 0.0
+        backoff, failures = 0.0, FailureLog("dequeue failed")
         while not self.stopping.is_set() and not self._done_taking():
             if not await self._free_slot():
                 break
@@ -150,13 +179,14 @@ class Worker:
             try:
                 job = await self._interruptible(self.client.dequeue(wait))
                 backoff = 0.0
+                failures.recovered()
             except CorralError as exc:
                 self.slots.release()
                 if isinstance(exc, ServerError) and exc.status == 400:
                     log.error("the server refuses this executor: %s", exc)
                     raise
                 backoff = min(max(backoff * 2, 0.5), BACKOFF_MAX)
-                log.warning("dequeue failed (%s); retrying in %.1fs", exc, backoff)
+                failures.failed(exc, backoff)
                 await self._sleep(backoff)
                 continue
             except asyncio.CancelledError:  # interrupted by stop()

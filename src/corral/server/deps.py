@@ -10,6 +10,7 @@ from typing import Annotated, ParamSpec, TypeVar
 from fastapi import Depends, Request
 
 from corral.errors import NotFound
+from corral.protocol import QUEUE_NAME_RE
 from corral.server.metrics import Metrics
 from corral.server.notify import Notifier
 from corral.server.settings import ServerSettings
@@ -57,9 +58,12 @@ class ServerState:
     async def require_queue(self, queue: str) -> None:
         if queue in self.known_queues:
             return
-        if not await self.db(self.store.queue_exists, queue):
-            raise NotFound(f"unknown queue {queue!r}")
-        self.known_queues.add(queue)
+        # An executor may wait on a queue before anything was submitted to it (queues are made by
+        # their first job): a well-formed name is served (empty until then), a malformed one refused.
+        if not QUEUE_NAME_RE.match(queue):
+            raise NotFound(f"unknown queue {queue!r}: queue names are 1-64 characters of [a-z0-9_-]")
+        if await self.db(self.store.queue_exists, queue):  # cache only real ones: the set stays bounded
+            self.known_queues.add(queue)
 
 
 async def get_state(request: Request) -> ServerState:
