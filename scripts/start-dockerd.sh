@@ -25,7 +25,8 @@ JSON
   fi
 fi
 echo "[setup] starting dockerd"
-nohup /usr/sbin/dockerd --host unix://$SOCK --storage-driver overlay2 \
+# setsid: its own session, so ending the shell or process group that ran setup never stops it
+setsid nohup /usr/sbin/dockerd --host unix://$SOCK --storage-driver overlay2 \
   --exec-opt native.cgroupdriver=cgroupfs --log-level warn >>/var/log/corral-dockerd.log 2>&1 &
 for _ in $(seq 300); do ping && exit 0; sleep 0.1; done
 echo "dockerd did not answer within 30 s; see /var/log/corral-dockerd.log" >&2

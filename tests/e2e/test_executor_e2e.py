@@ -85,6 +85,32 @@ def test_failing_step_stops_the_job(server: Server, repo: str, runtime: str, tmp
     assert "never-runs" not in logs_text(server, job["id"])
 
 
+def test_a_failing_command_fails_the_step_unless_fail_fast_is_off(
+    server: Server, repo: str, runtime: str, tmp_path: Path
+):
+    """corral's producer API fails a docker step at its first failing command (the default), per
+    job or per step `failFast: false` runs every command as Sourcegraph's `set +e` scripts do."""
+    start_executor(server, tmp_path, runtime)
+    commands = ["echo before", "false", "echo after-the-failure"]
+    step = {"image": "corral/busybox:1", "commands": commands}
+    fast = server.client.submit("batches", {"repositoryName": repo, "dockerSteps": [step]})
+    slow = server.client.submit(
+        "batches", {"repositoryName": repo, "dockerSteps": [step], "failFast": False}
+    )
+    mixed = server.client.submit(
+        "batches",
+        {"repositoryName": repo, "failFast": False, "dockerSteps": [{**step, "failFast": True}]},
+    )
+    done = {name: wait_job(server, j["id"]) for name, j in (("fast", fast), ("slow", slow), ("mixed", mixed))}
+    assert done["fast"]["state"] == "failed" and done["fast"]["exitCodes"] == [1], done["fast"]
+    assert "\nafter-the-failure" not in logs_text(server, fast["id"])
+    assert done["slow"]["state"] == "completed" and done["slow"]["exitCodes"] == [0], done["slow"]
+    assert "\nafter-the-failure" in logs_text(server, slow["id"])
+    assert done["mixed"]["state"] == "failed", done["mixed"]
+    # the job view shows what runs: the server wrote `set -e` first
+    assert done["fast"]["spec"]["dockerSteps"][0]["commands"] == ["set -e", *commands]
+
+
 def test_memory_hog_is_oom_killed(server: Server, runtime: str, tmp_path: Path):
     start_executor(server, tmp_path, runtime, EXECUTOR_JOB_MEMORY="64M")
     job = server.client.submit(

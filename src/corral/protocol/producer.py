@@ -22,6 +22,7 @@ from corral.protocol.common import Wire, check_workspace_path
 from corral.protocol.queue import CliStep, DockerStep
 
 __all__ = [
+    "FAIL_FAST_LINE",
     "MAX_FILES",
     "MAX_FILES_BYTES",
     "MAX_OUTPUTS",
@@ -29,6 +30,7 @@ __all__ = [
     "MAX_REDACTED_VALUES",
     "MAX_STEPS",
     "MAX_TIMEOUT",
+    "DockerStepIn",
     "EntryEvent",
     "ExecutorView",
     "ExitEvent",
@@ -99,7 +101,28 @@ class FileIn(Model):
         return base64.b64encode((self.content or "").encode()).decode()
 
 
+FAIL_FAST_LINE = "set -e"  # what a fail-fast docker step's script runs first
+
+
+class DockerStepIn(DockerStep):
+    """A docker step as a producer submits it: Sourcegraph's fields plus `failFast` (None: the job's)."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+    fail_fast: bool | None = Field(default=None, alias="failFast")
+
+
 class JobIn(Model):
+    """A job as corral's producers submit it.
+
+    When a step fails: a docker step's commands run as one `/bin/sh` script. With `failFast` (the
+    default for corral's producer API, `corral job submit` and batch specs; per job, or per step
+    to override the job's) the first command that exits non-zero ends the step with its exit code,
+    as Buildkite's `bash -e` and GitLab's `script:` do: the server writes `set -e` as the step's
+    first command (shown in the job view), so this holds on Sourcegraph's executors too. With
+    `failFast: false` the step runs every command, as Sourcegraph's executor scripts (`set +e`) do,
+    and only the last command's exit code counts. A CLI step is one command: its exit code is the
+    step's. A step that fails ends the job (failed); later steps do not run."""
+
     repository_name: str = Field(default="", alias="repositoryName")
     commit: str = ""
     repository_directory: str = Field(default="", alias="repositoryDirectory")
@@ -107,8 +130,9 @@ class JobIn(Model):
     shallow_clone: bool = Field(default=False, alias="shallowClone")
     sparse_checkout: list[str] | None = Field(default=None, alias="sparseCheckout")
     files: dict[str, FileIn] = Field(default_factory=dict)
-    docker_steps: list[DockerStep] = Field(default_factory=list, alias="dockerSteps")
+    docker_steps: list[DockerStepIn] = Field(default_factory=list, alias="dockerSteps")
     cli_steps: list[CliStep] = Field(default_factory=list, alias="cliSteps")
+    fail_fast: bool = Field(default=True, alias="failFast")
     redacted_values: dict[str, str] | None = Field(default=None, alias="redactedValues")
     docker_auth_config: dict[str, Any] | None = Field(default=None, alias="dockerAuthConfig")
     namespace: str | None = None
@@ -172,6 +196,14 @@ class JobIn(Model):
         for p in self.sparse_checkout or []:
             if p.startswith("-"):
                 raise ValueError(f"sparse checkout pattern {p!r} may not start with '-'")
+        return self
+
+    @model_validator(mode="after")
+    def _fail_fast(self) -> JobIn:
+        for s in self.docker_steps:
+            fast = self.fail_fast if s.fail_fast is None else s.fail_fast
+            if fast and s.commands[:1] != [FAIL_FAST_LINE]:
+                s.commands = [FAIL_FAST_LINE, *s.commands]
         return self
 
 
