@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 
 from corral.errors import ConfigError
-from corral.executor.settings import ExecutorSettings, format_duration, parse_duration, parse_size
+from corral.executor.runtimes.docker.settings import DockerSettings
+from corral.executor.runtimes.shell.settings import ShellSettings
+from corral.executor.settings import _COMPOSITE, ExecutorSettings, format_duration, parse_duration, parse_size
+from corral.executor.settingsbase import env_names
+from corral.executor.variables import VARIABLES
 
 GOOD = {
     "EXECUTOR_FRONTEND_URL": "http://127.0.0.1:3080",
@@ -197,11 +201,6 @@ def test_docker_auth_config_must_have_the_auths_shape():
     assert "EXECUTOR_DOCKER_AUTH_CONFIG" in problems(EXECUTOR_DOCKER_AUTH_CONFIG='{"auths": []}')
 
 
-@pytest.mark.parametrize(("raw", "value"), [("true", True), ("1", True), ("on", True), ("FALSE", False)])
-def test_booleans(raw: str, value: bool):
-    assert settings(EXECUTOR_KEEP_WORKSPACES=raw).keep_workspaces is value
-
-
 def test_use_firecracker_selects_the_firecracker_runtime():
     assert settings(EXECUTOR_USE_FIRECRACKER="true").runtime == "firecracker"
     assert settings(EXECUTOR_USE_FIRECRACKER="false").runtime == "docker"
@@ -298,18 +297,246 @@ def test_values_that_would_spin_or_break_every_job_are_refused(name: str, value:
         ExecutorSettings.from_env({**GOOD, name: value})
 
 
+# -- booleans: Go's strconv.ParseBool, exactly (Sourcegraph's env.BaseConfig.GetBool) ---------------
+def _bool_variables() -> list[str]:
+    """Every variable of a boolean setting, found from the models (a new one cannot be missed)."""
+    names = ["EXECUTOR_USE_FIRECRACKER"]  # read by _composite, not by a field
+    for model in (ExecutorSettings, DockerSettings, ShellSettings):
+        for info in model.model_fields.values():
+            if info.annotation is bool:
+                assert isinstance(info.validation_alias, str)
+                names.append(info.validation_alias)
+    return names
+
+
+BOOL_VARIABLES = _bool_variables()
+GO_FORMS = [
+    *((v, True) for v in "1 t T TRUE true True".split()),
+    *((v, False) for v in "0 f F FALSE false False".split()),
+]
+
+
+def _bool_value(s: ExecutorSettings, name: str) -> bool:
+    values = {
+        "EXECUTOR_USE_FIRECRACKER": s.runtime == "firecracker",
+        "EXECUTOR_KEEP_WORKSPACES": s.keep_workspaces,
+        "EXECUTOR_USE_EXTENSIONS": s.extensions,
+        "EXECUTOR_DOCKER_ADD_HOST_GATEWAY": s.docker.add_host_gateway,
+    }
+    return values[name]
+
+
+def test_the_boolean_settings_are_found() -> None:
+    assert set(BOOL_VARIABLES) == {
+        "EXECUTOR_USE_FIRECRACKER",
+        "EXECUTOR_KEEP_WORKSPACES",
+        "EXECUTOR_USE_EXTENSIONS",
+        "EXECUTOR_DOCKER_ADD_HOST_GATEWAY",
+    }
+
+
+@pytest.mark.parametrize("name", BOOL_VARIABLES)
+@pytest.mark.parametrize(("value", "expected"), GO_FORMS)
+def test_every_boolean_takes_each_of_gos_forms(name: str, value: str, expected: bool) -> None:
+    assert _bool_value(settings(**{name: value}), name) is expected
+
+
+@pytest.mark.parametrize("name", BOOL_VARIABLES)
+@pytest.mark.parametrize("value", ["yes", "no", "on", "off", "tRuE", "fALSE", "2", "-1", "y", "truee"])
+def test_every_boolean_refuses_what_go_refuses(name: str, value: str) -> None:
+    # Go's ParseBool takes exactly its twelve forms; Sourcegraph does not lowercase before it
+    msg = problems(**{name: value})
+    assert f"{name}: {value!r} is not a boolean" in msg, msg
+
+
+# -- the table of variables (corral.executor.variables) ----------------------------------------------
+# Every variable Config.Load reads in Sourcegraph's cmd/executor/internal/config/config.go
+# (sourcegraph/sourcegraph-public-snapshot), in its order.
+SOURCEGRAPH_CONFIG_GO = """
+EXECUTOR_FRONTEND_URL EXECUTOR_FRONTEND_PASSWORD EXECUTOR_QUEUE_NAME EXECUTOR_QUEUE_NAMES
+EXECUTOR_QUEUE_POLL_INTERVAL EXECUTOR_MAXIMUM_NUM_JOBS EXECUTOR_USE_FIRECRACKER
+EXECUTOR_FIRECRACKER_IMAGE EXECUTOR_FIRECRACKER_KERNEL_IMAGE EXECUTOR_FIRECRACKER_SANDBOX_IMAGE
+EXECUTOR_VM_STARTUP_SCRIPT_PATH EXECUTOR_VM_PREFIX EXECUTOR_KEEP_WORKSPACES
+EXECUTOR_DOCKER_HOST_MOUNT_PATH EXECUTOR_JOB_NUM_CPUS EXECUTOR_FIRECRACKER_NUM_CPUS EXECUTOR_JOB_MEMORY
+EXECUTOR_FIRECRACKER_MEMORY EXECUTOR_FIRECRACKER_DISK_SPACE EXECUTOR_FIRECRACKER_BANDWIDTH_INGRESS
+EXECUTOR_FIRECRACKER_BANDWIDTH_EGRESS EXECUTOR_MAXIMUM_RUNTIME_PER_JOB EXECUTOR_CLEANUP_TASK_INTERVAL
+EXECUTOR_NUM_TOTAL_JOBS NODE_EXPORTER_URL DOCKER_REGISTRY_NODE_EXPORTER_URL
+EXECUTOR_DOCKER_ADDITIONAL_MOUNTS EXECUTOR_MAX_ACTIVE_TIME EXECUTOR_DOCKER_REGISTRY_MIRROR_URL
+EXECUTOR_KUBERNETES_CONFIG_PATH EXECUTOR_KUBERNETES_NODE_NAME EXECUTOR_KUBERNETES_NODE_SELECTOR
+EXECUTOR_KUBERNETES_NODE_REQUIRED_AFFINITY_MATCH_EXPRESSIONS
+EXECUTOR_KUBERNETES_NODE_REQUIRED_AFFINITY_MATCH_FIELDS EXECUTOR_KUBERNETES_POD_AFFINITY
+EXECUTOR_KUBERNETES_POD_ANTI_AFFINITY EXECUTOR_KUBERNETES_NODE_TOLERATIONS EXECUTOR_KUBERNETES_NAMESPACE
+EXECUTOR_KUBERNETES_PERSISTENCE_VOLUME_NAME EXECUTOR_KUBERNETES_RESOURCE_LIMIT_CPU
+EXECUTOR_KUBERNETES_RESOURCE_LIMIT_MEMORY EXECUTOR_KUBERNETES_RESOURCE_REQUEST_CPU
+EXECUTOR_KUBERNETES_RESOURCE_REQUEST_MEMORY EXECUTOR_DOCKER_ADD_HOST_GATEWAY EXECUTOR_DOCKER_AUTH_CONFIG
+KUBERNETES_JOB_DEADLINE KUBERNETES_KEEP_JOBS KUBERNETES_RUN_AS_USER KUBERNETES_RUN_AS_GROUP
+KUBERNETES_FS_GROUP KUBERNETES_SINGLE_JOB_POD KUBERNETES_JOB_VOLUME_TYPE KUBERNETES_JOB_VOLUME_SIZE
+KUBERNETES_ADDITIONAL_JOB_VOLUMES KUBERNETES_ADDITIONAL_JOB_VOLUME_MOUNTS
+KUBERNETES_SINGLE_JOB_STEP_IMAGE KUBERNETES_GIT_CA_CERT KUBERNETES_JOB_ANNOTATIONS
+KUBERNETES_JOB_POD_ANNOTATIONS KUBERNETES_IMAGE_PULL_SECRETS
+""".split()
+# The ones corral does not honour yet (issue 11, "Configuration"): each warns at start-up.
+NOT_YET = [
+    "EXECUTOR_FIRECRACKER_IMAGE",
+    "EXECUTOR_FIRECRACKER_KERNEL_IMAGE",
+    "EXECUTOR_FIRECRACKER_SANDBOX_IMAGE",
+    "EXECUTOR_FIRECRACKER_BANDWIDTH_INGRESS",
+    "EXECUTOR_FIRECRACKER_BANDWIDTH_EGRESS",
+    "EXECUTOR_VM_STARTUP_SCRIPT_PATH",
+    "EXECUTOR_DOCKER_HOST_MOUNT_PATH",
+    "EXECUTOR_DOCKER_REGISTRY_MIRROR_URL",
+    "NODE_EXPORTER_URL",
+    "DOCKER_REGISTRY_NODE_EXPORTER_URL",
+    *(n for n in SOURCEGRAPH_CONFIG_GO if n.startswith(("EXECUTOR_KUBERNETES_", "KUBERNETES_"))),
+]
+
+
+READ = set(_COMPOSITE).union(*(env_names(m) for m in (ExecutorSettings, DockerSettings, ShellSettings)))
+
+
+def test_every_variable_of_sourcegraphs_config_go_is_in_the_table() -> None:
+    assert len(SOURCEGRAPH_CONFIG_GO) == 60
+    assert [n for n in SOURCEGRAPH_CONFIG_GO if n not in VARIABLES] == []
+    assert {n for n, v in VARIABLES.items() if v.sourcegraph} == set(SOURCEGRAPH_CONFIG_GO)
+
+
+def test_every_variable_the_settings_read_is_in_the_table_and_honoured() -> None:
+    assert sorted(READ - set(VARIABLES)) == []
+    assert sorted(n for n in READ if not VARIABLES[n].runtimes) == []
+
+
+def test_a_variable_is_marked_honoured_only_when_a_settings_model_reads_it() -> None:
+    # what a firecracker or kubernetes runtime must do to mark its variables: read them, then mark them
+    assert sorted(n for n, v in VARIABLES.items() if v.runtimes and n not in READ) == []
+    assert sorted(n for n, v in VARIABLES.items() if not v.runtimes) == sorted(NOT_YET)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, v in VARIABLES.items() if v.default and v.runtimes))
+def test_the_tables_defaults_are_the_settings_defaults(name: str) -> None:
+    def dump(s: ExecutorSettings) -> dict[str, object]:
+        return s.model_dump(exclude={"name"})
+
+    assert dump(settings(**{name: VARIABLES[name].default})) == dump(settings())
+
+
+def test_kubernetes_single_job_pod_defaults_to_true_as_the_seeds_say() -> None:
+    # Sourcegraph's config.go says "false"; the seeds say the newest Sourcegraph is single-pod
+    assert VARIABLES["KUBERNETES_SINGLE_JOB_POD"].default == "true"
+
+
+def test_a_good_configuration_has_no_warnings() -> None:
+    assert settings().warnings == []
+    assert settings(EXECUTOR_RUNTIME="shell", EXECUTOR_KEEP_WORKSPACES="true", PATH="/usr/bin").warnings == []
+
+
+@pytest.mark.parametrize("name", NOT_YET)
+def test_a_variable_no_runtime_honours_yet_warns_by_name(name: str) -> None:
+    assert settings(**{name: "x"}).warnings == [
+        f"{name} is recognised but not supported by the docker runtime yet: ignored"
+    ]
+    assert settings(EXECUTOR_RUNTIME="shell", **{name: "x"}).warnings == [
+        f"{name} is recognised but not supported by the shell runtime yet: ignored"
+    ]
+
+
+def test_a_variable_of_another_runtime_warns() -> None:
+    s = settings(
+        EXECUTOR_RUNTIME="shell", EXECUTOR_DOCKER_ADD_HOST_GATEWAY="true", EXECUTOR_DOCKER_RUNTIME="runsc"
+    )
+    assert s.warnings == [
+        "EXECUTOR_DOCKER_ADD_HOST_GATEWAY applies to the docker runtime only, not to shell "
+        "(EXECUTOR_RUNTIME): ignored",
+        "EXECUTOR_DOCKER_RUNTIME applies to the docker runtime only, not to shell "
+        "(EXECUTOR_RUNTIME): ignored",
+    ]
+    assert settings(EXECUTOR_DOCKER_ADD_HOST_GATEWAY="true").warnings == []  # docker: honoured
+
+
 @pytest.mark.parametrize(
-    ("value", "expected"),
+    ("typo", "meant"),
     [
-        ("t", True),
-        ("T", True),
-        ("TRUE", True),
-        ("1", True),
-        ("f", False),
-        ("F", False),
-        ("False", False),
-        ("0", False),
+        ("EXECUTOR_MAXIMUM_NUM_JOB", "EXECUTOR_MAXIMUM_NUM_JOBS"),
+        ("EXECUTOR_QUEUE_NAMESS", "EXECUTOR_QUEUE_NAMES"),
+        ("EXECUTOR_JOB_MEMMORY", "EXECUTOR_JOB_MEMORY"),
+        ("EXECUTOR_KEEP_WORKSPACE", "EXECUTOR_KEEP_WORKSPACES"),
+        ("EXECUTOR_DOCKER_AUTH_CONFIGS", "EXECUTOR_DOCKER_AUTH_CONFIG"),
     ],
 )
-def test_booleans_take_gos_forms(value: str, expected: bool) -> None:
-    assert ExecutorSettings.from_env({**GOOD, "EXECUTOR_KEEP_WORKSPACES": value}).keep_workspaces is expected
+def test_an_unknown_executor_variable_warns_with_the_closest_name(typo: str, meant: str) -> None:
+    assert settings(**{typo: "2"}).warnings == [
+        f"{typo} is not a variable corral knows: ignored (did you mean {meant}?)"
+    ]
+
+
+def test_an_unknown_variable_far_from_every_name_gets_no_suggestion() -> None:
+    assert settings(EXECUTOR_ZZZ="1").warnings == ["EXECUTOR_ZZZ is not a variable corral knows: ignored"]
+
+
+def test_only_executor_names_count_as_typos_and_service_links_are_not_settings() -> None:
+    s = settings(
+        PATH="/usr/bin",
+        KUBERNETES_SERVICE_HOST="10.0.0.1",  # set in every pod: not a setting
+        KUBERNETES_SERVICE_PORT="443",
+        EXECUTOR_SERVICE_HOST="10.0.0.2",  # a Service named "executor" in the pod's namespace
+        EXECUTOR_SERVICE_PORT_HTTP="8080",
+        EXECUTOR_PORT="tcp://10.0.0.2:8080",
+        EXECUTOR_PORT_8080_TCP_ADDR="10.0.0.2",
+        EXECUTOR_MAXIMUM_NUM_JOB="  ",  # blank counts as unset
+    )
+    assert s.warnings == []
+
+
+def test_warnings_from_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in {
+        **GOOD,
+        "EXECUTOR_MAXIMUM_NUM_JOB": "3",
+        "NODE_EXPORTER_URL": "http://127.0.0.1:9100",
+    }.items():
+        monkeypatch.setenv(k, v)
+    assert ExecutorSettings.from_env().warnings == [
+        "EXECUTOR_MAXIMUM_NUM_JOB is not a variable corral knows: ignored "
+        "(did you mean EXECUTOR_MAXIMUM_NUM_JOBS?)",
+        "NODE_EXPORTER_URL is recognised but not supported by the docker runtime yet: ignored",
+    ]
+
+
+def test_variables_that_match_a_field_name_in_another_case_are_not_settings() -> None:
+    # SHELL=/bin/bash is set in every login shell: it is not the `shell` field (nor DOCKER `docker`)
+    s = settings(SHELL="/bin/bash", DOCKER="x", NAME="someone", RUNTIME="podman", runtime="podman")
+    assert s.runtime == "docker" and s.name != "someone"
+    assert s.docker.add_host_gateway is False
+
+
+# -- EXECUTOR_SRC_CLI_PATH: src-cli for CLI steps of a Sourcegraph server's jobs ------------------------
+def _executable(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_src_cli_path_defaults_to_src_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _executable(tmp_path / "bin" / "src")
+    monkeypatch.setenv("PATH", str(src.parent))
+    assert settings().src_cli_path == str(src)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert settings().src_cli_path is None  # not installed: a Sourcegraph job's CLI steps fail
+
+
+def test_src_cli_path_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _executable(tmp_path / "opt" / "src-5.2")
+    assert settings(EXECUTOR_SRC_CLI_PATH=str(src)).src_cli_path == str(src)
+    monkeypatch.setenv("PATH", str(src.parent))
+    assert settings(EXECUTOR_SRC_CLI_PATH="src-5.2").src_cli_path == str(src)  # a name: looked up
+    assert "EXECUTOR_SRC_CLI_PATH: 'nosuch-src' is not on PATH" in problems(
+        EXECUTOR_SRC_CLI_PATH="nosuch-src"
+    )
+    assert "must be an absolute path" in problems(EXECUTOR_SRC_CLI_PATH="bin/src")
+
+
+def test_src_clis_directory_is_bound_into_the_cli_sandbox(tmp_path: Path) -> None:
+    from corral.executor.runtimes.registry import cli_binds
+
+    src = _executable(tmp_path / "opt" / "sourcegraph" / "src")
+    assert str(src.parent) in cli_binds(settings(EXECUTOR_SRC_CLI_PATH=str(src)))
+    assert str(src.parent) not in cli_binds(settings())

@@ -21,12 +21,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, PrivateAttr, field_validator
 
 from corral.errors import ConfigError
 from corral.executor.runtimes.docker.settings import DockerSettings
 from corral.executor.runtimes.shell.settings import ShellSettings
-from corral.executor.settingsbase import Bool, Count, EnvSettings, from_env, present
+from corral.executor.settingsbase import Bool, Count, EnvSettings, from_env, parse_bool, present
+from corral.executor.variables import env_warnings
 from corral.units import Duration, Size, format_duration, parse_duration, parse_size
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 MIN_SECRET_LEN = 20  # characters
+SRC_CLI = "src"  # Sourcegraph's src-cli, as Sourcegraph's executor finds it on PATH
 # Runtimes EXECUTOR_RUNTIME may name besides the registry's (corral.executor.runtimes.registry):
 # Sourcegraph's, not built yet (make_runtime then says so by name).
 RUNTIMES = ("shell", "docker", "firecracker", "kubernetes")
@@ -54,6 +56,10 @@ def known_runtimes() -> list[str]:
 def _default_cli() -> str:
     found = shutil.which("corral")
     return found or str(Path(sys.executable).with_name("corral"))
+
+
+def _default_src_cli() -> str | None:
+    return shutil.which(SRC_CLI)
 
 
 def _env(name: str, *old: str) -> Any:
@@ -110,7 +116,12 @@ class ExecutorSettings(EnvSettings):
     shutdown_grace: Duration = Field(600.0, validation_alias="EXECUTOR_SHUTDOWN_GRACE")
     # per log entry; past it the head and the tail are kept
     log_max_bytes: Size = Field(8 * 1024 * 1024, validation_alias="EXECUTOR_LOG_MAX_BYTES")
+    # The CLI that runs CLI steps follows the server: corral's (cli_path) for a corral server's jobs,
+    # Sourcegraph's src-cli (src_cli_path; None: not installed, such steps fail) for a Sourcegraph's.
     cli_path: str = Field(default_factory=_default_cli, validation_alias="EXECUTOR_CLI_PATH")
+    src_cli_path: str | None = Field(
+        default_factory=_default_src_cli, validation_alias="EXECUTOR_SRC_CLI_PATH"
+    )
     name: str = Field("", validation_alias="EXECUTOR_NAME")
     # EXECUTOR_VM_PREFIX: owner label of everything this executor creates
     vm_prefix: str = Field("executor", validation_alias="EXECUTOR_VM_PREFIX")
@@ -118,6 +129,8 @@ class ExecutorSettings(EnvSettings):
     extensions: Bool = Field(True, validation_alias="EXECUTOR_USE_EXTENSIONS")
     docker: DockerSettings = Field(default_factory=DockerSettings)
     shell: ShellSettings = Field(default_factory=ShellSettings)
+    # what from_env found worth saying but not fatal (variables without effect, a weak secret)
+    _warnings: list[str] = PrivateAttr(default_factory=list)
 
     @field_validator("vm_prefix")
     @classmethod
@@ -126,12 +139,31 @@ class ExecutorSettings(EnvSettings):
             raise ValueError("use up to 32 characters of [a-z0-9_-]")
         return v
 
+    @field_validator("src_cli_path")
+    @classmethod
+    def _src_cli(cls, v: str | None) -> str | None:
+        if v is None or os.path.isabs(v):
+            return v
+        if "/" in v:
+            raise ValueError(f"{v!r} must be an absolute path or a command name on PATH")
+        found = shutil.which(v)
+        if found is None:
+            raise ValueError(f"{v!r} is not on PATH")
+        return found
+
     @field_validator("maximum_num_jobs")
     @classmethod
     def _at_least_one(cls, v: int) -> int:
         if v == 0:
             raise ValueError("must be at least 1")
         return v
+
+    @property
+    def warnings(self) -> list[str]:
+        """from_env's warnings, one line each: variables that have no effect here (unknown names,
+        variables no runtime or another runtime honours; see corral.executor.variables), a secret
+        that looks like a placeholder. The executor logs them at start-up; validate prints them."""
+        return list(self._warnings)
 
     @property
     def multi_queue(self) -> bool:
@@ -161,7 +193,8 @@ class ExecutorSettings(EnvSettings):
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ExecutorSettings:
-        env = present(os.environ if env is None else env)
+        raw = os.environ if env is None else env
+        env = present(raw)
         values, problems = _composite(env)
         docker, docker_problems = from_env(DockerSettings, env)
         shell, shell_problems = from_env(ShellSettings, env)
@@ -177,6 +210,7 @@ class ExecutorSettings(EnvSettings):
             raise ConfigError("invalid executor configuration:\n  " + "\n  ".join(_ordered(problems)))
         if not settings.name:
             settings.name = f"{socket.gethostname()}-{uuid.uuid4()}"
+        settings._warnings = env_warnings(raw, settings.runtime)
         return settings
 
 
@@ -228,10 +262,10 @@ def _composite(env: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
     use_fc: bool | None = None
     raw_fc = env.get("EXECUTOR_USE_FIRECRACKER")
     if raw_fc is not None:
-        if raw_fc.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            use_fc = raw_fc.lower() in ("1", "true", "yes", "on")
-        else:
-            problems.append(f"EXECUTOR_USE_FIRECRACKER: {raw_fc!r} is not a boolean (true/false)")
+        try:
+            use_fc = parse_bool(raw_fc)
+        except ValueError as exc:
+            problems.append(f"EXECUTOR_USE_FIRECRACKER: {exc}")
     runtime = env.get("EXECUTOR_RUNTIME")
     if runtime is None:
         runtime = "firecracker" if use_fc else "docker"

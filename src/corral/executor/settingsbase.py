@@ -11,10 +11,21 @@ import json
 from collections.abc import Mapping
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BeforeValidator, ValidationError
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-__all__ = ["Bool", "Count", "EnvSettings", "JsonObject", "from_env", "present"]
+__all__ = [
+    "GO_FALSE",
+    "GO_TRUE",
+    "Bool",
+    "Count",
+    "EnvSettings",
+    "JsonObject",
+    "env_names",
+    "from_env",
+    "parse_bool",
+    "present",
+]
 
 M = TypeVar("M", bound="EnvSettings")
 
@@ -22,7 +33,9 @@ M = TypeVar("M", bound="EnvSettings")
 class EnvSettings(BaseSettings):
     """Read from the mapping given to `from_env` only (never os.environ behind the caller's back)."""
 
-    model_config = SettingsConfigDict(populate_by_name=True, extra="ignore", validate_default=False)
+    model_config = SettingsConfigDict(
+        populate_by_name=True, extra="ignore", validate_default=False, case_sensitive=True
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -41,9 +54,25 @@ def present(env: Mapping[str, str]) -> dict[str, str]:
     return {k: v.strip() for k, v in env.items() if isinstance(v, str) and v.strip()}
 
 
+def env_names(model: type[BaseModel]) -> set[str]:
+    """The variables `model`'s fields read: their aliases (AliasChoices: every choice)."""
+    names: set[str] = set()
+    for info in model.model_fields.values():
+        alias = info.validation_alias
+        if isinstance(alias, str):
+            names.add(alias)
+        elif isinstance(alias, AliasChoices):
+            names.update(c for c in alias.choices if isinstance(c, str))
+    return names
+
+
 def from_env(model: type[M], env: Mapping[str, str], **extra: Any) -> tuple[M | None, list[str]]:
+    """`model` from the variables its fields read (others are ignored, whatever their case: SHELL
+    is not the `shell` field, NAME not `name`) plus `extra`, given by field name."""
+    names = env_names(model)
+    given = {k: v for k, v in present(env).items() if k in names}
     try:
-        return model.model_validate({**present(env), **extra}), []
+        return model.model_validate({**given, **extra}), []
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -53,15 +82,23 @@ def from_env(model: type[M], env: Mapping[str, str], **extra: Any) -> tuple[M | 
         return None, problems
 
 
-def _bool(v: Any) -> Any:
-    if not isinstance(v, str):
-        return v
-    # Go's strconv.ParseBool forms (1, t, true, 0, f, false), in any case, plus yes/no/on/off
-    if v.lower() in ("1", "t", "true", "yes", "on"):
+# Go's strconv.ParseBool, exactly: Sourcegraph's env.BaseConfig.GetBool passes the raw value to it
+# without changing its case (internal/env/baseconfig.go), so "tRuE", "yes" and "on" are errors there.
+GO_TRUE = ("1", "t", "T", "TRUE", "true", "True")
+GO_FALSE = ("0", "f", "F", "FALSE", "false", "False")
+
+
+def parse_bool(v: str) -> bool:
+    """A boolean as Go's strconv.ParseBool reads it; ValueError for anything else."""
+    if v in GO_TRUE:
         return True
-    if v.lower() in ("0", "f", "false", "no", "off"):
+    if v in GO_FALSE:
         return False
-    raise ValueError(f"{v!r} is not a boolean (true/false, t/f, 1/0)")
+    raise ValueError(f"{v!r} is not a boolean (Go's forms: {', '.join(GO_TRUE + GO_FALSE)})")
+
+
+def _bool(v: Any) -> Any:
+    return parse_bool(v) if isinstance(v, str) else v
 
 
 def _count(v: Any) -> Any:

@@ -46,13 +46,15 @@ RUNTIMES: dict[str, Callable[[ExecutorSettings], Runtime]] = {
 
 
 def cli_binds(s: ExecutorSettings) -> list[str]:
-    """Host paths a CLI step needs read-only inside the sandbox: the CLI's own installation."""
+    """Host paths a CLI step needs read-only inside the sandbox: the CLIs' own installations."""
     import corral
 
-    # The interpreter, the venv, the CLI's directory, and corral's own package (an editable install
-    # keeps it outside the venv).
+    # The interpreter, the venv, the CLI's directory, corral's own package (an editable install
+    # keeps it outside the venv), and src-cli's directory (the CLI of a Sourcegraph server's jobs).
     package_root = str(Path(corral.__file__).resolve().parent.parent)
     paths = {sys.prefix, sys.base_prefix, str(Path(s.cli_path).resolve().parent), package_root}
+    if s.src_cli_path:
+        paths.add(str(Path(s.src_cli_path).resolve().parent))
     return sorted(p for p in paths if not p.startswith(("/usr/", "/etc/")) and p != "/usr")
 
 
