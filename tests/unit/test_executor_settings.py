@@ -141,7 +141,6 @@ def test_required_url_and_password():
     assert "EXECUTOR_FRONTEND_URL: required" in msg
     assert "EXECUTOR_FRONTEND_PASSWORD: required" in msg
     assert "EXECUTOR_FRONTEND_URL" in problems(EXECUTOR_FRONTEND_URL="127.0.0.1:3080")
-    assert "EXECUTOR_FRONTEND_URL" in problems(EXECUTOR_FRONTEND_URL="http://host/some/path")
 
 
 def test_short_password_is_refused_by_name():
@@ -540,3 +539,47 @@ def test_src_clis_directory_is_bound_into_the_cli_sandbox(tmp_path: Path) -> Non
     src = _executable(tmp_path / "opt" / "sourcegraph" / "src")
     assert str(src.parent) in cli_binds(settings(EXECUTOR_SRC_CLI_PATH=str(src)))
     assert str(src.parent) not in cli_binds(settings())
+
+
+# -- EXECUTOR_FRONTEND_URL: a path prefix is kept; the rest is checked ---------------------------------
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("http://127.0.0.1:3080", "http://127.0.0.1:3080"),
+        ("http://127.0.0.1:3080/sg", "http://127.0.0.1:3080/sg"),  # behind a proxy at /sg
+        ("http://127.0.0.1:3080/sg/", "http://127.0.0.1:3080/sg"),
+        ("https://Sourcegraph.Example/a//b/", "https://sourcegraph.example/a/b"),
+        ("HTTP://[::1]:8080/x", "http://[::1]:8080/x"),
+        ("http://localhost", "http://localhost"),
+    ],
+)
+def test_the_frontend_url_keeps_its_path_prefix_normalised(given: str, kept: str) -> None:
+    assert settings(EXECUTOR_FRONTEND_URL=given).frontend_url == kept
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("127.0.0.1:3080", "must start with http:// or https://"),
+        ("ftp://127.0.0.1", "must start with http:// or https://"),
+        ("http://", "has no host"),
+        ("http:///sg", "has no host"),
+        ("http://127.0.0.1:99999", "has an invalid port"),
+        ("http://127.0.0.1:0", "has an invalid port"),
+        ("http://127.0.0.1:x", "has an invalid port"),
+        ("http://127.0.0.1/sg?x=1", "must not have a query"),
+        ("http://127.0.0.1/sg#top", "must not have a query (?...) or fragment"),
+        ("http://127.0.0.1/a/../b", "must not contain . or .. segments"),
+        ("http://127.0.0.1/a b", "must not contain blanks"),
+    ],
+)
+def test_a_bad_frontend_url_is_refused_with_the_reason(url: str, why: str) -> None:
+    msg = problems(EXECUTOR_FRONTEND_URL=url)
+    assert "EXECUTOR_FRONTEND_URL: " in msg and why in msg, msg
+
+
+def test_credentials_in_the_frontend_url_are_refused_and_never_echoed() -> None:
+    msg = problems(EXECUTOR_FRONTEND_URL="https://admin:hunter2-secret@sg.example/")
+    assert "EXECUTOR_FRONTEND_URL: must not carry credentials" in msg
+    assert "hunter2" not in msg and "admin" not in msg
+    assert "token=abc123" not in problems(EXECUTOR_FRONTEND_URL="http://sg.example/?token=abc123")

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, PrivateAttr, field_validator
 
@@ -34,6 +35,7 @@ __all__ = [
     "RUNTIMES",
     "ExecutorSettings",
     "format_duration",
+    "frontend_url",
     "known_runtimes",
     "parse_duration",
     "parse_size",
@@ -227,6 +229,39 @@ _COMPOSITE = (
 )
 
 
+def frontend_url(url: str) -> str:
+    """EXECUTOR_FRONTEND_URL checked and normalised: http(s), a host, an optional port and path
+    prefix (kept: a server behind a reverse proxy at /sg gets /sg/.executors/...; Sourcegraph's
+    client joins its paths to the URL the same way), no trailing slash, lowercase scheme and host.
+    ValueError says what is wrong; it repeats the URL only when the URL can hold no secret."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ValueError("must not contain blanks or control characters")
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        # never echoed: the part before "@" may be a password
+        raise ValueError(
+            "must not carry credentials (user:password@); the secret is EXECUTOR_FRONTEND_PASSWORD"
+        )
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise ValueError("must not have a query (?...) or fragment (#...): scheme://host[:port][/path]")
+    shown = repr(url)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError(f"{shown} must start with http:// or https:// (scheme://host[:port][/path])")
+    if not parts.hostname:
+        raise ValueError(f"{shown} has no host (scheme://host[:port][/path])")
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = 0
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"{shown} has an invalid port")
+    segments = [p for p in parts.path.split("/") if p]
+    if any(p in (".", "..") for p in segments):
+        raise ValueError(f"{shown}: its path must not contain . or .. segments")
+    path = "".join(f"/{p}" for p in segments)
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{path}"
+
+
 def _ordered(problems: list[str]) -> list[str]:
     return list(dict.fromkeys(problems))
 
@@ -239,13 +274,16 @@ def _composite(env: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
     url, password = env.get("EXECUTOR_FRONTEND_URL"), env.get("EXECUTOR_FRONTEND_PASSWORD")
     if not url:
         problems.append("EXECUTOR_FRONTEND_URL: required (the server's URL, e.g. http://127.0.0.1:3080)")
-    elif not re.match(r"^https?://[^/\s]+/?$", url):
-        problems.append(f"EXECUTOR_FRONTEND_URL: {url!r} must be scheme://host[:port]")
+    else:
+        try:
+            url = frontend_url(url)
+        except ValueError as exc:
+            problems.append(f"EXECUTOR_FRONTEND_URL: {exc}")
     if not password:
         problems.append("EXECUTOR_FRONTEND_PASSWORD: required (the server's EXECUTORS_ACCESS_TOKEN)")
     elif len(password) < MIN_SECRET_LEN:
         problems.append(f"EXECUTOR_FRONTEND_PASSWORD: must be at least {MIN_SECRET_LEN} characters")
-    values["frontend_url"] = (url or "").rstrip("/")
+    values["frontend_url"] = url or ""
     values["frontend_password"] = password or ""
 
     one, many = env.get("EXECUTOR_QUEUE_NAME"), env.get("EXECUTOR_QUEUE_NAMES")
