@@ -3,12 +3,15 @@ sizes, and a ConfigError that names every bad variable at once."""
 
 from __future__ import annotations
 
+import base64
+import json
+import re
 from pathlib import Path
 
 import pytest
 
 from corral.errors import ConfigError
-from corral.executor.runtimes.docker.settings import DockerSettings
+from corral.executor.runtimes.docker.settings import DockerSettings, parse_mount_spec
 from corral.executor.runtimes.shell.settings import ShellSettings
 from corral.executor.settings import _COMPOSITE, ExecutorSettings, format_duration, parse_duration, parse_size
 from corral.executor.settingsbase import env_names
@@ -583,3 +586,172 @@ def test_credentials_in_the_frontend_url_are_refused_and_never_echoed() -> None:
     assert "EXECUTOR_FRONTEND_URL: must not carry credentials" in msg
     assert "hunter2" not in msg and "admin" not in msg
     assert "token=abc123" not in problems(EXECUTOR_FRONTEND_URL="http://sg.example/?token=abc123")
+
+
+# -- EXECUTOR_DOCKER_ADDITIONAL_MOUNTS: Docker's --mount specs, checked at start-up ---------------------
+# The cases of Sourcegraph's internal/docker/mount_test.go (TestParseMount), as Engine API mounts.
+@pytest.mark.parametrize(
+    ("spec", "mount"),
+    [
+        ("type=bind,source=/foo,target=/bar", {"Type": "bind", "Source": "/foo", "Target": "/bar"}),
+        (
+            "type=bind,source=/foo,target=/bar,readonly",
+            {"Type": "bind", "Source": "/foo", "Target": "/bar", "ReadOnly": True},
+        ),
+        ("type=volume,source=foo,target=/bar", {"Type": "volume", "Source": "foo", "Target": "/bar"}),
+        ("type=tmpfs,target=/bar", {"Type": "tmpfs", "Target": "/bar"}),
+        (
+            "src=cache,dst=/cache",
+            {"Type": "volume", "Source": "cache", "Target": "/cache"},
+        ),  # default: volume
+        (
+            "Type=BIND,Source=/a,Destination=/b,ro=false,bind-propagation=rslave,bind-nonrecursive",
+            {
+                "Type": "bind",
+                "Source": "/a",
+                "Target": "/b",
+                "ReadOnly": False,
+                "BindOptions": {"Propagation": "rslave", "NonRecursive": True},
+            },
+        ),
+        (
+            "type=volume,source=sshvolume,target=/app,volume-opt=sshcmd=test@node2:/home/test,"
+            "volume-opt=password=testpassword,volume-driver=vieux/sshfs,volume-label=a=b,volume-nocopy=1",
+            {
+                "Type": "volume",
+                "Source": "sshvolume",
+                "Target": "/app",
+                "VolumeOptions": {
+                    "NoCopy": True,
+                    "Labels": {"a": "b"},
+                    "DriverConfig": {
+                        "Name": "vieux/sshfs",
+                        "Options": {"sshcmd": "test@node2:/home/test", "password": "testpassword"},
+                    },
+                },
+            },
+        ),
+        (
+            "type=tmpfs,target=/scratch,tmpfs-size=64m,tmpfs-mode=1770",
+            {
+                "Type": "tmpfs",
+                "Target": "/scratch",
+                "TmpfsOptions": {"SizeBytes": 64 * 1024**2, "Mode": 0o1770},
+            },
+        ),
+        ('"type=bind","source=/a,b",target=/c', {"Type": "bind", "Source": "/a,b", "Target": "/c"}),  # CSV
+    ],
+)
+def test_mount_specs_are_read_as_dockers_cli_reads_them(spec: str, mount: dict[str, object]) -> None:
+    assert parse_mount_spec(spec) == mount
+    assert settings(EXECUTOR_DOCKER_ADDITIONAL_MOUNTS=spec).docker.additional_mounts == [spec]
+
+
+@pytest.mark.parametrize(
+    ("spec", "error"),
+    [
+        ("type=bind,source=/foo,target=/bar,baz", "invalid field 'baz': must be a key=value pair"),
+        ("type=bind,source=/foo,target=/bar,readonly=baz", "invalid value for readonly: 'baz'"),
+        ("type=bind,source=/foo,target=/bar,bind-nonrecursive=baz", "invalid value for bind-nonrecursive"),
+        ("type=bind,source=/foo,target=/bar,volume-nocopy=baz", "invalid value for volume-nocopy"),
+        ("type=tmpfs,target=/bar,tmpfs-size=baz", "invalid value for tmpfs-size"),
+        ("type=tmpfs,target=/bar,tmpfs-mode=baz", "invalid value for tmpfs-mode"),
+        ("foo=baz", "unexpected key 'foo'"),
+        ("source=/foo", "needs an absolute target="),
+        (
+            "type=bind,source=/foo,destination=/bar,volume-nocopy",
+            "cannot mix 'volume-*' options with mount type 'bind'",
+        ),
+        ("type=volume,source=foo,destination=/bar,bind-nonrecursive", "cannot mix 'bind-*' options"),
+        ("type=volume,source=/foo,destination=/bar,tmpfs-size=42", "cannot mix 'tmpfs-*' options"),
+        ("type=npipe,source=/a,target=/b", "type must be bind, volume or tmpfs, not 'npipe'"),
+        ("type=bind,source=rel,target=/b", "a bind mount needs an absolute source="),
+        ("type=volume,source=v,target=rel", "needs an absolute target="),
+        ("type=tmpfs,source=/a,target=/b", "a tmpfs mount takes no source="),
+        ('type=bind,"source=/a,target=/b', "not a CSV list"),
+        # mounts joined with "," instead of ";" (Sourcegraph's "incorrect separator" check)
+        (
+            "type=bind,source=/a,target=/a,type=bind,source=/b,target=/b",
+            "has two targets: separate mounts with ';'",
+        ),
+    ],
+)
+def test_a_bad_mount_spec_stops_the_executor_naming_the_variable(spec: str, error: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        parse_mount_spec(spec)
+    msg = problems(EXECUTOR_DOCKER_ADDITIONAL_MOUNTS=f"type=tmpfs,target=/ok;{spec}")
+    assert f"EXECUTOR_DOCKER_ADDITIONAL_MOUNTS: mount 2 of 2: {error}" in msg, msg
+
+
+def test_a_mount_error_never_repeats_a_volume_option() -> None:
+    spec = "type=volume,source=s,target=/app,volume-opt=password=hunter2-very-secret,bogus=1"
+    msg = problems(EXECUTOR_DOCKER_ADDITIONAL_MOUNTS=spec)
+    assert "unexpected key 'bogus'" in msg and "hunter2" not in msg
+
+
+def test_empty_mount_specs_are_skipped() -> None:
+    s = settings(EXECUTOR_DOCKER_ADDITIONAL_MOUNTS="type=tmpfs,target=/a;; ;type=tmpfs,target=/b;")
+    assert s.docker.additional_mounts == ["type=tmpfs,target=/a", "type=tmpfs,target=/b"]
+
+
+# -- EXECUTOR_DOCKER_AUTH_CONFIG: {"auths": {...}}, each auth the base64 of user:password ---------------
+def _auth(entry: object, **top: object) -> str:
+    return json.dumps({"auths": {"registry.example": entry}, **top})
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"auth": _b64("ci:s3cr:et")},  # the password may hold ":"
+        {"identitytoken": "tok-abc"},
+        {"username": "ci", "password": "pw"},
+    ],
+)
+def test_a_good_auth_config_is_kept(entry: dict[str, str]) -> None:
+    assert settings(EXECUTOR_DOCKER_AUTH_CONFIG=_auth(entry)).docker_auth_config == {
+        "auths": {"registry.example": entry}
+    }
+    assert settings(EXECUTOR_DOCKER_AUTH_CONFIG='{"auths": {}}').docker_auth_config == {"auths": {}}
+
+
+SECRET_AUTH = _b64("robot:hunter2-password")
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (
+            _auth({"auth": "!!" + SECRET_AUTH}),
+            "auths['registry.example'].auth is not base64 of user:password",
+        ),
+        (_auth({"auth": SECRET_AUTH.rstrip("=") + "A"}), "is not base64"),
+        (
+            _auth({"auth": _b64("hunter2-no-colon")}),
+            "auths['registry.example'].auth does not decode to user:password",
+        ),
+        (_auth({"auth": _b64(":hunter2-no-user")}), "does not decode to user:password"),
+        (_auth({"auth": base64.b64encode(b"\xff\xfe:hunter2").decode()}), "is not base64 of user:password"),
+        (_auth({"auth": 12345}), "auth must be a string"),
+        (_auth({}), "auths['registry.example'] has no credentials"),
+        (_auth("hunter2"), "auths['registry.example'] must be an object"),
+        (_auth({"username": ["hunter2"]}), "auths['registry.example'].username must be a string"),
+        (
+            _auth({"auth": SECRET_AUTH}, credsStore="desktop"),
+            "credsStore: credential helpers are not supported",
+        ),
+        ('{"auths": []}', '"auths" must be an object'),
+        ("[1, 2]", "must be a JSON object"),
+        ('{"auths": {"r": {"auth": "' + SECRET_AUTH + '"}}', "not valid JSON"),
+    ],
+)
+def test_a_bad_auth_config_stops_the_executor_and_never_shows_the_secret(value: str, error: str) -> None:
+    msg = problems(EXECUTOR_DOCKER_AUTH_CONFIG=value)
+    assert f"EXECUTOR_DOCKER_AUTH_CONFIG: {error}" in msg or (
+        "EXECUTOR_DOCKER_AUTH_CONFIG: " in msg and error in msg
+    ), msg
+    assert "hunter2" not in msg and SECRET_AUTH not in msg and SECRET_AUTH[:8] not in msg
+    assert len(msg.splitlines()) == 2  # the heading and one line
