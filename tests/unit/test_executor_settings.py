@@ -16,10 +16,11 @@ from corral.executor.runtimes.shell.settings import ShellSettings
 from corral.executor.settings import _COMPOSITE, ExecutorSettings, format_duration, parse_duration, parse_size
 from corral.executor.settingsbase import env_names
 from corral.executor.variables import VARIABLES
+from corral.server.settings import ServerSettings
 
 GOOD = {
     "EXECUTOR_FRONTEND_URL": "http://127.0.0.1:3080",
-    "EXECUTOR_FRONTEND_PASSWORD": "p" * 20,
+    "EXECUTOR_FRONTEND_PASSWORD": "Vx3kq9Lw2RzT7mN4pB8dYc1F",  # no placeholder, no warning
     "EXECUTOR_QUEUE_NAME": "batches",
 }
 
@@ -38,7 +39,7 @@ def problems(**env: str) -> str:
 def test_defaults():
     s = settings()
     assert s.frontend_url == "http://127.0.0.1:3080"
-    assert s.frontend_password == "p" * 20
+    assert s.frontend_password == GOOD["EXECUTOR_FRONTEND_PASSWORD"]
     assert s.queues == ["batches"] and not s.multi_queue
     assert s.runtime == "docker"
     assert s.queue_poll_interval == 1.0
@@ -755,3 +756,76 @@ def test_a_bad_auth_config_stops_the_executor_and_never_shows_the_secret(value: 
     ), msg
     assert "hunter2" not in msg and SECRET_AUTH not in msg and SECRET_AUTH[:8] not in msg
     assert len(msg.splitlines()) == 2  # the heading and one line
+
+
+# -- the shared secret (corral.sharedsecret), on both sides --------------------------------------------
+@pytest.mark.parametrize(
+    ("secret", "why"),
+    [
+        ("p" * 19, "is 19 characters long; it must be at least 20 characters"),
+        ("abc def ghi jkl mno pqr", "contains blanks, which can never authenticate"),
+        ("abcdefghij\tklmnopqrstu", "contains blanks"),
+        ("abcdefghijklmnopqrstü", "must be printable ASCII"),
+        ("abcdefghij\x07klmnopqrstu", "must be printable ASCII"),
+    ],
+)
+def test_a_secret_that_cannot_work_is_refused_on_both_sides(secret: str, why: str, tmp_path: Path) -> None:
+    msg = problems(EXECUTOR_FRONTEND_PASSWORD=secret)
+    assert f"EXECUTOR_FRONTEND_PASSWORD: {why}" in msg and secret not in msg, msg
+    with pytest.raises(ConfigError) as info:
+        ServerSettings(data_dir=tmp_path, executors_access_token=secret).check()
+    assert f"EXECUTORS_ACCESS_TOKEN {why}" in info.value.message and secret not in info.value.message
+
+
+def test_25_spaces_are_no_secret(tmp_path: Path) -> None:
+    # the executor strips its variables: blank is unset
+    assert "EXECUTOR_FRONTEND_PASSWORD: required" in problems(EXECUTOR_FRONTEND_PASSWORD=" " * 25)
+    with pytest.raises(ConfigError, match="EXECUTORS_ACCESS_TOKEN contains blanks"):
+        ServerSettings(data_dir=tmp_path, executors_access_token=" " * 25).check()
+    with pytest.raises(ConfigError, match="EXECUTORS_ACCESS_TOKEN contains blanks"):
+        ServerSettings(data_dir=tmp_path, executors_access_token=" " * 5 + "Vx3kq9Lw2RzT7mN4pB8dYc1F").check()
+
+
+@pytest.mark.parametrize(
+    ("secret", "warning"),
+    [
+        ("changeme-changeme-changeme", "looks like a placeholder (it contains 'changeme')"),
+        ("MyPassword-For-Executors-2024", "looks like a placeholder (it contains 'password')"),
+        ("the-executor-SECRET-9f8e7d", "looks like a placeholder (it contains 'secret')"),
+        ("p" * 20, "is easy to guess (about 0 bits"),
+        ("ab" * 12, "is easy to guess (about 24 bits"),
+        ("aaaaaaaaaaaaaaaaaaaaaaaaaaaaab", "is easy to guess"),
+    ],
+)
+def test_a_weak_secret_warns_on_both_sides(secret: str, warning: str, tmp_path: Path) -> None:
+    s = settings(EXECUTOR_FRONTEND_PASSWORD=secret)
+    assert s.frontend_password == secret  # it works, it is only weak
+    assert any(w.startswith(f"EXECUTOR_FRONTEND_PASSWORD {warning}") for w in s.warnings), s.warnings
+    assert all(secret not in w for w in s.warnings)
+    server = ServerSettings(data_dir=tmp_path, executors_access_token=secret)
+    assert any(w.startswith(f"EXECUTORS_ACCESS_TOKEN {warning}") for w in server.check())
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "Vx3kq9Lw2RzT7mN4pB8dYc1F",
+        "c17df8b4297da5c67d1e84806a7cdf120ee32be0f3b1b4e1a2c5d6e7f8091a2b",  # openssl rand -hex 32
+        "Gw9eax6eWIT6SiqDKpUZJQcokgbmQIsP",  # secrets.token_urlsafe(24)
+        "84061739528401673952",  # 20 random digits
+    ],
+)
+def test_a_random_secret_is_accepted_without_warnings(secret: str, tmp_path: Path) -> None:
+    assert settings(EXECUTOR_FRONTEND_PASSWORD=secret).warnings == []
+    assert ServerSettings(data_dir=tmp_path, executors_access_token=secret).check() == []
+
+
+def test_the_server_logs_its_secret_warnings_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    server = ServerSettings(data_dir=tmp_path, executors_access_token="changeme-changeme-changeme")
+    with caplog.at_level("WARNING", logger="corral.server"):
+        server.check()
+        server.check()
+    assert [r.getMessage() for r in caplog.records] == [
+        "EXECUTORS_ACCESS_TOKEN looks like a placeholder (it contains 'changeme'); "
+        "generate one with: openssl rand -hex 32"
+    ]

@@ -29,6 +29,7 @@ from corral.executor.runtimes.docker.settings import DockerSettings
 from corral.executor.runtimes.shell.settings import ShellSettings
 from corral.executor.settingsbase import Bool, Count, EnvSettings, from_env, parse_bool, present
 from corral.executor.variables import env_warnings
+from corral.sharedsecret import check_secret
 from corral.units import Duration, Size, format_duration, parse_duration, parse_size
 
 __all__ = [
@@ -41,7 +42,6 @@ __all__ = [
     "parse_size",
 ]
 
-MIN_SECRET_LEN = 20  # characters
 SRC_CLI = "src"  # Sourcegraph's src-cli, as Sourcegraph's executor finds it on PATH
 # Runtimes EXECUTOR_RUNTIME may name besides the registry's (corral.executor.runtimes.registry):
 # Sourcegraph's, not built yet (make_runtime then says so by name).
@@ -197,7 +197,7 @@ class ExecutorSettings(EnvSettings):
     def from_env(cls, env: Mapping[str, str] | None = None) -> ExecutorSettings:
         raw = os.environ if env is None else env
         env = present(raw)
-        values, problems = _composite(env)
+        values, problems, warnings = _composite(env)
         docker, docker_problems = from_env(DockerSettings, env)
         shell, shell_problems = from_env(ShellSettings, env)
         # fields checked in _composite are passed as values; the rest come from env by their aliases
@@ -212,7 +212,7 @@ class ExecutorSettings(EnvSettings):
             raise ConfigError("invalid executor configuration:\n  " + "\n  ".join(_ordered(problems)))
         if not settings.name:
             settings.name = f"{socket.gethostname()}-{uuid.uuid4()}"
-        settings._warnings = env_warnings(raw, settings.runtime)
+        settings._warnings = env_warnings(raw, settings.runtime) + warnings
         return settings
 
 
@@ -266,10 +266,11 @@ def _ordered(problems: list[str]) -> list[str]:
     return list(dict.fromkeys(problems))
 
 
-def _composite(env: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
+def _composite(env: Mapping[str, str]) -> tuple[dict[str, Any], list[str], list[str]]:
     """The settings whose variables are checked together: URL and password (required), the queue
-    name(s), the runtime, the job user and uid range. Returns field values and problems."""
+    name(s), the runtime, the job user and uid range. Returns field values, problems, warnings."""
     problems: list[str] = []
+    warnings: list[str] = []
     values: dict[str, Any] = {}
     url, password = env.get("EXECUTOR_FRONTEND_URL"), env.get("EXECUTOR_FRONTEND_PASSWORD")
     if not url:
@@ -281,8 +282,10 @@ def _composite(env: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
             problems.append(f"EXECUTOR_FRONTEND_URL: {exc}")
     if not password:
         problems.append("EXECUTOR_FRONTEND_PASSWORD: required (the server's EXECUTORS_ACCESS_TOKEN)")
-    elif len(password) < MIN_SECRET_LEN:
-        problems.append(f"EXECUTOR_FRONTEND_PASSWORD: must be at least {MIN_SECRET_LEN} characters")
+    elif (secret := check_secret(password)).problem:
+        problems.append(f"EXECUTOR_FRONTEND_PASSWORD: {secret.problem}")
+    else:
+        warnings += [f"EXECUTOR_FRONTEND_PASSWORD {w}" for w in secret.warnings]
     values["frontend_url"] = url or ""
     values["frontend_password"] = password or ""
 
@@ -327,4 +330,4 @@ def _composite(env: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
             problems.append(f"EXECUTOR_JOB_UID_RANGE: {uid_range!r} must be FIRST-LAST, 0 < FIRST ≤ LAST")
         else:
             values["job_uid_range"] = (int(m[1]), int(m[2]))
-    return values, problems
+    return values, problems, warnings

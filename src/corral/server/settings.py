@@ -5,16 +5,18 @@ Every setting and its variable is listed in the README's configuration reference
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, PrivateAttr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from corral.errors import ConfigError
+from corral.sharedsecret import GENERATE_HINT, MIN_LENGTH, check_secret
 
-MIN_SECRET_LEN = 20  # characters, as Sourcegraph requires of the executor secret
+log = logging.getLogger("corral.server")
 
 
 class ServerSettings(BaseSettings):
@@ -43,6 +45,7 @@ class ServerSettings(BaseSettings):
     metrics_token: str = ""  # CORRAL_METRICS_TOKEN: a token that opens /metrics only (Prometheus)
     metrics_public: bool = False  # CORRAL_METRICS_PUBLIC=true: /metrics without a token
     docs: bool = False  # CORRAL_DOCS=true: serve the interactive API docs at /docs and /redoc
+    _warned: bool = PrivateAttr(False)  # check() logged its warnings
 
     @field_validator("data_dir")
     @classmethod
@@ -57,18 +60,23 @@ class ServerSettings(BaseSettings):
     def repos_dir(self) -> Path:
         return self.data_dir / "repos"
 
-    def check(self) -> None:
-        """Refuse to start without a usable shared secret."""
+    def check(self) -> list[str]:
+        """Refuse to start without a usable shared secret (corral.sharedsecret); returns, and logs,
+        the warnings about a weak one."""
         if not self.executors_access_token:
             raise ConfigError(
                 "EXECUTORS_ACCESS_TOKEN is not set: executors authenticate with this shared secret "
-                f"(at least {MIN_SECRET_LEN} characters)"
+                f"(at least {MIN_LENGTH} characters; {GENERATE_HINT})"
             )
-        if len(self.executors_access_token) < MIN_SECRET_LEN:
-            raise ConfigError(
-                f"EXECUTORS_ACCESS_TOKEN is {len(self.executors_access_token)} characters long; "
-                f"it must be at least {MIN_SECRET_LEN}"
-            )
+        secret = check_secret(self.executors_access_token)
+        if secret.problem:
+            raise ConfigError(f"EXECUTORS_ACCESS_TOKEN {secret.problem}")
+        warnings = [f"EXECUTORS_ACCESS_TOKEN {w}" for w in secret.warnings]
+        if not self._warned:  # the CLI and create_app both check: say it once
+            self._warned = True
+            for w in warnings:
+                log.warning("%s", w)
+        return warnings
 
     def ensure_admin_token(self) -> tuple[str, Path | None]:
         """The admin token, generated and stored 0600 in the data dir when not configured."""
