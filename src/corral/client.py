@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import httpx
@@ -18,19 +19,25 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from corral.errors import ServerError
 from corral.protocol import (
+    EntryEvent,
     ExecutorView,
+    ExitEvent,
     JobIn,
     JobLogs,
     JobView,
     LogEvent,
+    OutputEvent,
     QueueView,
     RepoAdded,
     RepoIn,
     RepoView,
     ResultView,
+    StateEvent,
 )
 
 TIMEOUT = 30.0  # seconds per request (log streams have no read timeout)
+RECONNECT_FOR = 300.0  # seconds `follow` keeps trying to reach a server that went away
+RECONNECT_WAIT = (0.5, 5.0)  # seconds between reconnects: first, then doubling up to this
 M = TypeVar("M", bound=BaseModel)
 _EVENT: TypeAdapter[LogEvent] = TypeAdapter(LogEvent)
 
@@ -104,11 +111,73 @@ class ProducerClient:
     def queue_list(self) -> list[QueueView]:
         return self._many(QueueView, "GET", "/api/v1/queues")
 
-    def events(self, job_id: int) -> Iterator[LogEvent]:
-        """Events of the job's log stream until the job ends (see the API's NDJSON stream)."""
+    def remove_repository(self, name: str) -> None:
+        self._call("DELETE", "/api/v1/repos", params={"name": name})
+
+    def refresh_repository(self, name: str) -> RepoView:
+        return self._one(RepoView, "POST", "/api/v1/repos/refresh", params={"name": name})
+
+    def retry_job(self, job_id: int) -> JobView:
+        return self._one(JobView, "POST", f"/api/v1/jobs/{job_id}/retry")
+
+    def follow(
+        self,
+        job_id: int,
+        *,
+        on_reconnect: Callable[[str], None] | None = None,
+        reconnect_for: float = RECONNECT_FOR,
+    ) -> Iterator[LogEvent]:
+        """The job's log events until it ends, across lost connections (a server restart): the
+        stream is resumed where it broke (`?from=`, by byte offset per entry), so nothing is shown
+        twice or lost. `on_reconnect(why)` is told of each break. Gives up (ServerError) when the
+        server stays unreachable for `reconnect_for` seconds, or at once on a 4xx answer."""
+        seen: dict[int, int] = {}  # entry -> bytes received
+        exited: set[int] = set()
+        wait, down_since = RECONNECT_WAIT[0], None
+        while True:
+            try:
+                for ev in self.events(job_id, resume=dict(seen)):
+                    down_since, wait = None, RECONNECT_WAIT[0]
+                    if isinstance(ev, EntryEvent):
+                        if ev.entry_id in seen:
+                            continue
+                        seen[ev.entry_id] = 0
+                    elif isinstance(ev, OutputEvent):
+                        if ev.offset is not None:
+                            seen[ev.entry_id] = ev.offset
+                    elif isinstance(ev, ExitEvent):
+                        if ev.entry_id in exited:
+                            continue
+                        exited.add(ev.entry_id)
+                    yield ev
+                    if isinstance(ev, StateEvent):
+                        return
+                raise ServerError(f"log stream of job {job_id} ended before the job did")
+            except ServerError as exc:
+                if exc.status is not None and exc.status < 500:
+                    raise
+                now = time.monotonic()
+                down_since = now if down_since is None else down_since
+                if now - down_since > reconnect_for:
+                    raise ServerError(
+                        f"gave up following job {job_id}: no answer from {self.http.base_url} "
+                        f"for {reconnect_for:.0f}s ({exc.message})"
+                    ) from exc
+                if on_reconnect is not None:
+                    on_reconnect(exc.message)
+                time.sleep(wait)
+                wait = min(wait * 2, RECONNECT_WAIT[1])
+
+    def events(self, job_id: int, *, resume: Mapping[int, int] | None = None) -> Iterator[LogEvent]:
+        """Events of the job's log stream until the job ends (see the API's NDJSON stream); with
+        `resume` (entry -> byte offset) the stream continues from there."""
+        params = {"from": ",".join(f"{k}:{v}" for k, v in sorted(resume.items()))} if resume else None
         try:
             with self.http.stream(
-                "GET", f"/api/v1/jobs/{job_id}/logs/stream", timeout=httpx.Timeout(TIMEOUT, read=None)
+                "GET",
+                f"/api/v1/jobs/{job_id}/logs/stream",
+                params=params,
+                timeout=httpx.Timeout(TIMEOUT, read=None),
             ) as r:
                 if r.status_code >= 400:
                     r.read()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import typer
 
-from corral.batch import BatchSpec, RepoRef, StepSpec, follow, report, submit
+from corral.batch import BatchSpec, RepoRef, StepSpec, report, run
 from corral.client import ProducerClient
 from corral.embedded import embedded
 
@@ -34,14 +34,28 @@ SAMPLES: dict[str, dict[str, str]] = {
 }
 
 FILES = r"find . \( -path ./.git -o -path ./.corral \) -prune -o -type f -print"
+QUIET = "{ set +x; } 2>/dev/null"  # the steps say what they do; a shell trace of pipelines is noise
+# corral-fmt (in the corral/tools image: images/corral-fmt), or the same awk on a host without it
+# (the shell runtime runs steps on the host's tools)
+FORMAT = (
+    'fmt_files() { if command -v corral-fmt >/dev/null; then corral-fmt "$@"; else for f; do '
+    'awk \'{ gsub(/\\t/, "    "); sub(/[ \\t]+$/, ""); lines[NR] = $0 } '
+    'END { n = NR; while (n > 0 && lines[n] == "") n--; for (i = 1; i <= n; i++) print lines[i] }\' '
+    '"$f" > "$f.fmt" && cat "$f.fmt" > "$f" && rm -f "$f.fmt"; done; fi; }'
+)
 STEPS = [
     StepSpec(
         image="corral/tools:1",
-        run=f"files=$({FILES} | xargs -r grep -l -i whitelist)\n"
+        run=f"{QUIET}\n"
+        f"files=$({FILES} | xargs -r grep -l -i whitelist | sort) || true\n"
         'echo "mentions of whitelist in:" $files\n'
-        '[ -z "$files" ] || sed -i "s/whitelist/allowlist/g; s/WHITELIST/ALLOWLIST/g" $files',
+        '[ -z "$files" ] || sed -i "s/whitelist/allowlist/g; s/WHITELIST/ALLOWLIST/g" $files\n'
+        'echo "replaced whitelist with allowlist"',
     ),
-    StepSpec(image="corral/tools:1", run=f"{FILES} | xargs -r corral-fmt\necho formatted"),
+    StepSpec(
+        image="corral/tools:1",
+        run=f"{QUIET}\n{FORMAT}\nfiles=$({FILES} | sort)\nfmt_files $files\necho formatted: $files",
+    ),
 ]
 
 
@@ -81,6 +95,8 @@ def docker_ready() -> bool:
 
 
 def run_demo(runtime: str | None, keep: bool, data_dir: Path | None) -> int:
+    """Run the demo; returns how many repositories did not complete. With `keep` the server stays
+    up (its URL and token are printed) until Ctrl-C or SIGTERM."""
 
     def say(text: str) -> None:
         typer.secho(text, fg=typer.colors.BLUE, bold=True)
@@ -88,36 +104,43 @@ def run_demo(runtime: str | None, keep: bool, data_dir: Path | None) -> int:
     if runtime is None:
         runtime = "docker" if docker_ready() else "shell"
     tmp = Path(tempfile.mkdtemp(prefix="corral-demo-")) if data_dir is None else data_dir
-    say(f"corral demo — runtime: {runtime}, data: {tmp}")
-    typer.echo("1. Creating three sample repositories (api, web, docs) that still say 'whitelist'.")
-    repos = make_samples(tmp / "samples")
-    typer.echo("2. Starting a server (SQLite in the data dir) and an executor, both on 127.0.0.1.")
-    t0 = time.monotonic()
-    with embedded(tmp / "server", runtime=runtime, max_jobs=2) as emb:
-        client = ProducerClient(emb.url, emb.admin_token)
+    try:
+        say(f"corral demo — runtime: {runtime}, data: {tmp}")
+        typer.echo("1. Creating three sample repositories (api, web, docs) that still say 'whitelist'.")
+        repos = make_samples(tmp / "samples")
         spec = BatchSpec(name="allowlist", repositories=[RepoRef(path=str(p)) for p in repos], steps=STEPS)
-        typer.echo(
-            "3. Submitting the batch change: one job per repository, each with two steps in "
-            f"{'a container (no network, 1 CPU, 1 GiB)' if runtime == 'docker' else 'a bubblewrap sandbox'}:"
-        )
-        typer.echo("     - replace 'whitelist' with 'allowlist'      - format every file (corral-fmt)")
-        runs = submit(spec, client, Path.cwd())
-        typer.echo(f"4. Following the jobs' logs live (jobs {', '.join(str(r.job_id) for r in runs)}):\n")
-        follow(runs, client)
-        typer.echo()
-        say(f"5. Results after {time.monotonic() - t0:.1f}s — one diff per repository:")
-        bad = report(runs)
-        typer.echo()
-        typer.echo(f"The jobs are in the server at {emb.url} (SQLite: {emb.data_dir / 'corral.db'}).")
-        typer.echo(f"   try: CORRAL_URL={emb.url} CORRAL_ADMIN_TOKEN={emb.admin_token} corral job list")
-        if keep:
-            typer.echo("The server keeps running (--keep); press Ctrl-C to stop.")
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
-        client.close()
-    if data_dir is None and not keep:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return bad
+        typer.echo("2. Starting a server (SQLite in the data dir) and an executor, both on 127.0.0.1.")
+        t0 = time.monotonic()
+        with embedded(tmp / "server", runtime=runtime, max_jobs=2) as emb:
+            client = ProducerClient(emb.url, emb.admin_token)
+            sandbox = (
+                "a container (no network, 1 CPU, 1 GiB)" if runtime == "docker" else "a bubblewrap sandbox"
+            )
+            typer.echo(
+                f"3. Submitting the batch change: one job per repository, two steps each in {sandbox}:"
+            )
+            typer.echo("     - replace 'whitelist' with 'allowlist'      - format every file (corral-fmt)")
+            typer.echo("4. Following the jobs' logs live (git's own output is shown only if it fails):\n")
+            runs = run(spec, client, Path.cwd(), local=True)
+            typer.echo()
+            say(f"5. Results after {time.monotonic() - t0:.1f}s — one diff per repository:")
+            bad = report(runs)
+            typer.echo()
+            if keep:
+                typer.echo(f"The server keeps running at {emb.url} (--keep); press Ctrl-C to stop it. Try:")
+                typer.echo(f"   export CORRAL_URL={emb.url} CORRAL_ADMIN_TOKEN={emb.admin_token}")
+                first = runs[0].job_id
+                typer.echo(f"   corral job list; corral job logs {first}; corral job result {first} --diff")
+                try:
+                    while True:
+                        time.sleep(3600)  # until Ctrl-C (or SIGTERM: the CLI makes it a KeyboardInterrupt)
+                except KeyboardInterrupt:
+                    typer.echo("stopping the server and executor…")
+            else:
+                typer.echo("The server and executor have stopped. `corral demo --keep` leaves them running,")
+                typer.echo("to explore with `corral job list`, `corral job logs` and `corral job result`.")
+            client.close()
+        return bad
+    finally:
+        if data_dir is None and not keep:
+            shutil.rmtree(tmp, ignore_errors=True)

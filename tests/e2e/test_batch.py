@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 from pathlib import Path
 
-from tests.conftest import docker_ok, require
+import pytest
+
+from tests.conftest import bwrap_ok, docker_ok, require
 from tests.e2e.kit import CORRAL, make_repo
+from tests.e2e.localkit import (
+    containers,
+    foreign_container,
+    job_state,
+    prefix_of,
+    processes_with,
+    running,
+    server_processes,
+    wait_exit,
+    wait_for_text,
+    with_group_killed,
+)
 
 
 def test_batch_run_with_an_embedded_server(tmp_path: Path) -> None:
@@ -41,3 +57,103 @@ def test_batch_run_rejects_a_bad_spec(tmp_path: Path) -> None:
     p = subprocess.run([CORRAL, "batch", "run", str(spec)], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2
     assert "invalid batch spec" in p.stderr and "run" in p.stderr
+
+
+def _spec(tmp_path: Path, run: str, repos: str = "[{path: one}]") -> Path:
+    make_repo(tmp_path / "one", {"a.txt": "color\n"})
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"name: t\nrepositories: {repos}\nsteps:\n  - image: corral/busybox:1\n    run: |\n"
+        + "".join(f"      {line}\n" for line in run.splitlines())
+    )
+    return spec
+
+
+def test_a_local_run_never_touches_another_executors_containers(tmp_path: Path) -> None:
+    """The embedded executor owns a prefix of its own: a container of a production executor (the
+    default prefix `executor`), labelled as the very job id the local run gets, survives the run's
+    start-up janitor and its final sweep."""
+    require(docker_ok(), "Docker Engine is not reachable (run scripts/setup.sh)")
+    spec = _spec(tmp_path, "sed -i 's/color/colour/' a.txt")
+    data = tmp_path / "data"
+    with foreign_container(job="batches-1", owner="executor") as theirs:
+        p = subprocess.run(
+            [CORRAL, "batch", "run", str(spec), "--data-dir", str(data)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        out = p.stdout + p.stderr
+        assert p.returncode == 0, out
+        assert "+colour" in out
+        assert running(theirs), "the local run removed another executor's container"
+        prefix = prefix_of(data)
+        assert prefix.startswith("local-") and prefix != "executor"
+        assert "janitor" not in out, out
+        assert containers(f"dev.corral.owner={prefix}") == []  # and nothing of its own is left
+
+
+@pytest.mark.parametrize(
+    ("runtime", "signum"),
+    [("docker", signal.SIGINT), ("docker", signal.SIGTERM), ("shell", signal.SIGINT)],
+)
+def test_an_interrupted_local_run_cancels_its_job_and_leaves_nothing(
+    tmp_path: Path, runtime: str, signum: int
+) -> None:
+    """Ctrl-C (SIGINT to the run's process group, as a terminal sends it) or SIGTERM (to the run
+    alone): the run cancels its job, stops its executor and server and exits 128+signal; no
+    `corral server`, no container of its prefix, no step process is left, and the job is canceled."""
+    if runtime == "docker":
+        require(docker_ok(), "Docker Engine is not reachable (run scripts/setup.sh)")
+    else:
+        require(bwrap_ok(), "bubblewrap, cgroup v1 and root are needed")
+    marker = f"sleep-{signum}-{runtime}"
+    spec = _spec(tmp_path, f"echo {marker} started\nexec sleep 299")
+    data = tmp_path / "data"
+    log = tmp_path / "out.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [CORRAL, "batch", "run", str(spec), "--data-dir", str(data), "--runtime", runtime],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, as a shell gives a foreground job
+        )
+    try:
+        wait_for_text(log, f"{marker} started", proc)
+        assert server_processes(data), "the run's server should be up while the job runs"
+        if signum == signal.SIGINT:
+            os.killpg(proc.pid, signum)  # what the terminal does on Ctrl-C
+        else:
+            proc.send_signal(signum)
+        code = wait_exit(proc)
+        text = log.read_text(errors="replace")
+        assert code == 128 + signum, text
+        assert "canceled jobs: 1" in text, text
+        assert server_processes(data) == [], "a corral server was left running"
+        assert processes_with("sleep 299") == [], "the job's step still runs"
+        if runtime == "docker":
+            assert containers(f"dev.corral.owner={prefix_of(data)}") == [], "a job container was left"
+        assert job_state(data / "corral.db", 1) == "canceled"
+        assert "Traceback" not in text, text
+    finally:
+        if proc.poll() is None:
+            with_group_killed(proc)
+
+
+def test_a_spec_naming_an_unknown_repository_submits_nothing(tmp_path: Path) -> None:
+    """The whole spec is checked first: a bad entry after good ones leaves nothing queued (the
+    server is never even started)."""
+    make_repo(tmp_path / "two", {"b.txt": "x\n"})
+    spec = _spec(tmp_path, "true", repos="[{path: one}, {path: two}, {name: acme/docs}, {path: nowhere}]")
+    data = tmp_path / "data"
+    p = subprocess.run(
+        [CORRAL, "batch", "run", str(spec), "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "nothing was submitted" in p.stderr
+    assert "acme/docs is not known to the server this run starts" in p.stderr
+    assert "repositories[3] (nowhere): no such directory" in p.stderr
+    assert not (data / "corral.db").exists()

@@ -372,9 +372,16 @@ def test_log_stream_ends_with_the_state_once_the_job_completes(kit: Kit) -> None
     reader.join(timeout=15)
     assert not reader.is_alive(), "the stream did not end after the job completed"
     assert errors == []
-    assert lines[0] == {"type": "entry", "entryId": entry, "key": "step.docker.0", "command": ["sh"]}
+    assert lines[0] == {
+        "type": "entry",
+        "entryId": entry,
+        "key": "step.docker.0",
+        "command": ["sh"],
+        "attempt": 1,
+    }
     output = "".join(x["data"] for x in lines if x["type"] == "output")
     assert output == "first\nsecond\n"
+    assert [x["offset"] for x in lines if x["type"] == "output"] == [6, 13]
     assert {"type": "exit", "entryId": entry, "exitCode": 0, "durationMs": 5} in lines
     assert lines[-1] == {"type": "state", "state": "completed", "error": None}
 
@@ -442,3 +449,191 @@ def test_executors_are_listed_after_a_heartbeat(kit: Kit) -> None:
     assert ex["runningJobIds"] == [job["id"]] and ex["active"] is True
     assert ex["firstSeenAt"].endswith("Z") and ex["lastSeenAt"].endswith("Z")
     assert "corral_executors_active 1.0" in kit.admin.get("/metrics").text
+
+
+# -- the log stream: resuming, whole characters ----------------------------------------------------
+def _stream(kit: Kit, job_id: int, **params: str) -> list[dict[str, Any]]:
+    r = kit.admin.get(f"/api/v1/jobs/{job_id}/logs/stream", params=params)
+    assert r.status_code == 200, r.text
+    return [json.loads(x) for x in r.text.splitlines()]
+
+
+def _finished_job_with_two_entries(kit: Kit) -> tuple[int, int, int]:
+    kit.submit()
+    job = kit.take()
+    one = kit.job_call("batches", "addExecutionLogEntry", job, key="setup.git.init", command=["git"]).json()
+    kit.job_call("batches", "appendExecutionLogEntry", job, entryId=one, offset=0, data="a\nb\n")
+    kit.job_call("batches", "appendExecutionLogEntry", job, entryId=one, offset=4, data="", exitCode=0)
+    two = kit.job_call("batches", "addExecutionLogEntry", job, key="step.docker.0", command=["sh"]).json()
+    kit.job_call("batches", "appendExecutionLogEntry", job, entryId=two, offset=0, data="c\nd\n")
+    kit.job_call("batches", "appendExecutionLogEntry", job, entryId=two, offset=4, data="e\n", exitCode=3)
+    assert kit.job_call("batches", "markFailed", job, errorMessage="boom").status_code == 204
+    return job["id"], one, two
+
+
+def test_a_resumed_log_stream_sends_only_what_the_follower_has_not_seen(kit: Kit) -> None:
+    job_id, one, two = _finished_job_with_two_entries(kit)
+    whole = _stream(kit, job_id)
+    assert [e["type"] for e in whole] == ["entry", "output", "exit", "entry", "output", "exit", "state"]
+    # a follower that saw entry one whole and the first 2 bytes of entry two
+    resumed = _stream(kit, job_id, **{"from": f"{one}:4,{two}:2"})
+    assert [e for e in resumed if e["type"] == "entry"] == []
+    assert "".join(e["data"] for e in resumed if e["type"] == "output") == "d\ne\n"
+    assert [e["offset"] for e in resumed if e["type"] == "output"] == [6]
+    assert resumed[-1] == {"type": "state", "state": "failed", "error": "boom"}
+    # an entry it does not name is sent whole, with its entry event
+    fresh = _stream(kit, job_id, **{"from": f"{one}:4"})
+    assert [e["key"] for e in fresh if e["type"] == "entry"] == ["step.docker.0"]
+    assert "".join(e["data"] for e in fresh if e["type"] == "output") == "c\nd\ne\n"
+
+
+@pytest.mark.parametrize("bad", ["x", "1:", ":2", "1:2:3", "-1:0", "1:-2", "1:99999999999999999"])
+def test_a_malformed_resume_point_is_a_clear_400(kit: Kit, bad: str) -> None:
+    job_id = kit.submit()["id"]
+    r = kit.admin.get(f"/api/v1/jobs/{job_id}/logs/stream", params={"from": bad})
+    assert r.status_code == 400 and "resume point" in error_of(r)
+
+
+def test_the_log_stream_never_splits_a_character(kit: Kit) -> None:
+    """A UTF-8 character whose bytes were stored in two writes (read by the follower in between)
+    arrives whole, never as two U+FFFD; the offset after the first part excludes the held bytes."""
+    kit.submit()
+    job = kit.take()
+    entry = kit.job_call("batches", "addExecutionLogEntry", job, key="step.docker.0", command=["sh"]).json()
+    data = "héllo ✓\n".encode()
+    cut = data.index("✓".encode()) + 1  # inside the three bytes of the check mark
+    store, attempt = kit.srv.store, job["attempt"]
+    store.append_log(job["id"], attempt, EXECUTOR, entry, 0, data[:cut], max_bytes=1 << 20)
+    events: list[dict[str, Any]] = []
+
+    def read() -> None:
+        with kit.admin.stream("GET", f"/api/v1/jobs/{job['id']}/logs/stream") as r:
+            for line in r.iter_lines():
+                if line:
+                    events.append(json.loads(line))
+
+    reader = threading.Thread(target=read, name="log-stream-reader")
+    reader.start()
+    wait_until(lambda: any(e["type"] == "output" for e in events), what="the first output")
+    store.append_log(
+        job["id"], attempt, EXECUTOR, entry, cut, data[cut:], exit_code=0, duration_ms=1, max_bytes=1 << 20
+    )
+    kit.srv.app.state.corral.log_written(job["id"])
+    assert kit.job_call("batches", "markComplete", job).status_code == 204
+    reader.join(timeout=15)
+    outputs = [e for e in events if e["type"] == "output"]
+    assert "".join(e["data"] for e in outputs) == "héllo ✓\n"
+    assert outputs[0] == {
+        "type": "output",
+        "entryId": entry,
+        "data": "héllo ",
+        "offset": len("héllo ".encode()),
+    }
+    assert outputs[-1]["offset"] == len(data)
+
+
+def test_job_list_filters_by_repository_and_refuses_an_unknown_state(
+    kit: Kit, repo: tuple[Path, str]
+) -> None:
+    path, _ = repo
+    kit.add_repo("acme/app", path)
+    kit.add_repo("acme/other", path)
+    a = kit.submit(repositoryName="acme/app")["id"]
+    kit.submit(repositoryName="acme/other")
+    assert job_ids(kit, repository="acme/app") == [a]
+    assert job_ids(kit, repository="acme/nothing") == []
+    r = kit.admin.get("/api/v1/jobs", params={"state": "bogus"})
+    assert r.status_code == 400
+    assert error_of(r).startswith("unknown job state 'bogus': use one of queued, processing, completed")
+
+
+def test_head_is_resolved_against_the_source_as_it_is_now(kit: Kit, repo: tuple[Path, str]) -> None:
+    """A job naming HEAD or a branch gets the source's commit of now (the mirror is refreshed at
+    submit); a full commit id needs no refresh; `repos/refresh` fetches on request."""
+    path, first = repo
+    kit.add_repo("acme/app", path)
+    newer = commit_file(path, "NEW.md", "new\n")
+    assert kit.submit(repositoryName="acme/app")["commit"] == newer
+    newest = commit_file(path, "NEWER.md", "newer\n")
+    assert kit.submit(repositoryName="acme/app", commit="main")["commit"] == newest
+    assert kit.submit(repositoryName="acme/app", commit=first)["commit"] == first
+    last = commit_file(path, "LAST.md", "last\n")
+    r = kit.admin.post("/api/v1/repos/refresh", params={"name": "acme/app"})
+    assert r.status_code == 200 and r.json()["name"] == "acme/app"
+    assert kit.submit(repositoryName="acme/app", commit=last)["commit"] == last
+    r = kit.admin.post("/api/v1/repos/refresh", params={"name": "acme/none"})
+    assert r.status_code == 404
+
+
+def test_a_moving_name_of_a_vanished_source_is_a_clear_error(kit: Kit, repo: tuple[Path, str]) -> None:
+    import shutil
+
+    path, commit = repo
+    kit.add_repo("acme/app", path)
+    shutil.rmtree(path)
+    r = kit.admin.post("/api/v1/queues/batches/jobs", json={**SIMPLE_STEPS, "repositoryName": "acme/app"})
+    assert r.status_code == 400
+    assert "cannot refresh repository 'acme/app' to resolve 'HEAD'" in error_of(r)
+    assert "full commit id" in error_of(r)
+    assert kit.submit(repositoryName="acme/app", commit=commit)["commit"] == commit  # no refresh needed
+
+
+def test_a_repository_from_a_file_url(kit: Kit, repo: tuple[Path, str]) -> None:
+    path, commit = repo
+    r = kit.admin.post("/api/v1/repos", json={"name": "acme/app", "path": path.as_uri()})
+    assert r.status_code == 201, r.text
+    assert kit.submit(repositoryName="acme/app")["commit"] == commit
+    for bad, why in [
+        ("https://example.invalid/acme/app.git", "only local repositories"),
+        ("file://otherhost/srv/app", "names no host"),
+    ]:
+        r = kit.admin.post("/api/v1/repos", json={"name": "acme/x", "path": bad})
+        assert r.status_code == 400 and why in error_of(r), r.text
+
+
+def test_remove_a_repository(kit: Kit, repo: tuple[Path, str]) -> None:
+    path, _ = repo
+    kit.add_repo("acme/app", path)
+    mirror = kit.srv.settings.repos_dir / "acme" / "app.git"
+    assert mirror.is_dir()
+    job = kit.submit(repositoryName="acme/app")["id"]
+    r = kit.admin.delete("/api/v1/repos", params={"name": "acme/app"})
+    assert r.status_code == 409 and f"({job})" in error_of(r) and "cancel them first" in error_of(r)
+    kit.admin.post(f"/api/v1/jobs/{job}/cancel")
+    r = kit.admin.delete("/api/v1/repos", params={"name": "acme/app"})
+    assert r.status_code == 204, r.text
+    assert not mirror.exists() and not mirror.parent.exists()
+    assert kit.admin.get("/api/v1/repos").json() == []
+    assert kit.admin.delete("/api/v1/repos", params={"name": "acme/app"}).status_code == 404
+
+
+def test_retry_submits_a_finished_job_again(kit: Kit, repo: tuple[Path, str]) -> None:
+    path, commit = repo
+    kit.add_repo("acme/app", path)
+    first = kit.submit(repositoryName="acme/app", redactedValues={"hunter2-secret": "[PW]"})
+    r = kit.admin.post(f"/api/v1/jobs/{first['id']}/retry")
+    assert r.status_code == 409 and "only a finished job can be retried" in error_of(r)
+    job = kit.take()
+    kit.job_call("batches", "markFailed", job, errorMessage="boom")
+    newer = commit_file(path, "NEW.md", "new\n")
+    r = kit.admin.post(f"/api/v1/jobs/{first['id']}/retry")
+    assert r.status_code == 201, r.text
+    again = r.json()
+    assert again["id"] != first["id"] and again["state"] == "queued"
+    assert again["commit"] == commit != newer  # the same commit, not HEAD of now
+    assert again["spec"] == first["spec"]
+    assert kit.get_job(first["id"])["state"] == "failed"
+    taken = kit.take()
+    assert taken["id"] == again["id"] and taken["redactedValues"] == {"hunter2-secret": "[PW]"}
+    assert kit.admin.post("/api/v1/jobs/999/retry").status_code == 404
+
+
+def test_the_job_view_redacts_each_line_of_a_multi_line_secret(kit: Kit) -> None:
+    """`corral job get` shows the view: a secret read from a file keeps its newline, and the
+    value in a step's env (without it) must not show in clear."""
+    job = kit.submit(
+        dockerSteps=[{"image": "a", "commands": ["true"], "env": ["PW=hunter2-pass"]}],
+        redactedValues={"hunter2-pass\n": "[PW]"},
+    )
+    for text in (json.dumps(job), kit.admin.get(f"/api/v1/jobs/{job['id']}").text):
+        assert "hunter2" not in text, text

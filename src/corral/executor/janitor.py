@@ -3,8 +3,9 @@ mid-job leaves containers, cgroups and workspaces behind).
 
 The decision is `orphans(running, expected)`, pure: every resource found (by name, with the job
 label it carries) whose label is not one of a live job's. Each runtime and the workspace sweep list
-their resources and ask it; `sweep_once` runs them all (every runtime the executor uses: the main
-one and the one running CLI steps) and logs, never raises.
+their resources (only those carrying their owner label, EXECUTOR_VM_PREFIX) and ask it; `sweep_once`
+runs them all (every runtime the executor uses: the main one and the one running CLI steps), logs
+each removal, and never raises.
 """
 
 from __future__ import annotations
@@ -33,20 +34,32 @@ async def sweep_once(
     workspace_root: Path,
     owner: str,
     keep_workspaces: bool,
-) -> None:
+) -> list[str]:
+    """One sweep of `owner`'s resources (EXECUTOR_VM_PREFIX): every runtime's and the workspaces.
+
+    Runtimes list only resources labelled with their own owner, so executors sharing a host never
+    touch each other's jobs. Every removal is logged (a warning, one line per resource, naming the
+    owner): removing something is never silent. Returns what was removed, as "<kind> <name>"."""
     from corral.executor.workspace import host
 
+    removed: list[str] = []
     try:
         swept = await asyncio.to_thread(host.sweep, workspace_root, owner, live, keep=keep_workspaces)
-        if swept:
-            log.info("janitor removed workspaces of jobs no longer running: %s", ", ".join(swept))
+        removed += _logged("workspace", swept, owner, "unmounted" if keep_workspaces else "removed")
     except Exception as exc:
         log.warning("workspace janitor failed: %s", exc)
     labels = live()
     for runtime in runtimes:
         try:
-            removed = await runtime.janitor(labels)
-            if removed:
-                log.info("janitor removed %s orphans: %s", runtime.name, ", ".join(removed))
+            removed += _logged(runtime.name, await runtime.janitor(labels), owner, "removed")
         except Exception as exc:
             log.warning("%s janitor failed: %s", runtime.name, exc)
+    return removed
+
+
+def _logged(kind: str, names: Iterable[str], owner: str, verb: str) -> list[str]:
+    done = []
+    for name in names:
+        log.warning("janitor (owner %s): %s %s %s: its job no longer runs here", owner, verb, kind, name)
+        done.append(f"{kind} {name}")
+    return done

@@ -297,6 +297,7 @@ class EntryEvent(Wire):
     entry_id: int = Field(alias="entryId")
     key: str
     command: list[str]
+    attempt: int | None = None  # the job's attempt that wrote it (None from older servers)
 
 
 class OutputEvent(Wire):
@@ -305,6 +306,8 @@ class OutputEvent(Wire):
     type: Literal["output"] = "output"
     entry_id: int = Field(alias="entryId")
     data: str
+    # bytes of the entry's output up to the end of `data`: resume the stream there (`?from=`)
+    offset: int | None = None
 
 
 class ExitEvent(Wire):

@@ -8,8 +8,8 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from types import FrameType
 
@@ -17,6 +17,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -27,6 +28,7 @@ from corral.server.auth import require_metrics
 from corral.server.bodies import BodyClass, body_class, limit_for
 from corral.server.deps import ServerState
 from corral.server.gate import Gate
+from corral.server.repos import Mirrors
 from corral.server.routers import api, git, queue
 from corral.server.settings import ServerSettings
 from corral.server.statuses import error_response
@@ -34,6 +36,7 @@ from corral.server.store import SqlStore, Store
 
 log = logging.getLogger("corral.server")
 JSON_PATHS = ("/.executors/queue/", "/api/")
+DOCS_ASSETS = "/docs/assets"  # Swagger UI's and ReDoc's scripts, served by the server itself
 
 
 class BodyLimit:
@@ -159,6 +162,18 @@ def _private_dir(path: Path) -> None:
         os.chmod(path, 0o700)
 
 
+def _app(docs: bool, lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]]) -> FastAPI:
+    """The FastAPI app; with `docs`, Swagger UI at /docs and ReDoc at /redoc, their scripts, styles
+    and icon served from DOCS_ASSETS out of the fastapi-offline package (no CDN: the pages work on a
+    server without internet access, and a browser fetches nothing from elsewhere)."""
+    if not docs:
+        return FastAPI(title="corral", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app: FastAPI = FastAPIOffline(
+        title="corral", version=__version__, lifespan=lifespan, static_url=DOCS_ASSETS
+    )
+    return app
+
+
 def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
     settings.check()
     settings.ensure_admin_token()
@@ -182,11 +197,9 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    docs_url, redoc_url = ("/docs", "/redoc") if settings.docs else (None, None)
-    app = FastAPI(
-        title="corral", version=__version__, lifespan=lifespan, docs_url=docs_url, redoc_url=redoc_url
-    )
+    app = _app(settings.docs, lifespan)
     app.state.corral = state
+    app.state.mirrors = Mirrors(settings.repos_dir)
     app.include_router(queue.router)
     app.include_router(git.router)
     app.include_router(api.router)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import base64
-import json
 import re
 from datetime import UTC, datetime
 from typing import Any
 
+from corral.executor.redact import MAX_SECRET_BYTES, Redactor, RedactorCache, cache_key
 from corral.protocol import ZERO_TIME, Job, JobView, VirtualMachineFile
 from corral.server.store import JobRow
 
@@ -88,16 +88,31 @@ def iso(t: float | None) -> str | None:
     return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z") if t else None
 
 
-def _redact(value: Any, secrets: list[tuple[str, str]]) -> Any:
+_REDACTORS = RedactorCache(64)  # the views of the last jobs shown build theirs once
+
+
+def _redactor(job_id: int, redacted: dict[str, str]) -> Redactor | None:
+    """The executor's redactor for the job's secrets (every form it redacts in logs: each line of a
+    multi-line secret, base64, URL and JSON forms...), or None without secrets."""
+    values = {k: v or "<redacted>" for k, v in redacted.items() if k}
+    if not values:
+        return None
+    key = cache_key(job_id, values, ())
+    found = _REDACTORS.get(key)
+    if found is None:
+        found = Redactor(values, max_bytes=2 * MAX_SECRET_BYTES)  # "<redacted>" for empty ones
+        _REDACTORS.put(key, found)
+    return found
+
+
+def _redact(value: Any, redactor: Redactor) -> Any:
     """`value` with every secret replaced by its replacement, in every string (keys included)."""
     if isinstance(value, str):
-        for secret, replacement in secrets:
-            value = value.replace(secret, replacement)
-        return value
+        return redactor.redact_text(value)
     if isinstance(value, list):
-        return [_redact(v, secrets) for v in value]
+        return [_redact(v, redactor) for v in value]
     if isinstance(value, dict):
-        return {_redact(k, secrets): _redact(v, secrets) for k, v in value.items()}
+        return {_redact(k, redactor): _redact(v, redactor) for k, v in value.items()}
     return value
 
 
@@ -108,13 +123,11 @@ def producer_job(row: JobRow) -> JobView:
     spec = dict(row.spec)
     redacted: dict[str, str] = spec.pop("redactedValues", None) or {}
     files = spec.pop("files", None) or {}
-    secrets = sorted(((k, v or "<redacted>") for k, v in redacted.items() if k), key=lambda kv: -len(kv[0]))
-    blob = json.dumps([spec, list(files), row.failure_message])  # find the secrets that occur
-    secrets = [(k, v) for k, v in secrets if k in blob or json.dumps(k)[1:-1] in blob]
-    if secrets:
-        spec = _redact(spec, secrets)
+    redactor = _redactor(row.id, redacted)
+    if redactor is not None:
+        spec = _redact(spec, redactor)
     spec["files"] = {
-        _redact(path, secrets): {
+        (_redact(path, redactor) if redactor else path): {
             "size": _decoded_size(f.get("content", "")),
             "modifiedAt": f.get("modifiedAt"),
         }
@@ -142,7 +155,7 @@ def producer_job(row: JobRow) -> JobView:
         num_resets=row.num_resets,
         num_failures=row.num_failures,
         cancel_requested=row.cancel,
-        error=_redact(error, secrets) if error and secrets else error,
+        error=_redact(error, redactor) if error and redactor else error,
         outcome=row.outcome,
         exit_codes=row.exit_codes,
         spec=spec,

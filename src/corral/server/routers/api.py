@@ -1,12 +1,17 @@
 """The producer API (`/api/v1`, admin token): repositories, queues, jobs, logs, results, executors.
 
-Every body in and out is a model of corral.protocol.producer.
+Every body in and out is a model of corral.protocol.producer. Besides the routes listed there:
+`DELETE /repos?name=N` forgets a repository (and removes its mirror), `POST /repos/refresh?name=N`
+fetches its source again, `POST /jobs/{id}/retry` submits a finished job again (a new job, as
+GitLab and Buildkite retry), `GET /jobs?repository=N` filters by repository.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 
@@ -14,7 +19,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from corral.errors import BadRequest, NotFound
+from corral.errors import BadRequest, Conflict, Invalid, NotFound
 from corral.protocol import (
     QUEUE_NAME_RE,
     ZERO_TIME,
@@ -38,7 +43,7 @@ from corral.server.auth import require_admin
 from corral.server.bodies import BoundedJsonRoute
 from corral.server.deps import ServerState, StateDep
 from corral.server.jobview import iso, producer_job
-from corral.server.store import TERMINAL, LogEntry, log_key
+from corral.server.store import DEQUEUEABLE, TERMINAL, JobRow, JobState, LogEntry, log_key
 
 
 async def _admin(request: Request, state: StateDep) -> None:
@@ -51,6 +56,14 @@ router = APIRouter(
 FOLLOW_RECHECK = 2.0  # seconds: a log follower looks again this often when no write woke it
 FOLLOW_MAX = 24 * 3600  # seconds a log stream stays open at most
 ACTIVE_WITHIN = 30.0  # seconds: an executor seen this recently counts as active
+MAX_RESUME_ENTRIES = 10_000  # entries a resumed log stream may name in `from`
+RESUME_RE = re.compile(r"(\d{1,9}):(\d{1,15})\Z")
+STATES = ", ".join(s.value for s in JobState)
+
+
+def mirrors(request: Request) -> repomod.Mirrors:
+    m: repomod.Mirrors = request.app.state.mirrors
+    return m
 
 
 @router.get("/queues")
@@ -59,9 +72,9 @@ async def list_queues(state: StateDep) -> list[QueueView]:
 
 
 @router.post("/repos", status_code=201)
-async def add_repo(body: RepoIn, response: Response, state: StateDep) -> RepoAdded:
+async def add_repo(body: RepoIn, request: Request, response: Response, state: StateDep) -> RepoAdded:
     repomod.check_repo_name(body.name)
-    dest = await asyncio.to_thread(repomod.mirror, state.settings.repos_dir, body.name, body.path)
+    dest = await asyncio.to_thread(mirrors(request).refresh, body.name, body.path)
     rel = str(dest.relative_to(state.settings.repos_dir))
     created = await state.db(state.store.upsert_repo, body.name, rel, body.path)
     if not created:
@@ -75,8 +88,36 @@ async def list_repos(state: StateDep) -> list[RepoView]:
     return [RepoView(name=r.name, source=r.source, updated_at=iso(r.updated_at)) for r in rows]
 
 
+@router.post("/repos/refresh")
+async def refresh_repo(name: str, request: Request, state: StateDep) -> RepoView:
+    """Fetch the repository's source again (what `HEAD` and branches name moves with it)."""
+    repo = await state.db(state.store.get_repo, name)
+    await asyncio.to_thread(mirrors(request).refresh, repo.name, repo.source)
+    await state.db(state.store.upsert_repo, repo.name, repo.path, repo.source)
+    repo = await state.db(state.store.get_repo, name)
+    return RepoView(name=repo.name, source=repo.source, updated_at=iso(repo.updated_at))
+
+
+@router.delete("/repos", status_code=204)
+async def remove_repo(name: str, request: Request, state: StateDep) -> Response:
+    """Forget a repository and remove its mirror; refused while jobs of it wait or run (they would
+    fail to clone)."""
+    await state.db(state.store.get_repo, name)  # 404 for an unknown name
+    waiting: list[int] = []
+    for st in (*DEQUEUEABLE, JobState.PROCESSING):
+        rows = await state.db(state.store.list_jobs, state=st.value, repository=name, limit=20)
+        waiting += [r.id for r in rows]
+    if waiting:
+        ids = ", ".join(str(i) for i in sorted(waiting)[:20])
+        raise Conflict(f"repository {name!r} has jobs that are queued or running ({ids}): cancel them first")
+    repo = await state.db(state.store.remove_repo, name)
+    mirrors(request).forget(name)
+    await asyncio.to_thread(repomod.remove_mirror, state.settings.repos_dir, repo.path)
+    return Response(status_code=204)
+
+
 @router.post("/queues/{queue}/jobs", status_code=201)
-async def submit_job(queue: str, body: JobIn, state: StateDep) -> JobView:
+async def submit_job(queue: str, body: JobIn, request: Request, state: StateDep) -> JobView:
     if not QUEUE_NAME_RE.match(queue):
         raise BadRequest(f"invalid queue name {queue!r}: use 1-64 characters of [a-z0-9_-]")
     spec = body.model_dump(by_alias=True, exclude_none=True, exclude={"files", "priority", "max_attempts"})
@@ -84,23 +125,36 @@ async def submit_job(queue: str, body: JobIn, state: StateDep) -> JobView:
         p: {"content": f.as_base64(), "modifiedAt": f.modified_at or ZERO_TIME} for p, f in body.files.items()
     }
     if body.repository_name:
-        repo = await state.db(state.store.get_repo, body.repository_name)
-        bare = state.settings.repos_dir / repo.path
-        spec["commit"] = await asyncio.to_thread(
-            repomod.resolve_commit, bare, body.commit or "HEAD", body.repository_name
-        )
+        spec["commit"] = await _resolve(request, state, body.repository_name, body.commit or "HEAD")
     elif body.commit:
         raise BadRequest("commit given without repositoryName")
-    row = await state.db(
-        state.store.enqueue,
-        queue,
-        spec,
-        priority=body.priority,
-        max_attempts=body.max_attempts or state.settings.max_attempts,
-    )
+    row = await _enqueue(state, queue, spec, body.priority, body.max_attempts or state.settings.max_attempts)
+    return producer_job(row)
+
+
+async def _resolve(request: Request, state: ServerState, name: str, commit: str) -> str:
+    """The full commit id `commit` names now: a moving name (HEAD, a branch, a tag) is looked up in
+    a mirror refreshed from the repository's source first (see corral.server.repos)."""
+    repo = await state.db(state.store.get_repo, name)
+    bare = state.settings.repos_dir / repo.path
+    if not repomod.is_full_commit(commit):
+        try:
+            await asyncio.to_thread(mirrors(request).refresh, repo.name, repo.source)
+        except Invalid as exc:
+            raise Invalid(
+                f"cannot refresh repository {name!r} to resolve {commit!r}: {exc.message} "
+                "(name a full commit id, or add the repository again from where it is now)"
+            ) from None
+    return await asyncio.to_thread(repomod.resolve_commit, bare, commit, name)
+
+
+async def _enqueue(
+    state: ServerState, queue: str, spec: dict[str, object], priority: int, attempts: int
+) -> JobRow:
+    row = await state.db(state.store.enqueue, queue, dict(spec), priority=priority, max_attempts=attempts)
     state.metrics.enqueued.labels(queue).inc()
     await state.wake(queue, wake=1)  # one job: one long-polling executor is enough
-    return producer_job(row)
+    return row
 
 
 @router.get("/jobs")
@@ -110,14 +164,30 @@ async def list_jobs(
     state_: str | None = Query(default=None, alias="state"),
     limit: int = Query(default=50, ge=1, le=500),
     before: int | None = None,
+    repository: str | None = None,
 ) -> list[JobView]:
-    rows = await state.db(state.store.list_jobs, queue=queue, state=state_, limit=limit, before_id=before)
+    if state_ is not None and state_ not in JobState.__members__.values():
+        raise BadRequest(f"unknown job state {state_!r}: use one of {STATES}")
+    rows = await state.db(
+        state.store.list_jobs, queue=queue, state=state_, limit=limit, before_id=before, repository=repository
+    )
     return [producer_job(r) for r in rows]
 
 
 @router.get("/jobs/{job_id}")
 async def get_job(job_id: int, state: StateDep) -> JobView:
     return producer_job(await state.db(state.store.get_job, job_id))
+
+
+@router.post("/jobs/{job_id}/retry", status_code=201)
+async def retry_job(job_id: int, state: StateDep) -> JobView:
+    """Submit a finished job again, as a new job with the same spec (commit, steps, files, secrets):
+    its own log and result; the old job stays as it ended."""
+    old = await state.db(state.store.get_job, job_id)
+    if old.state not in TERMINAL:
+        raise Conflict(f"job {job_id} is still {old.state.value}: only a finished job can be retried")
+    row = await _enqueue(state, old.queue, old.spec, old.priority, old.max_attempts)
+    return producer_job(row)
 
 
 def _entry_view(e: LogEntry) -> LogEntryView:
@@ -140,19 +210,29 @@ async def get_logs(job_id: int, state: StateDep) -> JobLogs:
 
 
 @router.get("/jobs/{job_id}/logs/stream")
-async def stream_logs(job_id: int, request: Request) -> StreamingResponse:
-    """NDJSON: `entry` when a log entry starts, `output` with new bytes, `exit` when it ends, and a
+async def stream_logs(
+    job_id: int, request: Request, from_: str = Query(default="", alias="from")
+) -> StreamingResponse:
+    """NDJSON: `entry` when a log entry starts, `output` with new text, `exit` when it ends, and a
     final `state` line once the job is finished and everything was sent.
+
+    Output is sent in whole UTF-8 characters (a character split between two writes is held back
+    until its end arrives), and each `output` carries `offset`, the entry's bytes up to the end of
+    its data. A follower that lost its connection resumes with `?from=<entryId>:<offset>,...`: the
+    entries it names are continued from there without their `entry` event; the others are sent
+    whole. (An `exit` may come again for an entry that had ended: followers keep the first.)
 
     A follower reads only what it has not seen (the store reads by offset) and sleeps until a write
     to the job's log (or its end) wakes it, on any replica; it looks again after FOLLOW_RECHECK
     seconds anyway, in case a wake-up was lost."""
     state: ServerState = request.app.state.corral
+    resume = _resume_points(from_)
     await state.db(state.store.get_job, job_id)  # 404 before the stream starts
     keys = [log_key(job_id)]
 
     async def lines() -> AsyncIterator[bytes]:
-        offsets: dict[int, int] = {}
+        offsets: dict[int, int] = dict(resume)  # bytes read from the store, per entry
+        decoders: dict[int, codecs.IncrementalDecoder] = {}
         exited: set[int] = set()
         deadline = time.monotonic() + FOLLOW_MAX
         while time.monotonic() < deadline:
@@ -164,11 +244,16 @@ async def stream_logs(job_id: int, request: Request) -> StreamingResponse:
                     eid = e.entry_id
                     if eid not in offsets:
                         offsets[eid] = 0
-                        yield _line(EntryEvent(entry_id=eid, key=e.key, command=e.command))
-                    if e.out_bytes:
+                        yield _line(EntryEvent(entry_id=eid, key=e.key, command=e.command, attempt=e.attempt))
+                    decoder = decoders.setdefault(eid, codecs.getincrementaldecoder("utf-8")("replace"))
+                    ended = e.exit_code is not None
+                    if e.out_bytes or ended:
                         offsets[eid] += len(e.out_bytes)
-                        yield _line(OutputEvent(entry_id=eid, data=e.out_bytes.decode("utf-8", "replace")))
-                    if e.exit_code is not None and eid not in exited:
+                        text = decoder.decode(e.out_bytes, final=ended)
+                        if text:
+                            held = len(decoder.getstate()[0])
+                            yield _line(OutputEvent(entry_id=eid, data=text, offset=offsets[eid] - held))
+                    if ended and eid not in exited:
                         exited.add(eid)
                         yield _line(ExitEvent(entry_id=eid, exit_code=e.exit_code, duration_ms=e.duration_ms))
                 if job_state in TERMINAL:
@@ -183,6 +268,20 @@ async def stream_logs(job_id: int, request: Request) -> StreamingResponse:
                 state.notifier.unregister(keys, woken)
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+def _resume_points(raw: str) -> dict[int, int]:
+    """`?from=3:1024,4:0` -> {3: 1024, 4: 0}; a malformed or oversized value is a 400."""
+    points: dict[int, int] = {}
+    parts = [p for p in raw.split(",") if p] if raw else []
+    if len(parts) > MAX_RESUME_ENTRIES:
+        raise BadRequest(f"from names {len(parts)} entries, over the limit of {MAX_RESUME_ENTRIES}")
+    for part in parts:
+        m = RESUME_RE.match(part)
+        if not m:
+            raise BadRequest(f"invalid resume point {part[:40]!r} in from: use <entryId>:<offset>,...")
+        points[int(m[1])] = int(m[2])
+    return points
 
 
 def _line(event: BaseModel) -> bytes:

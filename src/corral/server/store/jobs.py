@@ -169,10 +169,13 @@ class Jobs:
         state: str | None = None,
         limit: int = 50,
         before_id: int | None = None,
+        repository: str | None = None,
     ) -> list[JobRow]:
         q = select(jobs).order_by(jobs.c.id.desc()).limit(limit)
         if queue:
             q = q.where(jobs.c.queue == queue)
+        if repository:
+            q = q.where(jobs.c.repository_name == repository)
         if state:
             q = q.where(jobs.c.state == state)
         if before_id:

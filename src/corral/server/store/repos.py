@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from corral.errors import NotFound
 from corral.server.store.engine import Clock, Database
@@ -37,3 +37,12 @@ class Repos:
     def list(self) -> list[Repo]:
         with self.db.read() as conn:
             return [Repo(**r._mapping) for r in conn.execute(select(repos).order_by(repos.c.name))]
+
+    def remove(self, name: str) -> Repo:
+        """Forget a repository; returns its row (the caller removes the mirror)."""
+        with self.db.write() as conn:
+            r = conn.execute(select(repos).where(repos.c.name == name)).first()
+            if r is None:
+                raise NotFound(f"unknown repository {name!r}")
+            conn.execute(delete(repos).where(repos.c.name == name))
+        return Repo(**r._mapping)

@@ -88,6 +88,9 @@ class SqlStore:
     def list_repos(self) -> list[Repo]:
         return self.repos.list()
 
+    def remove_repo(self, name: str) -> Repo:
+        return self.repos.remove(name)
+
     # -- producers ------------------------------------------------------------------------------
     def enqueue(
         self, queue: str, spec: dict[str, Any], *, priority: int = 0, max_attempts: int = 3
@@ -107,8 +110,11 @@ class SqlStore:
         state: str | None = None,
         limit: int = 50,
         before_id: int | None = None,
+        repository: str | None = None,
     ) -> list[JobRow]:
-        return self.jobs.find(queue=queue, state=state, limit=limit, before_id=before_id)
+        return self.jobs.find(
+            queue=queue, state=state, limit=limit, before_id=before_id, repository=repository
+        )
 
     def request_cancel(self, job_id: int) -> JobRow:
         return self.jobs.request_cancel(job_id)

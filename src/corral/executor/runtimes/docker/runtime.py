@@ -21,8 +21,10 @@ What a step's container gets (Sourcegraph's `docker run` flags, see shared/proto
 - /tmp, and every VOLUME the image declares, is a tmpfs bounded by the memory limit (tmpfs pages
   count against the container's memory cgroup), so the common scratch writes never reach the host
   disk and an image cannot get an unbounded anonymous volume under /var/lib/docker/volumes;
-- no init process: argv[0] is PID 1. A shell as PID 1 ignores SIGTERM, so a cancelled step is killed
-  after the job's kill grace;
+- docker-init (tini, HostConfig.Init as `docker run --init`) as PID 1, argv its child: a cancel or a
+  timeout (`docker stop`) reaches the step as SIGTERM at once (a shell as PID 1 ignores SIGTERM, and
+  every stop then waited the whole kill grace), SIGKILL follows after the job's kill grace; the log
+  says so first (`corral.executor.stopping`), and output written during the grace is kept;
 - logging driver "none": output is taken from an attach made before start (the raw stream, live, also
   for partial lines), so nothing is written to the daemon's disk. (Following a json-file log instead
   was measured to lose a last line without a newline, and delays partial lines until their newline.)
@@ -39,12 +41,12 @@ import logging
 import math
 import os
 import stat
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from corral.errors import ConfigError, DockerAPIError, Reason, RuntimeFailure
-from corral.executor import safefs
+from corral.executor import safefs, stopping
 from corral.executor.plan import JobPlan
 from corral.executor.runtimes.base import (
     LABEL_JOB,
@@ -76,6 +78,8 @@ __all__ = ["DockerRuntime"]
 
 log = logging.getLogger("corral.executor.runtimes.docker")
 
+DRAIN_TIMEOUT_S = 5.0  # seconds to read what a stopped container still wrote before it is removed
+
 
 async def _run_to_end(aw: Awaitable[Any], what: str) -> None:
     """Run `aw` to its end even if the calling task is cancelled meanwhile; then re-raise that cancel.
@@ -94,6 +98,18 @@ async def _run_to_end(aw: Awaitable[Any], what: str) -> None:
         log.warning("docker: %s failed: %s", what, task.exception())
     if cancelled:
         raise asyncio.CancelledError
+
+
+async def _settle(task: asyncio.Task[None]) -> None:
+    """Cancel `task` unless it is done, and wait until it is."""
+    if not task.done():
+        task.cancel()
+        await asyncio.wait({task})
+
+
+async def _pump(payloads: AsyncIterator[bytes], output: OutputSink) -> None:
+    async for data in payloads:
+        output(data)
 
 
 # --- the runtime ----------------------------------------------------------------------------------
@@ -311,11 +327,7 @@ class DockerRuntime:
         host = config["HostConfig"]
         not_counted = [WORKSPACE_MOUNT, *host.get("Tmpfs", {}), *(m.get("Target", "") for m in self.mounts)]
         try:
-            return await self._start_and_stream(cid, name, step, output, watch, not_counted)
-        except asyncio.CancelledError:
-            grace = max(0, math.floor(space.kill_grace))
-            await _run_to_end(self.api.container_stop(cid, grace), f"stopping {name}")
-            raise
+            return await self._start_and_stream(cid, name, step, output, watch, not_counted, space.kill_grace)
         finally:
             await _run_to_end(self.api.container_remove(cid), f"removing {name}")
 
@@ -324,8 +336,11 @@ class DockerRuntime:
         if self._socket_problem:
             return
         job = space.labels[LABEL_JOB]
+        # Only our own: another executor on this host (another EXECUTOR_VM_PREFIX, or another
+        # server, whose job ids start at 1 too) may run a job with the same label right now.
+        owned = [f"{LABEL_OWNER}={space.labels[LABEL_OWNER]}"] if space.labels.get(LABEL_OWNER) else []
         try:
-            containers = await self.api.containers_list([f"{LABEL_JOB}={job}"])
+            containers = await self.api.containers_list([f"{LABEL_JOB}={job}", *owned])
             await asyncio.gather(*(self.api.container_remove(c["Id"]) for c in containers))
         except DockerAPIError as exc:
             raise docker_failure(exc, f"cleaning up the containers of job {job}") from exc
@@ -403,22 +418,40 @@ class DockerRuntime:
         output: OutputSink,
         disk_limit: int,
         not_counted: Sequence[str] = (),
+        grace: float = 0.0,
     ) -> StepResult:
-        """Run the container to its end, streaming its output; `disk_limit` > 0: watch its writable layer."""
+        """Run the container to its end, streaming its output; `disk_limit` > 0: watch its writable layer.
+
+        Cancelled (a cancel, the job's deadline): the log says why (`stopping.note`), the container
+        gets SIGTERM and after `grace` seconds SIGKILL (docker stop), what it writes meanwhile is
+        still read, then CancelledError is raised."""
         seen: list[int] = []  # the layer's size when the watchdog killed the container
         watchdog: asyncio.Task[None] | None = None
+        sink = stopping.LineSink(output)
         try:
             async with self.api.attach(cid) as payloads:
+                # The output is read by a task of its own, so that it goes on while a cancelled step
+                # is being stopped: what the step writes in its grace is kept.
+                pump = asyncio.create_task(_pump(payloads, sink))
                 try:
-                    await self.api.container_start(cid)
-                except DockerAPIError as exc:
-                    raise docker_failure(exc, f"cannot start the container of step {step.key}") from exc
-                if disk_limit > 0:
-                    watchdog = asyncio.create_task(
-                        disk_watchdog(self.api, cid, disk_limit, seen, not_counted)
-                    )
-                async for data in payloads:
-                    output(data)
+                    try:
+                        try:
+                            await self.api.container_start(cid)
+                        except DockerAPIError as exc:
+                            raise docker_failure(
+                                exc, f"cannot start the container of step {step.key}"
+                            ) from exc
+                        if disk_limit > 0:
+                            watchdog = asyncio.create_task(
+                                disk_watchdog(self.api, cid, disk_limit, seen, not_counted)
+                            )
+                        await asyncio.shield(pump)
+                    except asyncio.CancelledError as exc:
+                        sink.say(stopping.note(exc, math.floor(max(0.0, grace))))
+                        await _run_to_end(self._stop(cid, grace, pump), f"stopping {name}")
+                        raise
+                finally:
+                    await _run_to_end(_settle(pump), f"reading the output of {name}")
             exit_code = await self.api.container_wait(cid)
             state = await self.api.container_inspect(cid)
             upper = upper_dir(state)
@@ -448,6 +481,17 @@ class DockerRuntime:
             code = WATCHDOG_KILL_EXIT if seen else (exit_code or 1)
             return StepResult(exit_code=code, oom_killed=oom, reason=Reason.DISK, message=message)
         return StepResult(exit_code=exit_code, oom_killed=oom)
+
+    async def _stop(self, cid: str, grace: float, pump: asyncio.Task[None]) -> None:
+        """docker stop (SIGTERM to docker-init, which passes it on; SIGKILL after `grace` s), then read
+        the output to its end (bounded): the container is gone, so its stream ends."""
+        await self.api.container_stop(cid, max(0, math.floor(grace)))
+        try:
+            await asyncio.wait_for(asyncio.shield(pump), DRAIN_TIMEOUT_S)
+        except TimeoutError:
+            log.warning(
+                "docker: the output of %s did not end %.0f s after it stopped", cid[:12], DRAIN_TIMEOUT_S
+            )
 
 
 if TYPE_CHECKING:
