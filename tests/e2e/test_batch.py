@@ -157,3 +157,28 @@ def test_a_spec_naming_an_unknown_repository_submits_nothing(tmp_path: Path) -> 
     assert "acme/docs is not known to the server this run starts" in p.stderr
     assert "repositories[3] (nowhere): no such directory" in p.stderr
     assert not (data / "corral.db").exists()
+
+
+def test_the_readmes_batch_spec_runs_locally(tmp_path: Path) -> None:
+    """The spec the README shows, as a new user copies it, next to the repositories it names."""
+    require(docker_ok(), "Docker Engine is not reachable (run scripts/setup.sh)")
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("A batch spec for `corral batch run`") :]
+    spec_text = section[section.index("```yaml\n") + 8 : section.index("\n```", section.index("```yaml"))]
+    for name in ("api", "web", "docs"):
+        make_repo(tmp_path / name, {"notes.md": f"{name}: add it to the whitelist\n"})
+    work = tmp_path / "batch"
+    work.mkdir()
+    (work / "spec.yaml").write_text(spec_text)
+    p = subprocess.run(
+        [CORRAL, "batch", "run", "spec.yaml", "--data-dir", str(tmp_path / "data")],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out
+    for repo in ("local/api", "local/web", "acme/docs"):
+        assert f"✓ {repo}" in out, out
+    assert "+docs: add it to the allowlist" in out, out

@@ -637,3 +637,30 @@ def test_the_job_view_redacts_each_line_of_a_multi_line_secret(kit: Kit) -> None
     )
     for text in (json.dumps(job), kit.admin.get(f"/api/v1/jobs/{job['id']}").text):
         assert "hunter2" not in text, text
+
+
+def test_the_api_docs_load_nothing_from_elsewhere(make_kit: Callable[..., Kit]) -> None:
+    """With CORRAL_DOCS=true, /docs (Swagger UI) and /redoc load their scripts, styles and icon from
+    the server itself: they work offline, and a browser fetches nothing from a CDN."""
+    import re
+
+    kit = make_kit(docs=True)
+    for page in ("/docs", "/redoc"):
+        r = kit.anon.get(page)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        refs = re.findall(r"""(?:src|href)=["']([^"']+)["']|url\(['"]?([^'")]+)""", r.text)
+        urls = [a or b for a, b in refs]
+        assert urls, r.text
+        assert not [u for u in urls if "://" in u or u.startswith("//")], urls
+        assert "cdn" not in r.text.lower() and "fonts.googleapis" not in r.text
+        for url in urls:
+            if url.startswith("/docs/assets/"):
+                got = kit.anon.get(url)
+                assert got.status_code == 200 and len(got.content) > 1000, url
+    assert kit.anon.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
+    assert kit.anon.get("/docs/assets/redoc.standalone.js").status_code == 200
+
+
+def test_the_api_docs_are_off_by_default(kit: Kit) -> None:
+    assert kit.anon.get("/docs").status_code == 404
+    assert kit.anon.get("/docs/assets/swagger-ui-bundle.js").status_code == 404
