@@ -44,6 +44,7 @@ class LogPrinter:
         self.held: dict[int, list[str]] = {}  # entry -> lines of a quiet setup entry
         self.setup_done: list[tuple[str, int]] = []  # quiet setup entries that succeeded, and their ms
         self.attempt: int | None = None
+        self.raw_open = False  # raw output written last did not end its line
 
     # -- events -------------------------------------------------------------------------------------
     def event(self, ev: LogEvent) -> None:
@@ -149,6 +150,8 @@ class LogPrinter:
         return text if self.raw else clean(text)
 
     def _say(self, text: str, color: str | None = None, *, bold: bool = False) -> None:
+        if self.raw_open:
+            self._write("\n")
         line = typer.style(self.prefix, fg=typer.colors.MAGENTA) + typer.style(text, fg=color, bold=bold)
         typer.echo(line, file=self.out)
 
@@ -156,6 +159,8 @@ class LogPrinter:
         out = self.out or sys.stdout
         out.write(data)  # exactly as the job wrote it (click's echo would strip colour codes)
         out.flush()
+        if data:
+            self.raw_open = not data.endswith("\n")
 
 
 def overwritten(line: str) -> str:
