@@ -3,7 +3,8 @@
 - durations: "500ms", "1m30s", "2h", "250us" or plain seconds ("30"); parsed to seconds (float),
   formatted back like Go's time.Duration.String ("30m0s", "1h0m0s", "5s");
 - sizes: "12G", "512M", "1Gi", "64k", "512MB" or plain bytes; K/M/G/T are powers of 1024 (as Docker
-  and Sourcegraph read them); parsed to bytes (int), formatted as the largest exact unit ("12G").
+  and Sourcegraph read them); parsed to bytes (int), formatted as the largest exact unit ("12G"),
+  or for people to one decimal ("23.4G", `human_size`).
 
 `Duration` and `Size` are the same rules as pydantic field types: a string is parsed, a number is
 taken as seconds / bytes; a bad value fails validation with the parser's message.
@@ -16,7 +17,15 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator
 
-__all__ = ["Duration", "Size", "format_duration", "format_size", "parse_duration", "parse_size"]
+__all__ = [
+    "Duration",
+    "Size",
+    "format_duration",
+    "format_size",
+    "human_size",
+    "parse_duration",
+    "parse_size",
+]
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -67,6 +76,15 @@ def format_size(size: int) -> str:
         if size and size % unit == 0:
             return f"{size // unit}{_SIZE_UNITS[power].upper()}"
     return str(size)
+
+
+def human_size(size: int) -> str:
+    """A size for people, to one decimal in the largest unit it reaches: 23.4G, 512M, 1.5K, 900B."""
+    for power in range(len(_SIZE_UNITS) - 1, 0, -1):
+        unit = 1024**power
+        if size >= unit:
+            return f"{size / unit:.1f}".removesuffix(".0") + _SIZE_UNITS[power].upper()
+    return f"{size}B"
 
 
 def _duration(value: Any) -> Any:

@@ -3,20 +3,42 @@ sizes, and a ConfigError that names every bad variable at once."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import http.server
 import json
+import os
+import platform
 import re
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from corral.errors import ConfigError
+from corral import __version__
+from corral.errors import ConfigError, CorralError
+from corral.executor.hostcheck import (
+    Findings,
+    HostFacts,
+    check_host,
+    filesystem_type,
+    limit_findings,
+    mount_type,
+)
+from corral.executor.main import build_worker, probe_server
 from corral.executor.runtimes.docker.settings import DockerSettings, parse_mount_spec
 from corral.executor.runtimes.shell.settings import ShellSettings
 from corral.executor.settings import _COMPOSITE, ExecutorSettings, format_duration, parse_duration, parse_size
 from corral.executor.settingsbase import env_names
 from corral.executor.variables import VARIABLES
+from corral.executor.workspace.host import check_quota_support
+from corral.protocol import EXTENSIONS
 from corral.server.settings import ServerSettings
+from tests.conftest import require
 
 GOOD = {
     "EXECUTOR_FRONTEND_URL": "http://127.0.0.1:3080",
@@ -829,3 +851,341 @@ def test_the_server_logs_its_secret_warnings_once(tmp_path: Path, caplog: pytest
         "EXECUTORS_ACCESS_TOKEN looks like a placeholder (it contains 'changeme'); "
         "generate one with: openssl rand -hex 32"
     ]
+
+
+# -- the host checks (corral.executor.hostcheck), shared by run and validate ----------------------------
+GiB = 1024**3
+HOST = HostFacts(memory=23 * GiB + 512 * 1024**2, cpus=2)
+
+
+def test_job_memory_above_the_hosts_is_a_problem() -> None:
+    found = limit_findings(settings(EXECUTOR_JOB_MEMORY="1T", EXECUTOR_JOB_NUM_CPUS="1"), HOST, None)
+    assert found.problems == [
+        "EXECUTOR_JOB_MEMORY=1T is more than this host's memory (23.5G, MemTotal): "
+        "lower it, or 0 for no limit"
+    ]
+    assert found.warnings == []
+
+
+def test_limits_the_host_cannot_give_every_job_at_once_warn() -> None:
+    s = settings(EXECUTOR_JOB_MEMORY="12G", EXECUTOR_MAXIMUM_NUM_JOBS="2", EXECUTOR_JOB_NUM_CPUS="4")
+    found = limit_findings(s, HOST, disk_free=30 * GiB)
+    assert found.problems == []
+    assert found.warnings == [
+        "EXECUTOR_MAXIMUM_NUM_JOBS=2 jobs of EXECUTOR_JOB_MEMORY=12G can use more than this host's 23.5G "
+        "of memory together",
+        "EXECUTOR_JOB_NUM_CPUS=4 is more than this host's 2 CPUs: each job gets at most 2",
+        "EXECUTOR_MAXIMUM_NUM_JOBS=2 jobs of EXECUTOR_JOB_DISK_SPACE=20G can write more than the 30G free "
+        "under EXECUTOR_WORKSPACE_ROOT together",
+    ]
+    assert limit_findings(s, HOST, disk_free=10 * GiB).warnings[-1] == (
+        "EXECUTOR_JOB_DISK_SPACE=20G is more than the 10G free under EXECUTOR_WORKSPACE_ROOT: "
+        "a job may fill the host's disk before its quota stops it"
+    )
+
+
+def test_limits_within_the_host_or_unbounded_are_fine() -> None:
+    fits = settings(EXECUTOR_JOB_MEMORY="4G", EXECUTOR_JOB_NUM_CPUS="2", EXECUTOR_JOB_DISK_SPACE="5G")
+    assert limit_findings(fits, HOST, disk_free=100 * GiB) == Findings()
+    unbounded = settings(EXECUTOR_JOB_MEMORY="0", EXECUTOR_JOB_NUM_CPUS="0", EXECUTOR_JOB_DISK_SPACE="0")
+    assert limit_findings(unbounded, HOST, disk_free=1) == Findings()
+
+
+MOUNTINFO_TEXT = """\
+22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+23 22 0:21 / /proc rw,nosuid,nodev,noexec shared:2 - proc proc rw
+24 22 0:22 / /sys rw,nosuid - sysfs sysfs rw
+25 22 0:23 / /dev/shm rw - tmpfs tmpfs rw
+26 22 254:16 / /srv/work\\040dir rw - xfs /dev/vdb rw
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        ("/proc/nope", "proc"),
+        ("/proc", "proc"),
+        ("/sys/fs/x/y", "sysfs"),
+        ("/dev/shm/ws", "tmpfs"),
+        ("/srv/work dir/ws", "xfs"),  # mountinfo escapes the space
+        ("/srv/work", "ext4"),
+        ("/var/lib/corral/workspaces", "ext4"),
+    ],
+)
+def test_the_filesystem_of_a_path_is_its_longest_mount_point(path: str, kind: str) -> None:
+    assert mount_type(Path(path), MOUNTINFO_TEXT.splitlines()) == kind
+
+
+def test_the_filesystem_of_a_path_that_does_not_exist_is_its_nearest_ancestors(tmp_path: Path) -> None:
+    assert filesystem_type(Path("/proc/nope/deeper")) == "proc"
+    assert filesystem_type(tmp_path / "not" / "yet") == filesystem_type(tmp_path) != ""
+
+
+async def test_a_workspace_root_on_proc_stops_the_executor_in_one_line(tmp_path: Path) -> None:
+    s = settings(EXECUTOR_WORKSPACE_ROOT="/proc/nope", EXECUTOR_JOB_UID_LOCK_DIR=str(tmp_path / "locks"))
+    found = await check_host(s, HOST)
+    assert found.problems == [
+        "EXECUTOR_WORKSPACE_ROOT=/proc/nope is on a proc filesystem (the kernel's, it holds no files): "
+        "use a directory on a disk"
+    ]
+    with pytest.raises(CorralError) as info:
+        await build_worker(s)
+    assert info.value.message == found.problems[0]
+    assert not Path("/proc/nope").exists()
+
+
+async def test_a_workspace_root_that_cannot_be_created_or_written(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    locks = str(tmp_path / "locks")
+    found = await check_host(
+        settings(EXECUTOR_WORKSPACE_ROOT=str(tmp_path / "file" / "ws"), EXECUTOR_JOB_UID_LOCK_DIR=locks), HOST
+    )
+    assert found.problems == [
+        f"EXECUTOR_WORKSPACE_ROOT={tmp_path}/file/ws: cannot create it: Not a directory"
+    ]
+    found = await check_host(
+        settings(EXECUTOR_WORKSPACE_ROOT="relative/ws", EXECUTOR_JOB_UID_LOCK_DIR=locks), HOST
+    )
+    assert found.problems == ["EXECUTOR_WORKSPACE_ROOT=relative/ws must be an absolute path"]
+
+
+async def test_the_uid_lock_dir_and_bind_mount_sources_are_checked(tmp_path: Path) -> None:
+    s = settings(
+        EXECUTOR_WORKSPACE_ROOT=str(tmp_path / "ws"),
+        EXECUTOR_JOB_DISK_SPACE="0",
+        EXECUTOR_JOB_UID_LOCK_DIR="/proc/nope/locks",
+        EXECUTOR_DOCKER_ADDITIONAL_MOUNTS=f"type=bind,source={tmp_path},target=/a;type=bind,source=/nonexistent/x,target=/b",
+    )
+    found = await check_host(s, HOST)
+    assert found.problems == [
+        "EXECUTOR_JOB_UID_LOCK_DIR=/proc/nope/locks: cannot create it: No such file or directory",
+        "EXECUTOR_DOCKER_ADDITIONAL_MOUNTS: mount 2's source /nonexistent/x does not exist on this host "
+        "(every job would fail to start)",
+    ]
+    assert (tmp_path / "ws").is_dir() and oct((tmp_path / "ws").stat().st_mode & 0o777) == "0o700"
+    # the shell runtime does not use the docker mounts: not its business
+    shell = settings(
+        EXECUTOR_RUNTIME="shell",
+        EXECUTOR_WORKSPACE_ROOT=str(tmp_path / "ws"),
+        EXECUTOR_JOB_DISK_SPACE="0",
+        EXECUTOR_JOB_UID_LOCK_DIR=str(tmp_path / "locks"),
+        EXECUTOR_DOCKER_ADDITIONAL_MOUNTS="type=bind,source=/nonexistent/x,target=/b",
+    )
+    assert (await check_host(shell, HOST)).problems == []
+
+
+async def test_a_workspace_root_proves_it_can_hold_loop_mounted_images(tmp_path: Path) -> None:
+    require(os.geteuid() == 0 and not check_quota_support(), "root and loop devices (disk quotas)")
+    s = settings(
+        EXECUTOR_WORKSPACE_ROOT=str(tmp_path / "ws"), EXECUTOR_JOB_UID_LOCK_DIR=str(tmp_path / "locks")
+    )
+    assert (await check_host(s, HOST)).problems == []
+    assert list((tmp_path / "ws").iterdir()) == []  # the probe left nothing behind
+    with open("/proc/self/mounts") as f:
+        assert str(tmp_path) not in f.read()
+
+
+# -- validate's one request to the server ----------------------------------------------------------
+def _probe(handler: Callable[[httpx.Request], httpx.Response], **env: str) -> tuple[str, str | None]:
+    return asyncio.run(probe_server(settings(**env), transport=httpx.MockTransport(handler)))
+
+
+def test_an_html_answer_is_not_an_executor_queue_api_and_the_page_is_not_shown() -> None:
+    page = "<!doctype html><html><body>" + "Welcome to nginx! " * 200 + "</body></html>"
+    _, problem = _probe(
+        lambda r: httpx.Response(200, html=page), EXECUTOR_FRONTEND_URL="http://127.0.0.1:8080/sg"
+    )
+    assert problem == (
+        "not an executor queue API "
+        "(got text/html from http://127.0.0.1:8080/sg/.executors/test/auth, status 200)"
+    )
+    _, problem = _probe(lambda r: httpx.Response(404, html=page))
+    assert (
+        problem is not None and "text/html" in problem and "nginx" not in problem and "status 404" in problem
+    )
+
+
+def test_the_auth_check_uses_the_executor_token_and_the_path_prefix() -> None:
+    seen: list[httpx.Request] = []
+
+    def sourcegraph(r: httpx.Request) -> httpx.Response:
+        seen.append(r)
+        return httpx.Response(200, text="ok")
+
+    kind, problem = _probe(sourcegraph, EXECUTOR_FRONTEND_URL="https://sg.example/prefix")
+    assert problem is None and kind.startswith("a Sourcegraph frontend")
+    assert [(r.method, str(r.url)) for r in seen] == [
+        ("GET", "https://sg.example/prefix/.executors/test/auth")
+    ]
+    assert seen[0].headers["authorization"] == f"token-executor {GOOD['EXECUTOR_FRONTEND_PASSWORD']}"
+
+
+def test_a_corral_server_is_told_by_its_extensions_header() -> None:
+    kind, problem = _probe(
+        lambda r: httpx.Response(200, text="ok", headers={"X-Corral-Extensions": "long-poll,fencing"})
+    )
+    assert (kind, problem) == ("a corral server (extensions: long-poll,fencing)", None)
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        (
+            httpx.Response(401, text="invalid token\n"),
+            "auth check failed: 401 invalid token (is EXECUTOR_FRONTEND_PASSWORD",
+        ),
+        (httpx.Response(500, json={"error": "boom"}), 'auth check failed: 500 {"error":"boom"} (from http'),
+        (httpx.Response(200, json={"status": "up"}), "not an executor queue API (got application/json"),
+        (httpx.Response(200, text="x" * 5000), "not an executor queue API (got text/plain"),
+    ],
+)
+def test_other_answers_are_one_bounded_line(answer: httpx.Response, problem: str) -> None:
+    _, got = _probe(lambda r: answer)
+    assert got is not None and got.startswith(problem), got
+    assert "\n" not in got and len(got) < 400
+
+
+def test_git_older_than_sourcegraphs_minimum_is_a_problem() -> None:
+    from corral.executor.main import _git_problem
+
+    assert _git_problem("2.39.5") is None and _git_problem("2.26.0") is None
+    assert _git_problem("2.25.1") == "git 2.25.1 is too old: 2.26 or newer is needed"
+    assert _git_problem("") == "git is not installed (apt-get install git)"
+
+
+async def test_build_worker_logs_the_settings_warnings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = settings(
+        EXECUTOR_WORKSPACE_ROOT="/proc/nope",
+        EXECUTOR_JOB_UID_LOCK_DIR=str(tmp_path / "locks"),
+        EXECUTOR_MAXIMUM_NUM_JOB="2",
+    )
+    with caplog.at_level("WARNING", logger="corral.executor"), pytest.raises(CorralError):
+        await build_worker(s)
+    assert "EXECUTOR_MAXIMUM_NUM_JOB is not a variable corral knows: ignored" in caplog.text
+
+
+# -- `corral executor validate` and `run` as processes ---------------------------------------------
+CORRAL = str(Path(sys.executable).with_name("corral"))
+
+
+def _corral(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "CORRAL_TESTING": "1"}
+    return subprocess.run([CORRAL, *args], env={**base, **env}, capture_output=True, text=True, timeout=60)
+
+
+def _process_env(tmp_path: Path, url: str, **extra: str) -> dict[str, str]:
+    return {
+        **GOOD,
+        "EXECUTOR_FRONTEND_URL": url,
+        "EXECUTOR_RUNTIME": "fake",
+        "EXECUTOR_JOB_NUM_CPUS": "1",
+        "EXECUTOR_JOB_MEMORY": "1G",
+        "EXECUTOR_JOB_DISK_SPACE": "0",
+        "EXECUTOR_WORKSPACE_ROOT": str(tmp_path / "ws"),
+        "EXECUTOR_JOB_UID_LOCK_DIR": str(tmp_path / "locks"),
+        **extra,
+    }
+
+
+def test_run_with_a_workspace_root_on_proc_exits_with_one_line(tmp_path: Path) -> None:
+    done = _corral(
+        ["executor", "run"],
+        _process_env(tmp_path, "http://127.0.0.1:9", EXECUTOR_WORKSPACE_ROOT="/proc/nope"),
+    )
+    assert done.returncode == 2, done
+    assert done.stderr.splitlines() == [
+        "error: EXECUTOR_WORKSPACE_ROOT=/proc/nope is on a proc filesystem "
+        "(the kernel's, it holds no files): "
+        "use a directory on a disk"
+    ], done.stderr
+    assert done.stdout == ""
+
+
+def test_validate_names_a_bad_workspace_root_and_memory_without_a_traceback(tmp_path: Path) -> None:
+    env = _process_env(
+        tmp_path, "http://127.0.0.1:9", EXECUTOR_WORKSPACE_ROOT="/proc/nope", EXECUTOR_JOB_MEMORY="1T"
+    )
+    done = _corral(["executor", "validate"], env)
+    assert done.returncode == 1, done
+    out = done.stdout + done.stderr
+    assert "Traceback" not in out
+    assert "✗ EXECUTOR_WORKSPACE_ROOT=/proc/nope is on a proc filesystem" in done.stdout
+    assert "✗ EXECUTOR_JOB_MEMORY=1T is more than this host's memory" in done.stdout
+    assert "✗ server http://127.0.0.1:9: cannot reach the server" in done.stdout
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[tuple[str, ServerSettings]]:
+    from corral.embedded import free_port, serve_in_thread
+
+    server_settings = ServerSettings(
+        data_dir=tmp_path / "server",
+        port=free_port(),
+        executors_access_token=GOOD["EXECUTOR_FRONTEND_PASSWORD"],
+        admin_token="admin-" + "Q7w" * 8,
+    )
+    server, thread = serve_in_thread(server_settings)
+    try:
+        yield f"http://127.0.0.1:{server_settings.port}", server_settings
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_validate_against_a_corral_server_prints_the_summary_and_registers_no_executor(
+    tmp_path: Path, live_server: tuple[str, ServerSettings]
+) -> None:
+    require(os.geteuid() == 0, "root (validate checks that the executor runs as root)")
+    url, server_settings = live_server
+    done = _corral(["executor", "validate"], _process_env(tmp_path, url, EXECUTOR_MAXIMUM_NUM_JOBS="2"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    summary = {line.split()[0]: line for line in lines if line and line[0].isalpha()}
+    assert summary["server"].endswith(f"{url}: a corral server (extensions: {','.join(EXTENSIONS)})")
+    assert "fake" in summary["runtime"]
+    assert summary["queues"].split()[-1] == "batches"
+    assert "cpus 1, memory 1G, disk unbounded, processes 1024, timeout 30m0s" in done.stdout
+    assert "2 at a time; stop never" in summary["jobs"]
+    assert (
+        f"corral {__version__}, git " in summary["versions"]
+        and f"kernel {platform.release()}" in summary["versions"]
+    )
+    assert str(tmp_path / "ws") in summary["workspaces"]
+    assert lines[-1].startswith("✓")
+    # no heartbeat: the server's executor list stays empty
+    r = httpx.get(
+        f"{url}/api/v1/executors", headers={"Authorization": f"Bearer {server_settings.admin_token}"}
+    )
+    assert r.status_code == 200 and r.json() == [], r.text
+
+
+def test_validate_against_a_web_page_is_one_line(tmp_path: Path) -> None:
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = (
+                b"<!doctype html><html><head><title>Welcome</title></head><body>"
+                + b"x" * 4000
+                + b"</body></html>"
+            )
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page) as web:
+        threading.Thread(target=web.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{web.server_address[1]}"
+        done = _corral(["executor", "validate"], _process_env(tmp_path, url))
+        web.shutdown()
+    assert done.returncode == 1
+    assert (
+        f"✗ server {url}: not an executor queue API "
+        f"(got text/html from {url}/.executors/test/auth, status 200)" in done.stdout.splitlines()
+    ), done.stdout
+    assert "<html" not in done.stdout + done.stderr and "Traceback" not in done.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from corral.units import Duration, Size, format_duration, format_size, parse_duration, parse_size
+from corral.units import Duration, Size, format_duration, format_size, human_size, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("500ms", 0.5), ("1m30s", 90.0), ("2h", 7200.0), ("30", 30.0)])
@@ -28,6 +28,22 @@ def test_format_size_uses_the_largest_exact_unit() -> None:
     assert format_size(1536) == "1536"  # 1.5K is not exact in K: bytes
     assert format_size(3 * 1024) == "3K"
     assert format_size(1000) == "1000"
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [
+        (0, "0B"),
+        (900, "900B"),
+        (1536, "1.5K"),
+        (512 * 1024**2, "512M"),
+        (int(23.44 * 1024**3), "23.4G"),
+        (1024**4, "1T"),
+        (3 * 1024**4 + 1, "3T"),
+    ],
+)
+def test_human_size(size: int, text: str) -> None:
+    assert human_size(size) == text
 
 
 class _Model(BaseModel):

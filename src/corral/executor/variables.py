@@ -24,7 +24,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["EVERY", "VARIABLES", "Variable", "env_warnings", "unknown_variable"]
+__all__ = ["EVERY", "VARIABLES", "Variable", "env_warnings", "honoured", "unknown_variable"]
 
 EVERY = "*"  # in Variable.runtimes: honoured by every runtime
 # Variables Kubernetes injects into every pod for a Service named "executor" (service links), and
