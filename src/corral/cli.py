@@ -21,7 +21,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 
 from corral import __version__
 from corral.errors import CorralError
@@ -47,15 +47,25 @@ class Command(TyperCommand):
         return pieces
 
     def get_params(self, ctx: Any) -> list[Any]:
-        params: list[Any] = super().get_params(ctx)
-        for p in params:
-            if p.param_type_name == "option" and getattr(p, "is_flag", False) and p.metavar is None:
-                p.metavar = ""  # a flag takes no value: no type to show
-        return params
+        return _untyped_flags(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    """A command group whose flags (--help, --install-completion) show no type tag either."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _untyped_flags(super().get_params(ctx))
+
+
+def _untyped_flags(params: list[Any]) -> list[Any]:
+    for p in params:
+        if p.param_type_name == "option" and getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""  # a flag takes no value: no type to show
+    return params
 
 
 def _typer(help: str) -> typer.Typer:
-    return typer.Typer(help=help, no_args_is_help=True, pretty_exceptions_enable=False)
+    return typer.Typer(help=help, no_args_is_help=True, pretty_exceptions_enable=False, cls=Group)
 
 
 app = _typer("corral: run untrusted jobs in sandboxes for a central server.")
@@ -492,11 +502,12 @@ def job_logs(
 def _print_logs(entries: list[Any], job: JobView, *, raw: bool) -> None:
     from corral.terminal import clean
 
-    attempt = None
+    attempt, last = None, None
     for e in entries:
         if attempt is not None and e.attempt > attempt:
-            typer.secho(f"↻ attempt {attempt} lost; attempt {e.attempt}", fg=typer.colors.YELLOW, bold=True)
-        attempt = e.attempt if attempt is None else max(attempt, e.attempt)
+            how = f"failed ({last.key} exit {last.exit_code})" if last and last.exit_code else "lost"
+            typer.secho(f"↻ attempt {attempt} {how}; attempt {e.attempt}", fg=typer.colors.YELLOW, bold=True)
+        attempt, last = (e.attempt if attempt is None else max(attempt, e.attempt)), e
         if e.exit_code is not None:
             end = f"exit {e.exit_code}, {e.duration_ms or 0} ms"
         elif job.state in TERMINAL or e.attempt < job.attempt:

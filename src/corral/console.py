@@ -5,7 +5,8 @@ operator's terminal (OSC 52 clipboard writes, titles, cursor moves). `LogPrinter
 events into whole lines: output arrives in chunks that end anywhere, so a line is printed when its
 end arrives (or its entry ends); a carriage return overwrites the line as a terminal would (a
 progress meter shows its last state once, not one line per update); an entry of a new attempt of
-the job is announced ("attempt 1 lost; attempt 2").
+the job is announced ("attempt 1 lost; attempt 2", or "attempt 1 failed (setup.git.fetch exit 128);
+attempt 2" when it errored and was retried).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class LogPrinter:
         self.setup_done: list[tuple[str, int]] = []  # quiet setup entries that succeeded, and their ms
         self.attempt: int | None = None
         self.raw_open = False  # raw output written last did not end its line
+        self.last: tuple[str, int | None] | None = None  # the latest entry and its exit code
 
     # -- events -------------------------------------------------------------------------------------
     def event(self, ev: LogEvent) -> None:
@@ -70,10 +72,9 @@ class LogPrinter:
         key = self._text(ev.key)
         if ev.attempt is not None:
             if self.attempt is not None and ev.attempt > self.attempt:
-                self._say(
-                    f"↻ attempt {self.attempt} lost; attempt {ev.attempt}", typer.colors.YELLOW, bold=True
-                )
+                self._say(f"↻ {self._how_it_ended()}; attempt {ev.attempt}", typer.colors.YELLOW, bold=True)
             self.attempt = ev.attempt if self.attempt is None else max(self.attempt, ev.attempt)
+        self.last = (key, None)
         self.keys[ev.entry_id] = key
         cmd = self._text(" ".join(ev.command or []))
         if len(cmd) > COMMAND_WIDTH:
@@ -102,6 +103,8 @@ class LogPrinter:
     def _exit(self, ev: ExitEvent) -> None:
         self._flush(ev.entry_id)
         key = self.keys.get(ev.entry_id, "")
+        if self.last is not None and self.last[0] == key:
+            self.last = (key, ev.exit_code)
         held = self.held.pop(ev.entry_id, [])
         if self._quiet(key):
             if ev.exit_code == 0:
@@ -129,6 +132,13 @@ class LogPrinter:
             self.held.setdefault(eid, []).append(line)
             return
         self._say(f"  {line}")
+
+    def _how_it_ended(self) -> str:
+        """How the previous attempt ended, as its last entry tells: cut off (no exit code: the
+        executor went away) or failed (a non-zero exit: errored, and retried)."""
+        if self.last is not None and self.last[1] not in (None, 0):
+            return f"attempt {self.attempt} failed ({self.last[0]} exit {self.last[1]})"
+        return f"attempt {self.attempt} lost"
 
     def _quiet(self, key: str) -> bool:
         return self.quiet_setup and key.startswith("setup.")

@@ -294,7 +294,7 @@ def test_job_get_result_retry_and_executor_list(srv: Srv) -> None:
 
 def test_help_reads_as_words() -> None:
     env = {**os.environ, "COLUMNS": "200"}
-    for args in (["repo", "add"], ["job", "logs"], ["demo"], ["batch", "run"], ["job", "list"]):
+    for args in ([], ["job"], ["repo", "add"], ["job", "logs"], ["demo"], ["batch", "run"], ["job", "list"]):
         p = subprocess.run([CORRAL, *args, "--help"], env=env, capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, p.stderr
         assert "<bool>" not in p.stdout and "{" not in p.stdout.splitlines()[1], p.stdout

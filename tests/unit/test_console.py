@@ -138,3 +138,15 @@ def test_a_new_attempt_is_announced_and_an_end_without_exit_code_is_said() -> No
 def test_the_prefix_starts_every_line() -> None:
     lines = printed(entry(1), out(1, "a\nb\n"), end(1), prefix="local/api │ ")
     assert all(line.startswith("local/api │ ") for line in lines)
+
+
+def test_an_attempt_that_errored_is_told_apart_from_a_lost_one() -> None:
+    lines = printed(
+        entry(1, "setup.git.fetch", attempt=1),
+        out(1, "fatal: unable to access\n"),
+        end(1, 128, 9),
+        entry(2, "setup.git.init", attempt=2),
+        end(2, 0, 3),
+        quiet_setup=True,
+    )
+    assert "↻ attempt 1 failed (setup.git.fetch exit 128); attempt 2" in lines
