@@ -145,14 +145,6 @@ def _dump(model: Any) -> Any:
 
 
 # -- interrupts -------------------------------------------------------------------------------------
-class Interrupted(Exception):
-    """Ctrl-C or SIGTERM ended a local run (after its jobs were canceled and everything stopped)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
 @contextmanager
 def _interrupts() -> Iterator[list[int]]:
     """SIGINT and SIGTERM raise KeyboardInterrupt once (the run cancels its jobs and cleans up,

@@ -39,11 +39,13 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from corral.errors import ConfigError, CorralError
+from corral.client import ProducerClient
+from corral.errors import ConfigError, CorralError, ServerError
 from corral.executor.janitor import sweep_once
 from corral.executor.main import build_worker
 from corral.executor.settings import ExecutorSettings
 from corral.executor.worker import Worker
+from corral.protocol.states import JobState
 from corral.server.app import create_app
 from corral.server.settings import ServerSettings
 
@@ -270,6 +272,29 @@ class _ExecutorThread:
             log.warning("the final sweep of %s's resources did not finish in time", s.vm_prefix)
 
 
+def _cancel_leftovers(url: str, admin: str) -> None:
+    """Cancel the jobs an earlier run in this data dir left unfinished (it was killed): a local
+    server runs only the jobs of the run that started it, never a stale one later."""
+    client = ProducerClient(url, admin)
+    try:
+        left = [
+            j.id
+            for state in (JobState.QUEUED, JobState.ERRORED, JobState.PROCESSING)
+            for j in client.jobs(state=state.value, limit=500)
+        ]
+        for job_id in left:
+            with contextlib.suppress(ServerError):  # it may have ended meanwhile
+                client.cancel_job(job_id)
+    finally:
+        client.close()
+    if left:
+        log.warning(
+            "canceled %d job(s) an earlier run left unfinished in this data dir: %s",
+            len(left),
+            ", ".join(map(str, sorted(left))),
+        )
+
+
 def _stop_now(worker: Worker) -> None:
     """Stop taking jobs and cancel the running ones (the worker's second stop), on its loop."""
     worker.stop()
@@ -279,28 +304,30 @@ def _stop_now(worker: Worker) -> None:
 
 @contextmanager
 def _executor_logs(data_dir: Path) -> Iterator[None]:
-    """The embedded executor logs everything to <data_dir>/executor.log and warnings (a janitor's
-    removals among them) to stderr."""
-    logger = logging.getLogger("corral.executor")
+    """The embedded executor logs everything to <data_dir>/executor.log and its warnings (a
+    janitor's removals among them) to stderr, as does this module."""
     to_file = logging.FileHandler(data_dir / "executor.log")
-    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     to_file.setLevel(logging.INFO)
     to_err = logging.StreamHandler(sys.stderr)
-    to_err.setFormatter(logging.Formatter("executor: %(message)s"))
+    to_err.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     to_err.setLevel(logging.WARNING)
-    old_level, old_propagate = logger.level, logger.propagate
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    logger.addHandler(to_file)
-    logger.addHandler(to_err)
+    loggers = [logging.getLogger("corral.executor"), log]
+    saved = [(lg.level, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.INFO)
+        lg.propagate = False
+        lg.addHandler(to_file)
+        lg.addHandler(to_err)
     try:
         yield
     finally:
-        logger.removeHandler(to_file)
-        logger.removeHandler(to_err)
+        for lg, (level, propagate) in zip(loggers, saved, strict=True):
+            lg.removeHandler(to_file)
+            lg.removeHandler(to_err)
+            lg.setLevel(level)
+            lg.propagate = propagate
         to_file.close()
-        logger.setLevel(old_level)
-        logger.propagate = old_propagate
 
 
 @contextmanager
@@ -341,6 +368,7 @@ def embedded(
         executor = _ExecutorThread(settings)
         failed = True
         try:
+            _cancel_leftovers(url, admin)
             executor.start()
             yield Embedded(url=url, admin_token=admin, data_dir=data_dir, runtime=runtime, prefix=prefix)
             failed = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -182,3 +183,53 @@ def test_the_readmes_batch_spec_runs_locally(tmp_path: Path) -> None:
     for repo in ("local/api", "local/web", "acme/docs"):
         assert f"✓ {repo}" in out, out
     assert "+docs: add it to the allowlist" in out, out
+
+
+def test_a_killed_local_run_leaves_no_server_and_the_next_run_cleans_up_after_it(tmp_path: Path) -> None:
+    """SIGKILL gives a run no chance to clean up: its server dies with it (PR_SET_PDEATHSIG), and
+    the next run in the same data dir (same prefix) removes the container it left, says so, and
+    cancels the job it left instead of running it again."""
+    require(docker_ok(), "Docker Engine is not reachable (run scripts/setup.sh)")
+    spec = _spec(tmp_path, "echo killed-run started\nexec sleep 299")
+    data = tmp_path / "data"
+    log = tmp_path / "out.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [CORRAL, "batch", "run", str(spec), "--data-dir", str(data)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_text(log, "killed-run started", proc)
+        proc.kill()
+        proc.wait(30)
+        deadline = time.monotonic() + 30
+        while server_processes(data):
+            assert time.monotonic() < deadline, "the killed run's server is still running"
+            time.sleep(0.1)
+        prefix = prefix_of(data)
+        left = containers(f"dev.corral.owner={prefix}")
+        assert left, "a SIGKILLed run cannot remove its container: the next run must"
+        quick = tmp_path / "quick.yaml"
+        quick.write_text(spec.read_text().replace("echo killed-run started\n      exec sleep 299", "true"))
+        p = subprocess.run(
+            [CORRAL, "batch", "run", str(quick), "--data-dir", str(data)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        out_text = p.stdout + p.stderr
+        assert p.returncode == 0, out_text
+        assert f"janitor (owner {prefix}): removed docker" in out_text, out_text
+        assert "canceled 1 job(s) an earlier run left unfinished in this data dir: 1" in out_text, out_text
+        assert containers(f"dev.corral.owner={prefix}") == []
+        assert processes_with("sleep 299") == []
+        assert job_state(data / "corral.db", 2) == "completed"
+    finally:
+        if proc.poll() is None:
+            with_group_killed(proc)
+        for cid in (
+            containers(f"dev.corral.owner={prefix_of(data)}") if (data / "executor-prefix").exists() else []
+        ):
+            subprocess.run(["docker", "rm", "-f", cid], capture_output=True, timeout=60)
