@@ -5,10 +5,13 @@ wrote into the workspace's .git."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import http.server
 import os
 import stat
 import subprocess
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -327,12 +330,142 @@ def test_clone_commands_sparse():
 def test_auth_env_keeps_headers_out_of_argv_and_config():
     env = ws.auth_env({"Authorization": "Bearer tok", "X-Sourcegraph-Job-ID": "7"})
     assert env == {
-        "GIT_CONFIG_COUNT": "2",
-        "GIT_CONFIG_KEY_0": "http.extraHeader",
-        "GIT_CONFIG_VALUE_0": "Authorization: Bearer tok",
+        "GIT_CONFIG_COUNT": "3",
+        "GIT_CONFIG_KEY_0": "http.followRedirects",  # the headers never follow a redirect
+        "GIT_CONFIG_VALUE_0": "false",
         "GIT_CONFIG_KEY_1": "http.extraHeader",
-        "GIT_CONFIG_VALUE_1": "X-Sourcegraph-Job-ID: 7",
+        "GIT_CONFIG_VALUE_1": "Authorization: Bearer tok",
+        "GIT_CONFIG_KEY_2": "http.extraHeader",
+        "GIT_CONFIG_VALUE_2": "X-Sourcegraph-Job-ID: 7",
     }
+
+
+def _git_http_backend(root: Path, seen: list[tuple[str, str, str | None]], tag: str) -> type:
+    """A request handler serving the bare repositories under `root` with `git http-backend` (git's
+    real smart HTTP), recording (tag, method and path, Authorization) of every request."""
+
+    class Backend(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _cgi(self, body: bytes = b"") -> None:
+            seen.append((tag, f"{self.command} {self.path}", self.headers.get("Authorization")))
+            path, _, query = self.path.partition("?")
+            env = {
+                "GIT_PROJECT_ROOT": str(root),
+                "GIT_HTTP_EXPORT_ALL": "1",
+                "PATH_INFO": path,
+                "QUERY_STRING": query,
+                "REQUEST_METHOD": self.command,
+                "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+                "CONTENT_LENGTH": str(len(body)),
+                "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
+                "PATH": "/usr/bin:/bin",
+            }
+            done = subprocess.run(
+                ["git", "http-backend"], input=body, env=env, capture_output=True, timeout=60
+            )
+            head, _, rest = done.stdout.partition(b"\r\n\r\n")
+            self.send_response(200)
+            for line in head.split(b"\r\n"):
+                k, _, v = line.decode().partition(":")
+                if k and k.lower() != "status":
+                    self.send_header(k, v.strip())
+            self.end_headers()
+            self.wfile.write(rest)
+
+        def do_GET(self) -> None:
+            self._cgi()
+
+        def do_POST(self) -> None:
+            self._cgi(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+
+    return Backend
+
+
+async def test_the_clone_never_sends_the_token_to_where_a_redirect_points(tmp_path: Path) -> None:
+    """The frontend's git route (127.0.0.1) redirects to another origin (127.0.0.2, a working git
+    server): git must not follow, or it sends every http.extraHeader, the job token included, there
+    (found by the review of issue 11, /tmp/review-exec/git_redirect2.py)."""
+    from corral.executor.plan import CloneSpec, JobPlan
+    from corral.executor.runtimes.base import JobSpace
+
+    src = tmp_path / "src"
+    src.mkdir()
+    git(src, "init", "-q")
+    (src / "f").write_text("x")
+    git(src, "add", "f")
+    git(src, "commit", "-qm", "m")
+    sha = git(src, "rev-parse", "HEAD").strip()
+    served = tmp_path / "srv"
+    bare = served / ".executors" / "git" / "github.com" / "x" / "y"
+    bare.parent.mkdir(parents=True)
+    git(tmp_path, "clone", "-q", "--bare", str(src), str(bare))
+    git(bare, "config", "uploadpack.allowAnySHA1InWant", "true")
+
+    seen: list[tuple[str, str, str | None]] = []
+    try:
+        other = http.server.ThreadingHTTPServer(("127.0.0.2", 0), _git_http_backend(served, seen, "other"))
+    except OSError as exc:  # 127.0.0.0/8 is all loopback on Linux
+        pytest.fail(f"cannot listen on 127.0.0.2: {exc}")
+    other_port = other.server_address[1]
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            seen.append(("frontend", f"GET {self.path}", self.headers.get("Authorization")))
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.2:{other_port}{self.path}")
+            self.end_headers()
+
+    frontend = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (frontend, other)]
+    for t in threads:
+        t.start()
+    try:
+        workspace = ws.HostWorkspace(
+            None,
+            frontend_url=f"http://127.0.0.1:{frontend.server_address[1]}",
+            frontend_password="executor-shared-secret-0123456789",
+            executor_name="e",
+        )
+        root = tmp_path / "job"
+        space = JobSpace(job_id=7, queue="batches", root=root, workspace=root / "workspace")
+        await workspace.prepare(space)
+        plan = JobPlan(
+            job_id=7,
+            queue="batches",
+            steps=(),
+            repository="github.com/x/y",
+            commit=sha,
+            clone=CloneSpec("github.com/x/y", sha),
+        )
+        logs: dict[str, bytearray] = {}
+
+        @contextlib.asynccontextmanager
+        async def open_log(key: str, argv: list[str]) -> AsyncIterator[_Log]:
+            entry = _Log(logs.setdefault(key, bytearray()))
+            yield entry
+
+        with pytest.raises(RuntimeFailure, match=r"clone failed: setup\.git\.fetch"):
+            await workspace.clone(space, plan, "JOBTOKEN-SECRET", open_log)
+    finally:
+        for s in (frontend, other):
+            s.shutdown()
+            s.server_close()
+    # git asked the frontend with the token, got the redirect, and stopped there
+    assert [(who, auth) for who, _req, auth in seen] == [("frontend", "Bearer JOBTOKEN-SECRET")], seen
+    assert "returned error: 302" in logs["setup.git.fetch"].decode(), logs["setup.git.fetch"]
+
+
+class _Log:
+    def __init__(self, buf: bytearray) -> None:
+        self.buf, self.exit_code = buf, None
+
+    def write(self, data: bytes) -> None:
+        self.buf += data
 
 
 # -- the diff, with our own git dir -------------------------------------------------------------

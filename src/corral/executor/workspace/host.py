@@ -158,11 +158,24 @@ def clone_commands(job: CloneLike, url: str) -> list[tuple[str, list[str]]]:
 
 
 def auth_env(headers: Mapping[str, str]) -> dict[str, str]:
-    """Git config for the fetch, passed in the environment so it never lands in .git/config."""
-    env = {"GIT_CONFIG_COUNT": str(len(headers))}
-    for i, (k, v) in enumerate(headers.items()):
-        env[f"GIT_CONFIG_KEY_{i}"] = "http.extraHeader"
-        env[f"GIT_CONFIG_VALUE_{i}"] = f"{k}: {v}"
+    """Git config for the fetch, passed in the environment so it never lands in .git/config.
+
+    The headers carry the job token (or the executor's shared secret), and git sends every
+    http.extraHeader to whatever URL it ends up talking to: with its default
+    (http.followRedirects=initial) a redirect of info/refs to another origin moves the whole fetch
+    there, Authorization included. So every git call that carries the headers also gets
+    http.followRedirects=false, which makes git treat any redirect as an error (git-config(1)):
+    the executor's git service answers directly, and a redirect is refused before a second request
+    is sent anywhere. Sourcegraph does not have this problem because its git never sees the
+    headers: it clones through a reverse proxy on loopback that adds them to each request
+    (newReverseProxy in cmd/executor/internal/worker/workspace/clone.go).
+    """
+    config = [("http.followRedirects", "false")]
+    config += [("http.extraHeader", f"{k}: {v}") for k, v in headers.items()]
+    env = {"GIT_CONFIG_COUNT": str(len(config))}
+    for i, (key, value) in enumerate(config):
+        env[f"GIT_CONFIG_KEY_{i}"] = key
+        env[f"GIT_CONFIG_VALUE_{i}"] = value
     return env
 
 
