@@ -29,8 +29,17 @@ from typing import Any
 import pytest
 
 from corral.errors import ConfigError, RuntimeFailure
+from corral.executor import stopping
 from corral.executor.network import NetworkPolicy
-from corral.executor.runtimes.base import LABEL_JOB, LABEL_MANAGED, JobSpace, Limits, Step, StepResult
+from corral.executor.runtimes.base import (
+    LABEL_JOB,
+    LABEL_MANAGED,
+    LABEL_OWNER,
+    JobSpace,
+    Limits,
+    Step,
+    StepResult,
+)
 from corral.executor.runtimes.docker import (
     LABEL_STEP,
     DockerRuntime,
@@ -39,6 +48,7 @@ from corral.executor.runtimes.docker import (
     registry_auth_header,
 )
 from corral.executor.runtimes.docker.api import FrameDecoder, socket_from_env
+from corral.executor.runtimes.docker.containers import container_name
 
 pytestmark = pytest.mark.docker
 
@@ -82,9 +92,14 @@ def step(
     )
 
 
+# The owner (EXECUTOR_VM_PREFIX) of everything these tests make: their janitor and cleanup never
+# touch another executor's containers on this daemon (other tests, other engineers' runs).
+OWNER = f"t{random.randrange(16**8):08x}-rt"
+
+
 @pytest.fixture
 async def rt(docker_available: None) -> AsyncIterator[DockerRuntime]:
-    runtime = DockerRuntime()
+    runtime = DockerRuntime(owner=OWNER)
     yield runtime
     await runtime.aclose()
 
@@ -102,6 +117,7 @@ async def make_space(rt: DockerRuntime, tmp_path: Path) -> AsyncIterator[Callabl
         root.chmod(0o700)
         kw.setdefault("kill_grace", 1.0)
         kw.setdefault("limits", Limits(cpus=1, memory_bytes=256 * 1024**2, pids=256))
+        kw.setdefault("owner", OWNER)
         space = JobSpace(job_id=job_id, queue="dockertest", root=root, workspace=workspace, **kw)
         spaces.append(space)
         return space
@@ -272,13 +288,14 @@ async def test_one_runtime_runs_jobs_concurrently(
 
 
 async def test_command_that_cannot_start(rt: DockerRuntime, make_space: Callable[..., JobSpace]) -> None:
+    """docker-init (PID 1) cannot exec the step's program: the step fails with 127, as a shell's
+    "command not found" (the job's fault, not the daemon's: nothing to retry), and says why."""
     space = make_space()
     bad = Step(key="step.docker.0", kind="docker", index=0, image=IMAGE, argv=("/bin/no-such-tool",))
-    with pytest.raises(RuntimeFailure) as err:
-        await rt.run_step(space, bad, Output())
-    assert err.value.reason == "docker"
-    assert "cannot start the container of step step.docker.0" in err.value.message
-    assert "no-such-tool" in err.value.message
+    out = Output()
+    result = await rt.run_step(space, bad, out)
+    assert result.exit_code == 127
+    assert "/bin/no-such-tool" in out.text and "No such file or directory" in out.text
     assert await job_containers(rt, space) == []
 
 
@@ -376,10 +393,39 @@ async def test_stale_container_of_the_same_name_is_replaced(
 ) -> None:
     space = make_space()
     await rt.api.container_create(
-        f"{space.name}-0", {"Image": IMAGE, "Cmd": ["true"], "Labels": space.labels}
+        container_name(space, step("true")), {"Image": IMAGE, "Cmd": ["true"], "Labels": space.labels}
     )
     result, out = await run(rt, space, "echo fresh")
     assert (result.exit_code, out.data) == (0, b"fresh\n")
+
+
+async def test_a_container_of_another_executor_is_never_touched(
+    rt: DockerRuntime, make_space: Callable[..., JobSpace]
+) -> None:
+    """Job ids are only unique per server: another executor on this daemon (another server's, a
+    local batch run) may run job `dockertest-N` too. Ours neither collides with its container's
+    name nor removes it in cleanup() or janitor()."""
+    space = make_space()
+    other = JobSpace(**{**space.__dict__, "owner": f"{OWNER}-other"})
+    theirs = await rt.api.container_create(
+        container_name(other, step("true")),
+        {
+            "Image": IMAGE,
+            "Cmd": ["sleep", "300"],
+            "Labels": other.labels,
+            "HostConfig": {"NetworkMode": "none"},
+        },
+    )
+    try:
+        await rt.api.container_start(theirs)
+        result, out = await run(rt, space, "echo ours")
+        assert (result.exit_code, out.data) == (0, b"ours\n")
+        await rt.cleanup(space)
+        assert await rt.janitor(set()) == []
+        state = await rt.api.container_inspect(theirs)
+        assert state is not None and state["State"]["Running"]
+    finally:
+        await rt.api.container_remove(theirs)
 
 
 # --- images ----------------------------------------------------------------------------------------
@@ -600,13 +646,95 @@ async def cancel_when_started(rt: DockerRuntime, space: JobSpace, script: str) -
 async def test_cancel_stops_the_step(rt: DockerRuntime, make_space: Callable[..., JobSpace]) -> None:
     space = make_space(kill_grace=1.0)
     await rt.prepare(space)
-    # a shell as PID 1 ignores SIGTERM: killed after the grace
     assert await cancel_when_started(rt, space, "echo started; sleep 300") < 3
     assert await job_containers(rt, space) == []
     # a step that handles SIGTERM gets it first (docker stop), and can react within the grace
     script = "trap 'echo term > /data/got-term; exit 0' TERM; echo started; while :; do sleep 0.1; done"
     assert await cancel_when_started(rt, space, script) < 3
     assert (space.workspace / "got-term").read_text() == "term\n"
+    assert await job_containers(rt, space) == []
+
+
+async def die_events(rt: DockerRuntime, name: str, into: list[dict[str, Any]]) -> None:
+    """Collect the daemon's "die" events of container `name` (each carries the exit code)."""
+    filters = json.dumps({"type": ["container"], "event": ["die"], "container": [name]})
+    async with rt.api.stream("GET", "/events", params={"filters": filters}) as resp:
+        async for line in resp.aiter_lines():
+            if line.strip():
+                into.append(json.loads(line))
+
+
+async def test_pid_1_is_docker_init_so_a_plain_shell_ends_on_sigterm(
+    rt: DockerRuntime, make_space: Callable[..., JobSpace]
+) -> None:
+    """A shell as PID 1 ignores SIGTERM (only SIGKILL, after the whole grace, ended a cancelled step);
+    under docker-init the step's shell gets the SIGTERM and dies of it: the container exits 143
+    (128 + SIGTERM), not 137 (SIGKILL), although the grace is long."""
+    space = make_space(kill_grace=60.0)
+    await rt.prepare(space)
+    result, out = await run(rt, space, "tr '\\0' ' ' < /proc/1/cmdline")
+    assert result.exit_code == 0 and out.text.startswith("/sbin/docker-init -- /bin/sh -c"), out.text
+    died: list[dict[str, Any]] = []
+    watch = asyncio.create_task(die_events(rt, container_name(space, step("", index=1)), died))
+    await asyncio.sleep(0.2)  # the event stream is open
+    try:
+        out = Output()
+        task = asyncio.create_task(rt.run_step(space, step("echo started; sleep 300", index=1), out))
+        await wait_for_output(out, "started", task)
+        task.cancel("canceling: the test asked")
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        while not died:
+            await asyncio.sleep(0.05)
+    finally:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+    assert died[0]["Actor"]["Attributes"]["exitCode"] == "143", died
+    assert "[corral] canceling: the test asked: sending SIGTERM, then SIGKILL after 1m0s\n" in out.text
+
+
+async def wait_for_output(out: Output, text: str, task: asyncio.Task[Any]) -> None:
+    async with asyncio.timeout(30):
+        while text not in out.text:
+            assert not task.done(), out.text
+            await asyncio.sleep(0.05)
+
+
+GRACE_SCRIPT = (
+    # printf spells its output differently from its command (which a `set -x` trace would print)
+    "trap 'sleep 0.5; printf \"%s-%s\\n\" grace kept; exit 0' TERM; echo started; "
+    "while :; do sleep 0.1; done"
+)
+
+
+async def test_cancel_says_why_and_keeps_the_output_of_the_grace(
+    rt: DockerRuntime, make_space: Callable[..., JobSpace]
+) -> None:
+    space = make_space(kill_grace=10.0)
+    await rt.prepare(space)
+    out = Output()
+    task = asyncio.create_task(rt.run_step(space, step(GRACE_SCRIPT), out))
+    await wait_for_output(out, "started", task)
+    task.cancel("canceling: the server asked")
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert out.text == (
+        "started\n[corral] canceling: the server asked: sending SIGTERM, then SIGKILL after 10s\n"
+        "grace-kept\n"
+    )
+    assert await job_containers(rt, space) == []
+
+
+async def test_a_timeout_says_so_in_the_log(rt: DockerRuntime, make_space: Callable[..., JobSpace]) -> None:
+    space = make_space(kill_grace=10.0)
+    await rt.prepare(space)
+    out = Output()
+    with pytest.raises(TimeoutError):
+        async with stopping.deadline(2):
+            await rt.run_step(space, step("printf 'no newline yet'; sleep 300"), out)
+    assert out.text == (
+        "no newline yet\n[corral] timeout after 2s: sending SIGTERM, then SIGKILL after 10s\n"
+    )
     assert await job_containers(rt, space) == []
 
 
@@ -636,9 +764,9 @@ async def test_cleanup_and_janitor_remove_leftovers(
     await rt.cleanup(live_space)
 
     await leftover(live_space, 2)
-    # The janitor removes every corral container whose job is not live: keep everything that is not
-    # ours (other jobs on this daemon) live, so this test removes only what it created.
-    others = await rt.api.containers_list([f"{LABEL_MANAGED}=true"])
+    # The janitor removes every container of its owner whose job is not live (OWNER: only this
+    # module's); keep those of the other tests of this module live.
+    others = await rt.api.containers_list([f"{LABEL_MANAGED}=true", f"{LABEL_OWNER}={OWNER}"])
     live = {c["Labels"][LABEL_JOB] for c in others} - {dead_space.labels[LABEL_JOB]}
     removed = await rt.janitor(live)
     assert f"{dead_space.name}-0" in removed

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from corral.errors import RuntimeFailure
+from corral.executor import stopping
 from corral.executor.network import NetworkPolicy
 from corral.executor.runtimes.base import LABEL_JOB, JobSpace, Limits, Step, StepResult
 from corral.executor.runtimes.shell import ShellRuntime
@@ -326,6 +327,50 @@ async def test_cancel_sends_sigterm_first(runtime: ShellRuntime, make_space: Spa
         await task
     assert time.monotonic() - started < 3  # ended on SIGTERM, long before the grace ran out
     assert b"got-term" in b"".join(chunks)
+    assert runtime.cgroup(space).pids() == set()
+
+
+GRACE_SCRIPT = (
+    # printf spells its output differently from its command line
+    "trap 'sleep 0.5; printf \"%s-%s\\n\" grace kept; exit 0' TERM; echo started; "
+    "while :; do sleep 0.1; done"
+)
+
+
+async def test_cancel_says_why_and_keeps_the_output_of_the_grace(
+    runtime: ShellRuntime, make_space: SpaceFactory
+) -> None:
+    space = await prepared(runtime, make_space, kill_grace=10.0)
+    chunks: list[bytes] = []
+    task = asyncio.create_task(runtime.run_step(space, step("sh", "-c", GRACE_SCRIPT), chunks.append))
+    await wait_for_output(chunks, b"started")
+    task.cancel("canceling: the server asked")
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    out = b"".join(chunks)
+    note = b"[corral] canceling: the server asked: sending SIGTERM, then SIGKILL after 10s\n"
+    assert out.startswith(b"started\n" + note), out
+    assert out.endswith(b"grace-kept\n"), out  # (the shell may say "Terminated" of its sleep first)
+    assert runtime.cgroup(space).pids() == set()
+
+
+async def test_a_timeout_says_so_and_signals_every_process_group(
+    runtime: ShellRuntime, make_space: SpaceFactory
+) -> None:
+    """The step's SIGTERM reaches processes in other sessions and process groups too (the whole
+    cgroup is signalled, not only the step's main process): each reports it in the grace."""
+    space = await prepared(runtime, make_space, kill_grace=30.0)
+    chunks: list[bytes] = []
+    child = "trap 'echo child-term; exit 0' TERM; while :; do sleep 0.1; done"
+    # the main shell waits for its child in its own TERM trap, so the sandbox outlives the child's
+    script = f"trap 'wait; exit 0' TERM; setsid sh -c \"{child}\" & printf 'no newline yet'; wait"
+    with pytest.raises(TimeoutError):
+        async with stopping.deadline(1):
+            await runtime.run_step(space, step("sh", "-c", script), chunks.append)
+    out = b"".join(chunks)
+    note = b"[corral] timeout after 1s: sending SIGTERM, then SIGKILL after 30s\n"
+    assert out.startswith(b"no newline yet\n" + note), out
+    assert b"child-term\n" in out, out
     assert runtime.cgroup(space).pids() == set()
 
 

@@ -32,7 +32,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from corral.errors import CorralError, Reason, RuntimeFailure, ServerError, StepFailed
-from corral.executor import identity, safefs
+from corral.executor import identity, safefs, stopping
 from corral.executor.client import QueueClient, job_key
 from corral.executor.jobfiles import write_job_files
 from corral.executor.logs import LogEntry
@@ -225,7 +225,7 @@ class JobHandler:
         redactor: Redactor | None = None
         try:
             try:
-                async with asyncio.timeout(limit):
+                async with stopping.deadline(limit):  # asyncio.timeout that says "timeout after" in the log
                     if plan.has_cli_steps and cli_path is None:
                         raise StepFailed(self._no_src_cli(plan), Reason.SANDBOX)
                     redactor = await self._redactor(job, plan)  # in a thread; may fail the job (StepFailed)

@@ -283,7 +283,7 @@ class Worker:
         """Stop a job because this executor shuts down: it is reported errored, so the server hands
         it to another executor (a rolling restart must not fail jobs for good)."""
         self.handler.stopped_locally[key] = True
-        task.cancel()
+        task.cancel("the executor is shutting down")  # the message goes to the log (stopping.py)
 
     def cancel(self, key: str, why: str) -> None:
         """Cancel the running job `key` (`<id>-<queue>`): its step is stopped and it is reported
@@ -293,7 +293,7 @@ class Worker:
         # CancelledError during the step's kill grace would cut the grace short.
         if entry is not None and not entry[1].done() and not entry[1].cancelling():
             log.info("job %s: canceling (%s)", key, why)
-            entry[1].cancel()
+            entry[1].cancel(f"canceling: {why}")  # the message goes to the job's log (stopping.py)
 
     def drop(self, key: str) -> None:
         """The server no longer considers the job ours (it is missing from knownIds).
@@ -315,7 +315,7 @@ class Worker:
         self.dropped[key] = entry
         self.handler.disown(key)
         if not entry[1].done() and not entry[1].cancelling():
-            entry[1].cancel()
+            entry[1].cancel("the server no longer considers the job this executor's")
         self.jobs_changed.set()
 
     # -- background loops ---------------------------------------------------------------------

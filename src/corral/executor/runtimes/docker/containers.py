@@ -13,7 +13,14 @@ from typing import Any
 from corral.errors import Reason, RuntimeFailure
 from corral.executor.runtimes.base import SCRIPTS_MOUNT, WORKSPACE_MOUNT, JobSpace, Step
 
-__all__ = ["HOST_GATEWAY", "LABEL_STEP", "ContainerOptions", "add_scratch_mounts", "container_config"]
+__all__ = [
+    "HOST_GATEWAY",
+    "LABEL_STEP",
+    "ContainerOptions",
+    "add_scratch_mounts",
+    "container_config",
+    "container_name",
+]
 
 LABEL_STEP = "dev.corral.step"  # the step's log key, on every step container
 NANO_CPUS_PER_CPU = 1_000_000_000  # Engine API unit for NanoCpus
@@ -28,6 +35,11 @@ class ContainerOptions:
     network_runtime: str | None = None  # for jobs whose network policy gives an interface
     add_host_gateway: bool = False
     mounts: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
+
+
+def container_name(space: JobSpace, step: Step) -> str:
+    """The step's container: `<owner>-corral-<queue>-<id>-<step index>`, unique per executor."""
+    return f"{space.owner}-{space.name}-{step.index}"
 
 
 def container_config(space: JobSpace, step: Step, cpus: float, options: ContainerOptions) -> dict[str, Any]:
@@ -54,7 +66,9 @@ def container_config(space: JobSpace, step: Step, cpus: float, options: Containe
         "IpcMode": "private",
         "Privileged": False,
         "ReadonlyRootfs": False,  # see the module docstring
-        "Init": False,
+        # docker-init (tini) as PID 1, as `docker run --init`: it forwards the stop's SIGTERM to the
+        # step (a shell as PID 1 ignores it, so every cancel waited the whole kill grace) and reaps.
+        "Init": True,
         "LogConfig": {"Type": "none", "Config": {}},
     }
     if cpus > 0:

@@ -28,7 +28,9 @@ What a step's container gets (Sourcegraph's `docker run` flags, see shared/proto
 - logging driver "none": output is taken from an attach made before start (the raw stream, live, also
   for partial lines), so nothing is written to the daemon's disk. (Following a json-file log instead
   was measured to lose a last line without a newline, and delays partial lines until their newline.)
-- labels: the job's labels plus the step key, so cleanup() and janitor() can find it.
+- labels: the job's labels plus the step key, so cleanup() and janitor() can find it; its name
+  starts with the owner (EXECUTOR_VM_PREFIX): job ids are only unique per server, and two
+  executors on one daemon must never collide on a name (a name conflict replaces the old container).
 
 Registry credentials: see `credentials`; registry addresses: see `registries`; images pulled with a
 job's own credentials: see `images`; the disk watchdog: see `watchdog`; settings: see `settings`.
@@ -62,7 +64,12 @@ from corral.executor.runtimes.base import (
 )
 from corral.executor.runtimes.docker import credentials
 from corral.executor.runtimes.docker.api import DockerAPI, docker_failure, socket_from_env
-from corral.executor.runtimes.docker.containers import ContainerOptions, add_scratch_mounts, container_config
+from corral.executor.runtimes.docker.containers import (
+    ContainerOptions,
+    add_scratch_mounts,
+    container_config,
+    container_name,
+)
 from corral.executor.runtimes.docker.images import DEFAULT_PULL_TIMEOUT_S, Images, PulledImages
 from corral.executor.runtimes.docker.registries import ALLOWED_REGISTRIES_SETTING, canonical_registry
 from corral.executor.runtimes.docker.settings import DockerSettings, parse_mount_spec
@@ -316,7 +323,7 @@ class DockerRuntime:
         disk = space.limits.disk_bytes
         if disk > 0 and await self._storage_opt_supported():
             config["HostConfig"]["StorageOpt"] = {"size": str(disk)}
-        name = f"{space.name}-{step.index}"
+        name = container_name(space, step)
         try:
             cid = await self._create(name, config)
         except asyncio.CancelledError:

@@ -36,9 +36,12 @@ with threads), so every process of the step, however daemonised, is in them. ``o
 when ``memory.oom_control``'s ``oom_kill`` counter grew during the step.
 
 Ending: when the step's main process exits, bwrap's PID 1 exits and the kernel kills the rest of the
-PID namespace; a freezer sweep then removes anything still in the cgroup. On cancellation the step's
-processes get SIGTERM (bwrap's own outer process is spared, as killing it would SIGKILL the sandbox
-at once), then after at most ``space.kill_grace`` seconds everything in the cgroup gets SIGKILL. The
+PID namespace; a freezer sweep then removes anything still in the cgroup. On cancellation (a cancel,
+the job's deadline) the log first says why (`corral.executor.stopping`), then every process of the
+step gets SIGTERM at once, the whole cgroup and so every process group and session the step made
+(bwrap's own outer process is spared, as killing it would SIGKILL the sandbox at once), then after at
+most ``space.kill_grace`` seconds everything in the cgroup gets SIGKILL; output written in the grace
+is read to its end and kept. The
 grace survives further cancellations of the task (the worker repeats a cancel whenever the server
 repeats it); before, the second cancel SIGKILLed the step at once and its TERM trap never ran.
 """
@@ -60,7 +63,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from corral.errors import CgroupError, Reason, RuntimeFailure
-from corral.executor import safefs
+from corral.executor import safefs, stopping
 from corral.executor.runtimes.base import (
     LABEL_JOB,
     SCRIPTS_MOUNT,
@@ -407,9 +410,9 @@ class ShellRuntime:
             return StepResult(exit_code=1, reason=Reason.SANDBOX, message="the step has no command")
         if not cgroup.exists():
             return StepResult(exit_code=1, reason=Reason.SANDBOX, message="the job's cgroups are missing")
+        sink = stopping.LineSink(output)
         if step.kind == "docker" and step.image:
-            note = f"the shell runtime runs steps on the host's tools; image {step.image} is not used"
-            output(f"[corral] {note}\n".encode())
+            sink.say(f"the shell runtime runs steps on the host's tools; image {step.image} is not used")
         oom_before = cgroup.oom_kills()
         procs_files = cgroup.procs_files()
         try:
@@ -429,12 +432,13 @@ class ShellRuntime:
         except (OSError, subprocess.SubprocessError) as exc:
             return StepResult(exit_code=1, reason=Reason.SANDBOX, message=f"cannot start the sandbox: {exc}")
         assert proc.stdout is not None
-        pump = asyncio.create_task(_pump(proc.stdout, output))
+        pump = asyncio.create_task(_pump(proc.stdout, sink))
         try:
             returncode = await proc.wait()
             await cgroup.kill_all()  # a job must not leave processes behind
             await self._drain(pump)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
+            sink.say(stopping.note(exc, space.kill_grace))  # the log says why, and when SIGKILL comes
             # The grace must survive further cancels: the worker cancels the job again whenever the
             # server repeats "cancel" (cancel watch, heartbeat) while the step is still running, and
             # cutting the grace short then SIGKILLed the step before its trap could run. The grace
