@@ -26,6 +26,7 @@ from tests.serverkit import (
     EXECUTOR_SECRET,
     HTTP_TIMEOUT,
     SERVER_VERSION,
+    SIMPLE_STEPS,
     Kit,
     job_headers,
     settings_for,
@@ -184,9 +185,9 @@ def test_dequeue_returns_the_job_json(kit: Kit) -> None:
     assert job["repositoryName"] == "" and job["repositoryDirectory"] == "" and job["commit"] == ""
     assert job["fetchTags"] is False and job["shallowClone"] is False and job["sparseCheckout"] is None
     assert job["dockerSteps"] == [
-        {"key": "one", "image": "alpine:3", "commands": ["sh script.sh"], "dir": "", "env": ["A=1"]}
-    ]
-    assert job["cliSteps"] == [{"command": ["batch", "exec"], "dir": "sub"}]
+        {"key": "one", "image": "alpine:3", "commands": ["set -e", "sh script.sh"], "dir": "", "env": ["A=1"]}
+    ]  # fail fast by default: the server wrote `set -e` first
+    assert job["cliSteps"] == [{"command": ["batch", "exec"], "dir": "sub", "env": None}]
     assert job["redactedValues"] == {"hunter2": "PASSWORD"}  # the executor needs them
     assert job["dockerAuthConfig"] == {}
     assert job["files"]["script.sh"]["content"] == base64.b64encode(b"echo hello\n").decode()
@@ -213,6 +214,123 @@ def test_dequeue_by_a_sourcegraph_executor_gets_a_v1_job(kit: Kit) -> None:
     assert "version" not in job
     assert "dockerAuthConfig" not in job  # v2 only
     assert job["files"]["script.sh"]["content"] == "echo hello\n"
+
+
+SG_HEADERS = {"Authorization": f"token-executor {EXECUTOR_SECRET}", "User-Agent": "Go-http-client/1.1"}
+CORRAL_KEYS = {"attempt", "timeoutSeconds", "outputs", "namespace"}
+
+
+def sg_dequeue(kit: Kit, version: str | None, queue: str = "batches") -> httpx.Response:
+    """A dequeue as Sourcegraph's executor sends it (its User-Agent, no corral fields)."""
+    body: dict[str, Any] = {"executorName": "sg-executor-1"}
+    if version is not None:
+        body["version"] = version
+    return kit.anon.post(f"/.executors/queue/{queue}/dequeue", json=body, headers=SG_HEADERS)
+
+
+@pytest.mark.parametrize(
+    ("version", "payload"),
+    [
+        (None, 1),  # no version: a pre-4.3 executor (handler.go checks only a non-empty one)
+        ("", 1),
+        ("0.0.0", 1),
+        ("4.2", 1),  # Masterminds/semver: 4.2.0
+        ("4.2.9", 1),
+        ("211111_2021-11-11_abcdef1", 1),  # an insiders build before 2022-11-24
+        ("4.3.0-rc.1", 2),  # ">= 4.3.0-0" admits prereleases of 4.3.0
+        ("4.3.0", 2),
+        ("v5.2.1", 2),
+        ("54959_2022-11-24_4.4-925859585436", 2),
+        ("dev", 2),
+        ("0.0.0+dev", 2),
+        ("0.1.0", 1),  # corral's own version, sent by something that is not corral's executor
+    ],
+)
+def test_job_payload_version_follows_sourcegraphs_check(kit: Kit, version: str | None, payload: int) -> None:
+    kit.submit(files={"bin": {"contentBase64": base64.b64encode(b"\x00\xffA\n").decode()}})
+    r = sg_dequeue(kit, version)
+    assert r.status_code == 200, r.text
+    job = r.json()
+    if payload == 2:
+        assert job["version"] == 2 and job["dockerAuthConfig"] == {}
+        assert base64.b64decode(job["files"]["bin"]["content"]) == b"\x00\xffA\n"
+    else:
+        assert "version" not in job and "dockerAuthConfig" not in job
+        # Go's string(bytes) marshalled: each byte of invalid UTF-8 is one U+FFFD.
+        assert job["files"]["bin"]["content"] == "\x00\ufffdA\n"
+
+
+def test_invalid_version_from_a_sourcegraph_executor_dequeues_nothing(kit: Kit) -> None:
+    submitted = kit.submit()
+    r = sg_dequeue(kit, "\n1.2")
+    assert r.status_code == 500  # handler_test.go, "Invalid version"
+    assert r.json() == {"error": 'failed to check version "\\n1.2": Invalid Semantic Version'}
+    body = {"executorName": "sg-executor-1", "version": "\n1.2", "queues": ["batches"]}
+    r = kit.anon.post("/.executors/queue/dequeue", json=body, headers=SG_HEADERS)
+    assert r.status_code == 500 and "Invalid Semantic Version" in error_of(r)
+    job = kit.get_job(submitted["id"])
+    assert job["state"] == "queued" and job["attempt"] == 0
+
+
+def test_a_sourcegraph_executor_sees_no_corral_fields(kit: Kit) -> None:
+    kit.submit(
+        files={"a.txt": {"content": "x"}, "empty": {"content": ""}},
+        dockerSteps=[{"image": "alpine:3", "commands": ["true"], "dir": "."}],
+        timeoutSeconds=60,
+        outputs=["out.txt"],
+        namespace="team",
+    )
+    job = sg_dequeue(kit, "5.2.0").json()
+    assert not CORRAL_KEYS & set(job), CORRAL_KEYS & set(job)
+    assert set(job) == SOURCEGRAPH_JOB_KEYS
+    # VirtualMachineFile: content, bucket and key are omitempty; modifiedAt is a struct (always there).
+    assert job["files"] == {
+        "a.txt": {"content": base64.b64encode(b"x").decode(), "modifiedAt": "0001-01-01T00:00:00Z"},
+        "empty": {"modifiedAt": "0001-01-01T00:00:00Z"},
+    }
+    assert job["dockerSteps"] == [
+        {"image": "alpine:3", "commands": ["set -e", "true"], "dir": ".", "env": None}
+    ]
+    assert job["cliSteps"] == []  # as stored: the producer API defaults to no CLI steps
+
+
+def test_corral_fields_only_with_extensions(make_kit: Callable[..., Kit]) -> None:
+    for extensions in (True, False):
+        kit = make_kit(extensions=extensions)
+        kit.submit(timeoutSeconds=60)
+        job = kit.take()
+        assert ("attempt" in job and job["timeoutSeconds"] == 60) is extensions
+        assert not extensions or job["attempt"] == 1
+        if not extensions:
+            assert not CORRAL_KEYS & set(job)
+
+
+def test_several_queue_dequeue_checks_the_executor_before_the_queues(kit: Kit) -> None:
+    """multihandler.go checks the name and the version first: no queues is 204 only for a good request."""
+    r = kit.anon.post(
+        "/.executors/queue/dequeue", json={"executorName": "", "queues": []}, headers=SG_HEADERS
+    )
+    assert r.status_code == 400 and "executorName" in error_of(r)
+    body = {"executorName": "sg", "version": "not a version", "queues": []}
+    r = kit.anon.post("/.executors/queue/dequeue", json=body, headers=SG_HEADERS)
+    assert r.status_code == 500 and "Invalid Semantic Version" in error_of(r)
+    r = kit.anon.post(
+        "/.executors/queue/dequeue", json={"executorName": "sg", "queues": []}, headers=SG_HEADERS
+    )
+    assert r.status_code == 204 and r.content == b""
+
+
+def test_a_stored_job_whose_paths_leave_the_workspace_is_failed_at_dequeue(kit: Kit) -> None:
+    """As Sourcegraph's dequeue when its RecordTransformer fails: the record is marked failed and the
+    executor gets a 500. (Submission refuses such paths; this is a job stored some other way.)"""
+    row = kit.srv.store.enqueue("batches", {"files": {"../escape": {"content": "eA=="}}, **SIMPLE_STEPS})
+    r = sg_dequeue(kit, "5.2.0")
+    assert r.status_code == 500
+    assert error_of(r).startswith("RecordTransformer: refusing to write outside of working directory")
+    job = kit.get_job(row.id)
+    assert job["state"] == "failed"
+    assert job["error"].startswith("failed to transform record: refusing to write outside")
+    assert sg_dequeue(kit, "5.2.0").status_code == 204
 
 
 def test_dequeue_by_a_newer_sourcegraph_executor_gets_a_v2_job(kit: Kit) -> None:
@@ -282,13 +400,22 @@ def test_version_skew_is_refused_naming_both_versions(kit: Kit) -> None:
     assert r.status_code == 400 and "1.1.0" in error_of(r)
 
 
-@pytest.mark.parametrize("version", ["garbage", "1.2", "x.y.z"])
+@pytest.mark.parametrize("version", ["garbage", "x.y.z", "\n1.2", "1.2.3\n"])
 def test_unparsable_executor_version_is_refused(kit: Kit, version: str) -> None:
+    """Refused as Sourcegraph's dequeue refuses it (500, the version quoted as Go's %q)."""
     kit.submit()
     r = kit.dequeue(version=version)
-    assert r.status_code == 400
-    assert version in error_of(r) and "Invalid Semantic Version" in error_of(r)
+    assert r.status_code == 500
+    quoted = version.replace("\n", "\\n")
+    assert error_of(r) == f'failed to check version "{quoted}": Invalid Semantic Version'
     assert kit.get_job(1)["state"] == "queued"
+
+
+def test_a_short_version_is_a_semver(kit: Kit) -> None:
+    """Masterminds/semver reads "1.2" as 1.2.0: a corral executor sending it is refused for skew."""
+    kit.submit()
+    r = kit.dequeue(version="1.2")
+    assert r.status_code == 400 and "1.2" in error_of(r) and "minor version" in error_of(r)
 
 
 @pytest.mark.parametrize("version", ["0.2.0", "0.0.0", "0.0.0+dev", "dev"])
@@ -306,7 +433,7 @@ def test_heartbeat_single_queue(kit: Kit) -> None:
     kit.take(executor="someone-else")
     hb = kit.heartbeat("batches", [a, b, c, 999], version="V2")
     assert sorted(hb["knownIds"]) == sorted([str(a), str(b)])
-    assert hb["cancelIds"] == []
+    assert hb["cancelIds"] is None  # a nil slice in Sourcegraph's answer
     # Ids as strings work too (both forms are on the wire).
     hb = kit.heartbeat("batches", [str(a)])
     assert hb["knownIds"] == [str(a)]
@@ -314,7 +441,30 @@ def test_heartbeat_single_queue(kit: Kit) -> None:
     hb = kit.heartbeat("batches", [a, b])
     assert sorted(hb["knownIds"]) == sorted([str(a), str(b)]) and hb["cancelIds"] == [str(b)]
     # A heartbeat for another queue does not claim these jobs.
-    assert kit.heartbeat("codeintel", [a, b]) == {"knownIds": [], "cancelIds": []}
+    assert kit.heartbeat("codeintel", [a, b]) == {"knownIds": None, "cancelIds": None}
+    # No ids at all (the start-up ping): dbworker's Store.Heartbeat answers two empty lists.
+    assert kit.heartbeat("batches", []) == {"knownIds": [], "cancelIds": []}
+    assert kit.heartbeat("batches", None) == {"knownIds": [], "cancelIds": []}
+
+
+@pytest.mark.parametrize("wire", [18.0, 1.8e1, "18", 18])
+def test_heartbeat_ids_are_read_as_go_reads_them(kit: Kit, wire: Any) -> None:
+    """HeartbeatRequest.UnmarshalJSON: a JSON number is a float64 written with FormatFloat(-1), so
+    18.0 is "18" (internal/executor/types/http.go)."""
+    for _ in range(18):
+        kit.submit()
+    for _ in range(18):
+        kit.take()
+    assert kit.heartbeat("batches", [wire]) == {"knownIds": ["18"], "cancelIds": None}
+
+
+@pytest.mark.parametrize("wire", [18.5, "18.0", "7-batches", True, None, [18], "", "1" * 19])
+def test_heartbeat_ids_that_are_no_whole_number_are_refused(kit: Kit, wire: Any) -> None:
+    r = kit.executor.post(
+        "/.executors/queue/batches/heartbeat", json={"executorName": EXECUTOR, "jobIds": [wire]}
+    )
+    assert r.status_code == 400, r.text
+    assert error_of(r)
 
 
 def test_heartbeat_several_queues(kit: Kit) -> None:
@@ -334,20 +484,26 @@ def test_heartbeat_several_queues(kit: Kit) -> None:
     r = kit.executor.post("/.executors/queue/heartbeat", json=body)
     assert r.status_code == 200
     assert sorted(r.json()["knownIds"]) == sorted([f"{b}-batches", f"{c}-codeintel"])
-    assert r.json()["cancelIds"] == []
+    assert r.json()["cancelIds"] is None
     kit.admin.post(f"/api/v1/jobs/{c}/cancel")
     r = kit.executor.post("/.executors/queue/heartbeat", json=body)
     assert r.json()["cancelIds"] == [f"{c}-codeintel"]
     # A job claimed under the wrong queue is not known.
     wrong = dict(body, jobIdsByQueue=[{"queueName": "codeintel", "jobIds": [b]}])
-    assert kit.executor.post("/.executors/queue/heartbeat", json=wrong).json()["knownIds"] == []
+    assert kit.executor.post("/.executors/queue/heartbeat", json=wrong).json()["knownIds"] is None
+    # No running jobs: both null (multihandler_test.go, "No running jobs").
+    idle = dict(body, jobIdsByQueue=[])
+    assert kit.executor.post("/.executors/queue/heartbeat", json=idle).json() == {
+        "knownIds": None,
+        "cancelIds": None,
+    }
 
 
 def test_heartbeat_errors(kit: Kit) -> None:
     r = kit.executor.post("/.executors/queue/batches/heartbeat", json={"executorName": "", "jobIds": []})
     assert r.status_code == 400 and "executorName" in error_of(r)
-    r = kit.executor.post("/.executors/queue/nope/heartbeat", json={"executorName": EXECUTOR})
-    assert r.status_code == 404
+    r = kit.executor.post("/.executors/queue/No_Pe/heartbeat", json={"executorName": EXECUTOR})
+    assert r.status_code == 404 and "No_Pe" in error_of(r)
     r = kit.executor.post("/.executors/queue/heartbeat", json={"executorName": EXECUTOR})
     assert r.status_code == 400 and "queueNames" in error_of(r)
     r = kit.executor.post(
@@ -585,7 +741,7 @@ def test_stale_attempt_is_fenced_off_after_a_reset(make_kit: Callable[..., Kit],
     clock.t += 60  # the old executor went silent: the resetter requeues the job
     kit.wait_state(old["id"], "queued")
     hb = kit.heartbeat("batches", [old["id"]], executor="exec-old")
-    assert hb["knownIds"] == []  # the executor learns the job is no longer its own
+    assert hb["knownIds"] is None  # the executor learns the job is no longer its own
     new = kit.take(executor="exec-new")
     assert new["id"] == old["id"] and new["attempt"] == 2
     before = kit.get_job(old["id"]), kit.admin.get(f"/api/v1/jobs/{old['id']}/logs").json()

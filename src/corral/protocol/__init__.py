@@ -2,6 +2,7 @@
 
     common.py    names, headers, the workspace path rule, the model base (`Wire`)
     queue.py     the executor queue API (Sourcegraph's): requests AND responses
+    versions.py  executor versions as Sourcegraph reads them (v1 or v2 jobs, refused versions)
     producer.py  the producer API (/api/v1): requests AND responses, the log stream's events
     states.py    job states
 
@@ -20,6 +21,7 @@ from corral.protocol.common import (
     QUEUE_NAME_RE,
     ZERO_TIME,
     Wire,
+    check_workspace_dir,
     check_workspace_path,
     now_rfc3339,
 )
@@ -59,8 +61,10 @@ from corral.protocol.queue import (
     MarkErrorRequest,
     UpdateLogEntryRequest,
     VirtualMachineFile,
+    go_job_id,
 )
 from corral.protocol.states import JobState
+from corral.protocol.versions import InvalidVersion, check_sourcegraph_version, job_version_for
 
 __all__ = [
     "EXECUTOR_NAME_HEADER",
@@ -83,6 +87,7 @@ __all__ = [
     "FileIn",
     "HeartbeatRequest",
     "HeartbeatResponse",
+    "InvalidVersion",
     "Job",
     "JobIdsByQueue",
     "JobIn",
@@ -104,6 +109,10 @@ __all__ = [
     "UpdateLogEntryRequest",
     "VirtualMachineFile",
     "Wire",
+    "check_sourcegraph_version",
+    "check_workspace_dir",
     "check_workspace_path",
+    "go_job_id",
+    "job_version_for",
     "now_rfc3339",
 ]

@@ -16,6 +16,7 @@ __all__ = [
     "QUEUE_NAME_RE",
     "ZERO_TIME",
     "Wire",
+    "check_workspace_dir",
     "check_workspace_path",
     "now_rfc3339",
 ]
@@ -34,13 +35,28 @@ def now_rfc3339() -> str:
 
 
 def check_workspace_path(path: str) -> str:
-    """Return `path` normalised if it stays inside the workspace, else raise ValueError."""
+    """A file path of a job (`files`, `outputs`): returned normalised if it names something below
+    the workspace, else ValueError. The workspace itself (".") is not a file path."""
+    norm = _relative(path, "file path")
+    if norm == ".":
+        raise ValueError(f"refusing to write outside of working directory: {path!r} names the workspace")
+    return norm
+
+
+def check_workspace_dir(path: str) -> str:
+    """A directory of a job (a step's `dir`, `repositoryDirectory`): "" or "." is the workspace
+    itself (Sourcegraph's batch changes give every pre/post step `dir: "."`); anything else must
+    stay inside it. Returns the normalised form ("" stays "", the workspace is "."), else ValueError."""
+    return "" if path == "" else _relative(path, "directory")
+
+
+def _relative(path: str, what: str) -> str:
     if not path or "\x00" in path:
-        raise ValueError("file path is empty or contains a NUL byte")
+        raise ValueError(f"{what} is empty or contains a NUL byte")
     if path.startswith("/") or "\\" in path:
         raise ValueError(f"refusing to write outside of working directory: {path!r} is not relative")
     norm = posixpath.normpath(path)
-    if norm == "." or norm == ".." or norm.startswith("../"):
+    if norm == ".." or norm.startswith("../"):
         raise ValueError(f"refusing to write outside of working directory: {path!r}")
     return norm
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from corral.protocol.common import Wire, check_workspace_path
+from corral.protocol.common import Wire, check_workspace_dir, check_workspace_path
 from corral.protocol.queue import CliStep, DockerStep
 
 __all__ = [
@@ -189,10 +189,8 @@ class JobIn(Model):
             for e in step.env or []:
                 if "=" not in e:
                     raise ValueError(f"step env entry {e!r} is not NAME=value")
-            if step.dir:
-                check_workspace_path(step.dir)
-        if self.repository_directory:
-            check_workspace_path(self.repository_directory)
+            check_workspace_dir(step.dir)  # "." is the workspace (batch changes' pre/post steps)
+        check_workspace_dir(self.repository_directory)
         for p in self.sparse_checkout or []:
             if p.startswith("-"):
                 raise ValueError(f"sparse checkout pattern {p!r} may not start with '-'")

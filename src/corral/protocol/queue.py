@@ -16,6 +16,7 @@ executor's client parses them: one contract for both sides.
 from __future__ import annotations
 
 import base64
+from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, field_validator
@@ -40,6 +41,7 @@ __all__ = [
     "MarkErrorRequest",
     "UpdateLogEntryRequest",
     "VirtualMachineFile",
+    "go_job_id",
 ]
 
 
@@ -119,6 +121,26 @@ class DequeueRequest(Wire):
     wait_seconds: float | None = Field(default=None, alias="waitSeconds")
 
 
+def go_job_id(value: Any) -> str:
+    """A job id of a heartbeat as Sourcegraph's frontend reads it (HeartbeatRequest.UnmarshalJSON,
+    internal/executor/types/http.go): a string stays as it is, a JSON number (a float64 in Go) is
+    written with strconv.FormatFloat(id, 'f', -1, 64), so 18.0 is "18" and 18.5 is "18.5"; any other
+    type is an error ("unknown type for job ID")."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"unknown type for job ID: {type(value).__name__}")
+    if isinstance(value, int):
+        return str(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"job ID {value} is not a number")
+    return format(Decimal(repr(value)).normalize(), "f")
+
+
+def _go_ids(v: Any) -> Any:
+    return [go_job_id(x) for x in v] if isinstance(v, list) else v
+
+
 class JobIdsByQueue(Wire):
     queue_name: str = Field(alias="queueName")
     job_ids: list[str] = Field(default_factory=list, alias="jobIds")
@@ -126,7 +148,8 @@ class JobIdsByQueue(Wire):
     @field_validator("job_ids", mode="before")
     @classmethod
     def _ids_as_strings(cls, v: Any) -> Any:
-        return [str(x) for x in v] if isinstance(v, list) else v
+        # Sourcegraph's QueueJobIDs.JobIDs is []string; numbers are accepted here too (as one queue's).
+        return [] if v is None else _go_ids(v)
 
 
 class HeartbeatRequest(Wire):
@@ -150,19 +173,19 @@ class HeartbeatRequest(Wire):
     @field_validator("job_ids", mode="before")
     @classmethod
     def _ids_as_strings(cls, v: Any) -> Any:
-        if v is None:
-            return []
-        return [str(x) for x in v] if isinstance(v, list) else v
+        return [] if v is None else _go_ids(v)
 
 
 class HeartbeatResponse(Wire):
+    """Either list may be null, as Sourcegraph's handler answers (a nil slice), or []."""
+
     known_ids: list[str] | None = Field(default=None, alias="knownIds")
     cancel_ids: list[str] | None = Field(default=None, alias="cancelIds")
 
     @field_validator("known_ids", "cancel_ids", mode="before")
     @classmethod
     def _ids_as_strings(cls, v: Any) -> Any:
-        return [str(x) for x in v] if isinstance(v, list) else v
+        return _go_ids(v)
 
 
 class JobOperation(Wire):

@@ -11,9 +11,18 @@ from corral.protocol import EXECUTOR_NAME_HEADER, JOB_ID_HEADER
 from corral.server.deps import ServerState
 from corral.server.store import JobAuth
 
+CORRAL_EXECUTOR_AGENT = "corral-executor/"  # the User-Agent prefix of corral's own executor
+
 
 def _equal(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
+
+
+def is_corral_executor(request: Request) -> bool:
+    """A request from corral's own executor (its User-Agent `corral-executor/<version>`). Only it
+    gets corral's fields in a job and the version-skew rule; anything else is served as Sourcegraph's
+    frontend serves a Sourcegraph executor (whose User-Agent is its own, `Go-http-client/...`)."""
+    return request.headers.get("user-agent", "").startswith(CORRAL_EXECUTOR_AGENT)
 
 
 def require_executor(request: Request, state: ServerState) -> None:

@@ -3,80 +3,118 @@
 from __future__ import annotations
 
 import base64
-import re
+import codecs
+import json
 from datetime import UTC, datetime
 from typing import Any
 
+from corral.errors import Invalid
 from corral.executor.redact import MAX_SECRET_BYTES, Redactor, RedactorCache, cache_key
-from corral.protocol import ZERO_TIME, Job, JobView, VirtualMachineFile
+from corral.protocol import ZERO_TIME, JobView, check_workspace_dir, check_workspace_path
 from corral.server.store import JobRow
 
-V2_MIN = (4, 3, 0)  # Sourcegraph executors from 4.3.0 take v2 jobs (base64 file contents)
-SEMVER_RE = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
 
+def executor_job(row: JobRow, token: str, *, version: int, with_queue: bool, corral: bool) -> dict[str, Any]:
+    """The Job JSON an executor gets, as Sourcegraph's `types.Job.MarshalJSON` writes it
+    (internal/executor/types/job.go; its fixtures in handler_test.go): the v2 or v1 payload in Go's
+    field order. v1 has no `version` or `dockerAuthConfig` and file contents as text; v2 always
+    has `dockerAuthConfig` (`{}` without auths). `queue` only from the several-queue dequeue.
+    Nil lists and maps are null, `files` is always an object; a file's `content`, `bucket` and
+    `key` are omitted when empty, `modifiedAt` never. A step's `key` is omitted when empty.
+    corral's fields (`attempt`, `timeoutSeconds`, `outputs`, `namespace`) only with `corral`:
+    for corral's own executor on a server with extensions on (a Sourcegraph executor never sees them).
 
-def parse_version(v: str) -> tuple[int, int, int] | None:
-    m = SEMVER_RE.match(v)
-    return (int(m[1]), int(m[2]), int(m[3])) if m else None
-
-
-def is_dev(v: str) -> bool:
-    return v in ("dev", "0.0.0") or v.startswith(("0.0.0+", "0.0.0-"))
-
-
-def job_version_for(executor_version: str) -> int:
-    parsed = parse_version(executor_version)
-    # corral's own executors (major version 0 while corral is young) and dev builds speak v2.
-    if is_dev(executor_version) or parsed is None or parsed[0] == 0 or parsed >= V2_MIN:
-        return 2
-    return 1
-
-
-def executor_job(row: JobRow, token: str, *, version: int, with_queue: bool) -> Job:
-    """The Job an executor gets. Only the fields set here are sent (`dump_job`): v1 jobs carry no
-    `version` or `dockerAuthConfig`, and the one-queue route no `queue`, as Sourcegraph's server."""
+    Raises Invalid when a stored path leaves the workspace (the dequeue then fails the job, as
+    Sourcegraph's handler does when its RecordTransformer fails)."""
     spec = row.spec
-    files: dict[str, VirtualMachineFile] = {}
-    for path, f in (spec.get("files") or {}).items():
-        content = f.get("content", "")
-        if version < 2 and content:
-            content = base64.b64decode(content).decode("utf-8", "replace")
-        files[path] = VirtualMachineFile(
-            content=content,
-            bucket=f.get("bucket"),
-            key=f.get("key"),
-            modified_at=f.get("modifiedAt", ZERO_TIME),
-        )
-    job = Job(
-        id=row.id,
-        token=token,
-        repository_name=spec.get("repositoryName", ""),
-        repository_directory=spec.get("repositoryDirectory", ""),
-        commit=spec.get("commit", ""),
-        fetch_tags=bool(spec.get("fetchTags")),
-        shallow_clone=bool(spec.get("shallowClone")),
-        sparse_checkout=spec.get("sparseCheckout"),
-        files=files,
-        docker_steps=spec.get("dockerSteps"),
-        cli_steps=spec.get("cliSteps"),
-        redacted_values=spec.get("redactedValues"),
-        # corral extensions
-        attempt=row.attempt,
-        timeout_seconds=spec.get("timeoutSeconds"),
-        outputs=spec.get("outputs"),
-        namespace=spec.get("namespace"),
-    )
+    _check_paths(spec)
+    out: dict[str, Any] = {}
     if version >= 2:
-        job.version = 2
-        job.docker_auth_config = spec.get("dockerAuthConfig") or {}
+        out["version"] = 2
+    out["id"] = row.id
+    out["token"] = token
     if with_queue:
-        job.queue = row.queue
-    return job
+        out["queue"] = row.queue
+    out["repositoryName"] = spec.get("repositoryName", "")
+    out["repositoryDirectory"] = spec.get("repositoryDirectory", "")
+    out["commit"] = spec.get("commit", "")
+    out["fetchTags"] = bool(spec.get("fetchTags"))
+    out["shallowClone"] = bool(spec.get("shallowClone"))
+    out["sparseCheckout"] = spec.get("sparseCheckout")
+    out["files"] = {path: _file(f, version) for path, f in (spec.get("files") or {}).items()}
+    out["dockerSteps"] = _steps(spec.get("dockerSteps"), ("image", "commands"))
+    out["cliSteps"] = _steps(spec.get("cliSteps"), ("command",))
+    out["redactedValues"] = spec.get("redactedValues")
+    if version >= 2:  # DockerAuthConfig is a struct: omitempty never drops it; its auths map is omitempty
+        auths = (spec.get("dockerAuthConfig") or {}).get("auths")
+        out["dockerAuthConfig"] = {"auths": auths} if auths else {}
+    if corral:
+        out["attempt"] = row.attempt
+        for k in ("timeoutSeconds", "outputs", "namespace"):
+            if spec.get(k) is not None:
+                out[k] = spec[k]
+    return out
 
 
-def dump_job(job: Job) -> bytes:
-    """The Job JSON: wire names, the fields that were set (explicit nulls included)."""
-    return job.model_dump_json(by_alias=True, exclude_unset=True).encode()
+def _check_paths(spec: dict[str, Any]) -> None:
+    try:
+        for path in spec.get("files") or {}:
+            check_workspace_path(path)
+        check_workspace_dir(spec.get("repositoryDirectory", ""))
+        for step in [*(spec.get("dockerSteps") or []), *(spec.get("cliSteps") or [])]:
+            check_workspace_dir(step.get("dir", ""))
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+
+
+def _file(f: dict[str, Any], version: int) -> dict[str, Any]:
+    """v2VirtualMachineFile (content as base64 of the bytes) or v1VirtualMachineFile (content as
+    Go's string(bytes), which json.Marshal writes with each byte of invalid UTF-8 as U+FFFD)."""
+    out: dict[str, Any] = {}
+    content = f.get("content") or ""
+    if content:
+        out["content"] = content if version >= 2 else go_string(base64.b64decode(content))
+    for k in ("bucket", "key"):
+        if f.get(k):
+            out[k] = f[k]
+    out["modifiedAt"] = f.get("modifiedAt") or ZERO_TIME
+    return out
+
+
+def go_string(data: bytes) -> str:
+    """`data` as Go's encoding/json writes a string holding it: valid UTF-8 as it is, every byte
+    of an invalid sequence as one U+FFFD (utf8.DecodeRuneInString answers size 1 for it)."""
+    return data.decode("utf-8", errors=_ONE_BYTE_FFFD)
+
+
+def _one_byte_fffd(exc: UnicodeError) -> tuple[str, int]:
+    assert isinstance(exc, UnicodeDecodeError)
+    return "\ufffd", exc.start + 1
+
+
+_ONE_BYTE_FFFD = "corral-go-json-string"
+codecs.register_error(_ONE_BYTE_FFFD, _one_byte_fffd)
+
+
+def _steps(steps: list[dict[str, Any]] | None, fields: tuple[str, ...]) -> list[dict[str, Any]] | None:
+    """DockerStep (key omitempty, image, commands, dir, env) or CliStep (key omitempty, command, dir,
+    env) in Go's field order; a nil list is null."""
+    if steps is None:
+        return None
+    out = []
+    for step in steps:
+        shaped: dict[str, Any] = {"key": step["key"]} if step.get("key") else {}
+        for k in fields:
+            shaped[k] = step.get(k, "" if k == "image" else None)
+        shaped["dir"] = step.get("dir", "")
+        shaped["env"] = step.get("env")
+        out.append(shaped)
+    return out
+
+
+def dump_job(job: dict[str, Any]) -> bytes:
+    """The Job JSON as bytes (UTF-8, compact, as json.Marshal; key order as built)."""
+    return json.dumps(job, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _decoded_size(b64: str) -> int:

@@ -32,6 +32,9 @@ STATUS: dict[type[CorralError], int] = {
     Conflict: 409,
     TooLarge: 413,
     NotConfigured: 500,
+    # An ApiError of no finer class: an error Sourcegraph's handler answers with 500 (its wrapHandler
+    # makes every handler error a 500), e.g. a refused executor version at dequeue.
+    ApiError: 500,
 }
 DEFAULT_STATUS = 500  # any other CorralError: the server's own fault
 

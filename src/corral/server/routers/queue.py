@@ -8,6 +8,7 @@ appendExecutionLogEntry (byte offsets), uploadResult, cancelWatch, and attempt f
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from typing import Any
@@ -16,7 +17,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from corral import __version__
-from corral.errors import BadRequest, Conflict, Forbidden, Gone, TooLarge, VersionSkew
+from corral.errors import ApiError, BadRequest, Conflict, Forbidden, Gone, Invalid, TooLarge, VersionSkew
 from corral.protocol import (
     AddLogEntryRequest,
     AppendLogRequest,
@@ -32,29 +33,54 @@ from corral.protocol import (
     MarkErrorRequest,
     UpdateLogEntryRequest,
 )
-from corral.server.auth import authorize_job_or_executor, require_executor
+from corral.protocol.versions import InvalidVersion, SemVer, job_version_for, parse_semver, version_error
+from corral.server.auth import authorize_job_or_executor, is_corral_executor, require_executor
 from corral.server.bodies import BoundedJsonRoute
 from corral.server.deps import ServerState, StateDep
-from corral.server.jobview import dump_job, executor_job, is_dev, job_version_for, parse_version
+from corral.server.jobview import dump_job, executor_job
 from corral.server.store import JobAuth, MarkOutcome, Telemetry
 
 router = APIRouter(prefix="/.executors", tags=["executor queue"], route_class=BoundedJsonRoute)
 RECHECK = 1.0  # seconds: a long-poll looks again this often (retry backoffs end without a wake-up)
+JOB_ID_RE = re.compile(r"[0-9]{1,18}")  # a job id on the wire (a 64-bit integer column)
 
 
 def check_version_skew(executor_version: str) -> None:
-    """Executor and server at most one minor version apart (dev builds are exempt)."""
-    if is_dev(executor_version) or is_dev(__version__):
+    """corral's executors: executor and server at most one minor version apart (dev builds are
+    exempt). A version that is no semver is refused as Sourcegraph refuses it."""
+    if _is_dev(executor_version) or _is_dev(__version__):
         return
-    ours, theirs = parse_version(__version__), parse_version(executor_version)
-    if theirs is None:
-        raise BadRequest(f"failed to check version {executor_version!r}: Invalid Semantic Version")
-    assert ours is not None
-    if theirs[0] != ours[0] or abs(theirs[1] - ours[1]) > 1:
+    theirs, ours = _semver(executor_version), parse_semver(__version__)
+    if theirs.major != ours.major or abs(theirs.minor - ours.minor) > 1:
         raise VersionSkew(
             f"executor version {executor_version} is too far from server version {__version__}: "
             "they may be at most one minor version apart; upgrade the older one"
         )
+
+
+def _is_dev(v: str) -> bool:
+    return v in ("dev", "0.0.0") or v.startswith(("0.0.0+", "0.0.0-"))
+
+
+def _semver(version: str) -> SemVer:
+    try:
+        return parse_semver(version)
+    except InvalidVersion as exc:
+        raise ApiError(version_error(version, exc)) from None  # 500, as Sourcegraph's dequeue
+
+
+def _job_version(request: Request, version: str) -> int:
+    """The Job payload version for this dequeue. Sourcegraph's executors get what Sourcegraph's
+    frontend gives them (corral.protocol.versions: v1 without a version, an error for a bad one);
+    corral's own executor (its User-Agent) speaks v2 and is held to the version-skew rule."""
+    if is_corral_executor(request):
+        if version:  # as Sourcegraph's: no version, no check
+            check_version_skew(version)
+        return 2
+    try:
+        return job_version_for(version)
+    except InvalidVersion as exc:
+        raise ApiError(version_error(version, exc)) from None
 
 
 @router.get("/test/auth", response_class=PlainTextResponse)
@@ -66,10 +92,7 @@ async def test_auth(request: Request, state: StateDep) -> str:
 async def _dequeue(
     request: Request, state: ServerState, queues: list[str], req: DequeueRequest, with_queue: bool
 ) -> Response:
-    if not req.executor_name:
-        raise BadRequest("worker hostname cannot be empty (executorName)")
-    if request.headers.get("user-agent", "").startswith("corral-executor/"):
-        check_version_skew(req.version)
+    version = _checked(request, req)
     for q in queues:
         await state.require_queue(q)
     wait = min(req.wait_seconds or 0.0, state.settings.long_poll_max) if state.settings.extensions else 0.0
@@ -96,9 +119,32 @@ async def _dequeue(
         await state.db(state.store.release, row.id, row.attempt)
         await state.wake(row.queue, wake=1)
         return Response(status_code=204)
+    corral = state.settings.extensions and is_corral_executor(request)
+    try:
+        job = executor_job(row, token, version=version, with_queue=with_queue, corral=corral)
+    except Invalid as exc:
+        # As Sourcegraph's dequeue when its RecordTransformer fails: the record is marked failed
+        # ("failed to transform record: ...") and the executor gets a 500.
+        await state.db(
+            state.store.mark,
+            row.id,
+            row.attempt,
+            req.executor_name,
+            MarkOutcome.FAILED,
+            f"failed to transform record: {exc.message}",
+        )
+        state.log_written(row.id)
+        raise ApiError(f"RecordTransformer: {exc.message}") from None
     state.metrics.dequeued.labels(row.queue).inc()
-    job = executor_job(row, token, version=job_version_for(req.version), with_queue=with_queue)
     return Response(dump_job(job), media_type="application/json")
+
+
+def _checked(request: Request, req: DequeueRequest) -> int:
+    """What every dequeue checks first, in Sourcegraph's order (handler.go/multihandler.go,
+    dequeue): the executor's name, then its version; returns the job version it gets."""
+    if not req.executor_name:
+        raise BadRequest("worker hostname cannot be empty (executorName)")
+    return _job_version(request, req.version)
 
 
 NO_JOB: dict[int | str, dict[str, Any]] = {204: {"description": "No job is waiting"}}
@@ -107,6 +153,7 @@ NO_JOB: dict[int | str, dict[str, Any]] = {204: {"description": "No job is waiti
 @router.post("/queue/dequeue", response_model=Job, responses=NO_JOB)
 async def dequeue_many(request: Request, body: DequeueRequest, state: StateDep) -> Response:
     require_executor(request, state)
+    _checked(request, body)  # before the queues, as Sourcegraph: no queues with a bad name is an error
     if not body.queues:
         return Response(status_code=204)
     return await _dequeue(request, state, list(dict.fromkeys(body.queues)), body, with_queue=True)
@@ -132,39 +179,55 @@ def _telemetry(body: HeartbeatRequest) -> Telemetry:
 
 
 def _int_ids(ids: list[str]) -> list[int]:
-    try:
-        return [int(str(i).split("-", 1)[0]) for i in ids]
-    except ValueError as exc:
-        raise BadRequest(f"job ids must be numbers: {exc}") from None
+    """Heartbeat ids (strings, numbers already read as Go reads them: 18.0 is "18") as job ids. Go's
+    store casts them to integers (`id = ANY(...)`); one that is not a whole number is refused."""
+    out = []
+    for i in ids:
+        if not JOB_ID_RE.fullmatch(i):
+            raise BadRequest(f"job ids must be whole numbers: {i[:40]!r} is not")
+        out.append(int(i))
+    return out
 
 
 @router.post("/queue/{queue}/heartbeat")
 async def heartbeat_one(
     queue: str, request: Request, body: HeartbeatRequest, state: StateDep
 ) -> HeartbeatResponse:
+    """As Sourcegraph's HandleHeartbeat and dbworker Store.Heartbeat: no ids is `[]` and `[]`;
+    otherwise each list is null when nothing is in it."""
     require_executor(request, state)
     if not body.executor_name:
         raise BadRequest("worker hostname cannot be empty (executorName)")
     await state.require_queue(queue)
     ids = _int_ids(body.job_ids)
     rows, cancel = await state.db(state.store.heartbeat, body.executor_name, _telemetry(body), ids, [queue])
+    if not ids:
+        return HeartbeatResponse(known_ids=[], cancel_ids=[])
     known = [str(r.id) for r in rows if r.queue == queue]
-    return HeartbeatResponse(known_ids=known, cancel_ids=[str(i) for i in cancel if str(i) in known])
+    cancel_ids = [str(i) for i in cancel if str(i) in known]
+    return HeartbeatResponse(known_ids=known or None, cancel_ids=cancel_ids or None)
 
 
 @router.post("/queue/heartbeat")
 async def heartbeat_many(request: Request, body: HeartbeatRequest, state: StateDep) -> HeartbeatResponse:
+    """As Sourcegraph's MultiHandler.HandleHeartbeat: ids answered "<id>-<queue>", each list null
+    when nothing is in it (no running jobs: both null)."""
     require_executor(request, state)
     if not body.executor_name:
         raise BadRequest("worker hostname cannot be empty (executorName)")
     if not body.queue_names:
-        raise BadRequest("queueNames must name the executor's queues")
+        raise BadRequest("queueNames must be set for multi-queue heartbeats (the executor's queues)")
     for q in body.queue_names:
         await state.require_queue(q)
+    groups = body.job_ids_by_queue or []
+    unsupported = [g.queue_name for g in groups if g.queue_name not in body.queue_names]
+    if unsupported:
+        raise BadRequest(
+            f"unsupported queue name(s) {', '.join(map(repr, unsupported))} submitted in jobIdsByQueue, "
+            f"executor is configured for queues {', '.join(map(repr, body.queue_names))}"
+        )
     pairs: list[tuple[int, str]] = []
-    for group in body.job_ids_by_queue or []:
-        if group.queue_name not in body.queue_names:
-            raise BadRequest(f"queue {group.queue_name!r} is not one of the executor's queueNames")
+    for group in groups:
         pairs += [(i, group.queue_name) for i in _int_ids(group.job_ids)]
     rows, cancel = await state.db(
         state.store.heartbeat, body.executor_name, _telemetry(body), [i for i, _ in pairs], body.queue_names
@@ -173,7 +236,7 @@ async def heartbeat_many(request: Request, body: HeartbeatRequest, state: StateD
     known = [f"{r.id}-{r.queue}" for r in rows if (r.id, r.queue) in wanted]
     cancel_set = set(cancel)
     cancel_ids = [k for k in known if int(k.split("-", 1)[0]) in cancel_set]
-    return HeartbeatResponse(known_ids=known, cancel_ids=cancel_ids)
+    return HeartbeatResponse(known_ids=known or None, cancel_ids=cancel_ids or None)
 
 
 async def _job_call(
