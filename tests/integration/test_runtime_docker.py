@@ -17,10 +17,14 @@ import json
 import os
 import random
 import re
+import shutil
+import socket
+import subprocess
 import tarfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -49,6 +53,7 @@ from corral.executor.runtimes.docker import (
 )
 from corral.executor.runtimes.docker.api import FrameDecoder, socket_from_env
 from corral.executor.runtimes.docker.containers import container_name
+from tests.conftest import require
 
 pytestmark = pytest.mark.docker
 
@@ -444,6 +449,73 @@ async def test_missing_image_fails_fast(docker_available: None, make_space: Call
         assert await job_containers(runtime, space) == []
     finally:
         await runtime.aclose()
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 where nothing listens (bound, never listening: connections are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_an_unreachable_registry_is_not_the_jobs_fault(
+    rt: DockerRuntime, make_space: Callable[..., JobSpace]
+) -> None:
+    """dockerd cannot connect (a closed loopback port, allowed by the operator so that the pull is
+    tried): reason "docker", so the handler marks the job errored and the server retries it."""
+    registry = f"127.0.0.1:{closed_port()}"
+    rt.allowed_registries = rt.allowed_registries | {registry}
+    with pytest.raises(RuntimeFailure) as err:
+        await run(rt, make_space(), "true", image=f"{registry}/corral/busybox:1")
+    assert err.value.reason == "docker", err.value
+    assert f"its registry {registry} cannot be reached" in err.value.message
+    assert "connection refused" in err.value.message and "retried" in err.value.message
+
+
+@pytest.fixture
+def debian_registry(tmp_path: Path) -> Iterator[str]:
+    """Debian's docker-registry (distribution 2.8) on 127.0.0.1, anonymous, empty; its address."""
+    binary = shutil.which("docker-registry")
+    require(binary is not None, "docker-registry is not installed (apt-get install docker-registry)")
+    assert binary is not None
+    port = closed_port()
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        "version: 0.1\n"
+        f"storage: {{filesystem: {{rootdirectory: {tmp_path / 'registry-data'}}}}}\n"
+        f"http: {{addr: 127.0.0.1:{port}}}\n"
+        "log: {level: error}\n"
+    )
+    with open(tmp_path / "registry.log", "wb") as log:
+        proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            started = proc.poll() is None and time.monotonic() < deadline
+            assert started, (tmp_path / "registry.log").read_text()
+            time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_an_image_a_real_registry_does_not_have_fails_the_job(
+    rt: DockerRuntime, make_space: Callable[..., JobSpace], debian_registry: str
+) -> None:
+    rt.allowed_registries = rt.allowed_registries | {debian_registry}
+    image = f"{debian_registry}/corral/nothing-here:1"
+    with pytest.raises(RuntimeFailure) as err:
+        await run(rt, make_space(), "true", image=image)
+    assert err.value.reason == "image", err.value
+    assert err.value.message.startswith(f"image {image!r} not found: "), err.value.message
+    assert "manifest unknown" in err.value.message
 
 
 class FakeRegistry:

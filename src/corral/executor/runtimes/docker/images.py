@@ -1,4 +1,14 @@
-"""Image references, and images pulled with job-scoped credentials.
+"""Image references, pull failures, and images pulled with job-scoped credentials.
+
+Pull failures are of two kinds (`pull_failure`): the image is missing or refused (a tag or repository
+the registry does not know, credentials it refuses, no image for this platform): the job's fault, so
+reason "image" and the job fails with "image ... not found: <the registry's words>"; or the registry
+cannot be reached (a name that does not resolve, a refused or reset connection, a timeout, a registry
+answering 5xx or "too many requests"): not the job's fault, so reason "docker" and the job is errored
+and retried elsewhere or later. The Engine API reports pull errors as text only (its message, or an
+"error" in the progress stream: no error codes), so the kind is read from that text against the
+phrases dockerd and the registry protocol use (the lists below, checked against a real daemon), with
+the HTTP status as the fallback: 4xx is the image's, anything else the network's.
 
 Job-scoped credentials (a job's dockerAuthConfig) must not leak through the image cache: an image that
 job A pulled with its credentials is local afterwards, and job B must not run it without the
@@ -34,11 +44,65 @@ from corral.executor.runtimes.docker.registries import (
     check_registry_address,
 )
 
-__all__ = ["DEFAULT_PULL_TIMEOUT_S", "Images", "PulledImages", "parse_image_ref"]
+__all__ = ["DEFAULT_PULL_TIMEOUT_S", "Images", "PulledImages", "parse_image_ref", "pull_failure"]
 
 log = logging.getLogger("corral.executor.runtimes.docker")
 
-DEFAULT_PULL_TIMEOUT_S = 600.0  # seconds a pull may take before the step fails with reason "image"
+DEFAULT_PULL_TIMEOUT_S = 600.0  # seconds a pull may take before it counts as an unreachable registry
+
+# dockerd's words for a registry it could not talk to (Go's net errors, registry 5xx, rate limits),
+# e.g. 'Get "http://127.0.0.1:1/v2/": dial tcp 127.0.0.1:1: connect: connection refused', 'dial tcp:
+# lookup reg.example on 10.255.255.53:53: no such host', 'toomanyrequests: You have reached your pull
+# rate limit'. Looked for first: a token or blob fetch that failed this way is the network's too.
+UNREACHABLE_PHRASES = (
+    "dial tcp",
+    "connection refused",
+    "connection reset",
+    "no such host",
+    "server misbehaving",
+    "temporary failure in name resolution",
+    "network is unreachable",
+    "no route to host",
+    "i/o timeout",
+    "tls handshake timeout",
+    "context deadline exceeded",
+    "timeout exceeded",
+    "unexpected eof",
+    "toomanyrequests",
+    "service unavailable",
+    "bad gateway",
+    "gateway timeout",
+    "internal server error",
+)
+# ... and for an image the registry does not have or will not give this job, e.g. 'manifest for
+# 127.0.0.1:5000/x:nope not found: manifest unknown: manifest unknown' (404), 'pull access denied for
+# x, repository does not exist or may require docker login', 'no basic auth credentials'.
+MISSING_PHRASES = (
+    "manifest unknown",
+    "name unknown",
+    "not found",
+    "does not exist",
+    "pull access denied",
+    "no matching manifest",
+    "invalid reference format",
+    "unauthorized",
+    "authentication required",
+    "no basic auth credentials",
+    "denied",
+    "forbidden",
+)
+
+
+def pull_failure(status: int, message: str) -> Reason:
+    """What a failed pull means: Reason.IMAGE (missing or refused: the job's fault, it fails) or
+    Reason.DOCKER (the registry or the daemon could not be reached: errored, retried). `status`
+    is the Engine's HTTP status (200 for an error inside the progress stream, 0: no daemon)."""
+    lowered = message.lower()
+    if status == 0 or any(p in lowered for p in UNREACHABLE_PHRASES):
+        return Reason.DOCKER
+    if any(p in lowered for p in MISSING_PHRASES) or 400 <= status < 500:
+        return Reason.IMAGE
+    return Reason.DOCKER
 
 
 def parse_image_ref(image: str) -> tuple[str, str, str]:
@@ -333,19 +397,26 @@ class Images:
                 await self.api.image_pull(repo, ref, registry_auth=auth)
         except TimeoutError as exc:
             raise RuntimeFailure(
-                f"image {image!r} not found: pulling it took longer than {self.pull_timeout:g} s",
-                reason=Reason.IMAGE,
+                f"image {image!r} could not be pulled: the pull took longer than {self.pull_timeout:g} s "
+                f"(registry {registry}); the job is retried",
+                reason=Reason.DOCKER,
             ) from exc
         except DockerAPIError as exc:
-            reason = "docker" if exc.status == 0 else "image"
             message = exc.message
+            if pull_failure(exc.status, message) is Reason.DOCKER:
+                where = "the Docker Engine" if exc.status == 0 else f"its registry {registry}"
+                raise RuntimeFailure(
+                    f"image {image!r} could not be pulled: {where} cannot be reached ({message}); "
+                    "this is not the job's fault, so it is retried",
+                    reason=Reason.DOCKER,
+                ) from exc
             lowered = message.lower()
             if any(w in lowered for w in ("no basic auth credentials", "authentication required", "denied")):
                 if "unauthorized" not in lowered:
                     message = f"unauthorized: {message}"
                 whose = "with this job's credentials" if auth else "this job has no credentials for it"
                 message += f" ({whose})"
-            raise RuntimeFailure(f"image {image!r} not found: {message}", reason=reason) from exc
+            raise RuntimeFailure(f"image {image!r} not found: {message}", reason=Reason.IMAGE) from exc
         try:
             found = await self.api.image_inspect(image)
         except DockerAPIError as exc:

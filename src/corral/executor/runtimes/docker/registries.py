@@ -123,7 +123,8 @@ async def check_registry_address(registry: str, image: str, allowed: Iterable[st
     """Refuse (RuntimeFailure, reason "image") a pull from a registry on a non-public address.
 
     `allowed`: canonical host[:port] entries (EXECUTOR_DOCKER_ALLOWED_REGISTRIES) that pass as they are.
-    A hostname is resolved (off the event loop) and refused if any of its addresses is refused.
+    A hostname is resolved (off the event loop) and refused if any of its addresses is refused; a
+    name that cannot be resolved is an unreachable registry (RuntimeFailure, reason "docker").
     """
 
     def refuse(what: str) -> RuntimeFailure:
@@ -157,7 +158,12 @@ async def check_registry_address(registry: str, image: str, allowed: Iterable[st
         async with asyncio.timeout(RESOLVE_TIMEOUT_S):
             infos = await loop.getaddrinfo(host, port or 443, type=socket.SOCK_STREAM)
     except (OSError, TimeoutError) as exc:
-        raise refuse(f"cannot be resolved ({exc or 'timed out'})") from None
+        # A registry that cannot be reached is not the job's fault (issue 15): errored, retried.
+        raise RuntimeFailure(
+            f"image {image!r} could not be pulled: its registry {registry} cannot be resolved "
+            f"({exc or 'timed out'}); this is not the job's fault, so it is retried",
+            reason=Reason.DOCKER,
+        ) from None
     for info in infos:
         addr = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
         why = refused_address(addr)
