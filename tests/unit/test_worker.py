@@ -206,6 +206,117 @@ async def test_malformed_server_answers_do_not_stop_heartbeats_or_the_executor(h
         await client.dequeue()
 
 
+DEEP = b"[" * 100_000 + b"]" * 100_000  # JSON nested past Python's (and Go's) decoder
+
+
+async def test_answers_nested_too_deeply_are_server_errors(h: Harness) -> None:
+    """json.loads raises RecursionError, which is no ValueError: it must not escape the client
+    (review of issue 11: it killed the executor's dequeue loop)."""
+    import httpx
+
+    from corral.errors import ServerError
+
+    client = h.client()
+    await client.heartbeat([], {})  # corral's server: cancelWatch is offered
+    for op, call in [
+        ("dequeue", client.dequeue),
+        ("heartbeat", lambda: client.heartbeat([], {})),
+        ("cancelWatch", lambda: client.cancel_watch([1], 0.01)),
+    ]:
+        h.transport.respond(op, httpx.Response(200, content=DEEP))
+        with pytest.raises(ServerError, match=f"the server's answer to {op} .*JSON nested too deeply"):
+            await call()
+    # a job whose field is nested too deeply (hostile.py's second attack)
+    field = b'{"id": 7, "redactedValues": ' + DEEP + b"}"
+    h.transport.respond("dequeue", httpx.Response(200, content=field))
+    with pytest.raises(ServerError, match="the server's answer to dequeue is JSON nested too deeply"):
+        await client.dequeue()
+    # an error answer is decoded for its message: nested too deeply, it is a plain 4xx
+    h.transport.respond("dequeue", httpx.Response(400, content=DEEP))
+    with pytest.raises(ServerError, match="400") as info:
+        await client.dequeue()
+    assert info.value.status == 400 and len(info.value.message) < 2100  # the first ERROR_BODY bytes
+
+
+async def test_the_worker_survives_a_dequeue_answer_nested_too_deeply(h: Harness) -> None:
+    import httpx
+
+    fake = FakeRuntime()
+    h.transport.respond("dequeue", httpx.Response(200, content=DEEP), times=1)
+    h.transport.respond("heartbeat", httpx.Response(200, content=DEEP), times=2)
+    async with h.running(h.worker(fake)):
+        job_id = await h.submit(fake_step())
+        view = await h.wait_for(job_id)
+    assert view["state"] == "completed", view
+    assert next(s.status for s in h.transport.sent if s.op == "dequeue") == 200  # the deep one came first
+
+
+async def test_an_unexpected_dequeue_error_does_not_end_the_executor(h: Harness, caplog) -> None:
+    fake = FakeRuntime()
+    worker = h.worker(fake)
+    real, broken = worker.client.dequeue, {"left": 1}
+
+    async def flaky(wait: float = 0.0):
+        if broken["left"]:
+            broken["left"] -= 1
+            raise RecursionError("a library error the client did not map")
+        return await real(wait)
+
+    worker.client.dequeue = flaky  # type: ignore[method-assign]
+    async with h.running(worker):
+        job_id = await h.submit(fake_step())
+        view = await h.wait_for(job_id)
+    assert view["state"] == "completed" and not broken["left"], view
+    assert "dequeue failed unexpectedly" in caplog.text
+
+
+async def test_answers_are_read_at_most_their_bound(h: Harness) -> None:
+    """A heartbeat, cancelWatch or log answer over MAX_ANSWER, a dequeue answer over
+    MAX_DEQUEUE_ANSWER: a ServerError naming the bound, and the body is read no further (with or
+    without a Content-Length)."""
+    import httpx
+
+    from corral.errors import ServerError
+    from corral.executor.client import MAX_ANSWER, MAX_DEQUEUE_ANSWER
+
+    assert MAX_ANSWER == 16 * 1024 * 1024 and MAX_DEQUEUE_ANSWER == 64 * 1024 * 1024
+    chunk = b" " * (1024 * 1024)
+    pulled = {"n": 0}
+    answers: dict[str, httpx.Response] = {}
+
+    async def endless():  # a server that never stops sending: bounded by the test, not by the client
+        for _ in range(200):
+            pulled["n"] += 1
+            yield chunk
+
+    def server(request: httpx.Request) -> httpx.Response:
+        return answers[request.url.path.rsplit("/", 1)[-1]]
+
+    client = h.client(transport=httpx.MockTransport(server))
+    answers["heartbeat"] = httpx.Response(200, content=endless())
+    with pytest.raises(
+        ServerError, match=f"heartbeat: the server's answer is larger than {MAX_ANSWER} bytes"
+    ):
+        await client.heartbeat([], {})
+    assert pulled["n"] == MAX_ANSWER // len(chunk) + 1  # stopped at the first chunk past the bound
+    pulled["n"] = 0
+    answers["cancelWatch"] = httpx.Response(
+        200, headers={"content-length": str(MAX_ANSWER + 1)}, content=endless()
+    )
+    with pytest.raises(ServerError, match=f"cancelWatch: the server's answer is larger than {MAX_ANSWER}"):
+        await client.cancel_watch([1], 0.01)
+    assert pulled["n"] == 0  # its Content-Length said enough
+    answers["dequeue"] = httpx.Response(200, content=endless())
+    with pytest.raises(ServerError, match=f"larger than {MAX_DEQUEUE_ANSWER} bytes"):
+        await client.dequeue()
+    assert pulled["n"] == MAX_DEQUEUE_ANSWER // len(chunk) + 1
+    # a dequeue answer between the two bounds is a job (a job may carry 32 MiB of files, base64)
+    big = {"id": 3, "files": {"f": {"content": "QUJD" * (5 * 1024 * 1024)}}, "version": 2}
+    answers["dequeue"] = httpx.Response(200, json=big)
+    job = await client.dequeue()
+    assert job is not None and job.id == 3 and len(job.files["f"].content or "") > MAX_ANSWER
+
+
 # -- against a Sourcegraph frontend (tests/compat/sgfrontend.py, in-process) --------------------------
 SG_URL = "http://sourcegraph.test"  # never resolved: requests go through the ASGI transport
 

@@ -3,6 +3,11 @@
 Transient failures (connection errors, 5xx, 429) are retried with exponential backoff for a bounded
 time; any other 4xx is final and raised as ServerError with the server's message.
 
+Every answer is hostile until decoded: it is read streaming and at most its bound (MAX_ANSWER,
+MAX_DEQUEUE_ANSWER; an error answer's first ERROR_BODY bytes), and anything malformed, JSON nested
+past Python's recursion limit included, is a ServerError naming the call (`_answer`), never an
+exception that ends a loop of the worker.
+
 Which server it talks to: a response carrying X-Corral-Extensions comes from corral's server
 (`server_is_corral`); anything else is treated as Sourcegraph's frontend. That decides the version
 sent at dequeue (see SOURCEGRAPH_PROTOCOL_VERSION) and, in the handler, which CLI runs CLI steps.
@@ -17,6 +22,7 @@ import contextlib
 import json
 import re
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -30,7 +36,7 @@ from corral.executor.telemetry import TELEMETRY_KEYS
 from corral.protocol import EXECUTOR_NAME_HEADER, EXTENSIONS_HEADER, JOB_ID_HEADER, Job
 from corral.units import format_size
 
-__all__ = ["SOURCEGRAPH_PROTOCOL_VERSION", "QueueClient", "job_key"]
+__all__ = ["MAX_ANSWER", "MAX_DEQUEUE_ANSWER", "SOURCEGRAPH_PROTOCOL_VERSION", "QueueClient", "job_key"]
 
 # The version a corral executor sends at dequeue to a server that is not corral's. Sourcegraph's
 # frontend answers with a v2 job (base64 file contents, dockerAuthConfig) only when
@@ -49,6 +55,11 @@ HEARTBEAT_API_V2 = "V2"
 FILES_PATH = "/.executors/files"  # Sourcegraph's files API (apiclient/files/client.go)
 FILE_CHUNK = 64 * 1024  # bytes read from the files API at a time
 ERROR_BODY = 2000  # bytes of an error answer kept for the message
+MAX_ANSWER = 16 * 1024 * 1024  # bytes of an answer read at most (heartbeat, cancelWatch, log entries)
+# bytes of a dequeue answer read at most: a job carries up to 32 MiB of files (base64 in the JSON,
+# corral.protocol.producer.MAX_FILES_BYTES) plus its redacted values and steps, so its bound is the
+# server's default request body bound (max_body_bytes), the most a job could have been submitted as.
+MAX_DEQUEUE_ANSWER = 64 * 1024 * 1024
 
 
 def job_key(job: Job) -> str:
@@ -60,6 +71,46 @@ CONNECT_TIMEOUT = 10.0  # seconds
 REQUEST_TIMEOUT = 30.0  # seconds, beyond any long-poll wait
 RETRY_FOR = 60.0  # seconds a job-scoped call keeps retrying a failing server
 RETRY_MAX_WAIT = 5.0  # seconds between two tries at most
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A server's answer, read whole but never past its bound (see QueueClient._send). For a
+    status >= 400, `content` is its first ERROR_BODY bytes."""
+
+    status: int
+    content: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+    @property
+    def text(self) -> str:
+        return self.content[:ERROR_BODY].decode("utf-8", "replace").strip()
+
+
+async def _read_head(r: httpx.Response, limit: int) -> bytes:
+    """The first `limit` bytes of the body (the rest is never read)."""
+    head = bytearray()
+    async for chunk in r.aiter_bytes():
+        head += chunk
+        if len(head) >= limit:
+            break
+    return bytes(head[:limit])
+
+
+async def _read_at_most(r: httpx.Response, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it is known to exceed `limit` bytes (its Content-Length,
+    else the decoded bytes read so far): memory is never spent past the bound."""
+    length = r.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        return None
+    body = bytearray()
+    async for chunk in r.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 def _transient(exc: BaseException) -> bool:
@@ -116,25 +167,47 @@ class QueueClient:
         auth = f"Bearer {job.token}" if job.token else f"token-executor {self.settings.frontend_password}"
         return {"Authorization": auth, JOB_ID_HEADER: str(job.id), EXECUTOR_NAME_HEADER: self.settings.name}
 
-    async def _once(
-        self, path: str, body: Any, headers: dict[str, str], timeout: float | None
-    ) -> httpx.Response:
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        headers: dict[str, str],
+        timeout: float | None = None,
+        limit: int = MAX_ANSWER,
+    ) -> Answer:
+        """One request; its answer read streaming and at most `limit` bytes (ServerError past it;
+        an error status keeps only the first ERROR_BODY bytes)."""
         kw: dict[str, Any] = {"json": body, "headers": headers}
         if timeout is not None:
             kw["timeout"] = httpx.Timeout(timeout, connect=CONNECT_TIMEOUT)
-        r = await self.http.post(path, **kw)
-        self._seen(r)
-        if r.status_code >= 400:
+        r = await self.http.send(self.http.build_request(method, path, **kw), stream=True)
+        try:
+            self._seen(r)
+            if r.status_code >= 400:
+                return Answer(r.status_code, await _read_head(r, ERROR_BODY))
+            content = await _read_at_most(r, limit)
+        finally:
+            await r.aclose()
+        if content is None:
+            raise ServerError(f"{path}: the server's answer is larger than {limit} bytes, this call's bound")
+        return Answer(r.status_code, content)
+
+    async def _once(
+        self, path: str, body: Any, headers: dict[str, str], timeout: float | None, limit: int
+    ) -> Answer:
+        a = await self._send("POST", path, body, headers, timeout, limit)
+        if a.status >= 400:
             try:
-                payload = r.json()
-                msg = payload.get("error", r.text) if isinstance(payload, dict) else r.text
-            except ValueError:
-                payload, msg = None, r.text
-            if r.status_code == 409:
+                payload = a.json()
+                msg = payload.get("error", a.text) if isinstance(payload, dict) else a.text
+            except (ValueError, RecursionError):  # not JSON (or a cut one), or nested too deeply
+                payload, msg = None, a.text
+            if a.status == 409:
                 offset = payload.get("offset") if isinstance(payload, dict) else None
                 raise StaleAttempt(f"{path}: {msg}", offset=offset)
-            raise ServerError(f"{path}: {r.status_code} {msg}".strip(), status=r.status_code)
-        return r
+            raise ServerError(f"{path}: {a.status} {msg}".strip(), status=a.status)
+        return a
 
     def _retrying(self, retry_for: float | None) -> AsyncRetrying:
         return AsyncRetrying(
@@ -152,22 +225,26 @@ class QueueClient:
         *,
         timeout: float | None = None,
         retry_for: float | None = None,
-    ) -> httpx.Response:
+        limit: int = MAX_ANSWER,
+    ) -> Answer:
         retrying = self._retrying(retry_for)
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._once(path, body, headers, timeout)
+                    return await self._once(path, body, headers, timeout, limit)
         except httpx.HTTPError as exc:
             raise ServerError(f"cannot reach the server at {self.settings.frontend_url}: {exc!r}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     @contextlib.contextmanager
     def _answer(self, what: str) -> Iterator[None]:
-        """Decode a server answer: anything malformed (not JSON, wrong shape, bad ids) is a ServerError
-        naming the call, so no loop of the worker dies of a library error."""
+        """Decode a server answer: anything malformed (not JSON, JSON nested too deeply for Python's
+        decoder, wrong shape, bad ids) is a ServerError naming the call, so no loop of the worker
+        dies of a library error."""
         try:
             yield
+        except RecursionError:  # json.loads of e.g. 100000 "[": Go's decoder refuses it too (depth 10000)
+            raise ServerError(f"the server's answer to {what} is JSON nested too deeply") from None
         except (ValueError, TypeError, AttributeError, KeyError) as exc:  # JSON, pydantic, shapes
             raise ServerError(f"the server's answer to {what} is not what the protocol says: {exc}") from exc
 
@@ -184,12 +261,11 @@ class QueueClient:
     # -- executor-scoped calls ----------------------------------------------------------------
     async def test_auth(self) -> None:
         try:
-            r = await self.http.get("/.executors/test/auth", headers=self._executor_headers())
+            a = await self._send("GET", "/.executors/test/auth", None, self._executor_headers())
         except httpx.HTTPError as exc:
             raise ServerError(f"cannot reach the server at {self.settings.frontend_url}: {exc!r}") from exc
-        self._seen(r)
-        if r.status_code != 200:
-            raise ServerError(f"auth check failed: {r.status_code} {r.text.strip()}", status=r.status_code)
+        if a.status != 200:
+            raise ServerError(f"auth check failed: {a.status} {a.text}", status=a.status)
 
     async def dequeue(self, wait: float = 0.0) -> Job | None:
         s = self.settings
@@ -212,9 +288,14 @@ class QueueClient:
         else:
             path = f"/.executors/queue/{s.queues[0]}/dequeue"
         r = await self._post(
-            path, body, self._executor_headers(), timeout=wait + REQUEST_TIMEOUT, retry_for=0
+            path,
+            body,
+            self._executor_headers(),
+            timeout=wait + REQUEST_TIMEOUT,
+            retry_for=0,
+            limit=MAX_DEQUEUE_ANSWER,
         )
-        if r.status_code == 204 or not r.content:
+        if r.status == 204 or not r.content:
             return None
         with self._answer("dequeue"):
             job = Job.model_validate(r.json())
@@ -295,13 +376,9 @@ class QueueClient:
                     r = await self.http.send(request, stream=True)
                     self._seen(r)
                     if r.status_code != 200:
-                        head = bytearray()
-                        async for chunk in r.aiter_bytes():  # the server's message, bounded
-                            head += chunk
-                            if len(head) >= ERROR_BODY:
-                                break
+                        head = await _read_head(r, ERROR_BODY)  # the server's message, bounded
                         await r.aclose()
-                        text = bytes(head[:ERROR_BODY]).decode("utf-8", "replace").strip()
+                        text = head.decode("utf-8", "replace").strip()
                         raise ServerError(f"GET {path}: {r.status_code} {text}".strip(), status=r.status_code)
         except httpx.HTTPError as exc:
             raise ServerError(f"cannot reach the server at {self.settings.frontend_url}: {exc!r}") from exc
@@ -408,7 +485,10 @@ def _heartbeat_ids(content: bytes) -> tuple[list[str], list[str]]:
     executorqueue/handler/routes.go: "TODO: Remove in Sourcegraph 4.4"). `null` means none known."""
     if not content.strip():
         raise ValueError("the answer is empty")
-    data = json.loads(content)
+    try:
+        data = json.loads(content)
+    except RecursionError:  # a hostile answer nested past Python's decoder: not a heartbeat answer
+        raise ValueError("the answer is JSON nested too deeply") from None
     if data is None:
         return [], []
     if isinstance(data, list):

@@ -189,6 +189,12 @@ class Worker:
                 failures.failed(exc, backoff)
                 await self._sleep(backoff)
                 continue
+            except Exception:  # a bug (or an answer the client failed to map) must not end the executor
+                self.slots.release()
+                log.exception("dequeue failed unexpectedly; trying again")
+                backoff = min(max(backoff * 2, 0.5), BACKOFF_MAX)
+                await self._sleep(backoff)
+                continue
             except asyncio.CancelledError:  # interrupted by stop()
                 self.slots.release()
                 break
