@@ -321,7 +321,7 @@ def test_secret_fed_one_byte_at_a_time(with_long: bool) -> None:
     out = b""
     for b in data:
         out += stream.feed(bytes([b]))
-        assert stream.pending <= r.max_pattern_len - 1
+        assert stream.pending <= r.max_hold
         for form in (t, base64.b64encode(t), t.hex().encode()):
             assert form[:-1] not in out  # no part of a form escapes before the decision
     out += stream.flush()
@@ -408,7 +408,7 @@ def test_hold_back_does_not_grow_without_matches() -> None:
     out = b""
     for i in range(0, len(data), 100):
         out += stream.feed(data[i : i + 100])
-        assert stream.pending <= min(i + 100, r.max_pattern_len - 1)
+        assert stream.pending <= min(i + 100, r.max_hold)
     assert out + stream.flush() == data
 
 
@@ -615,3 +615,11 @@ async def test_handler_fails_a_job_with_too_many_values_at_once() -> None:
         await _build_off_loop(_handler(), job)
     assert time.perf_counter() - start < 1.0
     assert caught.value.message == "the job has 80000 redacted values; this executor redacts at most 10000"
+
+
+def test_public_names_are_complete_and_sorted() -> None:
+    import corral.executor.redact as package
+
+    assert package.__all__ == sorted(package.__all__)
+    public = {n for n in dir(package) if not n.startswith("_") and not inspect.ismodule(getattr(package, n))}
+    assert public - {"annotations"} == set(package.__all__)

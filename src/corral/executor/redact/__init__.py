@@ -74,7 +74,7 @@ Limits (limits.py)
     The secrets come from the job, so their size is bounded before anything is built: at most
     MAX_VALUES redacted values and MAX_SECRET_BYTES of secret and replacement text (UTF-8) per job;
     past that `Redactor` raises RedactionLimitError (the executor fails the job: retrying would not
-    help). Building costs about 25 patterns per secret and runs in a worker thread, never on the event
+    help). Building costs about 20 patterns per secret and runs in a worker thread, never on the event
     loop (`JobHandler._redactor`), cached per job and secrets (`RedactorCache`) across attempts.
     CPU per byte is bounded: an automaton pass per view (the unescaped one only near escapes, the hex
     one over hex digits only), a little Python per escape, per dump line and per match.

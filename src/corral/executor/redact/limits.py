@@ -24,8 +24,9 @@ __all__ = [
 ]
 
 # Limits on what a job may ask to redact, enforced before anything is built (`check_limits`). A secret
-# becomes about 25 patterns (~35x its bytes) over four views. Measured at the value limit, 10,000 random
-# 20-40 character secrets build in ~1 s (in a worker thread; bench/redact_throughput.py).
+# becomes about 20 patterns (~30x its bytes) over the views. Measured at the value limit, 10,000 random
+# 20-40 character secrets build in ~1.2 s (0.6 s before the views; in a worker thread) into ~90 MiB
+# (35 MiB before); bench/redact_throughput.py.
 MAX_VALUES = 10_000  # redacted values per job
 MAX_SECRET_BYTES = 1024 * 1024  # bytes (UTF-8) of secrets plus replacements per job: 1 MiB
 CACHE_SIZE = 4  # redactors: an executor keeps the last ones built (RedactorCache), for retries
