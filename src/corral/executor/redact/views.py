@@ -395,8 +395,8 @@ class Hex:
 def _plain(data: bytes, lo: int, hi: int, layout: Layout, parts: list[bytes]) -> None:
     """The hex view of data[lo:hi], text that is not a dump line: its hex digits, except the 0 of each
     0x; a run of more than HEX_GAP other bytes becomes a gap mark."""
-    if hi <= lo:
-        return
+    if hi <= lo or (hi - lo <= HEX_GAP and not data[lo:hi].translate(None, _NON_HEX)):
+        return  # nothing for the view (the line break between two dump lines)
     zeros = [m.start() for m in _ZERO_X.finditer(data, lo, hi)]
     marks = data[lo:hi].translate(_HEX_MARKS)
     if zeros:
