@@ -308,6 +308,26 @@ async def test_a_runtime_that_keeps_its_workspace_in_its_sandbox_supplies_it(h: 
     assert "collect" in calls
 
 
+async def test_a_queue_that_is_not_a_name_never_becomes_a_host_path(h: Harness, caplog) -> None:
+    """Defence in depth behind QueueClient.dequeue's check: the job root's queue part is
+    [a-z0-9_-] only, so "batches/../../x" makes no directory outside EXECUTOR_WORKSPACE_ROOT and
+    the job neither runs nor is reported under that queue (review of issue 11, queue_escape2.py)."""
+    from corral.protocol import Job
+
+    fake = FakeRuntime()
+    settings = h.executor_settings(queues=["batches", "codeintel"], keep_workspaces=True)
+    handler = h.handler(fake, settings)
+    outside = h.data_dir / "outside"
+    for queue in ["batches/" + "../" * 12 + str(outside).lstrip("/"), "..", "a.b", "Batches"]:
+        job = Job.model_validate(
+            {"id": 7, "queue": queue, "token": "T", "version": 2, "dockerSteps": [fake_step()]}
+        )
+        await handler.handle(job)
+    assert not outside.exists() and not list(settings.workspace_root.iterdir())
+    assert fake.attempts(7) == [] and not [s for s in h.transport.sent if "mark" in s.op]
+    assert caplog.text.count("job 7: refusing to run it: queue ") == 4
+
+
 # -- against a Sourcegraph frontend (tests/compat/sgfrontend.py, in-process) --------------------------
 SG_URL = "http://sourcegraph.test"  # never resolved: requests go through the ASGI transport
 

@@ -317,6 +317,53 @@ async def test_answers_are_read_at_most_their_bound(h: Harness) -> None:
     assert job is not None and job.id == 3 and len(job.files["f"].content or "") > MAX_ANSWER
 
 
+# -- the dequeue answer's queue (review of issue 11: it became a host path) ---------------------------
+def _evil_queue(h: Harness) -> str:
+    return "batches/" + "../" * 12 + str(h.data_dir / "escaped").lstrip("/")
+
+
+async def test_a_job_of_a_queue_this_executor_does_not_serve_is_refused(h: Harness) -> None:
+    import httpx
+
+    from corral.errors import ServerError
+
+    answers: list[dict] = []
+    client = h.client(
+        h.executor_settings(queues=["batches", "codeintel"]),
+        transport=httpx.MockTransport(lambda r: httpx.Response(200, json=answers.pop(0))),
+    )
+    for queue in (_evil_queue(h), "other", "", None, "Batches"):
+        answers.append({"id": 7, "queue": queue, "token": "T", "version": 2})
+        with pytest.raises(ServerError, match=r"this executor does not serve \(batches, codeintel\); not"):
+            await client.dequeue()
+    answers.append({"id": 7, "queue": "codeintel", "token": "T", "version": 2})
+    job = await client.dequeue()
+    assert job is not None and job.queue == "codeintel"
+    one = h.client(transport=httpx.MockTransport(lambda r: httpx.Response(200, json=answers.pop(0))))
+    answers.append({"id": 8, "token": "T"})  # one queue: Sourcegraph's answer names none
+    job = await one.dequeue()
+    assert job is not None and job.queue == "batches"
+    answers.append({"id": 8, "queue": "codeintel", "token": "T"})
+    with pytest.raises(ServerError, match="of queue 'codeintel', which this executor does not serve"):
+        await one.dequeue()
+
+
+async def test_the_worker_never_runs_a_job_whose_queue_escapes_the_workspace_root(h: Harness) -> None:
+    import httpx
+
+    fake = FakeRuntime()
+    settings = h.executor_settings(queues=["batches", "codeintel"], keep_workspaces=True)
+    evil = {"id": 99, "queue": _evil_queue(h), "token": "T", "version": 2, "dockerSteps": [fake_step()]}
+    h.transport.respond("dequeue", httpx.Response(200, json=evil), times=1)
+    async with h.running(h.worker(fake, settings)):
+        job_id = await h.submit(fake_step())
+        view = await h.wait_for(job_id)
+    assert view["state"] == "completed", view  # the next dequeue's job ran
+    assert not (h.data_dir / "escaped").exists()
+    assert not [p for p in h.data_dir.rglob("*escaped*")]
+    assert fake.attempts(99) == [], "the refused job never ran"
+
+
 # -- against a Sourcegraph frontend (tests/compat/sgfrontend.py, in-process) --------------------------
 SG_URL = "http://sourcegraph.test"  # never resolved: requests go through the ASGI transport
 

@@ -299,8 +299,16 @@ class QueueClient:
             return None
         with self._answer("dequeue"):
             job = Job.model_validate(r.json())
-        if job.queue is None:
-            job.queue = s.queues[0]
+        if not job.queue and not s.multi_queue:
+            job.queue = s.queues[0]  # a one-queue answer may leave it out (Sourcegraph's does)
+        if job.queue not in s.queues:
+            # The queue names the routes of every later call and the job's directory on this host:
+            # only a queue this executor asked for is taken (the job is not run; never heartbeated,
+            # the server's resetter requeues it).
+            raise ServerError(
+                f"the server answered the dequeue with job {job.id} of queue {str(job.queue)[:80]!r}, "
+                f"which this executor does not serve ({', '.join(s.queues)}); not running it"
+            )
         return job
 
     async def heartbeat(self, jobs: list[Job], telemetry: dict[str, str]) -> tuple[set[str], set[str]]:

@@ -60,6 +60,7 @@ from corral.executor.runtimes.base import (
 from corral.executor.runtimes.registry import RuntimeSet
 from corral.executor.settings import ExecutorSettings
 from corral.executor.workspace import HostWorkspace, Workspace
+from corral.executor.workspace.host import job_root_name
 from corral.protocol import Job
 from corral.units import format_duration
 
@@ -205,10 +206,18 @@ class JobHandler:
 
     async def handle(self, job: Job) -> None:
         """Run the job and report its outcome; raises CancelledError when canceled."""
-        root = (
-            self.settings.workspace_root
-            / f"{self.settings.vm_prefix}.{job.queue}-{job.id}-{job.attempt or 0}-{secrets.token_hex(4)}"
-        )
+        s = self.settings
+        try:
+            name = job_root_name(
+                s.vm_prefix, job.queue or s.queues[0], job.id, job.attempt or 0, secrets.token_hex(4)
+            )
+        except ValueError as exc:
+            # QueueClient.dequeue takes only the executor's own queues; a queue that is not a name
+            # must never become a host path (nor a route: the job is not reported, the server's
+            # resetter requeues it).
+            log.error("job %s: refusing to run it: %s", job.id, exc)
+            return
+        root = s.workspace_root / name
         try:
             space = self._space(job, root)
         except identity.IdentityExhausted as exc:  # no uid free: another executor (or a later try) runs it

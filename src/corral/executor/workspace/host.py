@@ -23,6 +23,7 @@ import base64
 import contextlib
 import os
 import posixpath
+import re
 import shutil
 import stat
 import subprocess
@@ -444,6 +445,22 @@ async def diff(run: SandboxRun, repo_dir: str, commit: str, *, limit: int = MAX_
     if rc != 0:
         raise RuntimeFailure(f"git diff failed (exit {rc}): {_text(bytes(out.buf))}", reason=Reason.DIFF)
     return bytes(out.buf).decode("utf-8", "replace")
+
+
+_NAME_PART = re.compile(r"[a-z0-9_-]{1,64}")  # a queue name (EXECUTOR_QUEUE_NAME(S)), an owner
+
+
+def job_root_name(owner: str, queue: str, job_id: int, attempt: int, suffix: str) -> str:
+    """The name of a job's root directory in EXECUTOR_WORKSPACE_ROOT (see `sweep`):
+    ``<owner>.<queue>-<id>-<attempt>-<suffix>``. The queue comes from the server's answer, so it
+    is checked to be a queue name (``[a-z0-9_-]``, no ``/`` or ``.``): a name like
+    ``batches/../../x`` would put the job's directory anywhere on the host. ValueError otherwise."""
+    for what, part in (("queue", queue), ("owner", owner)):
+        if not _NAME_PART.fullmatch(part):
+            raise ValueError(f"{what} {part[:80]!r} is not a name of [a-z0-9_-] (1 to 64 characters)")
+    if not re.fullmatch(r"[a-z0-9]{1,32}", suffix):
+        raise ValueError(f"suffix {suffix[:80]!r} is not [a-z0-9]")
+    return f"{owner}.{queue}-{int(job_id)}-{int(attempt)}-{suffix}"
 
 
 def sweep(workspace_root: Path, owner: str, live: Callable[[], set[str]], *, keep: bool) -> list[str]:
