@@ -12,8 +12,8 @@ it came from, which are then replaced. Three views:
 `Unescape`: escapes decoded: `%XX` (any case, any mix with plain characters), JSON and JavaScript
     `\\uXXXX` (surrogate pairs too) and `\\n`-style escapes, `\\xXX`, octal `\\NNN`, and a backslash before
     any other punctuation or space (`printf %q`, `$'...'`, JSON's `\\/` and `\\"`). Only matches that
-    contain at least one decoded escape count (the others are the squeezed view's), so the view is
-    scanned only around escapes.
+    contain at least one decoded escape count (the others are the squeezed view's), so output without
+    `%` or `\\` is not scanned in this view at all.
 `Hex`: the hex digits of the output, lower-cased, with separators dropped (spaces, `:`, `,`, `0x` and
     `\\x` prefixes, line breaks) and, on hex-dump lines (`xxd`, `hexdump -C`, `od -x`, `od -tx1`, any
     line that starts with an offset column followed by hex groups), the offset and the character column
