@@ -12,10 +12,13 @@ __all__ = [
     "EXECUTOR_NAME_HEADER",
     "EXTENSIONS",
     "EXTENSIONS_HEADER",
+    "FILE_BUCKET_RE",
     "JOB_ID_HEADER",
+    "MAX_FILE_KEY_CHARS",
     "QUEUE_NAME_RE",
     "ZERO_TIME",
     "Wire",
+    "check_file_ref",
     "check_workspace_dir",
     "check_workspace_path",
     "now_rfc3339",
@@ -28,6 +31,10 @@ EXTENSIONS = ("longpoll", "logappend", "fencing", "results", "cancelwatch")
 JOB_ID_HEADER = "X-Sourcegraph-Job-ID"
 EXECUTOR_NAME_HEADER = "X-Sourcegraph-Executor-Name"
 ZERO_TIME = "0001-01-01T00:00:00Z"
+# Files by bucket/key (the file store; Sourcegraph's files API, /.executors/files/<bucket>/<key>).
+FILE_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}\Z")
+FILE_KEY_SEGMENT_RE = re.compile(r"[A-Za-z0-9._~+=,@:-]{1,255}\Z")
+MAX_FILE_KEY_CHARS = 1024
 
 
 def now_rfc3339() -> str:
@@ -59,6 +66,23 @@ def _relative(path: str, what: str) -> str:
     if norm == ".." or norm.startswith("../"):
         raise ValueError(f"refusing to write outside of working directory: {path!r}")
     return norm
+
+
+def check_file_ref(bucket: str, key: str) -> None:
+    """A file store address, else ValueError. The bucket is 1-63 of [a-z0-9._-] starting with a
+    letter or digit; the key is at most MAX_FILE_KEY_CHARS, "/"-separated segments of 1-255 of
+    [A-Za-z0-9._~+=,@:-], none of them "." or ".." (so a key never climbs out of anything, needs no
+    escaping in a URL path, and means the same after any URL normalisation)."""
+    if not FILE_BUCKET_RE.match(bucket):
+        raise ValueError(f"invalid file bucket {bucket[:80]!r}: use 1-63 characters of [a-z0-9._-]")
+    if not key or len(key) > MAX_FILE_KEY_CHARS:
+        raise ValueError(f"a file key has 1-{MAX_FILE_KEY_CHARS} characters ({len(key)} given)")
+    for seg in key.split("/"):
+        if seg in (".", "..") or not FILE_KEY_SEGMENT_RE.match(seg):
+            raise ValueError(
+                f"invalid file key {key[:80]!r}: segments of 1-255 characters of [A-Za-z0-9._~+=,@:-], "
+                "not '.' or '..', separated by '/'"
+            )
 
 
 class Wire(BaseModel):

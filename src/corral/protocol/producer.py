@@ -5,6 +5,8 @@
     GET  /jobs -> [JobView]         GET /jobs/{id} -> JobView    POST /jobs/{id}/cancel -> JobView
     GET  /jobs/{id}/logs -> JobLogs GET /jobs/{id}/logs/stream   NDJSON of LogEvent
     GET  /jobs/{id}/result -> ResultView                         GET /executors -> [ExecutorView]
+    PUT  /files/{bucket}/{key}      raw bytes -> FileView        GET /files/{bucket}/{key} -> bytes
+    GET  /files/{bucket} -> [FileView]                           DELETE /files/{bucket}/{key}
 
 The server answers with these models and corral's producer client parses them. A JobView never
 holds a secret: the server redacts it (corral.server.jobview).
@@ -18,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from corral.protocol.common import Wire, check_workspace_dir, check_workspace_path
+from corral.protocol.common import ZERO_TIME, Wire, check_file_ref, check_workspace_dir, check_workspace_path
 from corral.protocol.queue import CliStep, DockerStep
 
 __all__ = [
@@ -28,13 +30,16 @@ __all__ = [
     "MAX_OUTPUTS",
     "MAX_REDACTED_BYTES",
     "MAX_REDACTED_VALUES",
+    "MAX_REFERENCED_FILES_BYTES",
     "MAX_STEPS",
+    "MAX_STORED_FILE_BYTES",
     "MAX_TIMEOUT",
     "DockerStepIn",
     "EntryEvent",
     "ExecutorView",
     "ExitEvent",
     "FileIn",
+    "FileView",
     "JobIn",
     "JobLogs",
     "JobView",
@@ -56,6 +61,8 @@ MAX_REDACTED_VALUES = 1_000  # entries of redactedValues
 MAX_REDACTED_BYTES = 1024 * 1024  # bytes of redactedValues keys and values together (UTF-8)
 MAX_FILES = 1_000  # files written into the workspace
 MAX_FILES_BYTES = 32 * 1024 * 1024  # bytes of all files' contents together, decoded
+MAX_STORED_FILE_BYTES = 32 * 1024 * 1024  # bytes of one file in the file store (PUT /files/...)
+MAX_REFERENCED_FILES_BYTES = 256 * 1024 * 1024  # bytes of the stored files one job names together
 MAX_STEPS = 100  # dockerSteps and cliSteps together
 MAX_OUTPUTS = 1_000  # output paths
 
@@ -72,16 +79,25 @@ class RepoIn(Model):
 
 
 class FileIn(Model):
-    """A file to write into the workspace: text `content`, or bytes as `contentBase64`."""
+    """A file to write into the workspace: text `content`, bytes as `contentBase64`, or a file of
+    the file store by `bucket` and `key` (it must exist when the job is submitted; the executor
+    fetches it from /.executors/files/<bucket>/<key> with the job's token, as Sourcegraph's do)."""
 
     content: str | None = None
     content_base64: str | None = Field(default=None, alias="contentBase64")
+    bucket: str | None = None
+    key: str | None = None
     modified_at: str | None = Field(default=None, alias="modifiedAt")
 
     @model_validator(mode="after")
     def _one(self) -> FileIn:
-        if self.content is not None and self.content_base64 is not None:
-            raise ValueError("give either content or contentBase64, not both")
+        given = [self.content is not None, self.content_base64 is not None, self.stored]
+        if sum(given) > 1:
+            raise ValueError("give either content, contentBase64 or bucket and key, not several")
+        if (self.bucket is None) != (self.key is None):
+            raise ValueError("a stored file needs both bucket and key")
+        if self.bucket is not None and self.key is not None:
+            check_file_ref(self.bucket, self.key)
         if self.content_base64 is not None:
             try:
                 base64.b64decode(self.content_base64, validate=True)
@@ -89,7 +105,20 @@ class FileIn(Model):
                 raise ValueError("contentBase64 is not valid base64") from None
         return self
 
+    @property
+    def stored(self) -> bool:
+        """The file is in the file store (bucket and key), not in the job."""
+        return self.bucket is not None or self.key is not None
+
+    def spec(self) -> dict[str, str]:
+        """How the job keeps it: base64 `content`, or `bucket` and `key`; and `modifiedAt`."""
+        modified = self.modified_at or ZERO_TIME
+        if self.bucket is not None and self.key is not None:
+            return {"bucket": self.bucket, "key": self.key, "modifiedAt": modified}
+        return {"content": self.as_base64(), "modifiedAt": modified}
+
     def decoded_size(self) -> int:
+        """Bytes of the content the job carries (0 for a stored file)."""
         if self.content_base64 is not None:
             b64 = self.content_base64
             return len(b64) * 3 // 4 - b64[-2:].count("=")
@@ -215,6 +244,17 @@ class RepoAdded(Wire):
 class RepoView(Wire):
     name: str
     source: str
+    updated_at: str | None = Field(alias="updatedAt")
+
+
+class FileView(Wire):
+    """A file of the file store (its content is fetched separately)."""
+
+    bucket: str
+    key: str
+    size: int
+    sha256: str
+    created_at: str | None = Field(alias="createdAt")
     updated_at: str | None = Field(alias="updatedAt")
 
 

@@ -29,7 +29,7 @@ from corral.server.bodies import BodyClass, body_class, limit_for
 from corral.server.deps import ServerState
 from corral.server.gate import Gate
 from corral.server.repos import Mirrors
-from corral.server.routers import api, git, queue
+from corral.server.routers import api, files, git, queue
 from corral.server.settings import ServerSettings
 from corral.server.statuses import error_response
 from corral.server.store import SqlStore, Store
@@ -203,6 +203,7 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
     app.include_router(queue.router)
     app.include_router(git.router)
     app.include_router(api.router)
+    app.include_router(files.router)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_r: Request, exc: StarletteHTTPException) -> Response:

@@ -39,7 +39,12 @@ async def authorize_job_or_executor(request: Request, state: ServerState) -> Job
     """A job-scoped call: the job's Bearer token (returns who it is) or the executor token (None)."""
     header = request.headers.get("authorization", "")
     if header.startswith("token-executor "):
-        require_executor(request, state)
+        # validateJobRequest (cmd/frontend/internal/executorqueue/queuehandler.go): on a job route a
+        # wrong executor token is 403, not the executor routes' 401.
+        try:
+            require_executor(request, state)
+        except Unauthorized:
+            raise Forbidden("invalid executor token (Authorization: token-executor <secret>)") from None
         return None
     parts = header.split(" ")
     if len(parts) != 2 or parts[0] != "Bearer" or not parts[1]:

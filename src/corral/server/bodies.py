@@ -27,6 +27,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from corral.protocol.producer import MAX_STORED_FILE_BYTES
+
 # The pure-Python JSON scanner's pieces (no stubs: they are not public API).
 _pure_decoder: Any = json.decoder
 _pure_scanner: Any = json.scanner
@@ -41,6 +43,7 @@ class BodyClass(Enum):
     LOG_ENTRY = "whole log"  # updateExecutionLogEntry (the plain protocol resends the whole output)
     GIT = "git"  # git-upload-pack negotiation (want/have lines)
     BIG = "big"  # uploadResult, producer job submit
+    FILE = "file"  # a file put into the file store (PUT /api/v1/files/<bucket>/<key>)
 
 
 # The bound of each class. BIG and LOG_ENTRY are the operator's `max_body_bytes` (default 64 MiB).
@@ -56,9 +59,12 @@ BODY_LIMITS: dict[BodyClass, int | None] = {
     BodyClass.GIT: 16 * MiB,
     # bytes: `max_body_bytes`: the diff and output files of a result; the files of a job.
     BodyClass.BIG: None,
+    # bytes: one stored file (and at most `max_body_bytes`).
+    BodyClass.FILE: MAX_STORED_FILE_BYTES,
 }
 _BIG_ROUTES = ("/uploadResult",)
 _JOB_SUBMIT_SUFFIX = "/jobs"  # POST /api/v1/queues/{queue}/jobs
+_FILE_PUT_PREFIX = "/api/v1/files/"  # PUT /api/v1/files/{bucket}/{key}
 
 PARSE_ON_LOOP = 1 * MiB  # bytes: a JSON body up to this size is parsed on the event loop (< ~10 ms)
 MAX_JSON_TOKENS = 200_000  # values (strings, numbers, objects, arrays...) in one big JSON body
@@ -78,6 +84,8 @@ def body_class(method: str, path: str) -> BodyClass:
         return BodyClass.SMALL
     if method == "POST" and path.startswith("/api/v1/queues/") and path.endswith(_JOB_SUBMIT_SUFFIX):
         return BodyClass.BIG
+    if method == "PUT" and path.startswith(_FILE_PUT_PREFIX):
+        return BodyClass.FILE
     return BodyClass.SMALL
 
 

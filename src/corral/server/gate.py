@@ -45,7 +45,7 @@ class Gate:
     async def check(self, scope: Scope) -> None:
         path: str = scope["path"]
         request = Request(scope)  # headers only: nothing here may read the body
-        if path.startswith("/.executors/git/"):
+        if path.startswith(("/.executors/git/", "/.executors/files/")):
             await authorize_job_or_executor(request, self.state)
         elif path.startswith("/.executors/queue/"):
             if path.endswith(JOB_OPERATIONS):

@@ -154,6 +154,13 @@ def _redact(value: Any, redactor: Redactor) -> Any:
     return value
 
 
+def _file_view(f: dict[str, Any]) -> dict[str, Any]:
+    """A job's file as its producer sees it: by size, or by its place in the file store."""
+    if f.get("bucket"):
+        return {"bucket": f["bucket"], "key": f.get("key"), "modifiedAt": f.get("modifiedAt")}
+    return {"size": _decoded_size(f.get("content", "")), "modifiedAt": f.get("modifiedAt")}
+
+
 def producer_job(row: JobRow) -> JobView:
     """The producer's view. Never hand secrets back: the redactedValues keys (the secrets) are
     replaced wherever they appear (step commands, env, image, dir, ...), the map shows only the
@@ -165,11 +172,7 @@ def producer_job(row: JobRow) -> JobView:
     if redactor is not None:
         spec = _redact(spec, redactor)
     spec["files"] = {
-        (_redact(path, redactor) if redactor else path): {
-            "size": _decoded_size(f.get("content", "")),
-            "modifiedAt": f.get("modifiedAt"),
-        }
-        for path, f in files.items()
+        (_redact(path, redactor) if redactor else path): _file_view(f) for path, f in files.items()
     }
     if redacted:
         spec["redactedValues"] = {f"<redacted {i}>": v for i, v in enumerate(redacted.values())}

@@ -22,7 +22,6 @@ from pydantic import BaseModel
 from corral.errors import BadRequest, Conflict, Invalid, NotFound
 from corral.protocol import (
     QUEUE_NAME_RE,
-    ZERO_TIME,
     EntryEvent,
     ExecutorView,
     ExitEvent,
@@ -43,6 +42,7 @@ from corral.server.auth import require_admin
 from corral.server.bodies import BoundedJsonRoute
 from corral.server.deps import ServerState, StateDep
 from corral.server.jobview import iso, producer_job
+from corral.server.routers.files import job_files
 from corral.server.store import DEQUEUEABLE, TERMINAL, JobRow, JobState, LogEntry, log_key
 
 
@@ -121,9 +121,7 @@ async def submit_job(queue: str, body: JobIn, request: Request, state: StateDep)
     if not QUEUE_NAME_RE.match(queue):
         raise BadRequest(f"invalid queue name {queue!r}: use 1-64 characters of [a-z0-9_-]")
     spec = body.model_dump(by_alias=True, exclude_none=True, exclude={"files", "priority", "max_attempts"})
-    spec["files"] = {
-        p: {"content": f.as_base64(), "modifiedAt": f.modified_at or ZERO_TIME} for p, f in body.files.items()
-    }
+    spec["files"] = await job_files(state, body.files)  # stored files by bucket/key must exist
     if body.repository_name:
         spec["commit"] = await _resolve(request, state, body.repository_name, body.commit or "HEAD")
     elif body.commit:

@@ -2,6 +2,9 @@
 
 `/.executors/git/<repositoryName>/info/refs?service=git-upload-pack` and `.../git-upload-pack`.
 A job token opens only its own job's repository; the executor token opens any. Pushing is refused.
+Partial clones (`--filter=blob:none`) are served. Other request headers, such as the
+`X-Sourcegraph-Actor-UID: internal` that Sourcegraph's executor sends on every git request, are
+ignored.
 """
 
 from __future__ import annotations
@@ -57,10 +60,15 @@ async def git_http(path: str, request: Request) -> Response:
         "CONTENT_TYPE": request.headers.get("content-type", ""),
         "REMOTE_ADDR": request.client.host if request.client else "",
         "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_COUNT": "2",
         # Executors fetch the exact commit of the job, which need not be a branch tip.
-        "GIT_CONFIG_COUNT": "1",
         "GIT_CONFIG_KEY_0": "uploadpack.allowAnySHA1InWant",
         "GIT_CONFIG_VALUE_0": "true",
+        # Sourcegraph's executor fetches a sparse checkout with --filter=blob:none (partial clone;
+        # cmd/executor/internal/worker/workspace/clone.go), and so does corral's: the blobs outside
+        # the sparse paths are then never sent.
+        "GIT_CONFIG_KEY_1": "uploadpack.allowFilter",
+        "GIT_CONFIG_VALUE_1": "true",
     }
     if "git-protocol" in request.headers:
         env["GIT_PROTOCOL"] = request.headers["git-protocol"]

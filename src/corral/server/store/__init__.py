@@ -6,12 +6,14 @@
     jobs.py       jobs, attempts, leases, fencing, marks, stalled resets (prebuilt hot-path SQL)
     logs.py       log entries and chunks, read by offset
     results.py    results         executors.py  executors seen by heartbeat
+    files.py      the file store (files by bucket and key, bounded)
     tables.py     today's schema  migrations/   Alembic revisions (0001 frozen)
 """
 
 from __future__ import annotations
 
 from corral.server.store.base import Store, Telemetry
+from corral.server.store.files import FileInfo, StoredFile
 from corral.server.store.jobs import RESET_FAILURE, after_mark, hash_token
 from corral.server.store.logs import log_key
 from corral.server.store.queues import DEFAULT_QUEUES
@@ -39,6 +41,7 @@ __all__ = [
     "TERMINAL",
     "AttemptEnd",
     "Executor",
+    "FileInfo",
     "JobAuth",
     "JobRow",
     "JobState",
@@ -50,6 +53,7 @@ __all__ = [
     "Result",
     "SqlStore",
     "Store",
+    "StoredFile",
     "Telemetry",
     "after_mark",
     "hash_token",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Engine
@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from corral.server.store.base import Telemetry
 from corral.server.store.engine import Clock, Database
 from corral.server.store.executors import Executors
+from corral.server.store.files import FileInfo, Files, StoredFile
 from corral.server.store.jobs import Jobs
 from corral.server.store.logs import Logs
 from corral.server.store.queues import Queues
@@ -52,6 +53,7 @@ class SqlStore:
         self.logs = Logs(self.db, self.jobs)
         self.results = Results(self.db, clock, self.jobs)
         self.executors = Executors(self.db)
+        self.files = Files(self.db, clock)
 
     @property
     def engine(self) -> Engine:
@@ -90,6 +92,25 @@ class SqlStore:
 
     def remove_repo(self, name: str) -> Repo:
         return self.repos.remove(name)
+
+    # -- the file store -------------------------------------------------------------------------
+    def put_file(self, bucket: str, key: str, content: bytes) -> tuple[FileInfo, bool]:
+        return self.files.put(bucket, key, content)
+
+    def get_file(self, bucket: str, key: str) -> StoredFile:
+        return self.files.get(bucket, key)
+
+    def file_info(self, bucket: str, key: str) -> FileInfo | None:
+        return self.files.info(bucket, key)
+
+    def file_infos(self, refs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], FileInfo]:
+        return self.files.infos(refs)
+
+    def list_files(self, bucket: str, *, prefix: str = "", limit: int = 100) -> list[FileInfo]:
+        return self.files.list(bucket, prefix=prefix, limit=limit)
+
+    def delete_file(self, bucket: str, key: str) -> FileInfo:
+        return self.files.delete(bucket, key)
 
     # -- producers ------------------------------------------------------------------------------
     def enqueue(

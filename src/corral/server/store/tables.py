@@ -164,3 +164,15 @@ executors = Table(
     Column("first_seen_at", Float, nullable=False),
     Column("last_seen_at", Float, nullable=False),
 )
+
+files = Table(
+    "files",
+    metadata,
+    Column("bucket", Str(64), primary_key=True),
+    Column("key", Str(1024), primary_key=True),
+    Column("size", Int, nullable=False),  # bytes of content
+    Column("sha256", Str(64), nullable=False),  # hex digest of content
+    Column("content", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
