@@ -220,6 +220,30 @@ def test_cli_steps_without_src_cli_fail_at_once_naming_the_setting(one_queue: Ex
     assert not job.logs  # nothing ran
 
 
+def test_cli_steps_run_src_cli_which_is_the_only_file_of_its_directory_they_see(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """EXECUTOR_SRC_CLI_PATH binds only that file into the CLI sandbox (review of issue 11: its
+    directory was bound, so src-cli in /root or /tmp showed all of it to every job)."""
+    tmp = tmp_path_factory.mktemp("sg-src")
+    tools = tmp / "tools"
+    tools.mkdir(mode=0o755)
+    (tools / "secret.txt").write_text("OPERATOR-SECRET\n")
+    (tools / "secret.txt").chmod(0o644)  # readable by anyone who can see it: only the bind protects it
+    src = tools / "src"
+    src.write_text(
+        '#!/bin/sh\necho "src-cli ran: $*"\nls -a "$(dirname "$0")"\ncat "$(dirname "$0")/secret.txt"\n'
+    )
+    src.chmod(0o755)
+    with executor(tmp, "src", EXECUTOR_SRC_CLI_PATH=str(src)) as ex:
+        ex.frontend.enqueue(SgJob(8, "batches", cli_steps=[{"command": ["batch-exec", "-f", "input.json"]}]))
+        job = done(ex, "batches", 8)
+    text = out(job)
+    assert "src-cli ran: batch-exec -f input.json" in text, (job, text, ex.text()[-2000:])
+    assert "secret.txt" not in text.replace(f"{tools}/secret.txt", "") and "OPERATOR-SECRET" not in text
+    assert job.state == "failed" and "step.src.0 failed with exit code 1" in job.failure  # cat failed
+
+
 def test_a_job_missing_from_known_ids_is_dropped_and_never_marked(one_queue: Executor) -> None:
     ex = one_queue
     ex.frontend.enqueue(

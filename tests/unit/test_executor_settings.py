@@ -559,12 +559,72 @@ def test_src_cli_path_from_the_environment(tmp_path: Path, monkeypatch: pytest.M
     assert "must be an absolute path" in problems(EXECUTOR_SRC_CLI_PATH="bin/src")
 
 
-def test_src_clis_directory_is_bound_into_the_cli_sandbox(tmp_path: Path) -> None:
+def test_src_cli_path_must_be_an_executable_file(tmp_path: Path) -> None:
+    """A directory, a missing path or a file that cannot run is refused at start-up (review of
+    issue 11: /tmp was bound into every sandbox, a missing path broke every sandbox start)."""
+    plain = tmp_path / "src"
+    plain.write_text("not executable")
+    for value in ["/nonexistent/src", "/tmp", str(tmp_path), str(plain)]:
+        assert f"EXECUTOR_SRC_CLI_PATH: {value!r} is not an executable file" in problems(
+            EXECUTOR_SRC_CLI_PATH=value
+        )
+
+
+def test_only_src_clis_file_is_bound_into_the_cli_sandbox(tmp_path: Path) -> None:
     from corral.executor.runtimes.registry import cli_binds
 
     src = _executable(tmp_path / "opt" / "sourcegraph" / "src")
-    assert str(src.parent) in cli_binds(settings(EXECUTOR_SRC_CLI_PATH=str(src)))
-    assert str(src.parent) not in cli_binds(settings())
+    binds = cli_binds(settings(EXECUTOR_SRC_CLI_PATH=str(src)))
+    assert str(src) in binds and str(src.parent) not in binds and str(tmp_path) not in binds
+    assert str(src) not in cli_binds(settings())
+    link = tmp_path / "bin" / "src"  # a link: bound at the path the steps run (mount follows it)
+    link.parent.mkdir()
+    link.symlink_to(src)
+    assert str(link) in cli_binds(settings(EXECUTOR_SRC_CLI_PATH=str(link)))
+
+
+def _venv(root: Path) -> Path:
+    (root / "pyvenv.cfg").parent.mkdir(parents=True, exist_ok=True)
+    (root / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    return _executable(root / "bin" / "corral")
+
+
+def test_corrals_cli_binds_its_virtualenv_else_only_the_file(tmp_path: Path) -> None:
+    from corral.executor.runtimes.registry import cli_binds
+
+    cli = _venv(tmp_path / "opt" / "corral-venv")
+    binds = cli_binds(settings(EXECUTOR_CLI_PATH=str(cli)))
+    assert str(tmp_path / "opt" / "corral-venv") in binds  # its site-packages are needed
+    alone = _executable(tmp_path / "tools" / "corral")  # no pyvenv.cfg above it
+    binds = cli_binds(settings(EXECUTOR_CLI_PATH=str(alone)))
+    assert str(alone) in binds and str(alone.parent) not in binds
+    assert not [b for b in cli_binds(settings(EXECUTOR_CLI_PATH=str(tmp_path / "nosuch"))) if "nosuch" in b]
+
+
+def test_a_cli_install_that_would_expose_a_home_or_the_workspaces_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from corral.executor.runtimes.registry import SENSITIVE_DIRS, _check_bind, cli_binds
+
+    home = tmp_path / "alice"
+    cli = _venv(home)  # a "venv" whose root is a home directory
+    monkeypatch.setenv("HOME", str(home))
+    with pytest.raises(
+        ConfigError, match=re.escape(f"EXECUTOR_CLI_PATH={cli}: binding {home} ") + ".*a home"
+    ):
+        cli_binds(settings(EXECUTOR_CLI_PATH=str(cli)))
+    monkeypatch.setenv("HOME", "/root")
+    venv = tmp_path / "venv"
+    cli = _venv(venv)
+    with pytest.raises(ConfigError, match=r"would show .*EXECUTOR_WORKSPACE_ROOT"):
+        cli_binds(settings(EXECUTOR_CLI_PATH=str(cli), EXECUTOR_WORKSPACE_ROOT=str(venv / "ws")))
+    inside = _executable(tmp_path / "ws" / "job" / "src")
+    with pytest.raises(ConfigError, match="lies in EXECUTOR_WORKSPACE_ROOT"):
+        cli_binds(settings(EXECUTOR_SRC_CLI_PATH=str(inside), EXECUTOR_WORKSPACE_ROOT=str(tmp_path / "ws")))
+    assert {"/", "/tmp", "/root", "/etc", "/home"} <= set(SENSITIVE_DIRS)
+    for place in ["/", "/tmp", "/root", "/etc", "/var"]:  # /var holds /var/tmp
+        with pytest.raises(ConfigError, match=f"binding {place} "):
+            _check_bind(place, "EXECUTOR_CLI_PATH=x", list(SENSITIVE_DIRS), str(tmp_path / "ws"))
 
 
 # -- EXECUTOR_FRONTEND_URL: a path prefix is kept; the rest is checked ---------------------------------

@@ -144,14 +144,19 @@ class ExecutorSettings(EnvSettings):
     @field_validator("src_cli_path")
     @classmethod
     def _src_cli(cls, v: str | None) -> str | None:
-        if v is None or os.path.isabs(v):
+        if v is None:
             return v
-        if "/" in v:
-            raise ValueError(f"{v!r} must be an absolute path or a command name on PATH")
-        found = shutil.which(v)
-        if found is None:
-            raise ValueError(f"{v!r} is not on PATH")
-        return found
+        if not os.path.isabs(v):
+            if "/" in v:
+                raise ValueError(f"{v!r} must be an absolute path or a command name on PATH")
+            found = shutil.which(v)
+            if found is None:
+                raise ValueError(f"{v!r} is not on PATH")
+            v = found
+        # only this file is bound into the CLI sandbox (runtimes.registry.cli_binds)
+        if not os.path.isfile(v) or not os.access(v, os.X_OK):
+            raise ValueError(f"{v!r} is not an executable file (src-cli's binary)")
+        return v
 
     @field_validator("maximum_num_jobs")
     @classmethod

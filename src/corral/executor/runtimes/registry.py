@@ -7,6 +7,8 @@ CLI steps (and the diff) run in the runtime named by the main runtime's class at
 
 from __future__ import annotations
 
+import os
+import pwd
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +20,15 @@ from corral.executor.settings import ExecutorSettings
 
 DEFAULT_CLI_RUNTIME = "shell"  # runs CLI steps and the diff of runtimes that name no other
 
-__all__ = ["DEFAULT_CLI_RUNTIME", "RUNTIMES", "RuntimeSet", "cli_binds", "make_cli_runtime", "make_runtime"]
+__all__ = [
+    "DEFAULT_CLI_RUNTIME",
+    "RUNTIMES",
+    "SENSITIVE_DIRS",
+    "RuntimeSet",
+    "cli_binds",
+    "make_cli_runtime",
+    "make_runtime",
+]
 
 
 def _shell(s: ExecutorSettings) -> Runtime:
@@ -45,17 +55,89 @@ RUNTIMES: dict[str, Callable[[ExecutorSettings], Runtime]] = {
 }
 
 
+# Directories a bind into the CLI sandbox must never be or contain: binding one would show every
+# CLI step other users' files, other jobs' files or the host's configuration (read-only, but
+# readable as the job's uid through the bind, whatever the host's permissions above it say).
+SENSITIVE_DIRS = ("/", "/etc", "/home", "/root", "/tmp", "/var/tmp")
+
+
 def cli_binds(s: ExecutorSettings) -> list[str]:
-    """Host paths a CLI step needs read-only inside the sandbox: the CLIs' own installations."""
+    """Host paths a CLI step needs read-only inside the sandbox: the CLIs' own installations.
+
+    - corral's own Python: the interpreter's prefixes (sys.prefix, sys.base_prefix) and corral's
+      package root (an editable install keeps it outside the venv);
+    - EXECUTOR_CLI_PATH (corral's CLI, a Python entry point): the virtualenv it belongs to when
+      there is one (the file's ``../pyvenv.cfg`` exists: the venv's root is bound, as the entry
+      point needs its site-packages), else only the file itself. Never the file's directory as
+      such: ``/root/corral`` would show all of /root;
+    - EXECUTOR_SRC_CLI_PATH (src-cli, a static binary): only the file itself, at the path the
+      steps run it by (a symlink's target is what gets mounted).
+    A directory to bind that is, or contains, one of SENSITIVE_DIRS, a home directory or the
+    workspace root, or that lies in the workspace root, is a ConfigError naming the variable;
+    paths under /usr are visible in the sandbox anyway and are not bound again.
+    """
     import corral
 
-    # The interpreter, the venv, the CLI's directory, corral's own package (an editable install
-    # keeps it outside the venv), and src-cli's directory (the CLI of a Sourcegraph server's jobs).
+    sensitive = _sensitive_dirs()
+    workspace_root = os.path.realpath(s.workspace_root)
+    binds: dict[str, str] = {}  # path -> what it is, for the error
     package_root = str(Path(corral.__file__).resolve().parent.parent)
-    paths = {sys.prefix, sys.base_prefix, str(Path(s.cli_path).resolve().parent), package_root}
+    for path in (sys.prefix, sys.base_prefix, package_root):
+        binds.setdefault(os.path.realpath(path), "corral's own Python installation")
+    cli = _cli_install(s.cli_path)
+    if cli is not None:
+        binds.setdefault(cli, f"EXECUTOR_CLI_PATH={s.cli_path}")
     if s.src_cli_path:
-        paths.add(str(Path(s.src_cli_path).resolve().parent))
-    return sorted(p for p in paths if not p.startswith(("/usr/", "/etc/")) and p != "/usr")
+        if not os.path.isfile(s.src_cli_path):
+            raise ConfigError(f"EXECUTOR_SRC_CLI_PATH={s.src_cli_path}: not an existing regular file")
+        binds.setdefault(
+            os.path.normpath(os.path.abspath(s.src_cli_path)), f"EXECUTOR_SRC_CLI_PATH={s.src_cli_path}"
+        )
+    out = []
+    for path, what in binds.items():
+        if path == "/usr" or path.startswith(("/usr/", "/etc/")):
+            continue  # visible in the sandbox already (/etc entries: the runtime's own list)
+        _check_bind(path, what, sensitive, workspace_root)
+        out.append(path)
+    return sorted(out)
+
+
+def _cli_install(cli_path: str) -> str | None:
+    """What to bind for EXECUTOR_CLI_PATH: its virtualenv's root, else the file; None when the file
+    does not exist (a CLI step then fails saying so; nothing is bound)."""
+    path = os.path.normpath(os.path.abspath(cli_path))
+    if not os.path.isfile(path):
+        return None
+    venv = Path(os.path.realpath(path)).parent.parent  # <venv>/bin/corral
+    if (venv / "pyvenv.cfg").is_file():
+        return str(venv)
+    return path
+
+
+def _sensitive_dirs() -> list[str]:
+    """SENSITIVE_DIRS and every home directory (the password database's and $HOME)."""
+    homes = {entry.pw_dir for entry in pwd.getpwall()}
+    homes.add(os.path.expanduser("~"))
+    return sorted({*SENSITIVE_DIRS, *(os.path.normpath(h) for h in homes if os.path.isabs(h))})
+
+
+def _check_bind(path: str, what: str, sensitive: list[str], workspace_root: str) -> None:
+    def holds(outer: str, inner: str) -> bool:
+        return outer == inner or inner.startswith(outer.rstrip("/") + "/")
+
+    if holds(workspace_root, path):
+        raise ConfigError(
+            f"{what}: {path} lies in EXECUTOR_WORKSPACE_ROOT ({workspace_root}), where jobs write; "
+            "it cannot be bound into the CLI sandbox"
+        )
+    for place in [*sensitive, workspace_root]:
+        if holds(path, place):
+            kind = "EXECUTOR_WORKSPACE_ROOT" if place == workspace_root else "a home or system directory"
+            raise ConfigError(
+                f"{what}: binding {path} into every CLI step's sandbox would show {place} ({kind}); "
+                "install the CLI in a directory of its own (corral's CLI: a virtualenv, whose root "
+                "holds pyvenv.cfg, is bound whole; otherwise only the file is)"
+            )
 
 
 def _factory(name: str) -> Callable[[ExecutorSettings], Runtime]:
