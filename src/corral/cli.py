@@ -492,6 +492,7 @@ def job_logs(
 
 
 def _print_logs(entries: list[Any], job: JobView, *, raw: bool) -> None:
+    from corral.console import overwritten
     from corral.terminal import clean
 
     attempt, last = None, None
@@ -511,7 +512,7 @@ def _print_logs(entries: list[Any], job: JobView, *, raw: bool) -> None:
             sys.stdout.flush()
             continue
         typer.secho(f"== {clean(e.key)} ({end})", bold=True)
-        out = clean(e.out)
+        out = clean("\n".join(overwritten(line) for line in e.out.split("\n")))
         typer.echo(out, nl=bool(out) and not out.endswith("\n"))
 
 

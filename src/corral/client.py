@@ -64,7 +64,8 @@ class ProducerClient:
                 msg = r.json().get("error", r.text)
             except ValueError:
                 msg = r.text
-            raise ServerError(f"{method} {path}: {r.status_code} {msg}", status=r.status_code)
+            # the server's words first (they are what a person acts on), then where they came from
+            raise ServerError(f"{msg} (HTTP {r.status_code} from {method} {path})", status=r.status_code)
         try:
             return r.json() if r.content else None
         except ValueError as exc:

@@ -175,9 +175,10 @@ class LogPrinter:
 
 def overwritten(line: str) -> str:
     """What a terminal shows of a line with carriage returns: the text after the last one (a
-    trailing one, from a CRLF line end, is just removed)."""
+    trailing one, from a CRLF line end, is just removed), without the trailing blanks a progress
+    meter pads its updates with (invisible on a terminal anyway)."""
     line = line.rstrip("\r")
-    return line.rsplit("\r", 1)[-1]
+    return line.rsplit("\r", 1)[-1].rstrip(" \t")
 
 
 def local_time(iso: str | None) -> str:
