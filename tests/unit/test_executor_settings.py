@@ -226,6 +226,16 @@ def test_docker_auth_config_must_have_the_auths_shape():
     assert "EXECUTOR_DOCKER_AUTH_CONFIG" in problems(EXECUTOR_DOCKER_AUTH_CONFIG='{"auths": []}')
 
 
+@pytest.mark.parametrize(
+    "value", ["[" * 100_000 + "]" * 100_000, '{"auths": ' * 50_000 + "{}" + "}" * 50_000]
+)
+def test_an_auth_config_nested_too_deeply_is_a_config_error(value: str) -> None:
+    """Review of issue 11: json.loads raised a bare RecursionError out of from_env."""
+    assert "EXECUTOR_DOCKER_AUTH_CONFIG: not valid JSON: nested too deeply" in problems(
+        EXECUTOR_DOCKER_AUTH_CONFIG=value
+    )
+
+
 def test_use_firecracker_selects_the_firecracker_runtime():
     assert settings(EXECUTOR_USE_FIRECRACKER="true").runtime == "firecracker"
     assert settings(EXECUTOR_USE_FIRECRACKER="false").runtime == "docker"
@@ -367,7 +377,10 @@ def test_every_boolean_takes_each_of_gos_forms(name: str, value: str, expected: 
 
 
 @pytest.mark.parametrize("name", BOOL_VARIABLES)
-@pytest.mark.parametrize("value", ["yes", "no", "on", "off", "tRuE", "fALSE", "2", "-1", "y", "truee"])
+@pytest.mark.parametrize(
+    "value",
+    ["yes", "no", "on", "off", "tRuE", "fALSE", "2", "-1", "y", "truee", " true", "false ", "\t1", "0\n"],
+)
 def test_every_boolean_refuses_what_go_refuses(name: str, value: str) -> None:
     # Go's ParseBool takes exactly its twelve forms; Sourcegraph does not lowercase before it
     msg = problems(**{name: value})
@@ -671,6 +684,23 @@ def test_credentials_in_the_frontend_url_are_refused_and_never_echoed() -> None:
     assert "token=abc123" not in problems(EXECUTOR_FRONTEND_URL="http://sg.example/?token=abc123")
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("u:hunter2pass@h", "'***@h'"),  # no scheme: urlsplit sees no userinfo, yet it is one
+        ("hunter2pass@sg.example:3080", "'***@sg.example:3080'"),
+        ("ftp:hunter2pass@h/x", "'***@h/x'"),
+        ("ws://u:hunter2pass@h/", None),  # a userinfo urlsplit finds: refused without the URL
+        ("u:p@ss:hunter2pass@h", "'***@h'"),
+    ],
+)
+def test_a_url_holding_an_at_sign_is_never_echoed_with_what_precedes_it(url: str, shown: str | None) -> None:
+    msg = problems(EXECUTOR_FRONTEND_URL=url)
+    assert "EXECUTOR_FRONTEND_URL: " in msg and "hunter2pass" not in msg, msg
+    if shown is not None:
+        assert shown in msg, msg
+
+
 # -- EXECUTOR_DOCKER_ADDITIONAL_MOUNTS: Docker's --mount specs, checked at start-up ---------------------
 # The cases of Sourcegraph's internal/docker/mount_test.go (TestParseMount), as Engine API mounts.
 @pytest.mark.parametrize(
@@ -734,7 +764,7 @@ def test_mount_specs_are_read_as_dockers_cli_reads_them(spec: str, mount: dict[s
     ("spec", "error"),
     [
         ("type=bind,source=/foo,target=/bar,baz", "invalid field 'baz': must be a key=value pair"),
-        ("type=bind,source=/foo,target=/bar,readonly=baz", "invalid value for readonly: 'baz'"),
+        ("type=bind,source=/foo,target=/bar,readonly=baz", "invalid value for readonly (true or false)"),
         ("type=bind,source=/foo,target=/bar,bind-nonrecursive=baz", "invalid value for bind-nonrecursive"),
         ("type=bind,source=/foo,target=/bar,volume-nocopy=baz", "invalid value for volume-nocopy"),
         ("type=tmpfs,target=/bar,tmpfs-size=baz", "invalid value for tmpfs-size"),
@@ -770,6 +800,23 @@ def test_a_mount_error_never_repeats_a_volume_option() -> None:
     spec = "type=volume,source=s,target=/app,volume-opt=password=hunter2-very-secret,bogus=1"
     msg = problems(EXECUTOR_DOCKER_ADDITIONAL_MOUNTS=spec)
     assert "unexpected key 'bogus'" in msg and "hunter2" not in msg
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "type=tmpfs,target=/y,tmpfs-size=mountsecretvalue",
+        "type=tmpfs,target=/y,tmpfs-mode=mountsecretvalue",
+        "type=bind,source=/x,target=/y,readonly=mountsecretvalue",
+        "type=bind,source=/x,target=/y,bind-nonrecursive=mountsecretvalue",
+        "type=volume,source=v,target=/y,volume-nocopy=mountsecretvalue",
+    ],
+)
+def test_a_bad_option_value_is_never_repeated(spec: str) -> None:
+    """Review of issue 11 (operator_env.py): tmpfs-size repeated its value in the error."""
+    msg = problems(EXECUTOR_DOCKER_ADDITIONAL_MOUNTS=spec)
+    assert "EXECUTOR_DOCKER_ADDITIONAL_MOUNTS: mount 1 of 1: invalid value for " in msg, msg
+    assert "mountsecretvalue" not in msg, msg
 
 
 def test_empty_mount_specs_are_skipped() -> None:

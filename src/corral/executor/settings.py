@@ -27,7 +27,15 @@ from pydantic import AliasChoices, Field, PrivateAttr, field_validator
 from corral.errors import ConfigError
 from corral.executor.runtimes.docker.settings import DockerSettings
 from corral.executor.runtimes.shell.settings import ShellSettings
-from corral.executor.settingsbase import Bool, Count, EnvSettings, from_env, parse_bool, present
+from corral.executor.settingsbase import (
+    Bool,
+    Count,
+    EnvSettings,
+    from_env,
+    padded_booleans,
+    parse_bool,
+    present,
+)
 from corral.executor.variables import env_warnings
 from corral.sharedsecret import check_secret
 from corral.units import Duration, Size, format_duration, parse_duration, parse_size
@@ -209,6 +217,7 @@ class ExecutorSettings(EnvSettings):
         rest = {k: v for k, v in env.items() if k not in _COMPOSITE}
         settings, own = from_env(cls, rest, **values, docker=docker or DockerSettings(), shell=shell)
         problems += own + docker_problems + shell_problems
+        problems += padded_booleans(raw, (cls, DockerSettings, ShellSettings), ["EXECUTOR_USE_FIRECRACKER"])
         if settings is not None and "job_uid_range" in values:
             first, last = settings.job_uid_range
             if last - first + 1 < settings.maximum_num_jobs:
@@ -249,7 +258,7 @@ def frontend_url(url: str) -> str:
         )
     if parts.query or parts.fragment or url.endswith(("?", "#")):
         raise ValueError("must not have a query (?...) or fragment (#...): scheme://host[:port][/path]")
-    shown = repr(url)
+    shown = repr(_without_userinfo(url))
     if parts.scheme.lower() not in ("http", "https"):
         raise ValueError(f"{shown} must start with http:// or https:// (scheme://host[:port][/path])")
     if not parts.hostname:
@@ -265,6 +274,17 @@ def frontend_url(url: str) -> str:
         raise ValueError(f"{shown}: its path must not contain . or .. segments")
     path = "".join(f"/{p}" for p in segments)
     return f"{parts.scheme.lower()}://{parts.netloc.lower()}{path}"
+
+
+def _without_userinfo(url: str) -> str:
+    """The URL as an error may repeat it: whatever precedes an "@" (after "scheme://") is masked,
+    since urlsplit finds no userinfo in e.g. "u:password@host" (no scheme) yet it is one."""
+    if "@" not in url:
+        return url
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
 
 
 def _ordered(problems: list[str]) -> list[str]:

@@ -8,7 +8,7 @@ naming it ("EXECUTOR_JOB_MEMORY: 'lots' is not a size ..."). Blank values count 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, TypeVar
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ValidationError
@@ -23,6 +23,7 @@ __all__ = [
     "JsonObject",
     "env_names",
     "from_env",
+    "padded_booleans",
     "parse_bool",
     "present",
 ]
@@ -58,12 +59,17 @@ def env_names(model: type[BaseModel]) -> set[str]:
     """The variables `model`'s fields read: their aliases (AliasChoices: every choice)."""
     names: set[str] = set()
     for info in model.model_fields.values():
-        alias = info.validation_alias
-        if isinstance(alias, str):
-            names.add(alias)
-        elif isinstance(alias, AliasChoices):
-            names.update(c for c in alias.choices if isinstance(c, str))
+        names.update(_alias_names(info.validation_alias))
     return names
+
+
+def _alias_names(alias: Any) -> list[str]:
+    """The variable names of a field's validation alias (a name, or every choice of AliasChoices)."""
+    if isinstance(alias, str):
+        return [alias]
+    if isinstance(alias, AliasChoices):
+        return [c for c in alias.choices if isinstance(c, str)]
+    return []
 
 
 def from_env(model: type[M], env: Mapping[str, str], **extra: Any) -> tuple[M | None, list[str]]:
@@ -95,6 +101,28 @@ def parse_bool(v: str) -> bool:
     if v in GO_FALSE:
         return False
     raise ValueError(f"{v!r} is not a boolean (Go's forms: {', '.join(GO_TRUE + GO_FALSE)})")
+
+
+def padded_booleans(
+    env: Mapping[str, str], models: Iterable[type[BaseModel]], extra: Iterable[str] = ()
+) -> list[str]:
+    """Problems of boolean variables (the bool fields of `models`, plus `extra`) whose value has
+    blanks around it: `present` strips every value, but Go's strconv.ParseBool, which Sourcegraph
+    hands the raw value, refuses " true". `env` is the environment as given, before `present`."""
+    names = set(extra)
+    for model in models:
+        for info in model.model_fields.values():
+            if info.annotation is bool:
+                names.update(_alias_names(info.validation_alias))
+    problems = []
+    for name in sorted(names):
+        value = env.get(name)
+        if isinstance(value, str) and value.strip() and value != value.strip():
+            try:
+                parse_bool(value)
+            except ValueError as exc:
+                problems.append(f"{name}: {exc}")
+    return problems
 
 
 def _bool(v: Any) -> Any:

@@ -73,6 +73,8 @@ class DockerSettings(EnvSettings):
                 v = json.loads(v)
             except ValueError as exc:  # the message has a position, never the text
                 raise ValueError(f"not valid JSON: {exc}") from None
+            except RecursionError:  # json.loads of e.g. 100000 "[" (Go's decoder stops at 10000)
+                raise ValueError("not valid JSON: nested too deeply") from None
         if v is not None:
             try:
                 check_auth_config(v)
@@ -151,7 +153,7 @@ def parse_mount_spec(spec: str) -> dict[str, Any]:
         try:
             return parse_bool(value)
         except ValueError:
-            raise ConfigError(f"invalid value for {key}: {value!r} (true or false)") from None
+            raise ConfigError(f"invalid value for {key} (true or false)") from None
 
     for field in (f.strip() for f in fields):
         if not field:
@@ -188,12 +190,12 @@ def parse_mount_spec(spec: str) -> dict[str, Any]:
             try:
                 tmpfs["SizeBytes"] = parse_size(value or "")
             except ValueError:
-                raise ConfigError(f"invalid value for tmpfs-size: {value!r} (a size, e.g. 64m)") from None
+                raise ConfigError("invalid value for tmpfs-size (a size, e.g. 64m)") from None
         elif key == "tmpfs-mode":
             try:
                 tmpfs["Mode"] = int(value or "", 8)
             except ValueError:
-                raise ConfigError(f"invalid value for tmpfs-mode: {value!r} (octal, e.g. 1777)") from None
+                raise ConfigError("invalid value for tmpfs-mode (octal, e.g. 1777)") from None
         else:
             raise ConfigError(f"unexpected key {raw_key.strip()!r}")
     kind = mount["Type"]
