@@ -387,14 +387,18 @@ class JobHandler:
                 skip_to = await self._skip_to(space, step)
 
     async def _skip_to(self, space: JobSpace, step: Step) -> str:
-        """The key of the step to skip to, from the skip.json the `.pre` step left ("" = none)."""
+        """The key of the step to skip to, from the skip.json the `.pre` step left ("" = none).
+
+        A skip.json that cannot be used (not JSON, not an object, nextStep not a string, too large,
+        a link or not a regular file) errors the job, so the server retries it, as Sourcegraph's
+        handler returns NextStep's error ("checking for skip file") from Handle, which its worker
+        marks errored (cmd/executor/internal/worker/handler.go, runner/skip.go)."""
         try:
             data = await self.workspace.take_file(space, SKIP_FILE, MAX_SKIP_FILE)
             target = next_step(data) if data is not None else ""
-        except (safefs.UnsafePath, ValueError) as exc:
-            raise StepFailed(f"{step.key}: checking for {SKIP_FILE}: {exc}", Reason.FILES) from None
-        except OSError as exc:
-            raise RuntimeFailure(f"{step.key}: reading {SKIP_FILE}: {exc}", reason=Reason.FILES) from None
+        except (safefs.UnsafePath, ValueError, OSError) as exc:
+            message = f"{step.key}: checking for {SKIP_FILE}: {exc}"
+            raise RuntimeFailure(message, reason=Reason.FILES) from None
         return skip_target(target) if target else ""
 
     @staticmethod

@@ -96,7 +96,9 @@ def next_step(data: bytes) -> str:
     or null; anything else, or a nextStep that is not a string, is a ValueError naming the problem."""
     text = data.decode("utf-8", "replace")  # Go's decoder turns invalid UTF-8 into U+FFFD too
     try:
-        whole = json.loads(text)
+        whole = json.loads(text, parse_constant=_not_json)
+    except RecursionError:  # e.g. 30000 "[" (Python stops near depth 1000, Go's decoder past 10000)
+        raise ValueError("unmarshalling skip file: not JSON (nested too deeply)") from None
     except ValueError as exc:
         raise ValueError(f"unmarshalling skip file: not JSON ({exc})") from None
     if whole is None:
@@ -114,6 +116,11 @@ def next_step(data: bytes) -> str:
     if len(value) > MAX_STEP_KEY:
         raise ValueError(f"unmarshalling skip file: nextStep is longer than {MAX_STEP_KEY} characters")
     return value
+
+
+def _not_json(constant: str) -> Any:
+    """json.loads takes NaN, Infinity and -Infinity; JSON (and Go's decoder) does not."""
+    raise ValueError(f"{constant} is not JSON")
 
 
 def step_env(entries: list[str] | None) -> dict[str, str]:
