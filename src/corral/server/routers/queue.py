@@ -220,11 +220,11 @@ async def heartbeat_many(request: Request, body: HeartbeatRequest, state: StateD
     for q in body.queue_names:
         await state.require_queue(q)
     groups = body.job_ids_by_queue or []
-    unsupported = [g.queue_name for g in groups if g.queue_name not in body.queue_names]
-    if unsupported:
+    unsupported = [g.queue_name[:80] for g in groups if g.queue_name not in body.queue_names]
+    if unsupported:  # multihandler.go's words (which say queueJobIds for the field jobIdsByQueue)
         raise BadRequest(
-            f"unsupported queue name(s) {', '.join(map(repr, unsupported))} submitted in jobIdsByQueue, "
-            f"executor is configured for queues {', '.join(map(repr, body.queue_names))}"
+            f"unsupported queue name(s) '{', '.join(unsupported[:20])}' submitted in jobIdsByQueue, "
+            f"executor is configured for queues '{', '.join(body.queue_names)}'"
         )
     pairs: list[tuple[int, str]] = []
     for group in groups:
