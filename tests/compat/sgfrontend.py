@@ -17,8 +17,10 @@ Taken from the public snapshot sourcegraph/sourcegraph-public-snapshot:
 - the job JSON: internal/executor/types/job.go (MarshalJSON: v2 and v1 payloads, field order,
   `null` for nil lists and maps, `files` always an object, `dockerAuthConfig` always present in
   v2) and its fixtures in job_test.go;
-- the version check: lib/api/version_check.go (CheckSourcegraphVersion with constraint "4.3.0-0" and
-  date "2022-11-24"; Masterminds/semver reads a constraint without operator as equality);
+- the version check: lib/api/version_check.go (CheckSourcegraphVersion with date "2022-11-24" and
+  the constraint of handler.go/multihandler.go's dequeue: ">= 4.3.0-0" in the newest code, "4.3.0-0"
+  in older code, which Masterminds/semver reads as equality; `v2_constraint` picks one, and "dev"
+  and "0.0.0+dev" pass either way);
 - files: queuehandler.go routes GET/HEAD /.executors/files/batch-changes/{spec}/{file} with job auth
   for queue `batches`;
 - git: /.executors/git/{RepoName}/info/refs and /git-upload-pack with job auth for the repository,
@@ -53,7 +55,9 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 VALID_QUEUES = ("batches", "codeintel")  # executortypes.ValidQueueNames
-V2_CONSTRAINT = "4.3.0-0"  # handler.go: api.CheckSourcegraphVersion(version, "4.3.0-0", "2022-11-24")
+# handler.go / multihandler.go, dequeue: api.CheckSourcegraphVersion(version, <constraint>, "2022-11-24")
+V2_CONSTRAINT = ">= 4.3.0-0"  # the newest Sourcegraph
+V2_CONSTRAINT_OLD = "4.3.0-0"  # older Sourcegraph: no operator, i.e. "= 4.3.0-0"
 V2_MIN_DATE = "2022-11-24"
 ZERO_TIME = "0001-01-01T00:00:00Z"  # Go's zero time.Time, as json.Marshal writes it
 MAX_GIT_BODY = 64 * 1024 * 1024  # bytes of a git request body the stand-in reads
@@ -82,18 +86,44 @@ def _semver(v: str) -> tuple[int, int, int, str]:
     return int(m[1]), int((m[2] or ".0")[1:]), int((m[3] or ".0")[1:]), m[5] or ""
 
 
+def _compare(a: tuple[int, int, int, str], b: tuple[int, int, int, str]) -> int:
+    """Masterminds/semver's Version.Compare: major, minor, patch, then SemVer 2.0 prerelease
+    precedence (no prerelease sorts after any; dot-separated parts, numbers before words)."""
+    if a[:3] != b[:3]:
+        return 1 if a[:3] > b[:3] else -1
+    if a[3] == b[3]:
+        return 0
+    if not a[3] or not b[3]:
+        return 1 if not a[3] else -1
+    pa, pb = a[3].split("."), b[3].split(".")
+    for x, y in zip(pa, pb, strict=False):
+        if x == y:
+            continue
+        if x.isdigit() and y.isdigit():
+            return 1 if int(x) > int(y) else -1
+        if x.isdigit() or y.isdigit():
+            return -1 if x.isdigit() else 1
+        return 1 if x > y else -1
+    return (len(pa) > len(pb)) - (len(pa) < len(pb))
+
+
 def check_sourcegraph_version(
     version: str, constraint: str = V2_CONSTRAINT, min_date: str = V2_MIN_DATE
 ) -> bool:
-    """lib/api/version_check.go, CheckSourcegraphVersion, for a constraint without operator (which
-    Masterminds/semver's constraintTildeOrEqual reads as v.Equal(constraint))."""
+    """lib/api/version_check.go, CheckSourcegraphVersion, for the two constraint forms Sourcegraph's
+    dequeue used: ">= X" (constraintGreaterThanEqual; X names a prerelease, so prereleases compare)
+    and "X" without operator (constraintTildeOrEqual on a full version: v.Equal(X)). "dev" and
+    "0.0.0+dev" are short-circuited to true before either is read."""
     if version in ("dev", "0.0.0+dev"):
         return True
     m = _BUILD_DATE_RE.match(version)
     if m:
         return m[1] >= min_date
-    want = _semver(constraint)
-    return _semver(version) == want  # Equal ignores build metadata, compares the prerelease
+    op, _, bound = constraint.strip().rpartition(" ")
+    if op not in ("", ">="):
+        raise ValueError(f"the stand-in does not model the constraint {constraint!r}")
+    diff = _compare(_semver(version), _semver(bound))  # Equal/Compare ignore build metadata
+    return diff >= 0 if op == ">=" else diff == 0
 
 
 @dataclass
@@ -239,12 +269,14 @@ class Frontend:
         repos_root: Path | None = None,
         old_heartbeat: bool = False,
         force_version1: bool = False,
+        v2_constraint: str = V2_CONSTRAINT,
     ) -> None:
         self.access_token = access_token
         self.prefix = prefix.rstrip("/")
         self.repos_root = repos_root
         self.old_heartbeat = old_heartbeat  # answer heartbeats without "V2" as Sourcegraph 4.x did
         self.force_version1 = force_version1  # a pre-4.3 frontend: every job is v1
+        self.v2_constraint = v2_constraint  # V2_CONSTRAINT_OLD: an older frontend's "= 4.3.0-0"
         self.lock = threading.Lock()
         self.jobs: dict[tuple[str, int], SgJob] = {}
         self.tokens: dict[str, tuple[int, str, str]] = {}  # token -> (job id, queue, repository)
@@ -418,7 +450,7 @@ class Frontend:
         if self.force_version1 or not version:
             return False
         try:
-            return check_sourcegraph_version(str(version))
+            return check_sourcegraph_version(str(version), self.v2_constraint)
         except VersionError as exc:
             raise _Denied(
                 _json({"error": f"failed to check version {json.dumps(version)}: {exc}"}, 500)

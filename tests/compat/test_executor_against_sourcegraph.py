@@ -423,24 +423,65 @@ def test_the_stand_in_marshals_jobs_as_sourcegraphs_fixtures() -> None:
 
 
 @pytest.mark.parametrize(
-    ("version", "v2"),
-    [
-        ("dev", True),
-        ("0.0.0+dev", True),
-        ("4.3.0-0", True),
-        ("5.2.0", False),
-        ("4.2", False),
-        ("0.1.0", False),
-        ("211111_2021-11-11_abcdef1", False),
-        ("230101_2023-01-01_abcdef1234", True),
+    ("version", "newest", "older"),
+    [  # v2 under handler.go's ">= 4.3.0-0" (newest) and under the older "4.3.0-0" (= 4.3.0-0)
+        ("dev", True, True),  # version_check.go short-circuits these two in every version:
+        ("0.0.0+dev", True, True),  # the reason corral's executor sends 0.0.0+dev
+        ("4.3.0-0", True, True),
+        ("4.3.0-0+build.5", True, True),  # build metadata is ignored
+        ("4.3.0-rc.1", True, False),  # prereleases compare: the constraint names one
+        ("4.3.0", True, False),
+        ("5.2.0", True, False),
+        ("4.2", False, False),
+        ("4.2.9", False, False),
+        ("0.0.0", False, False),
+        ("0.1.0", False, False),
+        ("211111_2021-11-11_abcdef1", False, False),
+        ("230101_2023-01-01_abcdef1234", True, True),
     ],
 )
-def test_the_stand_in_checks_versions_as_sourcegraph(version: str, v2: bool) -> None:
-    from tests.compat.sgfrontend import VersionError, check_sourcegraph_version
+def test_the_stand_in_checks_versions_as_sourcegraph(version: str, newest: bool, older: bool) -> None:
+    from tests.compat.sgfrontend import (
+        V2_CONSTRAINT,
+        V2_CONSTRAINT_OLD,
+        VersionError,
+        check_sourcegraph_version,
+    )
 
-    assert check_sourcegraph_version(version) is v2
+    assert (V2_CONSTRAINT, V2_CONSTRAINT_OLD) == (">= 4.3.0-0", "4.3.0-0")
+    assert check_sourcegraph_version(version) is newest
+    assert check_sourcegraph_version(version, V2_CONSTRAINT_OLD) is older
     with pytest.raises(VersionError):
         check_sourcegraph_version("\n1.2")
+
+
+@pytest.mark.parametrize("constraint", [">= 4.3.0-0", "4.3.0-0"])
+async def test_corrals_executor_gets_v2_jobs_from_either_constraint_form(
+    constraint: str, tmp_path: Path
+) -> None:
+    """SOURCEGRAPH_PROTOCOL_VERSION is the one version both forms hand v2 jobs (see its comment)."""
+    import httpx
+
+    from corral.executor.client import SOURCEGRAPH_PROTOCOL_VERSION, QueueClient
+    from corral.executor.settings import ExecutorSettings
+
+    frontend = Frontend(SECRET, v2_constraint=constraint)
+    frontend.enqueue(SgJob(1, "batches", files={"b": SgFile(b"\x00\xff")}))
+    settings = ExecutorSettings(
+        frontend_url="http://sg.test",
+        frontend_password=SECRET,
+        queues=["batches"],
+        name="e",
+        workspace_root=tmp_path,
+    )
+    client = QueueClient(settings, transport=httpx.ASGITransport(app=frontend.app))
+    try:
+        job = await client.dequeue()
+    finally:
+        await client.aclose()
+    assert job is not None and job.version == 2 and job.files["b"].data(2) == b"\x00\xff"
+    body = next(r.body for r in frontend.recorded("/batches/dequeue"))
+    assert body["version"] == SOURCEGRAPH_PROTOCOL_VERSION == "0.0.0+dev"
 
 
 async def test_the_stand_in_authenticates_as_sourcegraphs_middlewares() -> None:

@@ -40,14 +40,15 @@ __all__ = ["MAX_ANSWER", "MAX_DEQUEUE_ANSWER", "SOURCEGRAPH_PROTOCOL_VERSION", "
 
 # The version a corral executor sends at dequeue to a server that is not corral's. Sourcegraph's
 # frontend answers with a v2 job (base64 file contents, dockerAuthConfig) only when
-# `api.CheckSourcegraphVersion(version, "4.3.0-0", "2022-11-24")` holds (cmd/frontend/internal/
-# executorqueue/handler/handler.go and multihandler.go, dequeue; lib/api/version_check.go): for
-# "dev" and "0.0.0+dev", for an insiders build "<n>_<date>_<sha>" dated 2022-11-24 or later, and
-# for a semver only when it EQUALS 4.3.0-0 (the constraint has no operator, which Masterminds/semver
-# reads as "="), so "5.2.0" gets v1 jobs. corral is not a Sourcegraph release either, so it claims
-# no release or build date: the development version is the one honest string that gets v2 jobs
-# from every Sourcegraph version, and Sourcegraph's admin UI skips its compatibility warning for
-# it. corral's own server gets corral's real version (it checks version skew against it).
+# `api.CheckSourcegraphVersion(version, constraint, "2022-11-24")` holds (cmd/frontend/internal/
+# executorqueue/handler/handler.go and multihandler.go, dequeue; lib/api/version_check.go). The
+# newest Sourcegraph passes the constraint ">= 4.3.0-0", so any release from 4.3.0 on (5.2.0
+# too) gets v2 there; older code wrote "4.3.0-0" without an operator, which Masterminds/semver
+# reads as "=", so there only 4.3.0-0 itself does. version_check.go, in every version, answers
+# true for "dev" and "0.0.0+dev" before it reads the constraint or the build-date rule: that is
+# why the development version is sent. It is the one string that gets v2 jobs from every
+# Sourcegraph version, and corral, being no Sourcegraph release, claims no release number or
+# build date. corral's own server gets corral's real version (it checks version skew against it).
 SOURCEGRAPH_PROTOCOL_VERSION = "0.0.0+dev"
 # The heartbeat's "version" field: "V2" asks a Sourcegraph 4.x server for the object answer
 # ({"knownIds", "cancelIds"}) instead of the bare array of known ids (queue/client.go, Heartbeat).
