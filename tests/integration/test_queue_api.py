@@ -653,7 +653,10 @@ def test_log_caps(make_kit: Callable[..., Kit]) -> None:
     assert r.status_code == 413 and "32" in error_of(r)
     entry = kit.job_call("batches", "addExecutionLogEntry", job, key="k", command=[], out="x" * 30).json()
     r = kit.job_call("batches", "appendExecutionLogEntry", job, entryId=entry, offset=30, data="yyy")
-    assert r.status_code == 400 and "cap" in error_of(r)
+    # too big is 413 (never a plain 400), naming the cap and what is stored; the cap is announced
+    assert r.status_code == 413 and "cap" in error_of(r), r.text
+    assert (r.json()["maxBytes"], r.json()["offset"]) == (32, 30)
+    assert r.headers["X-Corral-Log-Max-Bytes"] == "32"
     r = kit.job_call("batches", "updateExecutionLogEntry", job, entryId=entry, out="z" * 40)
     assert r.status_code == 413
     (e,) = kit.admin.get(f"/api/v1/jobs/{job['id']}/logs").json()["entries"]

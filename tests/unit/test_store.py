@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from corral.errors import Conflict, Invalid, NotFound
+from corral.errors import Conflict, Invalid, NotFound, TooLarge
+from corral.server.statuses import status_for
 from corral.server.store import DEFAULT_QUEUES, RESET_FAILURE, JobAuth, SqlStore, Store, hash_token
 from corral.server.store.tables import attempts, jobs
 from tests.postgreskit import fresh_database_url
@@ -482,8 +483,10 @@ def test_log_cap(store: Store) -> None:
     take(store)
     entry = store.add_log_entry(job_id, 1, "exec-1", {"key": "k"})
     assert store.append_log(job_id, 1, "exec-1", entry, 0, b"x" * 10, max_bytes=16) == 10
-    with pytest.raises(Invalid, match="cap of 16 bytes"):
+    # too big is a 413 that names the cap and what is stored, never a plain 400 (Invalid)
+    with pytest.raises(TooLarge, match="cap of 16 bytes") as err:
         store.append_log(job_id, 1, "exec-1", entry, 10, b"y" * 7, max_bytes=16)
+    assert status_for(err.value) == 413 and err.value.extra == {"maxBytes": 16, "offset": 10}
     assert store.get_logs(job_id)[0]["out_bytes"] == b"x" * 10
     assert store.append_log(job_id, 1, "exec-1", entry, 10, b"y" * 6, max_bytes=16) == 16
 

@@ -33,7 +33,7 @@ from corral import __version__
 from corral.errors import ServerError, StaleAttempt
 from corral.executor.settings import ExecutorSettings
 from corral.executor.telemetry import TELEMETRY_KEYS
-from corral.protocol import EXECUTOR_NAME_HEADER, EXTENSIONS_HEADER, JOB_ID_HEADER, Job
+from corral.protocol import EXECUTOR_NAME_HEADER, EXTENSIONS_HEADER, JOB_ID_HEADER, LOG_MAX_BYTES_HEADER, Job
 from corral.units import format_size
 
 __all__ = ["MAX_ANSWER", "MAX_DEQUEUE_ANSWER", "SOURCEGRAPH_PROTOCOL_VERSION", "QueueClient", "job_key"]
@@ -133,6 +133,7 @@ class QueueClient:
         self.settings = settings
         self.extensions: frozenset[str] = frozenset()
         self.server_is_corral = False  # set by the first answer that carries X-Corral-Extensions
+        self.log_max_bytes: int | None = None  # the server's cap of one log entry (X-Corral-Log-Max-Bytes)
         self.retry_for = retry_for
         self.http = httpx.AsyncClient(
             base_url=settings.frontend_url,
@@ -157,6 +158,8 @@ class QueueClient:
         if ext := r.headers.get(EXTENSIONS_HEADER):
             self.extensions = frozenset(x.strip() for x in ext.split(","))
             self.server_is_corral = True
+        if (cap := r.headers.get(LOG_MAX_BYTES_HEADER, "")).isdigit() and len(cap) < 19:
+            self.log_max_bytes = int(cap)
 
     # -- plumbing -----------------------------------------------------------------------------
     def _executor_headers(self) -> dict[str, str]:

@@ -14,6 +14,7 @@ __all__ = [
     "EXTENSIONS_HEADER",
     "FILE_BUCKET_RE",
     "JOB_ID_HEADER",
+    "LOG_MAX_BYTES_HEADER",
     "MAX_FILE_KEY_CHARS",
     "QUEUE_NAME_RE",
     "ZERO_TIME",
@@ -29,6 +30,9 @@ EXTENSIONS_HEADER = "X-Corral-Extensions"
 # What a corral server offers beyond Sourcegraph's protocol; a client only uses what is advertised.
 EXTENSIONS = ("longpoll", "logappend", "fencing", "results", "cancelwatch")
 JOB_ID_HEADER = "X-Sourcegraph-Job-ID"
+# With the extensions: the most bytes of output the server stores for one log entry, so that an
+# executor caps (head, tail and the cut marked) within it instead of being refused.
+LOG_MAX_BYTES_HEADER = "X-Corral-Log-Max-Bytes"
 EXECUTOR_NAME_HEADER = "X-Sourcegraph-Executor-Name"
 ZERO_TIME = "0001-01-01T00:00:00Z"
 # Files by bucket/key (the file store; Sourcegraph's files API, /.executors/files/<bucket>/<key>).

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral import __version__
 from corral.errors import CorralError
-from corral.protocol import EXTENSIONS, EXTENSIONS_HEADER
+from corral.protocol import EXTENSIONS, EXTENSIONS_HEADER, LOG_MAX_BYTES_HEADER
 from corral.server.auth import require_metrics
 from corral.server.bodies import BodyClass, body_class, limit_for
 from corral.server.deps import ServerState
@@ -43,11 +43,15 @@ class BodyLimit:
     """Refuse a request body over its route's bound (bodies.BODY_LIMITS) with 413, as it arrives
     and before a route reads it (pure ASGI). `max_body_bytes` bounds the big routes."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, extensions: bool) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, extensions: bool, max_log_bytes: int | None = None
+    ) -> None:
         self.app, self.max_body_bytes = app, max_body_bytes
-        self.ext_header = (
-            (EXTENSIONS_HEADER.lower().encode(), ",".join(EXTENSIONS).encode()) if extensions else None
+        self.ext_headers = (
+            [(EXTENSIONS_HEADER.lower().encode(), ",".join(EXTENSIONS).encode())] if extensions else []
         )
+        if extensions and max_log_bytes is not None:  # so that executors cap their logs within ours
+            self.ext_headers.append((LOG_MAX_BYTES_HEADER.lower().encode(), str(max_log_bytes).encode()))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -78,10 +82,10 @@ class BodyLimit:
         async def send_with_header(msg: Message) -> None:
             if (
                 msg["type"] == "http.response.start"
-                and self.ext_header
+                and self.ext_headers
                 and scope["path"].startswith("/.executors")
             ):
-                msg["headers"] = [*msg.get("headers", []), self.ext_header]
+                msg["headers"] = [*msg.get("headers", []), *self.ext_headers]
             await send(msg)
 
         try:
@@ -119,7 +123,7 @@ async def _resetter(state: ServerState) -> None:
                 state.metrics.resets.inc(len(requeued) + len(failed))
                 for q in {r.name for r in await state.db(state.store.list_queues)}:
                     await state.wake(q)
-                for job_id in failed:  # their log followers see the end (a shared store announced it)
+                for job_id in (*requeued, *failed):  # followers see the end, or the requeue marker
                     state.log_written(job_id)
         except Exception:
             log.exception("resetter sweep failed; retrying")
@@ -234,5 +238,10 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
     # The last added runs first: BodyLimit (size bounds, content type, extension header), then Gate
     # (tokens from the headers alone), then the routes; neither reads a body before the routes do.
     app.add_middleware(Gate, state=state)
-    app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes, extensions=settings.extensions)
+    app.add_middleware(
+        BodyLimit,
+        max_body_bytes=settings.max_body_bytes,
+        extensions=settings.extensions,
+        max_log_bytes=settings.max_log_bytes,
+    )
     return app

@@ -1,8 +1,10 @@
 """A command's log: captured and capped (`capture`), shipped to the server (`ship`).
 
-A disk spool (entries survive a server outage or an executor restart) goes between the two: the
-shipper would read a spooled `Capture.text` by offset instead of memory. Redaction is
-`corral.executor.redact`, applied in `Capture` before anything is kept.
+The capture holds only what the server does not have yet (the head until it is acknowledged, the
+tail in a ring on a spooled temporary file), so the executor's memory does not grow with a step's
+output. A disk spool (entries that survive an executor restart) would go between the two: the
+shipper reads the capture by offset already. Redaction is `corral.executor.redact`, applied in
+`Capture` before anything is kept.
 """
 
 from corral.executor.logs.capture import Capture

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, func, insert, select, text, update
 
-from corral.errors import Conflict, Invalid, NotFound
+from corral.errors import Conflict, NotFound, TooLarge
 from corral.server.store.engine import Database
 from corral.server.store.jobs import Jobs
 from corral.server.store.rows import LogEntry
@@ -104,7 +104,13 @@ class Logs:
             if offset != e.out_len:
                 raise Conflict(f"log offset {offset} does not match the stored {e.out_len}", offset=e.out_len)
             if e.out_len + len(data) > max_bytes:
-                raise Invalid(f"log entry {entry_id} would exceed the server's cap of {max_bytes} bytes")
+                # 413, never a plain 400: "too big" is not a malformed request, and the executor
+                # (which caps within the cap it was told, X-Corral-Log-Max-Bytes) keeps the job going.
+                raise TooLarge(
+                    f"log entry {entry_id} would exceed the server's cap of {max_bytes} bytes",
+                    maxBytes=max_bytes,
+                    offset=int(e.out_len),
+                )
             end = int(e.out_len) + len(data)
             if data:
                 self._chunk(conn, job_id, entry_id, data)
