@@ -34,6 +34,8 @@ from corral.embedded import free_port
 from corral.protocol import EXECUTOR_NAME_HEADER, JOB_ID_HEADER
 from corral.server.app import create_app
 from corral.server.settings import ServerSettings
+from corral.server.store import SqlStore
+from corral.server.store.logs import MARKER_KEY
 from tests.conftest import bwrap_ok, require
 from tests.e2e.kit import (
     ADMIN,
@@ -97,11 +99,12 @@ class Executors:
     procs: list[subprocess.Popen[bytes]]
     prefixes: list[str]
 
-    def start(self, url: str, name: str, **env: str) -> subprocess.Popen[bytes]:
+    def start(self, url: str, name: str, prefix: str | None = None, **env: str) -> subprocess.Popen[bytes]:
         """`corral executor run` (shell runtime) with its own EXECUTOR_VM_PREFIX: the prefix scopes
         its cgroups and its janitor, so executors of other tests running on this host (job ids start
-        at 1 on every test server) never touch this one's sandboxes, nor it theirs."""
-        prefix = f"t{secrets.token_hex(4)}-{name}"
+        at 1 on every test server) never touch this one's sandboxes, nor it theirs. `prefix`: that
+        of an earlier executor (a restart of it)."""
+        prefix = prefix or f"t{secrets.token_hex(4)}-{name}"
         self.prefixes.append(prefix)
         holder = Server(url=url, client=None, settings=None)  # type: ignore[arg-type]
         full = executor_env(holder, self.tmp, "shell", EXECUTOR_NAME=name, EXECUTOR_VM_PREFIX=prefix, **env)
@@ -313,12 +316,18 @@ def test_server_restart_mid_job_loses_and_duplicates_nothing(tmp_path: Path, exe
 
 # -- 2. the executor dies ---------------------------------------------------------------------------
 def test_killed_executor_job_is_requeued_and_the_old_token_is_fenced(tmp_path: Path, executors: Executors):
+    """kill -9 of exec-a mid-job: the job is requeued (its first attempt records why, and the log
+    says so), exec-b runs it again, the old token is fenced; exec-a's sandbox (job directory,
+    workspace filesystem and its image, cgroups) stays until exec-a starts again with the same
+    EXECUTOR_VM_PREFIX, whose janitor removes it at once and says so (exec-b, another prefix,
+    must not)."""
+    prefix = f"t{secrets.token_hex(4)}-exec-a"
     with (
         serve_at(tmp_path / "server", free_port(), stalled_after=2, resetter_interval=0.5) as server,
         proxy_for(server.url) as (proxy, via_proxy),
         executors.session(),
     ):
-        a = executors.start(via_proxy, "exec-a", EXECUTOR_JOB_USER="1000")
+        a = executors.start(via_proxy, "exec-a", prefix, EXECUTOR_JOB_USER="1000")
         # uid 1000 (exec-a) waits long; uid 2000 (exec-b, started later) finishes at once.
         job = server.client.submit(
             "batches",
@@ -327,11 +336,31 @@ def test_killed_executor_job_is_requeued_and_the_old_token_is_fenced(tmp_path: P
         wait_log(server, job["id"], "attempt as 1000")
         (first,) = proxy.jobs
         assert first["id"] == job["id"] and first["attempt"] == 1
+        (left,) = [p for p in (tmp_path / "ws").iterdir() if p.name.startswith(f"{prefix}.")]
+        cgroup = Path(CGROUP_ROOT) / "memory" / f"corral-{prefix}" / f"corral-batches-{job['id']}"
         a.kill()  # SIGKILL: no goodbye, no mark call
         a.wait(10)
+        assert left.is_dir() and cgroup.is_dir()
+        assert os.path.ismount(left / "workspace") and (left / "disk.img").is_file()  # the job's disk
         executors.start(server.url, "exec-b", EXECUTOR_JOB_USER="2000")
         done = wait_job(server, job["id"], timeout=40)
         assert done["state"] == "completed", done
+        # the first attempt's reason, and the marker in the log the producers' API returns
+        store = SqlStore(server.settings.db_url)
+        try:
+            attempts = store.jobs.attempts(job["id"])
+        finally:
+            store.close()
+        assert (attempts[0].state, attempts[0].reason) == (
+            "stalled",
+            "executor exec-a stopped heartbeating; requeued",
+        )
+        (marker,) = [e for e in entries(server, job["id"]) if e["key"] == MARKER_KEY]
+        assert marker["attempt"] == 1 and marker["out"] == (
+            "[corral] attempt 1 lost (executor gone); attempt 2 next: "
+            "executor exec-a stopped heartbeating; requeued\n"
+        )
+        assert left.is_dir() and cgroup.is_dir()  # exec-b's janitor left another prefix's alone
         second = entries(server, job["id"], attempt=2)
         assert second and "attempt as 2000" in "".join(e["out"] for e in second)
         assert "attempt as 2000" not in "".join(e["out"] for e in entries(server, job["id"], attempt=1))
@@ -344,6 +373,14 @@ def test_killed_executor_job_is_requeued_and_the_old_token_is_fenced(tmp_path: P
         assert r.status_code == 409, r.text
         assert server.client.get(job["id"])["state"] == "completed"
         assert "late" not in logs_text(server, job["id"])
+
+        # exec-a starts again (same prefix): its start-up sweep removes what the killed one left
+        executors.start(server.url, "exec-a2", prefix)
+        wait_for(lambda: not left.exists() and not cgroup.exists(), "exec-a2's janitor", timeout=30)
+        assert not any(str(left) in line for line in Path("/proc/self/mounts").read_text().splitlines())
+        log = executors.log("exec-a2")
+        assert f"janitor (owner {prefix}): removed workspace {left.name}" in log, log
+        assert f"janitor (owner {prefix}): removed shell corral-batches-{job['id']}" in log, log
 
 
 # -- 3. the job is taken away while the executor still runs it ---------------------------------------

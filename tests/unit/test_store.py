@@ -20,6 +20,7 @@ from sqlalchemy import select
 from corral.errors import Conflict, Invalid, NotFound, TooLarge
 from corral.server.statuses import status_for
 from corral.server.store import DEFAULT_QUEUES, RESET_FAILURE, JobAuth, SqlStore, Store, hash_token
+from corral.server.store.logs import MARKER_KEY
 from corral.server.store.tables import attempts, jobs
 from tests.postgreskit import fresh_database_url
 
@@ -332,6 +333,92 @@ def test_reset_stalled_of_a_canceled_job_cancels_it(store: Store, clock: Clock) 
     assert store.get_job(job_id)["state"] == "canceled"
 
 
+def markers(store: Store, job_id: int) -> list[tuple[int, str]]:
+    """(attempt, output) of the store's own log entries of the job."""
+    return [(e.attempt, e.out_bytes.decode()) for e in store.get_logs(job_id) if e.key == MARKER_KEY]
+
+
+def test_a_requeued_attempt_records_why_and_the_log_says_so(store: Store, clock: Clock) -> None:
+    """Issue 15: after kill -9 of its executor, the job's first attempt records a reason, and its log
+    shows a marker ("attempt 1 lost (executor gone); attempt 2") that the producers' API returns."""
+    job_id = enqueue(store)
+    take(store, "exec-a")
+    store.add_log_entry(job_id, 1, "exec-a", {"key": "step.0", "out": "working\n"})
+    assert stall(store, clock) == ([job_id], [])
+    first, *_ = store.jobs.attempts(job_id)  # type: ignore[attr-defined]
+    assert (first.state, first.reason) == ("stalled", "executor exec-a stopped heartbeating; requeued")
+    assert first.finished_at == clock.t
+    line = (
+        "[corral] attempt 1 lost (executor gone); attempt 2 next: "
+        "executor exec-a stopped heartbeating; requeued\n"
+    )
+    assert markers(store, job_id) == [(1, line)]
+    entries = store.get_logs(job_id)
+    assert [(e.entry_id, e.key, e.exit_code) for e in entries] == [(1, "step.0", None), (2, MARKER_KEY, None)]
+    # attempt 2's own entries come after it, numbered on
+    take(store, "exec-b")
+    assert store.add_log_entry(job_id, 2, "exec-b", {"key": "step.0", "out": "again\n"}) == 3
+    assert store.mark(job_id, 2, "exec-b", "complete") == "completed"
+    second = store.jobs.attempts(job_id)[1]  # type: ignore[attr-defined]
+    assert (second.attempt, second.executor_name, second.state, second.reason) == (
+        2,
+        "exec-b",
+        "completed",
+        None,
+    )
+
+
+def test_the_last_reset_and_a_canceled_stall_say_how_the_job_ended(store: Store, clock: Clock) -> None:
+    job_id = enqueue(store)
+    for n in range(1, MAX_RESETS + 2):
+        take(store, f"exec-{n}")
+        stall(store, clock)
+    assert store.get_job(job_id)["state"] == "failed"
+    last = store.jobs.attempts(job_id)[-1]  # type: ignore[attr-defined]
+    assert last.reason == f"executor exec-{MAX_RESETS + 1} stopped heartbeating; failed: {RESET_FAILURE}"
+    assert markers(store, job_id)[-1] == (
+        MAX_RESETS + 1,
+        f"[corral] attempt {MAX_RESETS + 1} lost (executor gone): {last.reason}\n",
+    )
+    assert len(markers(store, job_id)) == MAX_RESETS + 1
+
+    other = enqueue(store)
+    take(store, "exec-c")
+    store.request_cancel(other)
+    stall(store, clock)
+    (attempt,) = store.jobs.attempts(other)  # type: ignore[attr-defined]
+    assert attempt.reason == "executor exec-c stopped heartbeating; the job was canceled"
+
+
+def test_an_errored_attempt_records_its_message_and_the_retry_is_marked(store: Store, clock: Clock) -> None:
+    """An executor that shuts down marks its job errored: the job is retried, and its log says so."""
+    job_id = enqueue(store, max_attempts=2)
+    take(store)
+    message = "the executor shut down before the job finished"
+    assert store.mark(job_id, 1, "exec-1", "errored", message, retry_backoff=10) == "errored"
+    (first,) = store.jobs.attempts(job_id)  # type: ignore[attr-defined]
+    assert (first.state, first.reason) == ("errored", message)
+    assert markers(store, job_id) == [
+        (1, f"[corral] attempt 1 errored; attempt 2 next (in 10s): {message}\n")
+    ]
+    clock.advance(10)
+    take(store)
+    assert store.mark(job_id, 2, "exec-1", "failed", "step.docker.0 failed with exit code 2") == "failed"
+    assert store.jobs.attempts(job_id)[1].reason == "step.docker.0 failed with exit code 2"  # type: ignore[attr-defined]
+    assert len(markers(store, job_id)) == 1  # a final failure needs no marker: the job says it
+
+
+def test_a_released_attempt_records_why(store: Store) -> None:
+    job_id = enqueue(store)
+    row = take(store)
+    assert store.release(job_id, row["attempt"])
+    (attempt,) = store.jobs.attempts(job_id)  # type: ignore[attr-defined]
+    assert attempt.state == "released" and "had gone" in (attempt.reason or "")
+    assert markers(store, job_id) == []
+    with pytest.raises(NotFound):
+        store.jobs.attempts(job_id + 1000)  # type: ignore[attr-defined]
+
+
 # -- cancel ------------------------------------------------------------------------------------
 def test_cancel_of_a_queued_job_is_immediate(store: Store, clock: Clock) -> None:
     job_id = enqueue(store)
@@ -617,6 +704,7 @@ def test_migration_widens_a_postgres_schema_made_by_0001(store: Store, db_url: s
             conn.exec_driver_sql(f'ALTER TABLE {table} ALTER COLUMN "{col}" TYPE {old}')
         conn.exec_driver_sql("ALTER SEQUENCE jobs_id_seq AS integer")
         conn.exec_driver_sql("DROP TABLE files")  # made by 0003, after 0001
+        conn.exec_driver_sql("ALTER TABLE attempts DROP COLUMN reason")  # made by 0004
         conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0001'")
     store.migrate()
     with store.engine.connect() as conn:
@@ -629,7 +717,7 @@ def test_migration_widens_a_postgres_schema_made_by_0001(store: Store, db_url: s
         version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
         seq = conn.exec_driver_sql("SELECT data_type FROM pg_sequences WHERE sequencename = 'jobs_id_seq'")
         assert seq.scalar() == "bigint"
-    assert version == "0003"
+    assert version == "0004"
     assert types["jobs.priority"] == "bigint" and types["log_entries.key"] == "text"
     assert [c for c, t in types.items() if t in ("integer", "character varying")] == []
     assert store.get_job(job_id)["state"] == "processing"

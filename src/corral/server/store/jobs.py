@@ -1,6 +1,12 @@
 """Jobs and their attempts: enqueue, dequeue (a new attempt with a lease), heartbeat leases,
 cancel, the attempt fence of every job-scoped write, marks, and the stalled-job reset.
 
+Every attempt that ends records why (attempts.reason): its mark's message, "executor X stopped
+heartbeating; requeued" (the resetter), or that it was handed to an executor that had gone. When an
+attempt ends and the job goes on (requeued after its executor went silent, retried after markErrored,
+e.g. an executor that shut down), the job's log gets the store's marker entry saying so
+(logs.add_marker): "[corral] attempt 1 lost (executor gone); attempt 2 next: ...".
+
 The hot paths (dequeue, job auth, fence, mark) are prebuilt SQL: statement construction and cache
 key work per call cost about a quarter of a cycle's server time (d2e3bda: 146 -> ~205 cycles/s).
 """
@@ -16,11 +22,13 @@ from sqlalchemy import Connection, Row, TextualSelect, bindparam, insert, select
 
 from corral.errors import Conflict, NotFound
 from corral.server.store.engine import Clock, Database
+from corral.server.store.logs import add_marker, log_key
 from corral.server.store.queues import Queues
 from corral.server.store.rows import (
     DEQUEUEABLE,
     TERMINAL,
     AttemptEnd,
+    AttemptRow,
     JobAuth,
     JobRow,
     JobState,
@@ -31,6 +39,16 @@ from corral.server.store.tables import attempts, jobs, results
 
 RESET_FAILURE = "job processor died while handling this message too many times"
 CANCELED_MESSAGE = "canceled"
+MAX_REASON = 2000  # characters of a message kept as an attempt's reason and in a marker
+
+
+def _short(message: str) -> str:
+    return message if len(message) <= MAX_REASON else message[: MAX_REASON - 1] + "…"
+
+
+def stalled_reason(executor_name: str | None) -> str:
+    """Why the resetter ended an attempt (the attempt's reason)."""
+    return f"executor {executor_name or '(unknown)'} stopped heartbeating; requeued"
 
 
 def hash_token(token: str) -> str:
@@ -89,8 +107,9 @@ _SQL_MARK_JOB = text(
     "failure_message = :message, num_failures = :num_failures, process_after = :process_after WHERE id = :id"
 ).bindparams(bindparam("message", type_=jobs.c.failure_message.type))  # the column's NUL handling
 _SQL_MARK_ATTEMPT = text(
-    "UPDATE attempts SET finished_at = :now, state = :state WHERE job_id = :id AND attempt = :attempt"
-)
+    "UPDATE attempts SET finished_at = :now, state = :state, reason = :reason "
+    "WHERE job_id = :id AND attempt = :attempt"
+).bindparams(bindparam("reason", type_=attempts.c.reason.type))
 
 
 def _dequeue_sql(db: Database) -> TextualSelect:
@@ -242,7 +261,11 @@ class Jobs:
                 conn.execute(
                     update(attempts)
                     .where(attempts.c.job_id == job_id, attempts.c.attempt == attempt)
-                    .values(finished_at=now, state=AttemptEnd.RELEASED.value)
+                    .values(
+                        finished_at=now,
+                        state=AttemptEnd.RELEASED.value,
+                        reason="handed to an executor that had gone (its request ended first); queued again",
+                    )
                 )
             return bool(n)
 
@@ -325,11 +348,19 @@ class Jobs:
                 "num_failures": t.num_failures,
                 "message": t.message,
                 "process_after": t.process_after,
+                "reason": _short(message) if message else None,
             }
             conn.execute(_SQL_MARK_JOB, v)
             conn.execute(_SQL_MARK_ATTEMPT, v)
-            if t.state in TERMINAL:
-                self.db.announce(conn, f"log:{job_id}")
+            if t.state == JobState.ERRORED:  # retried: the log says so (an executor's shutdown, too)
+                after = f" (in {t.process_after - now:g}s)" if t.process_after is not None else ""
+                why = _short(message or "no reason given")
+                line = (
+                    f"[corral] attempt {job.attempt} errored; attempt {job.attempt + 1} next{after}: {why}\n"
+                )
+                add_marker(conn, job_id, job.attempt, line, now)
+            if t.state in TERMINAL or t.state == JobState.ERRORED:
+                self.db.announce(conn, log_key(job_id))
             return t.state
 
     # -- maintenance ----------------------------------------------------------------------------
@@ -341,7 +372,7 @@ class Jobs:
         with self.db.write() as conn:
             # A job being written to right now is locked (and so alive): the next sweep sees it again.
             stalled = conn.execute(
-                select(jobs.c.id, jobs.c.num_resets, jobs.c.attempt, jobs.c.cancel)
+                select(jobs.c.id, jobs.c.num_resets, jobs.c.attempt, jobs.c.cancel, jobs.c.executor_name)
                 .where(
                     jobs.c.state == JobState.PROCESSING.value, jobs.c.last_heartbeat_at < now - stalled_after
                 )
@@ -349,16 +380,23 @@ class Jobs:
             ).all()
             for r in stalled:
                 values: dict[str, Any]
+                lost = f"[corral] attempt {r.attempt} lost (executor gone)"
+                reason = stalled_reason(r.executor_name)
                 if r.cancel:
                     values = {"state": JobState.CANCELED.value, "finished_at": now}
                     values["failure_message"] = CANCELED_MESSAGE
+                    reason = reason.replace("; requeued", "; the job was canceled")
+                    line = f"{lost}: {reason}\n"
                     failed.append(r.id)
                 elif r.num_resets + 1 > max_resets:
                     values = {"state": JobState.FAILED.value, "finished_at": now}
                     values["failure_message"] = RESET_FAILURE
+                    reason = reason.replace("; requeued", f"; failed: {RESET_FAILURE}")
+                    line = f"{lost}: {reason}\n"
                     failed.append(r.id)
                 else:
                     values = {"state": JobState.QUEUED.value, "executor_name": None, "process_after": None}
+                    line = f"{lost}; attempt {r.attempt + 1} next: {reason}\n"
                     requeued.append(r.id)
                 values["num_resets"] = r.num_resets + 1
                 values["last_heartbeat_at"] = None
@@ -370,8 +408,17 @@ class Jobs:
                 conn.execute(
                     update(attempts)
                     .where(attempts.c.job_id == r.id, attempts.c.attempt == r.attempt)
-                    .values(finished_at=now, state=AttemptEnd.STALLED.value)
+                    .values(finished_at=now, state=AttemptEnd.STALLED.value, reason=reason)
                 )
-            for job_id in failed:
-                self.db.announce(conn, f"log:{job_id}")
+                add_marker(conn, r.id, r.attempt, line, now)
+            for job_id in (*requeued, *failed):
+                self.db.announce(conn, log_key(job_id))
         return requeued, failed
+
+    def attempts(self, job_id: int) -> list[AttemptRow]:
+        """The job's attempts, oldest first: who ran each, how and why it ended."""
+        with self.db.read() as conn:
+            if not self.exists(conn, job_id):
+                raise NotFound(f"unknown job {job_id}")
+            q = select(attempts).where(attempts.c.job_id == job_id).order_by(attempts.c.attempt)
+            return [AttemptRow.of(r._mapping) for r in conn.execute(q)]

@@ -5,25 +5,61 @@ offset: SQL works out where each chunk ends (a running sum of chunk lengths, whi
 nor PostgreSQL computes by reading the bytes) and returns only the chunks past that offset, instead
 of the whole log being read and sliced. Every write announces `log:<job id>`,
 which wakes followers on every replica (PostgreSQL NOTIFY; on SQLite the server wakes its own).
+
+Besides the executors' entries, the store writes one of its own when an attempt ends without
+finishing the job and the job goes on (`add_marker`, called by jobs.py in the same transaction): an
+entry keyed MARKER_KEY, of the ended attempt, whose output says what happened, e.g.
+"[corral] attempt 1 lost (executor gone); attempt 2 next: executor exec-a stopped heartbeating;
+requeued". Producers read it with the rest of the log; it never has an exit code.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Row, func, insert, select, text, update
 
 from corral.errors import Conflict, NotFound, TooLarge
 from corral.server.store.engine import Database
-from corral.server.store.jobs import Jobs
 from corral.server.store.rows import LogEntry
 from corral.server.store.tables import log_chunks, log_entries
+
+if TYPE_CHECKING:
+    from corral.server.store.jobs import Jobs
+
+MARKER_KEY = "corral.attempt"  # the key of the store's own entries (an attempt ended, the job goes on)
 
 
 def log_key(job_id: int) -> str:
     """The wake-up key of a job's log (and of its end)."""
     return f"log:{job_id}"
+
+
+def add_marker(conn: Connection, job_id: int, attempt: int, text: str, now: float) -> int:
+    """Within a write transaction: the store's own entry `text` (one or more whole lines) at the end
+    of the job's log, as part of attempt `attempt`; returns its number. The caller announces it."""
+    last = conn.execute(
+        select(func.max(log_entries.c.entry_id)).where(log_entries.c.job_id == job_id)
+    ).scalar()
+    entry_id = int(last or 0) + 1
+    out = text.encode()
+    conn.execute(
+        insert(log_entries).values(
+            job_id=job_id,
+            entry_id=entry_id,
+            attempt=attempt,
+            key=MARKER_KEY,
+            command=[],
+            start_time=datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            exit_code=None,
+            duration_ms=None,
+            out_len=len(out),
+        )
+    )
+    conn.execute(insert(log_chunks).values(job_id=job_id, entry_id=entry_id, data=out))
+    return entry_id
 
 
 class Logs:

@@ -17,6 +17,7 @@ __all__ = [
     "DEQUEUEABLE",
     "TERMINAL",
     "AttemptEnd",
+    "AttemptRow",
     "Executor",
     "JobAuth",
     "JobRow",
@@ -109,6 +110,32 @@ class JobRow(_Record):
             failure_message=m["failure_message"],
             outcome=m["outcome"],
             exit_codes=exit_codes if exit_codes is not None else [],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow(_Record):
+    """One attempt of a job: who ran it, when, how it ended and why."""
+
+    job_id: int
+    attempt: int
+    executor_name: str
+    started_at: float
+    finished_at: float | None
+    state: str | None  # a job state its mark set, or an AttemptEnd; None while it runs
+    reason: str | None  # why it ended, in words (a mark's message, "executor X stopped heartbeating")
+
+    @classmethod
+    def of(cls, m: Any) -> AttemptRow:
+        """From a row mapping of the attempts table."""
+        return cls(
+            job_id=m["job_id"],
+            attempt=m["attempt"],
+            executor_name=m["executor_name"],
+            started_at=m["started_at"],
+            finished_at=m["finished_at"],
+            state=m["state"],
+            reason=m["reason"],
         )
 
 

@@ -110,6 +110,7 @@ attempts = Table(
     Column("started_at", Float, nullable=False),
     Column("finished_at", Float, nullable=True),
     Column("state", Str(16), nullable=True),  # how this attempt ended
+    Column("reason", Str(), nullable=True),  # why, in words (migration 0004)
 )
 
 log_entries = Table(
