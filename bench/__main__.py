@@ -14,10 +14,25 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-from bench import common, executor_rss, job_overhead, pickup_latency, queue_throughput, redact_throughput
+from bench import (
+    common,
+    executor_rss,
+    job_overhead,
+    pickup_latency,
+    queue_throughput,
+    redact_throughput,
+    stop_and_logs,
+)
 from bench.common import Table, fmt, render
 
-MODULES: list[ModuleType] = [queue_throughput, pickup_latency, job_overhead, executor_rss, redact_throughput]
+MODULES: list[ModuleType] = [
+    queue_throughput,
+    pickup_latency,
+    job_overhead,
+    executor_rss,
+    redact_throughput,
+    stop_and_logs,
+]
 BUSY_SHARE = 0.10  # other processes using more than this share of the machine make numbers unreliable
 
 

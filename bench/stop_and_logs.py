@@ -3,9 +3,10 @@
 Cancel: a job prints "started" then sleeps; once "started" is in its log the producer cancels it;
 the time from the cancel call to the job's terminal state (polled every 20 ms), per runtime (shell,
 docker). Timeout: a job with timeoutSeconds 5 that sleeps: its started_at -> finished_at.
-Big logs: a shell step printing N MiB (50, 200) with EXECUTOR_LOG_MAX_BYTES=1G, above the
-server's cap (64 MiB): the job's state, the bytes the server stored, and the executor's peak VmRSS
-(sampled every 50 ms, and the kernel's VmHWM at the end) over its idle VmRSS.
+Big logs: a shell step printing N MiB (50, 200) with EXECUTOR_LOG_MAX_BYTES at its default (8M)
+and at 1G, above the server's cap (64 MiB): the job's state, the bytes the server stored, and the
+executor's peak VmRSS (sampled every 50 ms, and the kernel's VmHWM at the end) over its idle VmRSS.
+BENCH_LOGS_ONLY=1 runs only the big-log part.
 Everything runs against a `corral server` and `corral executor run` on 127.0.0.1.
 """
 
@@ -141,7 +142,8 @@ def _log_rows(t: Table, tmp: Path, sizes: tuple[int, ...], cap: str) -> None:
                 stored = sum(len((e.get("out") or "").encode()) for e in prod.logs(job["id"]))
                 t.add(Row(f"{mib} MiB step, executor cap {cap}: peak VmRSS MiB", peak, idle))
                 t.notes.append(
-                    f"{mib} MiB step (cap {cap}) ended {final['state']} ({final.get('error') or 'no error'}); "
+                    f"{mib} MiB step (cap {cap}) ended {final['state']} "
+                    f"({final.get('error') or 'no error'}); "
                     f"the server stored {stored / 2**20:.1f} MiB of log"
                 )
             hwm = proc_status_kib(ex.pid, "VmHWM") / KIB_PER_MIB
