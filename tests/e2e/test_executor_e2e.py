@@ -191,12 +191,13 @@ def test_secrets_are_redacted_across_chunks_and_encodings(server: Server, runtim
 def test_bad_image_fails_with_a_clear_reason(server: Server, tmp_path: Path):
     require(docker_ok(), "Docker Engine is not reachable")
     # A registry on loopback where nothing listens: a Docker Hub name would make dockerd ask DNS.
+    # It cannot be reached: not the job's fault, so errored (and retried), saying why (issue 15).
     start_executor(server, tmp_path, "docker", EXECUTOR_DOCKER_ALLOWED_REGISTRIES="127.0.0.1:9")
     image = "127.0.0.1:9/corral/does-not-exist:1"
     job = server.client.submit("batches", docker_job("true", image=image))
     done = wait_job(server, job["id"])
-    assert done["state"] == "failed"
-    assert "not found" in done["error"] and image in done["error"]
+    assert done["state"] == "errored", done
+    assert "cannot be reached" in done["error"] and image in done["error"]
 
 
 def test_clone_options_shallow_sparse_tags(server: Server, tmp_path: Path):
