@@ -43,8 +43,9 @@ _SEMVER_RE = re.compile(
     r"(-([0-9A-Za-z\-]+(\.[0-9A-Za-z\-]+)*))?"
     r"(\+([0-9A-Za-z\-]+(\.[0-9A-Za-z\-]+)*))?"
 )
-# lib/api/version_check.go BuildDateRegex, used with FindStringSubmatch (not anchored at the start).
-_BUILD_DATE_RE = re.compile(r"\d+_(\d{4}-\d{2}-\d{2})_(\d+\.\d+)?-?[a-z0-9]{7,}(_patch)?\Z")
+# lib/api/version_check.go BuildDateRegex, used with FindStringSubmatch (not anchored at the start);
+# re.ASCII: Go's \d is [0-9] only.
+_BUILD_DATE_RE = re.compile(r"\d+_(\d{4}-\d{2}-\d{2})_(\d+\.\d+)?-?[a-z0-9]{7,}(_patch)?\Z", re.ASCII)
 _INT64_MAX = 2**63 - 1
 
 
@@ -123,17 +124,23 @@ def parse_semver(version: str) -> SemVer:
     return SemVer(int(parts[0]), int(parts[1]), int(parts[2]), m[5] or "")
 
 
-_V2_MIN = parse_semver("4.3.0-0")
-
-
-def check_sourcegraph_version(version: str, min_date: str = V2_MIN_DATE) -> bool:
-    """CheckSourcegraphVersion(version, ">= 4.3.0-0", min_date); InvalidVersion for a bad semver."""
+def check_sourcegraph_version(
+    version: str, constraint: str = V2_CONSTRAINT, min_date: str = V2_MIN_DATE
+) -> bool:
+    """CheckSourcegraphVersion(version, constraint, min_date) for a `>= X` constraint (the only form
+    the dequeue uses); InvalidVersion for a version that is no semver."""
     if version in ("dev", "0.0.0+dev"):
         return True
     if len(version) <= MAX_VERSION_CHARS and (m := _BUILD_DATE_RE.search(version)):
         return m[1] >= min_date
-    # constraintGreaterThanEqual: the constraint names a prerelease, so prereleases are compared.
-    return parse_semver(version).compare(_V2_MIN) >= 0
+    op, _, minimum = constraint.partition(" ")
+    if op != ">=":
+        raise ValueError(f"only '>= X' constraints are supported, not {constraint!r}")
+    want, v = parse_semver(minimum.strip()), parse_semver(version)
+    # constraintGreaterThanEqual: a prerelease version passes only a constraint that names one.
+    if v.pre and not want.pre:
+        return False
+    return v.compare(want) >= 0
 
 
 def job_version_for(version: str) -> int:
