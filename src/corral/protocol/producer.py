@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -55,6 +56,10 @@ __all__ = [
 ]
 
 MAX_TIMEOUT = 7 * 24 * 3600  # seconds
+AUTH_KEYS = {"auth", "username", "password", "identitytoken"}  # of one registry in dockerAuthConfig
+RFC3339_RE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})", re.ASCII
+)
 # Bounds on what one job may carry (checked at submit; the executor builds a redactor from the
 # redacted values on every attempt and writes every file, so these bound its work too).
 MAX_REDACTED_VALUES = 1_000  # entries of redactedValues
@@ -88,6 +93,14 @@ class FileIn(Model):
     bucket: str | None = None
     key: str | None = None
     modified_at: str | None = Field(default=None, alias="modifiedAt")
+
+    @field_validator("modified_at")
+    @classmethod
+    def _rfc3339(cls, v: str | None) -> str | None:
+        # Go decodes it as time.Time (RFC 3339): anything else would make the job unreadable.
+        if v is not None and not RFC3339_RE.fullmatch(v):
+            raise ValueError(f"modifiedAt {v[:40]!r} is not an RFC 3339 time (2006-01-02T15:04:05Z)")
+        return v
 
     @model_validator(mode="after")
     def _one(self) -> FileIn:
@@ -169,6 +182,33 @@ class JobIn(Model):
     priority: int = 0
     outputs: list[str] | None = None
     max_attempts: int | None = Field(default=None, alias="maxAttempts", ge=1, le=20)
+
+    @field_validator("docker_auth_config")
+    @classmethod
+    def _auth_config(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Docker's config shape, as Go decodes it into the Job (`auths`: registry -> `auth`, the
+        padded base64 of user:password, or username/password, or identitytoken; all strings): a
+        shape Go cannot decode would leave the job unreadable by every Sourcegraph executor."""
+        if v is None:
+            return v
+        if set(v) - {"auths"} or not isinstance(v.get("auths", {}), dict):
+            raise ValueError(
+                'dockerAuthConfig must be {"auths": {"<registry>": {"auth": "<base64 user:password>"}}}'
+            )
+        for registry, entry in v.get("auths", {}).items():
+            where = f"dockerAuthConfig.auths[{registry[:100]!r}]"
+            if not isinstance(entry, dict) or not entry or set(entry) - AUTH_KEYS:
+                raise ValueError(f"{where} must hold auth, username/password or identitytoken")
+            if not all(isinstance(x, str) for x in entry.values()):
+                raise ValueError(f"{where}: every value is a string")
+            if "auth" in entry:
+                try:
+                    ok = b":" in base64.b64decode(entry["auth"], validate=True)
+                except (binascii.Error, ValueError):
+                    ok = False
+                if not ok:
+                    raise ValueError(f"{where}.auth is not base64 of user:password")
+        return v
 
     @field_validator("files")
     @classmethod

@@ -45,6 +45,12 @@ __all__ = [
 ]
 
 
+# Bounds on what an executor names (Sourcegraph's names are "<hostname>-<uuid4>"; a Sourcegraph
+# executor serves one or two queues): a longer name or list is a 400, never a stored megabyte.
+MAX_NAME = 256  # characters of an executor name
+MAX_QUEUES = 100  # queues of one dequeue or heartbeat
+
+
 class VirtualMachineFile(Wire):
     # v2 jobs carry base64 bytes in `content`; v1 carries a plain string. See `data()`.
     content: str | None = None
@@ -111,8 +117,8 @@ class Job(Wire):
 
 
 class DequeueRequest(Wire):
-    queues: list[str] | None = None
-    executor_name: str = Field(default="", alias="executorName")
+    queues: list[str] | None = Field(default=None, max_length=MAX_QUEUES)
+    executor_name: str = Field(default="", alias="executorName", max_length=MAX_NAME)
     version: str = ""
     num_cpus: int | None = Field(default=None, alias="numCPUs")
     memory: str | None = None
@@ -154,10 +160,10 @@ class JobIdsByQueue(Wire):
 
 class HeartbeatRequest(Wire):
     version: str = ""
-    executor_name: str = Field(default="", alias="executorName")
+    executor_name: str = Field(default="", alias="executorName", max_length=MAX_NAME)
     job_ids: list[str] = Field(default_factory=list, alias="jobIds")
     job_ids_by_queue: list[JobIdsByQueue] | None = Field(default=None, alias="jobIdsByQueue")
-    queue_names: list[str] | None = Field(default=None, alias="queueNames")
+    queue_names: list[str] | None = Field(default=None, alias="queueNames", max_length=MAX_QUEUES)
     os: str = ""
     architecture: str = ""
     docker_version: str = Field(default="", alias="dockerVersion")
@@ -189,7 +195,7 @@ class HeartbeatResponse(Wire):
 
 
 class JobOperation(Wire):
-    executor_name: str = Field(default="", alias="executorName")
+    executor_name: str = Field(default="", alias="executorName", max_length=MAX_NAME)
     job_id: int = Field(alias="jobId")
     attempt: int | None = None  # corral fencing extension
 
@@ -228,7 +234,7 @@ class AppendLogResponse(Wire):
 class CancelWatchRequest(Wire):
     """corral extension: wait until one of these jobs is canceled (or the wait ends)."""
 
-    executor_name: str = Field(default="", alias="executorName")
+    executor_name: str = Field(default="", alias="executorName", max_length=MAX_NAME)
     job_ids: list[int] = Field(default_factory=list, alias="jobIds")
     wait_seconds: float = Field(default=20.0, alias="waitSeconds")
 

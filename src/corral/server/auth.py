@@ -50,7 +50,7 @@ async def authorize_job_or_executor(request: Request, state: ServerState) -> Job
     if len(parts) != 2 or parts[0] != "Bearer" or not parts[1]:
         raise Unauthorized("missing job token (Authorization: Bearer <job token>)")
     raw_id = request.headers.get(JOB_ID_HEADER, "")
-    if not raw_id.isdigit():
+    if not (raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= 18):  # a 64-bit id, ASCII digits
         raise BadRequest(f"{JOB_ID_HEADER} header is missing or not a number")
     name = request.headers.get(EXECUTOR_NAME_HEADER, "")
     if not name:

@@ -14,6 +14,16 @@ from corral.protocol import ZERO_TIME, JobView, check_workspace_dir, check_works
 from corral.server.store import JobRow
 
 
+def _auths(spec: dict[str, Any]) -> dict[str, Any]:
+    """The job's registry credentials as stored (checked at submit: `JobIn`); a row from before that
+    check with another shape shows as none rather than breaking the job list or an executor."""
+    config = spec.get("dockerAuthConfig")
+    auths = config.get("auths") if isinstance(config, dict) else None
+    if not isinstance(auths, dict):
+        return {}
+    return {k: v for k, v in auths.items() if isinstance(k, str) and isinstance(v, dict)}
+
+
 def executor_job(row: JobRow, token: str, *, version: int, with_queue: bool, corral: bool) -> dict[str, Any]:
     """The Job JSON an executor gets, as Sourcegraph's `types.Job.MarshalJSON` writes it
     (internal/executor/types/job.go; its fixtures in handler_test.go): the v2 or v1 payload in Go's
@@ -46,7 +56,7 @@ def executor_job(row: JobRow, token: str, *, version: int, with_queue: bool, cor
     out["cliSteps"] = _steps(spec.get("cliSteps"), ("command",))
     out["redactedValues"] = spec.get("redactedValues")
     if version >= 2:  # DockerAuthConfig is a struct: omitempty never drops it; its auths map is omitempty
-        auths = (spec.get("dockerAuthConfig") or {}).get("auths")
+        auths = _auths(spec)
         out["dockerAuthConfig"] = {"auths": auths} if auths else {}
     if corral:
         out["attempt"] = row.attempt
@@ -177,9 +187,7 @@ def producer_job(row: JobRow) -> JobView:
     if redacted:
         spec["redactedValues"] = {f"<redacted {i}>": v for i, v in enumerate(redacted.values())}
     if spec.get("dockerAuthConfig"):
-        spec["dockerAuthConfig"] = {
-            "auths": dict.fromkeys(spec["dockerAuthConfig"].get("auths", {}), "<redacted>")
-        }
+        spec["dockerAuthConfig"] = {"auths": dict.fromkeys(_auths(spec), "<redacted>")}
     error = row.failure_message
     return JobView(
         id=row.id,

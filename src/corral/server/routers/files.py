@@ -158,7 +158,7 @@ async def job_files(state: ServerState, files: dict[str, FileIn]) -> dict[str, d
         if missing:
             shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
             raise Invalid(f"the job names files that are not in the file store: {shown} (PUT them first)")
-        total = sum(f.size for f in found.values())
+        total = sum(found[r].size for r in refs)  # each reference is fetched: count every one
         if total > MAX_REFERENCED_FILES_BYTES:
             raise Invalid(
                 f"the stored files the job names total {total} bytes, over the limit of "
