@@ -111,6 +111,24 @@ def test_a_failing_command_fails_the_step_unless_fail_fast_is_off(
     assert done["fast"]["spec"]["dockerSteps"][0]["commands"] == ["set -e", *commands]
 
 
+def test_dot_is_the_workspace_for_the_repository_and_step_dirs(
+    server: Server, repo: str, runtime: str, tmp_path: Path
+):
+    """Sourcegraph's batch changes give every pre/post step `dir: "."`; `.` is the workspace."""
+    start_executor(server, tmp_path, runtime)
+    job = server.client.submit(
+        "batches",
+        {
+            "repositoryName": repo,
+            "repositoryDirectory": ".",
+            "dockerSteps": [{"image": "corral/busybox:1", "dir": ".", "commands": ["cat README.md"]}],
+        },
+    )
+    done = wait_job(server, job["id"])
+    assert done["state"] == "completed", done
+    assert "hello whitelist" in logs_text(server, job["id"])
+
+
 def test_memory_hog_is_oom_killed(server: Server, runtime: str, tmp_path: Path):
     start_executor(server, tmp_path, runtime, EXECUTOR_JOB_MEMORY="64M")
     job = server.client.submit(

@@ -37,7 +37,7 @@ from corral.executor.janitor import orphans
 from corral.executor.plan import JobPlan
 from corral.executor.runtimes.base import META_MOUNT, WORKSPACE_MOUNT, JobSpace, Runtime, Step
 from corral.executor.workspace.base import LogOpener, Results, Workspace
-from corral.protocol import EXECUTOR_NAME_HEADER, JOB_ID_HEADER, check_workspace_path
+from corral.protocol import EXECUTOR_NAME_HEADER, JOB_ID_HEADER, check_workspace_dir, check_workspace_path
 
 MAX_DIFF = 32 * 1024 * 1024  # bytes
 MAX_FILES = 10_000  # files a job may ask the executor to write
@@ -551,10 +551,11 @@ class HostWorkspace:
         repo = space.workspace
         if plan.repository_directory:
             try:
-                rel = check_workspace_path(plan.repository_directory)
+                rel = check_workspace_dir(plan.repository_directory)  # "." is the workspace
             except ValueError as exc:
                 raise StepFailed(f"repositoryDirectory: {exc}", Reason.FILES) from None
-            repo = make_dirs(space.workspace, rel)
+            if rel != ".":
+                repo = make_dirs(space.workspace, rel)
         # EXECUTOR_FRONTEND_URL may carry a path prefix (http://host/sg): the git service is below it.
         url = f"{self.frontend_url.rstrip('/')}/.executors/git/{plan.repository}"
         # The headers Sourcegraph's clone proxy sets on every git request (newReverseProxy in
