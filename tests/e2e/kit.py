@@ -79,6 +79,9 @@ def executor_env(server: Server, tmp: Path, runtime: str, **env: str) -> dict[st
         "EXECUTOR_HEARTBEAT_INTERVAL": "1s",
         "EXECUTOR_KILL_GRACE": "2s",
         "EXECUTOR_CLI_PATH": CORRAL,
+        # A prefix of this test process and server (its port): an executor's janitor sweeps what
+        # carries its prefix, so executors of another test run (or a real one) are never touched.
+        "EXECUTOR_VM_PREFIX": f"t{os.getpid()}-{server.url.rsplit(':', 1)[-1].strip('/')}",
     }
     base.update(env)
     if "EXECUTOR_QUEUE_NAMES" in env:

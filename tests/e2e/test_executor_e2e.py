@@ -236,7 +236,7 @@ def test_clone_options_shallow_sparse_tags(server: Server, tmp_path: Path):
         {
             "repositoryName": "deep",
             "sparseCheckout": ["keep/*"],
-            "dockerSteps": [{"image": "x", "commands": ["ls keep drop 2>&1; true"]}],
+            "dockerSteps": [{"image": "x", "commands": ["ls keep drop 2>&1 || true"]}],
         },
     )
     tags = server.client.submit(

@@ -218,6 +218,7 @@ def test_the_workspace_has_a_disk_quota(server: Server, runtime: str, tmp_path: 
         "batches",
         {
             "repositoryName": "acme/app",
+            "failFast": False,  # dd fails (no space); the next commands report what it saw
             "dockerSteps": [
                 {
                     "image": "corral/busybox:1",

@@ -42,7 +42,7 @@ def test_job_view_redacts_secrets_everywhere(kit: Kit) -> None:
         assert base64.b64encode(secret.encode()).decode()[:12] not in text
     spec = kit.get_job(job["id"])["spec"]
     assert spec["dockerSteps"][0]["env"][0] == "TOKEN=[TOKEN]"
-    assert spec["dockerSteps"][0]["commands"][0] == "curl -H 'token: [TOKEN]' https://x"
+    assert spec["dockerSteps"][0]["commands"][1] == "curl -H 'token: [TOKEN]' https://x"
     assert spec["cliSteps"][0]["env"] == ["SRC_ACCESS_TOKEN=[TOKEN]"]
     assert spec["files"]["config.txt"]["size"] == len(f"token={secret}\n")
     assert "content" not in spec["files"]["bin.dat"]

@@ -252,8 +252,9 @@ async def test_a_whole_job_runtime_runs_the_plan(h: Harness) -> None:
 async def test_a_whole_job_runtime_that_breaks_mid_step_leaves_no_log_entry_open(h: Harness) -> None:
     job_id, view = await run(h, _WholeJob(crash_after_start=True), fake_step())
     assert view["state"] == "errored", view
-    (entry,) = await h.logs(job_id)
+    entry, marker = await h.logs(job_id)  # the step's entry, then the server's retry marker
     assert entry["exitCode"] == -1 and "the runtime stopped before this step finished" in entry["out"]
+    assert marker["key"] == "corral.attempt" and "attempt 1 errored" in marker["out"], marker
 
 
 async def test_a_workspace_that_breaks_while_collecting_does_not_complete_the_job(h: Harness) -> None:

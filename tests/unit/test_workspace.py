@@ -285,8 +285,8 @@ FETCH_HEAD = ["git", "-c", "protocol.version=2", "fetch", "--progress", "--no-re
         ({"shallowClone": True}, ["--no-tags", "--depth=1"]),
         ({"fetchTags": True}, ["--tags"]),
         ({"fetchTags": True, "shallowClone": True}, ["--tags", "--depth=1"]),
-        ({"sparseCheckout": ["a/"]}, ["--filter=blob:none"]),
-        ({"shallowClone": True, "sparseCheckout": ["a/"]}, ["--no-tags", "--depth=1", "--filter=blob:none"]),
+        ({"sparseCheckout": ["a/"]}, []),  # every blob: the diff needs the base (see clone_commands)
+        ({"shallowClone": True, "sparseCheckout": ["a/"]}, ["--no-tags", "--depth=1"]),
     ],
 )
 def test_the_fetch_passes_exactly_sourcegraphs_options(fields: dict, options: list[str]):
@@ -298,8 +298,8 @@ def test_clone_commands_sparse():
     keys = [k for k, _ in cmds]
     assert keys.index("setup.git.fetch") < keys.index("setup.git.sparse-checkout-config")
     assert keys.index("setup.git.sparse-checkout-set") < keys.index("setup.git.checkout")
-    assert "--filter=blob:none" in fetch_of(cmds)
-    # the checkout fetches the missing blobs, over protocol v2 as Sourcegraph's does
+    assert "--filter=blob:none" not in fetch_of(cmds)  # the diff needs every base blob
+    # the checkout speaks protocol v2 as Sourcegraph's does
     assert dict(cmds)["setup.git.checkout"] == [
         "git",
         "-c",

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from corral.errors import Invalid
-from corral.executor.redact import MAX_SECRET_BYTES, Redactor, RedactorCache, cache_key
+from corral.executor.redact import MAX_SECRET_BYTES, RedactionLimitError, Redactor, RedactorCache, cache_key
 from corral.protocol import ZERO_TIME, JobView, check_workspace_dir, check_workspace_path
 from corral.server.store import JobRow
 
@@ -148,9 +148,22 @@ def _redactor(job_id: int, redacted: dict[str, str]) -> Redactor | None:
     key = cache_key(job_id, values, ())
     found = _REDACTORS.get(key)
     if found is None:
-        found = Redactor(values, max_bytes=2 * MAX_SECRET_BYTES)  # "<redacted>" for empty ones
+        try:
+            found = Redactor(values, max_bytes=2 * MAX_SECRET_BYTES)  # "<redacted>" for empty ones
+        except RedactionLimitError:  # a row the producer API's bounds never saw: show no text at all
+            return _MaskAll()
         _REDACTORS.put(key, found)
     return found
+
+
+class _MaskAll(Redactor):
+    """For a job with more secrets than a redactor takes: every string of its view is masked."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+
+    def redact_text(self, text: str) -> str:
+        return "<redacted: the job has more secrets than can be redacted>" if text else text
 
 
 def _redact(value: Any, redactor: Redactor) -> Any:

@@ -128,7 +128,11 @@ def clone_commands(job: CloneLike, url: str) -> list[tuple[str, list[str]]]:
     ]
     # The fetch's options exactly as Sourcegraph's cloneRepo (cmd/executor/internal/worker/workspace/
     # clone.go): --tags when fetchTags; a shallow clone adds --no-tags (unless fetchTags) and
-    # --depth=1; a sparse checkout adds --filter=blob:none. Otherwise git's default tag following.
+    # --depth=1; a sparse checkout adds --filter=blob:none there. Otherwise git's default tag following.
+    # One divergence: corral fetches every blob of the commit, also for a sparse checkout (the
+    # checkout stays sparse). The diff is taken against our own copy of the commit (meta.git, pinned
+    # before any step runs), which needs the base blobs; a partial clone leaves them on the server and
+    # the diff would fail. corral's server honours the filter for Sourcegraph's executors.
     fetch = ["git", "-c", "protocol.version=2", "fetch", "--progress", "--no-recurse-submodules"]
     if job.fetch_tags:
         fetch.append("--tags")
@@ -136,8 +140,6 @@ def clone_commands(job: CloneLike, url: str) -> list[tuple[str, list[str]]]:
         if not job.fetch_tags:
             fetch.append("--no-tags")
         fetch.append("--depth=1")
-    if job.sparse_checkout:
-        fetch.append("--filter=blob:none")
     fetch += ["origin", job.commit]
     cmds.append(("setup.git.fetch", fetch))
     if job.sparse_checkout:
