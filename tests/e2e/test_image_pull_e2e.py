@@ -50,7 +50,7 @@ def test_an_unreachable_registry_errors_the_job_and_the_server_retries_it(
     assert f"its registry {registry} cannot be reached" in done["error"], done
     assert "connection refused" in done["error"], done
     text = logs_text(server, job["id"])
-    assert text.count("cannot be reached") >= 2, text  # in the step log of each attempt (and the retry marker)
+    assert text.count("cannot be reached") >= 2, text  # each attempt's step log, and the marker
 
 
 def test_a_missing_image_fails_the_job_without_a_retry(
