@@ -8,9 +8,10 @@ Modes:
   the allow-list (e.g. the server's address);
 - `open`: the runtime's ordinary network (docker's bridge, the host's namespace for shell).
 
-Until the egress firewall exists (issue 12), a runtime cannot enforce `deny-private`; runtimes then
-fail closed and treat it as `none` (`NetworkPolicy.has_interface` is true only for `open`).
-`permits()` is the firewall's decision, pure, so it is written and tested once.
+`deny-private` is enforced by the egress firewall (`corral.executor.network.egress`: a namespace per
+job, an nftables ruleset from `firewall`, a user-mode stack for the uplink); `filtered` says a
+runtime must put the job there. `has_interface` is true only for `open`. `permits()` is the
+firewall's decision in Python, pure; tests/unit/test_network_firewall.py checks the two agree.
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ def _public(ip: IPAddress) -> bool:
 class NetworkPolicy:
     mode: NetworkMode = NetworkMode.NONE
     allow: tuple[Allow, ...] = ()
+    # EXECUTOR_NETWORK_UPLINK_NETNS: the named namespace (/run/netns) whose network deny-private jobs
+    # reach the outside through (the user-mode stack runs there); None = the executor's own.
+    uplink: str | None = None
 
     @classmethod
     def none(cls) -> NetworkPolicy:
@@ -89,14 +93,19 @@ class NetworkPolicy:
         return cls(NetworkMode.OPEN)
 
     @classmethod
-    def deny_private(cls, allow: Iterable[str | Allow] = ()) -> NetworkPolicy:
-        entries = tuple(a if isinstance(a, Allow) else Allow.parse(a) for a in allow)
-        return cls(NetworkMode.DENY_PRIVATE, entries)
+    def deny_private(cls, allow: Iterable[str | Allow] = (), *, uplink: str | None = None) -> NetworkPolicy:
+        entries = tuple(dict.fromkeys(a if isinstance(a, Allow) else Allow.parse(a) for a in allow))
+        return cls(NetworkMode.DENY_PRIVATE, entries, uplink)
 
     @property
     def has_interface(self) -> bool:
-        """Whether the sandbox gets a network interface besides loopback (see the module docstring)."""
+        """Whether the sandbox gets the runtime's ordinary network (docker's bridge, the host's)."""
         return self.mode is NetworkMode.OPEN
+
+    @property
+    def filtered(self) -> bool:
+        """Whether the job gets a namespace of its own behind the egress firewall (`egress`)."""
+        return self.mode is NetworkMode.DENY_PRIVATE
 
     def permits(self, ip: IPAddress | str, port: int) -> bool:
         """Whether a connection from the job to ip:port is allowed by this policy."""
