@@ -60,12 +60,6 @@ async def test_the_job_view_hides_every_form_in_the_spec(h: Harness) -> None:
     assert not leaks(SECRET, json.dumps(view["spec"]["dockerSteps"]).encode().replace(b"\\n", b"\n")), text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gap (executor handler, not redact): JobHandler._upload sends the diff and the declared outputs "
-    "unredacted; Sourcegraph's results travel in the redacted log (ParseJSONLogsFromOutput of the .post "
-    "step's entry), so corral's uploadResult must pass the redactor too",
-)
 async def test_declared_outputs_holding_the_secret_are_redacted(h: Harness) -> None:
     job_id, view = await run(
         h, fake_step(FAKE_WRITE=f"out/config.txt=token={SECRET}\n{WRAPPED}\n"), outputs=["out/config.txt"]
@@ -76,3 +70,6 @@ async def test_declared_outputs_holding_the_secret_are_redacted(h: Harness) -> N
     content = base64.b64decode(r.json()["files"]["out/config.txt"])
     assert content.startswith(b"token=[SECRET]"), content
     assert not leaks(SECRET, content), content
+    logs = await h.logs(job_id)
+    note = [e for e in logs if e["key"] == "results.redacted"]
+    assert len(note) == 1 and "output(s) out/config.txt" in note[0]["out"], logs

@@ -46,6 +46,7 @@ from corral.executor.plan import (
     skip_target,
 )
 from corral.executor.redact import RedactionLimitError, Redactor, RedactorCache, cache_key, check_limits
+from corral.executor.redact.results import describe, redact_results
 from corral.executor.runtimes.base import (
     CredentialStager,
     JobSpace,
@@ -245,7 +246,7 @@ class JobHandler:
                 ) from None
         except StepFailed as exc:
             outcome = (Outcome.FAILED, exc.message)
-            problem = await self._upload(job, plan, space, exit_codes, exc.reason)
+            problem = await self._upload(job, plan, space, exit_codes, exc.reason, redactor)
             if problem is not None and problem[0] is Outcome.ERRORED:
                 outcome = problem
         except asyncio.CancelledError:
@@ -262,7 +263,7 @@ class JobHandler:
             log.exception("job %s: unexpected error", job.id)
             outcome = (Outcome.ERRORED, f"executor error: {exc!r}")
         else:
-            outcome = await self._upload(job, plan, space, exit_codes, "") or outcome
+            outcome = await self._upload(job, plan, space, exit_codes, "", redactor) or outcome
         finally:
             if key in self.disowned:  # whatever ended the job meanwhile, there is nothing to report
                 outcome = (Outcome.DROPPED, "the server no longer considers the job this executor's")
@@ -314,12 +315,23 @@ class JobHandler:
         log.info("job %s: %s%s", job.id, kind, f" ({message})" if message else "")
 
     async def _upload(
-        self, job: Job, plan: JobPlan, space: JobSpace, exit_codes: list[int], outcome: str
+        self,
+        job: Job,
+        plan: JobPlan,
+        space: JobSpace,
+        exit_codes: list[int],
+        outcome: str,
+        redactor: Redactor | None,
     ) -> Result | None:
-        """Collect and upload the diff and the outputs; an outcome that overrides success, or None.
+        """Collect, redact and upload the diff and the outputs; an outcome that overrides success, or
+        None.
 
         A result over a size limit fails the job (the producer must not get a silently empty diff);
         a server that refuses the upload as too large fails it too; an unreachable server errors it.
+        The diff and the outputs pass the job's redactor (redact/results.py: the diff stays a diff, a
+        redacted context line makes its hunk fail to apply); when something was redacted the job's
+        log gets an entry `results.redacted` saying what. Without a redactor (the job failed before
+        it was built: no step ran) nothing of the workspace is uploaded.
         """
         if not self.client.has("results"):
             return None
@@ -338,6 +350,15 @@ class JobHandler:
         except (OSError, subprocess.SubprocessError) as exc:  # the host broke, not the job: retry
             log.warning("job %s: cannot collect the results: %s", job.id, exc)
             return (Outcome.ERRORED, f"cannot collect the results: {exc}")
+        if redactor is None:
+            diff, files = "", {}
+        elif redactor:
+            redacted = await asyncio.to_thread(redact_results, redactor, diff, files)
+            diff, files = redacted.diff, redacted.files
+            if note := describe(redacted):
+                async with self._entry(job, redactor, "results.redacted", []) as entry:
+                    entry.note(note)
+                    entry.exit_code = 0
         try:
             await self.client.upload_result(job, exit_codes, diff, files, outcome)
         except ServerError as exc:

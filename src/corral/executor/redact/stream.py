@@ -140,6 +140,16 @@ class Redactor:
             return data
         return StreamRedactor(self)._step(data, final=True)
 
+    def spans(self, data: bytes) -> list[tuple[int, int, bytes]]:
+        """Where `redact(data)` replaces: (start, stop, replacement) in `data`, in order and disjoint,
+        so that splicing them in gives exactly `redact(data)` (for callers that must keep a structure
+        around the redacted bytes, such as the lines of a diff)."""
+        if not self.channels or not data:
+            return []
+        found: list[tuple[int, int, bytes]] = []
+        StreamRedactor(self)._step(data, final=True, spans=found)
+        return found
+
     def redact_text(self, text: str) -> str:
         """`redact` for text (a command line, an argv element, an error message)."""
         if not self.channels:
@@ -196,7 +206,7 @@ class StreamRedactor:
         self._reset()
         return out
 
-    def _step(self, chunk: bytes, final: bool) -> bytes:
+    def _step(self, chunk: bytes, final: bool, spans: list[tuple[int, int, bytes]] | None = None) -> bytes:
         buf = self._buf + chunk if self._buf else chunk
         base = self._base
         end = base + len(buf)
@@ -244,7 +254,10 @@ class StreamRedactor:
                     if s > pos:
                         out.append(buf[pos - base : s - base])
                     out.append(replacement)
-                # else: it overlaps the run and reaches further: the run grows, hiding it all
+                    if spans is not None:
+                        spans.append((s, e, replacement))
+                elif spans is not None and spans:  # it overlaps the run and reaches further: the run
+                    spans[-1] = (spans[-1][0], e, spans[-1][2])  # grows, hiding it all
                 pos = e
         if limit > pos:
             out.append(buf[pos - base : limit - base])
