@@ -30,10 +30,17 @@ import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from corral import __version__
-from corral.errors import ServerError, StaleAttempt
+from corral.errors import ServerError, StaleAttempt, VersionSkew
 from corral.executor.settings import ExecutorSettings
 from corral.executor.telemetry import TELEMETRY_KEYS
 from corral.protocol import EXECUTOR_NAME_HEADER, EXTENSIONS_HEADER, JOB_ID_HEADER, LOG_MAX_BYTES_HEADER, Job
+from corral.protocol.versions import (
+    MAX_VERSION_CHARS,
+    SKEW_RULE,
+    VERSION_HEADER,
+    InvalidVersion,
+    skew_problem,
+)
 from corral.units import format_size
 
 __all__ = ["MAX_ANSWER", "MAX_DEQUEUE_ANSWER", "SOURCEGRAPH_PROTOCOL_VERSION", "QueueClient", "job_key"]
@@ -134,6 +141,7 @@ class QueueClient:
         self.extensions: frozenset[str] = frozenset()
         self.server_is_corral = False  # set by the first answer that carries X-Corral-Extensions
         self.log_max_bytes: int | None = None  # the server's cap of one log entry (X-Corral-Log-Max-Bytes)
+        self.server_version: str | None = None  # a corral server's version (X-Corral-Version)
         self.retry_for = retry_for
         self.http = httpx.AsyncClient(
             base_url=settings.frontend_url,
@@ -160,6 +168,25 @@ class QueueClient:
             self.server_is_corral = True
         if (cap := r.headers.get(LOG_MAX_BYTES_HEADER, "")).isdigit() and len(cap) < 19:
             self.log_max_bytes = int(cap)
+        if (version := r.headers.get(VERSION_HEADER)) is not None:
+            self.server_version = version[:MAX_VERSION_CHARS]
+
+    def check_server_version(self) -> None:
+        """The version-skew rule against a corral server that said its version (VERSION_HEADER):
+        VersionSkew naming both versions and the rule. Checked on the answers of the start-up ping
+        (a heartbeat) and of every dequeue, before a job is taken; a Sourcegraph frontend says no
+        version and keeps Sourcegraph's rules (the dequeue's `version`)."""
+        if self.server_version is None:
+            return
+        try:
+            problem = skew_problem(__version__, self.server_version)
+        except InvalidVersion:
+            problem = (
+                f"the server's version {self.server_version[:80]!r} is not a version (executor version "
+                f"{__version__}): {SKEW_RULE}"
+            )
+        if problem:
+            raise VersionSkew(f"refusing to work for this server: {problem}")
 
     # -- plumbing -----------------------------------------------------------------------------
     def _executor_headers(self) -> dict[str, str]:
@@ -299,6 +326,7 @@ class QueueClient:
             retry_for=0,
             limit=MAX_DEQUEUE_ANSWER,
         )
+        self.check_server_version()  # a job a skewed server hands out is not run (the resetter requeues it)
         if r.status == 204 or not r.content:
             return None
         with self._answer("dequeue"):
@@ -341,6 +369,7 @@ class QueueClient:
             body[k] = telemetry.get(k, "")
         body.update({k: v for k, v in telemetry.items() if k not in body})  # corral's extensions
         r = await self._post(path, body, self._executor_headers(), retry_for=0)
+        self.check_server_version()
         with self._answer("heartbeat"):
             known, cancel = _heartbeat_ids(r.content)
             return {self._key(i) for i in known}, {self._key(i) for i in cancel}

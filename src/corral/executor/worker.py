@@ -22,7 +22,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 
-from corral.errors import CorralError, ServerError
+from corral.errors import CorralError, ServerError, VersionSkew
 from corral.executor.client import QueueClient, job_key
 from corral.executor.handler import JobHandler, src_cli_path
 from corral.executor.janitor import sweep_once
@@ -63,6 +63,8 @@ class FailureLog:
         if self.last_msg is not None:
             log.info("%s: recovered", self.what)
         self.last_msg, self.quiet = None, 0
+
+
 CANCEL_WATCH_WAIT = 20.0  # seconds one cancel-watch request is held
 
 
@@ -157,7 +159,9 @@ class Worker:
                 )
                 return
             except CorralError as exc:
-                if isinstance(exc, ServerError) and exc.status in (400, 401, 403):
+                if isinstance(exc, VersionSkew) or (
+                    isinstance(exc, ServerError) and exc.status in (400, 401, 403)
+                ):
                     raise
                 failures.failed(exc, delay)
                 with contextlib.suppress(TimeoutError):
@@ -182,7 +186,7 @@ class Worker:
                 failures.recovered()
             except CorralError as exc:
                 self.slots.release()
-                if isinstance(exc, ServerError) and exc.status == 400:
+                if isinstance(exc, VersionSkew) or (isinstance(exc, ServerError) and exc.status == 400):
                     log.error("the server refuses this executor: %s", exc)
                     raise
                 backoff = min(max(backoff * 2, 0.5), BACKOFF_MAX)

@@ -14,6 +14,11 @@ Taken from sourcegraph/sourcegraph-public-snapshot:
   anchored at both ends, missing minor/patch read as 0, ErrInvalidSemVer "Invalid Semantic
   Version"), `Compare` with SemVer 2.0 prerelease precedence, and `>=` with a prerelease constraint
   (so "4.3.0-rc.1" passes ">= 4.3.0-0" and "0.0.0" does not).
+
+And corral's own rule between corral's server and corral's executor (`skew_problem`, SKEW_RULE): at
+most one minor version apart, the same major, development builds exempt. The server refuses a
+skewed executor at dequeue (400, naming both versions and the rule); the executor reads the server's
+version from VERSION_HEADER and refuses to start against a skewed server with the same words.
 """
 
 from __future__ import annotations
@@ -22,14 +27,19 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
+    "MAX_VERSION_CHARS",
+    "SKEW_RULE",
     "V2_CONSTRAINT",
     "V2_MIN_DATE",
+    "VERSION_HEADER",
     "InvalidVersion",
     "SemVer",
     "check_sourcegraph_version",
     "go_quote",
+    "is_dev_version",
     "job_version_for",
     "parse_semver",
+    "skew_problem",
     "version_error",
 ]
 
@@ -188,3 +198,30 @@ def version_error(version: str, exc: InvalidVersion) -> str:
     """The dequeue's error for a refused version, as Sourcegraph words it (errors.Wrapf in dequeue)."""
     shown = version if len(version) <= MAX_VERSION_CHARS else version[:MAX_VERSION_CHARS] + "..."
     return f"failed to check version {go_quote(shown)}: {exc}"
+
+
+# -- corral's own rule: version skew between corral's server and corral's executor ------------------
+VERSION_HEADER = "X-Corral-Version"  # the corral server's version, on every /.executors answer
+SKEW_RULE = "a corral server and a corral executor may be at most one minor version apart (same major)"
+
+
+def is_dev_version(version: str) -> bool:
+    """A development build ("dev", "0.0.0", "0.0.0+...", "0.0.0-..."): exempt from the skew rule (and
+    what a corral executor sends a server it does not know to be corral's)."""
+    return version in ("dev", "0.0.0") or version.startswith(("0.0.0+", "0.0.0-"))
+
+
+def skew_problem(executor_version: str, server_version: str) -> str | None:
+    """None when this executor and this server may work together; else the refusal, naming both
+    versions and the rule. Both sides use it: the server at dequeue, the executor on the server's
+    first answer (VERSION_HEADER). InvalidVersion when one of them is no semver."""
+    if is_dev_version(executor_version) or is_dev_version(server_version):
+        return None
+    theirs, ours = parse_semver(executor_version), parse_semver(server_version)
+    if theirs.major == ours.major and abs(theirs.minor - ours.minor) <= 1:
+        return None
+    older = "executor" if theirs.compare(ours) < 0 else "server"
+    return (
+        f"executor version {executor_version[:80]} is too far from server version {server_version[:80]}: "
+        f"{SKEW_RULE}; upgrade the {older}"
+    )

@@ -24,12 +24,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from corral import __version__
 from corral.errors import CorralError
 from corral.protocol import EXTENSIONS, EXTENSIONS_HEADER, LOG_MAX_BYTES_HEADER
+from corral.protocol.versions import VERSION_HEADER
 from corral.server.auth import require_metrics
 from corral.server.bodies import BodyClass, body_class, limit_for
 from corral.server.deps import ServerState
 from corral.server.gate import Gate
 from corral.server.repos import Mirrors
-from corral.server.routers import api, files, git, queue
+from corral.server.routers import api, files, git, queue, secrets
+from corral.server.secretbox import Keyring
 from corral.server.settings import ServerSettings
 from corral.server.statuses import error_response
 from corral.server.store import SqlStore, Store
@@ -50,6 +52,8 @@ class BodyLimit:
         self.ext_headers = (
             [(EXTENSIONS_HEADER.lower().encode(), ",".join(EXTENSIONS).encode())] if extensions else []
         )
+        # corral's version, with extensions or without: corral's executor checks the skew rule on it
+        self.ext_headers.append((VERSION_HEADER.lower().encode(), __version__.encode()))
         if extensions and max_log_bytes is not None:  # so that executors cap their logs within ours
             self.ext_headers.append((LOG_MAX_BYTES_HEADER.lower().encode(), str(max_log_bytes).encode()))
 
@@ -185,7 +189,7 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
     settings.repos_dir.mkdir(parents=True, exist_ok=True)
     store = store or SqlStore(settings.db_url)
     store.migrate()
-    state = ServerState(settings=settings, store=store)
+    state = ServerState(settings=settings, store=store, keyring=Keyring.load(settings.data_dir))
     state.metrics.watch_store(lambda: (store.list_queues(), api.executors_active(state)))
     state.metrics.long_polls.set_function(state.notifier.waiting)
 
@@ -208,6 +212,7 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
     app.include_router(git.router)
     app.include_router(api.router)
     app.include_router(files.router)
+    app.include_router(secrets.router)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_r: Request, exc: StarletteHTTPException) -> Response:

@@ -9,7 +9,7 @@ from fastapi import Request
 from corral.errors import BadRequest, Forbidden, NotConfigured, Unauthorized
 from corral.protocol import EXECUTOR_NAME_HEADER, JOB_ID_HEADER
 from corral.server.deps import ServerState
-from corral.server.store import JobAuth
+from corral.server.store import JobAuth, JobRow, JobState
 
 CORRAL_EXECUTOR_AGENT = "corral-executor/"  # the User-Agent prefix of corral's own executor
 
@@ -63,6 +63,16 @@ async def authorize_job_or_executor(request: Request, state: ServerState) -> Job
     if auth.executor_name != name:
         raise Forbidden("the job token belongs to another executor")
     return auth
+
+
+async def live_job(state: ServerState, who: JobAuth) -> JobRow:
+    """The job of a job token whose attempt is still running, or 401: a token dies when its
+    attempt ends (marked, canceled, lost and requeued, released); a requeued job's next attempt
+    has a token of its own. (The queue routes get the same answer from the store's fence, 409.)"""
+    job = await state.db(state.store.get_job, who.job_id)
+    if job.state != JobState.PROCESSING or job.attempt != who.attempt:
+        raise Unauthorized("the job token is no longer valid: its attempt has ended")
+    return job
 
 
 def require_admin(request: Request, state: ServerState) -> None:

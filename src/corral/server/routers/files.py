@@ -27,13 +27,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from corral.errors import BadRequest, Invalid, NotFound, TooLarge, Unauthorized
+from corral.errors import BadRequest, Invalid, NotFound, TooLarge
 from corral.protocol import FILE_BUCKET_RE, check_file_ref
 from corral.protocol.producer import MAX_REFERENCED_FILES_BYTES, MAX_STORED_FILE_BYTES, FileIn, FileView
-from corral.server.auth import authorize_job_or_executor, require_admin
+from corral.server.auth import authorize_job_or_executor, live_job, require_admin
 from corral.server.deps import ServerState, StateDep
 from corral.server.jobview import iso
-from corral.server.store import FileInfo, JobState
+from corral.server.store import FileInfo
 
 __all__ = ["job_files", "router"]
 
@@ -86,9 +86,7 @@ async def executor_file(bucket: str, key: str, request: Request, state: StateDep
         raise
     who = await authorize_job_or_executor(request, state)
     if who is not None:
-        job = await state.db(state.store.get_job, who.job_id)
-        if job.state != JobState.PROCESSING or job.attempt != who.attempt:
-            raise Unauthorized("the job token is no longer valid: its attempt has ended")
+        job = await live_job(state, who)
         named = any(
             f.get("bucket") == bucket and f.get("key") == key for f in (job.spec.get("files") or {}).values()
         )

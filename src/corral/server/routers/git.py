@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from corral.server.auth import authorize_job_or_executor
+from corral.errors import Unauthorized
+from corral.server.auth import authorize_job_or_executor, live_job
 from corral.server.deps import ServerState
-from corral.server.store import JobState
 
 router = APIRouter()
 READ_CHUNK = 64 * 1024  # bytes
@@ -43,9 +43,10 @@ async def git_http(path: str, request: Request) -> Response:
     if who is not None and who.repository_name != repo:
         return _error(403, f"the job token does not open repository {repo!r}")
     if who is not None:
-        job = await state.db(state.store.get_job, who.job_id)
-        if job.state != JobState.PROCESSING or job.attempt != who.attempt:
-            return _error(401, "the job token is no longer valid: its attempt has ended")
+        try:
+            await live_job(state, who)
+        except Unauthorized as exc:
+            return _error(401, exc.message)
     row = await state.db(state.store.get_repo, repo)
     root = state.settings.repos_dir
     rel = row.path

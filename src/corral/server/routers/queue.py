@@ -8,6 +8,7 @@ appendExecutionLogEntry (byte offsets), uploadResult, cancelWatch, and attempt f
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
@@ -33,12 +34,14 @@ from corral.protocol import (
     MarkErrorRequest,
     UpdateLogEntryRequest,
 )
-from corral.protocol.versions import InvalidVersion, SemVer, job_version_for, parse_semver, version_error
+from corral.protocol.versions import InvalidVersion, job_version_for, skew_problem, version_error
 from corral.server.auth import authorize_job_or_executor, is_corral_executor, require_executor
 from corral.server.bodies import BoundedJsonRoute
 from corral.server.deps import ServerState, StateDep
 from corral.server.jobview import dump_job, executor_job
+from corral.server.routers.secrets import hand_off
 from corral.server.store import JobAuth, MarkOutcome, Telemetry
+from corral.server.uploads import check_result
 
 router = APIRouter(prefix="/.executors", tags=["executor queue"], route_class=BoundedJsonRoute)
 RECHECK = 1.0  # seconds: a long-poll looks again this often (retry backoffs end without a wake-up)
@@ -46,27 +49,14 @@ JOB_ID_RE = re.compile(r"[0-9]{1,18}")  # a job id on the wire (a 64-bit integer
 
 
 def check_version_skew(executor_version: str) -> None:
-    """corral's executors: executor and server at most one minor version apart (dev builds are
-    exempt). A version that is no semver is refused as Sourcegraph refuses it."""
-    if _is_dev(executor_version) or _is_dev(__version__):
-        return
-    theirs, ours = _semver(executor_version), parse_semver(__version__)
-    if theirs.major != ours.major or abs(theirs.minor - ours.minor) > 1:
-        raise VersionSkew(
-            f"executor version {executor_version} is too far from server version {__version__}: "
-            "they may be at most one minor version apart; upgrade the older one"
-        )
-
-
-def _is_dev(v: str) -> bool:
-    return v in ("dev", "0.0.0") or v.startswith(("0.0.0+", "0.0.0-"))
-
-
-def _semver(version: str) -> SemVer:
+    """corral's executors: corral.protocol.versions.skew_problem (at most one minor version apart,
+    dev builds exempt). A version that is no semver is refused as Sourcegraph refuses it."""
     try:
-        return parse_semver(version)
+        problem = skew_problem(executor_version, __version__)
     except InvalidVersion as exc:
-        raise ApiError(version_error(version, exc)) from None  # 500, as Sourcegraph's dequeue
+        raise ApiError(version_error(executor_version, exc)) from None  # 500, as Sourcegraph's dequeue
+    if problem:
+        raise VersionSkew(problem)
 
 
 def _job_version(request: Request, version: str) -> int:
@@ -122,6 +112,7 @@ async def _dequeue(
     corral = state.settings.extensions and is_corral_executor(request)
     try:
         job = executor_job(row, token, version=version, with_queue=with_queue, corral=corral)
+        job = await hand_off(state, row, job, req.executor_name)  # the job's executor secrets
     except Invalid as exc:
         # As Sourcegraph's dequeue when its RecordTransformer fails: the record is marked failed
         # ("failed to transform record: ...") and the executor gets a 500.
@@ -355,6 +346,8 @@ async def append_log_entry(
 async def upload_result(queue: str, request: Request, body: JobResult, state: StateDep) -> Response:
     _extensions_on(state)
     attempt, name = await _job_call(request, state, queue, body)
+    job = await state.db(state.store.get_job, body.job_id)
+    await asyncio.to_thread(check_result, body, job.spec)  # decodes up to 16 MiB of base64
     result = {"exit_codes": body.exit_codes, "diff": body.diff, "files": body.files, "outcome": body.outcome}
     await state.db(state.store.put_result, body.job_id, attempt, name, result)
     return Response(status_code=204)
