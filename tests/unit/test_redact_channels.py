@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from corral.errors import RuntimeFailure
+from corral.executor.runtimes.base import JobSpace, OutputSink, Step, StepResult
 from corral.testing import FakeRuntime, Harness, fake_step
 from tests.unit.redact_kit import leaks, percent_mix, wrapped
 
@@ -25,9 +29,9 @@ async def h(tmp_path: Path):
         yield harness
 
 
-async def run(h: Harness, *steps, **spec):
+async def run(h: Harness, *steps, runtime: FakeRuntime | None = None, **spec):
     job_id = await h.submit(*steps, redactedValues={SECRET: "[SECRET]"}, **spec)
-    handler = h.handler(FakeRuntime())
+    handler = h.handler(runtime or FakeRuntime())
     job = await h.dequeue(handler.client)
     await handler.handle(job)
     return job_id, await h.job(job_id)
@@ -73,3 +77,79 @@ async def test_declared_outputs_holding_the_secret_are_redacted(h: Harness) -> N
     logs = await h.logs(job_id)
     note = [e for e in logs if e["key"] == "results.redacted"]
     assert len(note) == 1 and "output(s) out/config.txt" in note[0]["out"], logs
+
+
+def executor_lines(caplog: pytest.LogCaptureFixture) -> str:
+    """Every corral.executor log line as the executor's handler would print it (tracebacks too)."""
+    fmt = logging.Formatter("%(name)s %(levelname)s %(message)s")
+    return "\n".join(fmt.format(r) for r in caplog.records if r.name.startswith("corral.executor"))
+
+
+async def test_a_missing_image_naming_the_secret_is_redacted_in_the_log_the_error_and_the_process_log(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="corral.executor")
+    image = f"127.0.0.1:5000/{SECRET.lower()}:{SECRET.encode().hex()}"  # a tag holds 128 characters
+    job_id, view = await run(h, fake_step(image=image, FAKE_IMAGE_MISSING=1))
+    assert view["state"] == "failed", view
+    assert "not found" in view["error"] and not leaks(SECRET, view["error"].encode()), view["error"]
+    entry = (await h.logs(job_id))[0]
+    text = json.dumps(entry["command"]) + entry["out"]
+    assert "not found" in entry["out"] and not leaks(SECRET, text.encode()), entry
+    lines = executor_lines(caplog)
+    assert f"job {view['id']}: failed" in lines, lines
+    assert not leaks(SECRET, lines.encode()), lines
+
+
+class CrashingRuntime(FakeRuntime):
+    """A runtime with a bug that puts job text into an exception (a traceback in the process log)."""
+
+    async def run_step(self, space: JobSpace, step: Step, output: OutputSink) -> StepResult:
+        raise ValueError(f"cannot parse {step.argv!r} for {WRAPPED}")
+
+
+async def test_the_executors_own_log_lines_are_redacted_tracebacks_included(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="corral.executor")
+    job_id, view = await run(
+        h,
+        fake_step(FAKE_OUTPUT="x"),
+        runtime=CrashingRuntime(),
+        outputs=[f"out/{SECRET}.txt"],  # missing: its path is logged as a problem
+    )
+    assert view["state"] == "errored", view
+    lines = executor_lines(caplog)
+    assert "Traceback" in lines and "ValueError: cannot parse" in lines, lines
+    assert "[SECRET]" in lines, lines
+    assert SECRET not in lines and not leaks(SECRET, lines.encode()), lines
+    assert not leaks(SECRET, view["error"].encode()), view["error"]
+
+
+async def test_a_runtime_error_echoing_credentials_is_redacted_everywhere(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A registry's answer echoing the user name and the password (base64 of user:password, as the
+    Authorization header carries it)."""
+    caplog.set_level(logging.DEBUG, logger="corral.executor")
+    echoed = f"unauthorized: authentication required for {SECRET} (Basic {WRAPPED.replace(chr(10), '')})"
+    job_id, view = await run(h, fake_step(FAKE_ERROR=echoed))
+    assert view["state"] == "errored", view
+    out = "".join(e["out"] for e in await h.logs(job_id))
+    for text in (view["error"], out, executor_lines(caplog)):
+        assert "unauthorized" in text or text is out, text
+        assert not leaks(SECRET, text.encode()), text
+
+
+def test_records_outside_a_job_are_untouched(caplog: pytest.LogCaptureFixture) -> None:
+    from corral.executor.redact import Redactor, records
+
+    records.install()
+    caplog.set_level(logging.INFO, logger="corral.executor")
+    logging.getLogger("corral.executor").info("outside %s", SECRET)
+    token = records.use(Redactor({SECRET: "[SECRET]"}))
+    try:
+        logging.getLogger("corral.executor.x").info("inside %s", SECRET)
+    finally:
+        records.reset(token)
+    assert [r.getMessage() for r in caplog.records] == [f"outside {SECRET}", "inside [SECRET]"]

@@ -45,7 +45,14 @@ from corral.executor.plan import (
     plan_job,
     skip_target,
 )
-from corral.executor.redact import RedactionLimitError, Redactor, RedactorCache, cache_key, check_limits
+from corral.executor.redact import (
+    RedactionLimitError,
+    Redactor,
+    RedactorCache,
+    cache_key,
+    check_limits,
+    records,
+)
 from corral.executor.redact.results import describe, redact_results
 from corral.executor.runtimes.base import (
     CredentialStager,
@@ -108,6 +115,7 @@ class JobHandler:
         self.echo = echo
         self._workspace = workspace
         self._redactors = RedactorCache()
+        records.install()  # log records made for a job pass its redactor (redact/records.py)
         # By job_key. Jobs this executor stops on its own (shutdown): reported errored (retried),
         # not canceled.
         self.stopped_locally: dict[str, bool] = {}
@@ -233,12 +241,14 @@ class JobHandler:
         outcome: Result = (Outcome.COMPLETE, "")
         exit_codes: list[int] = []
         redactor: Redactor | None = None
+        token: records.Token | None = None
         try:
             try:
                 async with stopping.deadline(limit):  # asyncio.timeout that says "timeout after" in the log
                     if plan.has_cli_steps and cli_path is None:
                         raise StepFailed(self._no_src_cli(plan), Reason.SANDBOX)
                     redactor = await self._redactor(job, plan)  # in a thread; may fail the job (StepFailed)
+                    token = records.use(redactor)  # the executor's own log lines about it: redacted
                     await self._run(job, plan, space, redactor, exit_codes)
             except TimeoutError:
                 raise StepFailed(
@@ -261,7 +271,8 @@ class JobHandler:
             outcome = (Outcome.ERRORED, f"lost contact with the server: {exc.message}")
         except Exception as exc:
             log.exception("job %s: unexpected error", job.id)
-            outcome = (Outcome.ERRORED, f"executor error: {exc!r}")
+            # str, not repr: repr escapes line breaks, and a wrapped secret form would escape redaction
+            outcome = (Outcome.ERRORED, f"executor error: {type(exc).__name__}: {exc}")
         else:
             outcome = await self._upload(job, plan, space, exit_codes, "", redactor) or outcome
         finally:
@@ -272,6 +283,8 @@ class JobHandler:
             finally:
                 self.disowned.discard(key)
                 self._entries.pop(key, None)
+                if token is not None:
+                    records.reset(token)
 
     def cli_path(self) -> str | None:
         """The binary CLI steps run: corral's CLI against corral's server, Sourcegraph's src-cli
