@@ -357,6 +357,7 @@ def _bool_value(s: ExecutorSettings, name: str) -> bool:
         "EXECUTOR_KEEP_WORKSPACES": s.keep_workspaces,
         "EXECUTOR_USE_EXTENSIONS": s.extensions,
         "EXECUTOR_DOCKER_ADD_HOST_GATEWAY": s.docker.add_host_gateway,
+        "EXECUTOR_NETWORK_ALL_JOBS": s.network_all_jobs,
     }
     return values[name]
 
@@ -367,6 +368,7 @@ def test_the_boolean_settings_are_found() -> None:
         "EXECUTOR_KEEP_WORKSPACES",
         "EXECUTOR_USE_EXTENSIONS",
         "EXECUTOR_DOCKER_ADD_HOST_GATEWAY",
+        "EXECUTOR_NETWORK_ALL_JOBS",
     }
 
 

@@ -36,6 +36,7 @@ from corral.executor import identity, safefs, stopping
 from corral.executor.client import QueueClient, job_key
 from corral.executor.jobfiles import write_job_files
 from corral.executor.logs import LogEntry
+from corral.executor.network import Allow, NetworkMode, NetworkPolicy, server_allow
 from corral.executor.plan import (
     MAX_SKIP_FILE,
     SKIP_FILE,
@@ -122,6 +123,7 @@ class JobHandler:
         # By job_key. Jobs the server no longer considers ours (Worker.drop): stopped, never marked.
         self.disowned: set[str] = set()
         self._entries: dict[str, list[LogEntry]] = {}  # by job_key: the log entries a job opened
+        self._server_allow: list[Allow] | None = None  # the server's address:port, resolved once
 
     @property
     def workspace(self) -> Workspace:
@@ -247,6 +249,7 @@ class JobHandler:
                 async with stopping.deadline(limit):  # asyncio.timeout that says "timeout after" in the log
                     if plan.has_cli_steps and cli_path is None:
                         raise StepFailed(self._no_src_cli(plan), Reason.SANDBOX)
+                    space.network = await self._network(job, plan)  # may fail the job (StepFailed)
                     redactor = await self._redactor(job, plan)  # in a thread; may fail the job (StepFailed)
                     token = records.use(redactor)  # the executor's own log lines about it: redacted
                     await self._run(job, plan, space, redactor, exit_codes)
@@ -285,6 +288,30 @@ class JobHandler:
                 self._entries.pop(key, None)
                 if token is not None:
                     records.reset(token)
+
+    async def _network(self, job: Job, plan: JobPlan) -> NetworkPolicy:
+        """The job's network (README "Network"): none unless it asks (`network: true`, or every job
+        with EXECUTOR_NETWORK_ALL_JOBS); then EXECUTOR_NETWORK's. A job asking for it on an executor
+        with EXECUTOR_NETWORK=none fails, it never runs without. Under deny-private a job with CLI
+        steps (they talk to the server) may also reach the server's address and port."""
+        s = self.settings
+        mode = getattr(s, "network", NetworkMode.NONE)
+        if not (job.network or getattr(s, "network_all_jobs", False)):
+            return NetworkPolicy.none()
+        if mode is NetworkMode.NONE:
+            if job.network:
+                raise StepFailed(
+                    "this executor gives jobs no network (EXECUTOR_NETWORK=none)", Reason.SANDBOX
+                )
+            return NetworkPolicy.none()
+        if mode is NetworkMode.OPEN:
+            return NetworkPolicy.open()
+        allow = [Allow.parse(a) for a in s.network_allow]
+        if plan.has_cli_steps:
+            if self._server_allow is None:
+                self._server_allow = await server_allow(s.frontend_url)
+            allow += self._server_allow
+        return NetworkPolicy.deny_private(allow, uplink=s.network_uplink_netns or None)
 
     def cli_path(self) -> str | None:
         """The binary CLI steps run: corral's CLI against corral's server, Sourcegraph's src-cli

@@ -4,8 +4,9 @@ mid-job leaves containers, cgroups and workspaces behind).
 The decision is `orphans(running, expected)`, pure: every resource found (by name, with the job
 label it carries) whose label is not one of a live job's. Each runtime and the workspace sweep list
 their resources (only those carrying their owner label, EXECUTOR_VM_PREFIX) and ask it; `sweep_once`
-runs them all (every runtime the executor uses: the main one and the one running CLI steps), logs
-each removal, and never raises.
+runs them all (every runtime the executor uses: the main one and the one running CLI steps) and
+the network sweep (`egress.sweep`: job namespaces and slirp4netns of dead jobs), logs each
+removal, and never raises.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Set
 from pathlib import Path
 
+from corral.executor.network import egress
 from corral.executor.runtimes.base import Runtime
 
 __all__ = ["orphans", "sweep_once"]
@@ -54,6 +56,10 @@ async def sweep_once(
             removed += _logged(runtime.name, await runtime.janitor(labels), owner, "removed")
         except Exception as exc:
             log.warning("%s janitor failed: %s", runtime.name, exc)
+    try:  # after the runtimes: a docker pause container is gone, its namespace's name is left
+        removed += _logged("network", await egress.sweep(owner, live), owner, "removed")
+    except Exception as exc:
+        log.warning("network janitor failed: %s", exc)
     return removed
 
 

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, PrivateAttr, field_validator
 
 from corral.errors import ConfigError
+from corral.executor.network.policy import Allow, NetworkMode
 from corral.executor.runtimes.docker.settings import DockerSettings
 from corral.executor.runtimes.shell.settings import ShellSettings
 from corral.executor.settingsbase import (
@@ -137,6 +138,15 @@ class ExecutorSettings(EnvSettings):
     vm_prefix: str = Field("executor", validation_alias="EXECUTOR_VM_PREFIX")
     # use corral's protocol extensions when the server offers them
     extensions: Bool = Field(True, validation_alias="EXECUTOR_USE_EXTENSIONS")
+    # The network of a job that asks for it (corral.executor.network; README "Network"): none (such a
+    # job fails), deny-private (the egress firewall) or open (the runtime's ordinary network: unsafe)
+    network: NetworkMode = Field(NetworkMode.NONE, validation_alias="EXECUTOR_NETWORK")
+    # CIDR[:port] entries, comma-separated: reachable under deny-private although private
+    network_allow: list[str] = Field(default_factory=list, validation_alias="EXECUTOR_NETWORK_ALLOW")
+    # every job gets the network (Sourcegraph's jobs have no field to ask for it)
+    network_all_jobs: Bool = Field(False, validation_alias="EXECUTOR_NETWORK_ALL_JOBS")
+    # a namespace under /run/netns whose network the jobs' user-mode stack uses; "" = the executor's
+    network_uplink_netns: str = Field("", validation_alias="EXECUTOR_NETWORK_UPLINK_NETNS")
     docker: DockerSettings = Field(default_factory=DockerSettings)
     shell: ShellSettings = Field(default_factory=ShellSettings)
     # what from_env found worth saying but not fatal (variables without effect, a weak secret)
@@ -147,6 +157,23 @@ class ExecutorSettings(EnvSettings):
     def _vm_prefix(cls, v: str) -> str:
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", v):
             raise ValueError("use up to 32 characters of [a-z0-9_-]")
+        return v
+
+    @field_validator("network_allow", mode="before")
+    @classmethod
+    def _allow(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [p.strip() for p in v.split(",") if p.strip()]
+        if isinstance(v, list):
+            for entry in v:
+                Allow.parse(str(entry))  # ValueError names the entry
+        return v
+
+    @field_validator("network_uplink_netns")
+    @classmethod
+    def _uplink(cls, v: str) -> str:
+        if v and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", v):
+            raise ValueError(f"{v[:80]!r} is not a namespace name (as `ip netns add` makes under /run/netns)")
         return v
 
     @field_validator("src_cli_path")
@@ -226,6 +253,8 @@ class ExecutorSettings(EnvSettings):
             raise ConfigError("invalid executor configuration:\n  " + "\n  ".join(_ordered(problems)))
         if not settings.name:
             settings.name = f"{socket.gethostname()}-{uuid.uuid4()}"
+        if settings.network_all_jobs and settings.network is NetworkMode.NONE:
+            warnings.append("EXECUTOR_NETWORK_ALL_JOBS=true has no effect with EXECUTOR_NETWORK=none")
         settings._warnings = env_warnings(raw, settings.runtime) + warnings
         return settings
 

@@ -148,7 +148,25 @@ _TABLE = (
     ),
     _corral("EXECUTOR_NAME", "", "executor name (default <hostname>-<uuid>)", EVERY),
     _corral("EXECUTOR_USE_EXTENSIONS", "true", "use corral's extensions when the server offers them", EVERY),
+    _corral(
+        "EXECUTOR_NETWORK", "none", "network of jobs that ask: none, deny-private, open", "shell", "docker"
+    ),
+    _corral(
+        "EXECUTOR_NETWORK_ALLOW",
+        "",
+        "CIDR[:port] reachable under deny-private, comma-separated",
+        "shell",
+        "docker",
+    ),
+    _corral("EXECUTOR_NETWORK_ALL_JOBS", "false", "every job gets the network", "shell", "docker"),
+    _corral("EXECUTOR_NETWORK_UPLINK_NETNS", "", "namespace the jobs' egress leaves from", "shell", "docker"),
     _corral("EXECUTOR_DOCKER_RUNTIME", "", "OCI runtime of step containers, e.g. runsc", "docker"),
+    _corral(
+        "EXECUTOR_DOCKER_NETWORK_RUNTIME",
+        "",
+        "OCI runtime of steps with network (runsc: runsc-hostnet)",
+        "docker",
+    ),
     _corral("EXECUTOR_DOCKER_ALLOWED_REGISTRIES", "", "registries allowed on non-public addresses", "docker"),
 )
 

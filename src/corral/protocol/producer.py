@@ -182,6 +182,8 @@ class JobIn(Model):
     priority: int = 0
     outputs: list[str] | None = None
     max_attempts: int | None = Field(default=None, alias="maxAttempts", ge=1, le=20)
+    # the job needs the network: it gets the executor's EXECUTOR_NETWORK (an executor with none fails it)
+    network: bool | None = None
 
     @field_validator("docker_auth_config")
     @classmethod

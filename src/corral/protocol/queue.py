@@ -111,6 +111,7 @@ class Job(Wire):
     timeout_seconds: int | None = Field(default=None, alias="timeoutSeconds")
     outputs: list[str] | None = None
     namespace: str | None = None
+    network: bool | None = None  # the job needs the network (EXECUTOR_NETWORK)
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=False)

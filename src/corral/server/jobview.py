@@ -31,7 +31,7 @@ def executor_job(row: JobRow, token: str, *, version: int, with_queue: bool, cor
     has `dockerAuthConfig` (`{}` without auths). `queue` only from the several-queue dequeue.
     Nil lists and maps are null, `files` is always an object; a file's `content`, `bucket` and
     `key` are omitted when empty, `modifiedAt` never. A step's `key` is omitted when empty.
-    corral's fields (`attempt`, `timeoutSeconds`, `outputs`, `namespace`) only with `corral`:
+    corral's fields (`attempt`, `timeoutSeconds`, `outputs`, `namespace`, `network`) only with `corral`:
     for corral's own executor on a server with extensions on (a Sourcegraph executor never sees them).
 
     Raises Invalid when a stored path leaves the workspace (the dequeue then fails the job, as
@@ -60,7 +60,7 @@ def executor_job(row: JobRow, token: str, *, version: int, with_queue: bool, cor
         out["dockerAuthConfig"] = {"auths": auths} if auths else {}
     if corral:
         out["attempt"] = row.attempt
-        for k in ("timeoutSeconds", "outputs", "namespace"):
+        for k in ("timeoutSeconds", "outputs", "namespace", "network"):
             if spec.get(k) is not None:
                 out[k] = spec[k]
     return out

@@ -30,7 +30,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Set
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,20 +228,18 @@ def slirp_pids(name: str | None = None) -> dict[int, str]:
     return found
 
 
-async def sweep(owner: str, live: Set[str]) -> list[str]:
-    """Remove `owner`'s job namespaces (and their slirp4netns) whose job label is not in `live`; the
-    names removed. Namespaces are listed before `live` is consulted by the caller's snapshot."""
-    stale: set[str] = set()
-    for name in netns.list_names():
+async def sweep(owner: str, live: Callable[[], Set[str]]) -> list[str]:
+    """Remove `owner`'s job namespaces (and their slirp4netns) whose job label is not live; the
+    names removed. Namespaces and processes are listed before `live()` is asked, so a job that
+    starts meanwhile is either not listed yet or already live."""
+    found: dict[str, str] = {}  # namespace name -> job label
+    for name in [*netns.list_names(), *slirp_pids().values()]:
         label = netns.job_label(owner, name)
-        if label is not None and label not in live:
-            stale.add(name)
-    for name in slirp_pids().values():
-        label = netns.job_label(owner, name)
-        if label is not None and label not in live:
-            stale.add(name)
+        if label is not None:
+            found[name] = label
+    labels = live()
     removed: list[str] = []
-    for name in sorted(stale):
+    for name in sorted(n for n, label in found.items() if label not in labels):
         try:
             async with _lock(name):
                 await _remove(name)

@@ -4,8 +4,10 @@ Sandbox (per step): a read-only root built from parts (``/usr``, the usrmerge sy
 of ``/etc`` entries bound one by one, `extra_ro_binds`), a fresh ``/dev``, ``/proc``, tmpfs ``/tmp``,
 ``/var/tmp`` and ``/dev/shm``, and the job workspace bound read-write at ``WORKSPACE_MOUNT``
 (``/data``). New IPC, PID, UTS and cgroup namespaces always; a new network namespace (only ``lo``)
-unless ``space.network.has_interface`` (the job's NetworkPolicy). The environment is cleared; the
-step sees PATH, HOME=/tmp, USER, PWD (set by bwrap's --chdir) and ``step.env``.
+unless the job has a network (its NetworkPolicy): ``open`` shares the host's, ``deny-private`` runs
+bwrap (via nsenter) in the job's namespace behind the egress firewall (`corral.executor.network.
+egress`, made in prepare, removed in cleanup) with /etc/resolv.conf naming its one resolver. The
+environment is cleared; the step sees PATH, HOME=/tmp, USER, PWD (set by bwrap's --chdir) and ``step.env``.
 
 Privileges, and why bwrap runs as root: the step must run as ``space.uid``/``space.gid`` with no
 capabilities. Running ``setpriv --reuid U ... bwrap`` (unprivileged bwrap in a user namespace)
@@ -64,6 +66,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from corral.errors import CgroupError, Reason, RuntimeFailure
 from corral.executor import safefs, stopping
+from corral.executor.network import egress, netns
 from corral.executor.runtimes.base import (
     LABEL_JOB,
     SCRIPTS_MOUNT,
@@ -94,6 +97,7 @@ PROBE_TIMEOUT_S = 10.0  # seconds: the sandbox smoke test in check()
 SANDBOX_HOSTNAME = "job"
 SANDBOX_HOME = "/tmp"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+NSENTER = "/usr/bin/nsenter"  # util-linux: enters the job's network namespace, then execs bwrap
 ENV = "/usr/bin/env"  # sets the step's environment after setpriv (as seen in the sandbox: under /usr)
 FALLBACK_USER = "job"  # USER when space.uid has no passwd entry
 # Enters the step's directory as the job's user, then execs the step: $1 is the directory, the rest
@@ -200,14 +204,22 @@ class ShellRuntime:
             raise ValueError(f"job name {space.name!r} does not carry its label {label!r}")
         return JobCgroup(self.cgroup_parent, space.name, self.cgroup_root)
 
+    @staticmethod
+    def _netns(space: JobSpace) -> str:
+        return netns.job_netns_name(space.owner, space.labels[LABEL_JOB])
+
     def build_argv(self, space: JobSpace, step: Step, seccomp_fd: int) -> list[str]:
         """The full host command line of one step: bwrap ... -- setpriv ... -- step.argv.
 
         seccomp_fd: a descriptor holding the compiled filter (`seccomp.program_fd`), passed to bwrap.
         """
-        args: list[str] = [self.bwrap, "--die-with-parent", "--new-session"]
+        filtered = space.network.filtered
+        args: list[str] = []
+        if filtered:  # the job's namespace behind the egress firewall (made in prepare)
+            args += [NSENTER, f"--net={netns.path(self._netns(space))}", "--"]
+        args += [self.bwrap, "--die-with-parent", "--new-session"]
         args += ["--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
-        if not space.network.has_interface:  # see corral.executor.network: deny-private fails closed
+        if not space.network.has_interface and not filtered:
             args.append("--unshare-net")
         args += ["--hostname", SANDBOX_HOSTNAME, "--cap-drop", "ALL"]
         for cap in SETPRIV_CAPS:
@@ -223,7 +235,10 @@ class ShellRuntime:
                 args += ["--ro-bind", host, host]
         args += ["--perms", "0755", "--dir", "/etc"]
         for name in self.etc_files:
-            args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+            if not (filtered and name == "resolv.conf"):
+                args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+        if filtered:  # the namespace's one resolver: slirp4netns' DNS forwarder
+            args += ["--ro-bind", os.fspath(egress.resolv_conf(space.root)), "/etc/resolv.conf"]
         # tmpfs pages are charged to the job's memory cgroup; each is also capped at the smaller of the
         # job's memory and disk limits, as the docker runtime caps its /tmp.
         caps = [b for b in (space.limits.memory_bytes, space.limits.disk_bytes) if b > 0]
@@ -397,6 +412,10 @@ class ShellRuntime:
             cgroup.create(space.limits)
             space.workspace.mkdir(parents=True, exist_ok=True)
             await asyncio.to_thread(safefs.chown_tree, space.workspace, space.uid, space.gid)
+            if space.network.filtered:  # shared with the job's other runtime (docker) if it made it
+                await egress.up(space.owner, space.labels[LABEL_JOB], space.network, space.root)
+        except egress.EgressError as exc:
+            raise RuntimeFailure(f"cannot set up the job's network: {exc}", reason=Reason.SANDBOX) from exc
         except (CgroupError, ValueError) as exc:
             raise RuntimeFailure(f"cannot set up the job's sandbox: {exc}", reason=Reason.SANDBOX) from exc
         except OSError as exc:
@@ -499,6 +518,11 @@ class ShellRuntime:
         except ValueError:
             return  # a name prepare() refused: nothing was created
         await self._remove(cgroup)
+        if space.network.filtered:
+            try:
+                await egress.down(space.owner, space.labels[LABEL_JOB])
+            except netns.NetnsError as exc:
+                log.warning("cannot remove the network of %s: %s (the janitor will retry)", space.name, exc)
 
     async def _remove(self, cgroup: JobCgroup) -> bool:
         try:
