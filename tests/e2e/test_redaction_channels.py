@@ -1,0 +1,82 @@
+"""Redaction on every channel with a real server, a real executor (shell runtime) and real git: a step
+that prints the secret and writes it into the repository and an output. Nothing of the secret reaches
+the job log, the diff, the outputs, the executor's own log, or the CLI (`corral job get/logs/result`,
+human and --json): the CLI is the producer's UI (corral has no web UI yet)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+from pathlib import Path
+
+from tests.conftest import bwrap_ok, require
+from tests.e2e.kit import (
+    ADMIN,
+    CORRAL,
+    docker_job,
+    logs_text,
+    make_repo,
+    run_server,
+    start_executor,
+    wait_job,
+)
+from tests.unit.redact_kit import leaks
+
+SECRET = "sgp_0123456789abcdef0123456789abcdef01234567"
+VALUES = {SECRET: "[SECRET]"}
+
+
+def cli(url: str, *args: str) -> str:
+    env = {**os.environ, "CORRAL_URL": url, "CORRAL_ADMIN_TOKEN": ADMIN}
+    p = subprocess.run([CORRAL, *args], env=env, capture_output=True, timeout=60)
+    return (p.stdout + p.stderr).decode("utf-8", "replace")
+
+
+def test_a_secret_reaches_no_channel(tmp_path: Path) -> None:
+    require(bwrap_ok(), "bubblewrap, cgroup v1 and root are needed for the shell runtime")
+    with run_server(tmp_path) as server:
+        make_repo(tmp_path / "src", {"README.md": "hello\n"})
+        server.client.add_repo("acme/app", str(tmp_path / "src"))
+        start_executor(server, tmp_path, "shell")
+        printed = (
+            f'echo "plain {SECRET}"; printf %s "user:{SECRET}" | base64 -w 20; '
+            f'printf %s "{SECRET}" | od -An -tx1; echo "{SECRET}" >> README.md; '
+            f'mkdir -p out; printf "token=%s\\n" "{SECRET}" > out/config.txt'
+        )
+        step = docker_job(printed)["dockerSteps"]
+        ok = server.client.submit(
+            "batches",
+            {
+                "repositoryName": "acme/app",
+                "commit": "HEAD",
+                "dockerSteps": step,
+                "outputs": ["out/config.txt"],
+                "redactedValues": VALUES,
+            },
+        )
+        done = wait_job(server, ok["id"], timeout=120)
+        assert done["state"] == "completed", done
+
+        log = logs_text(server, ok["id"])
+        assert "plain [SECRET]" in log and "results.redacted" in log, log
+        result = server.client.result(ok["id"])
+        assert "+[SECRET]" in result["diff"], result["diff"]
+        config = base64.b64decode(result["files"]["out/config.txt"])
+        assert config == b"token=[SECRET]\n", config
+        texts = {
+            "job log": log,
+            "diff": result["diff"],
+        }
+        for job_id in (ok["id"],):
+            for args in (("get",), ("get", "--json"), ("logs",), ("logs", "--json"), ("result", "--json")):
+                texts[f"corral job {' '.join(args)} {job_id}"] = cli(
+                    server.url, "job", args[0], str(job_id), *args[1:]
+                )
+        for p in server.executors:  # the executor's own log, once it has stopped
+            p.terminate()
+            p.wait(30)
+        texts["executor log"] = (tmp_path / "executor-0.log").read_text(errors="replace")
+        assert "plain [SECRET]" in texts[f"corral job logs {ok['id']}"], texts
+        for name, text in texts.items():
+            assert not leaks(SECRET, text.encode()), (name, text)
