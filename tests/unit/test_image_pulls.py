@@ -77,7 +77,6 @@ def images(engine: FakeEngine, allowed: frozenset[str] = frozenset()) -> Images:
         pull=True,
         pull_timeout=30,
         allowed_registries=allowed,
-        executor_auth_config=None,
     )
 
 

@@ -15,9 +15,10 @@ job A pulled with its credentials is local afterwards, and job B must not run it
 registry's consent. `PulledImages` remembers, per repository, which credentials (an HMAC fingerprint,
 never the secret) pulled it and the image ids they brought; a later job whose credentials for that
 registry differ, or who has none, pulls again with its own, so the registry decides (a refusal fails
-the job: "image ... not found: unauthorized ..."). Credentials equal to the executor's own
-EXECUTOR_DOCKER_AUTH_CONFIG entry are the operator's, meant for every job, and are not job-scoped. The
-record is kept in a small JSON file in a directory the executor owns, so it survives restarts.
+the job: "image ... not found: unauthorized ..."). The operator's credentials
+(EXECUTOR_DOCKER_AUTH_CONFIG, the executor user's ~/.docker/config.json, or a job entry equal to
+theirs: `credentials.Credential.shared`) are meant for every job and are not job-scoped. The record
+is kept in a small JSON file in a directory the executor owns, so it survives restarts.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any
 
 from corral.errors import DockerAPIError, Reason, RuntimeFailure
 from corral.executor.runtimes.docker.api import DockerAPI, docker_failure
-from corral.executor.runtimes.docker.credentials import auth_header_from_config, registry_auth_header
+from corral.executor.runtimes.docker.credentials import JobAuth, registry_auth_header
 from corral.executor.runtimes.docker.registries import (
     DOCKER_HUB,
     DOCKER_HUB_ALIASES,
@@ -337,29 +338,20 @@ class Images:
         pull: bool,
         pull_timeout: float,
         allowed_registries: frozenset[str],
-        executor_auth_config: Mapping[str, Any] | None,
     ) -> None:
         self.api, self.pulled = api, pulled
         self.pull, self.pull_timeout = pull, pull_timeout
         self.allowed_registries = allowed_registries
-        self.executor_auth_config = executor_auth_config
 
-    def fingerprint(self, registry: str, auth: str | None) -> str | None:
-        """The fingerprint of the job's own credentials for `registry`; None when it has none, or when
-        they are the operator's (EXECUTOR_DOCKER_AUTH_CONFIG's entry for that registry, for every job)."""
-        if auth is None:
-            return None
-        if self.executor_auth_config is not None:
-            if auth_header_from_config(self.executor_auth_config, registry) == auth:
-                return None
-        return self.pulled.fingerprint(auth)
-
-    async def ensure(self, docker_config: Path | None, image: str) -> dict[str, Any]:
+    async def ensure(self, job: JobAuth | None, image: str) -> dict[str, Any]:
         """The image's details, pulling it first when it is missing locally, or when it was pulled with
-        another job's credentials (see PulledImages): then the registry decides with this job's own."""
+        another job's credentials (see PulledImages): then the registry decides with this job's own.
+        `job`: the job's docker config (read for the pull's X-Registry-Auth) and where its credentials
+        came from; only the job's own (not the operator's) are fingerprinted, see PulledImages."""
+        job = job or JobAuth(None)
         registry, repo, ref = parse_image_ref(image)
-        auth = registry_auth_header(docker_config, registry)
-        fp = self.fingerprint(registry, auth)
+        auth = registry_auth_header(job.config, registry)
+        fp = self.pulled.fingerprint(auth) if auth is not None and job.scoped(registry) else None
         try:
             found = await self.api.image_inspect(image)
         except DockerAPIError as exc:
@@ -414,8 +406,7 @@ class Images:
             if any(w in lowered for w in ("no basic auth credentials", "authentication required", "denied")):
                 if "unauthorized" not in lowered:
                     message = f"unauthorized: {message}"
-                whose = "with this job's credentials" if auth else "this job has no credentials for it"
-                message += f" ({whose})"
+                message += f" (pulled {job.describe(registry)})" if auth else f" ({job.describe(registry)})"
             raise RuntimeFailure(f"image {image!r} not found: {message}", reason=Reason.IMAGE) from exc
         try:
             found = await self.api.image_inspect(image)

@@ -39,11 +39,14 @@ job's own credentials: see `images`; the disk watchdog: see `watchdog`; settings
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import math
 import os
 import stat
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -122,6 +125,16 @@ async def _pump(payloads: AsyncIterator[bytes], output: OutputSink) -> None:
 # --- the runtime ----------------------------------------------------------------------------------
 
 
+@dataclass
+class _JobPulls:
+    """A job's registry credentials (its docker config while needed), the images its docker steps
+    still need, and the images it already has (a later step with the same image pulls no more)."""
+
+    auth: credentials.JobAuth
+    pending: set[str] | None  # None: not known (use_docker_config), the config stays to cleanup
+    found: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
 class DockerRuntime:
     """Runs each step in a fresh container; see the module docstring for the container's settings."""
 
@@ -191,9 +204,8 @@ class DockerRuntime:
             pull=pull,
             pull_timeout=pull_timeout,
             allowed_registries=allowed,
-            executor_auth_config=executor_auth_config,
         )
-        self._configs: dict[Path, Path] = {}  # job root -> its private docker config dir
+        self._auth: dict[Path, _JobPulls] = {}  # job root -> its credentials and pulls
         self._telemetry: dict[str, str] | None = None
 
     @property
@@ -225,29 +237,48 @@ class DockerRuntime:
 
     # --- registry credentials (CredentialStager) --------------------------------------------------
 
+    def registry_credentials(
+        self, registry_auth: Mapping[str, Any] | None
+    ) -> dict[str, credentials.Credential]:
+        """A job's credentials per registry, in corral's one precedence (see `credentials`)."""
+        return credentials.job_credentials(registry_auth, self.executor_auth_config)
+
     def secrets(self, plan: JobPlan) -> list[str]:
         """The job's and the operator's registry credentials, for the job's redactor."""
-        return credentials.auth_values(plan.registry_auth, self.executor_auth_config)
+        return credentials.auth_values(
+            plan.registry_auth,
+            self.executor_auth_config,
+            self.registry_credentials(plan.registry_auth).values(),
+        )
 
     async def stage(self, space: JobSpace, plan: JobPlan) -> None:
-        """Write the job's credentials (else the operator's) to a private config for its pulls."""
+        """Write the job's credentials (per registry: its own, else the operator's) to a private
+        config for its pulls; removed once every docker step's image is there (see run_step)."""
+        user = await asyncio.to_thread(credentials.read_user_config)
+        creds = credentials.job_credentials(plan.registry_auth, self.executor_auth_config, user)
+        images = {s.image for s in plan.steps if s.kind == "docker" and s.image}
+        if not images:
+            creds = {}  # nothing to pull: no config written
         try:
-            config = credentials.write_docker_config(
-                space.root, plan.registry_auth, self.executor_auth_config
-            )
+            config = await asyncio.to_thread(credentials.write_docker_config, space.root, creds)
         except OSError as exc:
             raise RuntimeFailure(
                 f"cannot write the job's docker config: {exc}", reason=Reason.DOCKER
             ) from exc
-        if config is not None:
-            self.use_docker_config(space, config)
+        self._auth[space.root] = _JobPulls(credentials.JobAuth(config, creds, user), images)
 
     def use_docker_config(self, space: JobSpace, config: Path) -> None:
-        """Pull this job's images with the docker config dir `config` (config.json "auths")."""
-        self._configs[space.root] = config
+        """Pull this job's images with the docker config dir `config` (config.json "auths"), as if
+        the job had given them (its dockerAuthConfig) and the operator's were added."""
+        given = json.loads((config / "config.json").read_text())
+        user = credentials.read_user_config()
+        creds = credentials.job_credentials(given, self.executor_auth_config, user)
+        self._auth[space.root] = _JobPulls(credentials.JobAuth(config, creds, user), None)
 
     def docker_config(self, space: JobSpace) -> Path | None:
-        return self._configs.get(space.root)
+        """The job's private docker config dir while its pulls may still need it."""
+        pulls = self._auth.get(space.root)
+        return pulls.auth.config if pulls is not None else None
 
     async def aclose(self) -> None:
         """Close the connections to the daemon (the runtime stays usable; they reopen on demand)."""
@@ -286,6 +317,17 @@ class DockerRuntime:
                 )
         if self.pulled.problem:
             problems.append(f"the record of images pulled with job credentials: {self.pulled.problem}")
+        user = await asyncio.to_thread(credentials.read_user_config)
+        if user.problem:
+            problems.append(f"registry credentials: {user.problem}")
+        for registry in sorted(user.helpers):
+            log.warning(
+                "docker: %s names the credential helper %r for %s: credential helpers are not supported, "
+                "so pulls get no credentials from it there (give static ones in EXECUTOR_DOCKER_AUTH_CONFIG)",
+                user.path,
+                user.helpers[registry],
+                "every registry" if registry == "*" else registry,
+            )
         for key, what in (("MemoryLimit", "memory"), ("CpuCfsQuota", "CPU quota"), ("PidsLimit", "pids")):
             if info.get(key) is False:
                 problems.append(
@@ -318,7 +360,7 @@ class DockerRuntime:
             raise RuntimeFailure(f"step {step.key} has no command", reason=Reason.DOCKER)
         cpus = await self._cpus(space.limits.cpus)
         config = container_config(space, step, cpus, self.options)
-        found = await self.images.ensure(self.docker_config(space), step.image)
+        found = await self._image(space, step.image)
         add_scratch_mounts(config, space, found)
         disk = space.limits.disk_bytes
         if disk > 0 and await self._storage_opt_supported():
@@ -339,7 +381,9 @@ class DockerRuntime:
             await _run_to_end(self.api.container_remove(cid), f"removing {name}")
 
     async def cleanup(self, space: JobSpace) -> None:
-        self._configs.pop(space.root, None)
+        pulls = self._auth.pop(space.root, None)
+        if pulls is not None and pulls.auth.config is not None:
+            await asyncio.to_thread(credentials.remove_docker_config, pulls.auth.config)
         if self._socket_problem:
             return
         job = space.labels[LABEL_JOB]
@@ -374,6 +418,25 @@ class DockerRuntime:
         return removed
 
     # --- pieces of run_step -----------------------------------------------------------------------
+
+    async def _image(self, space: JobSpace, image: str) -> dict[str, Any]:
+        """The step's image (see Images.ensure) with the job's credentials; once every image of the
+        job's docker steps is there, its docker config is removed (the job needs no pull any more)."""
+        pulls = self._auth.get(space.root)
+        if pulls is None:
+            return await self.images.ensure(None, image)
+        found = pulls.found.get(image)
+        if found is None:
+            found = await self.images.ensure(pulls.auth, image)
+            pulls.found[image] = found
+        if pulls.pending is None:
+            return found
+        pulls.pending.discard(image)
+        config = pulls.auth.config
+        if config is not None and not pulls.pending:
+            await asyncio.to_thread(credentials.remove_docker_config, config)
+            pulls.auth = dataclasses.replace(pulls.auth, config=None)
+        return found
 
     async def _cpus(self, wanted: float) -> float:
         """The CPU limit to set: `wanted`, at most the host's CPU count; 0 = unbounded."""
