@@ -8,11 +8,9 @@ import base64
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from corral.errors import RuntimeFailure
 from corral.executor.runtimes.base import JobSpace, OutputSink, Step, StepResult
 from corral.testing import FakeRuntime, Harness, fake_step
 from tests.unit.redact_kit import leaks, percent_mix, wrapped
@@ -112,7 +110,7 @@ async def test_the_executors_own_log_lines_are_redacted_tracebacks_included(
     h: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="corral.executor")
-    job_id, view = await run(
+    _job_id, view = await run(
         h,
         fake_step(FAKE_OUTPUT="x"),
         runtime=CrashingRuntime(),
