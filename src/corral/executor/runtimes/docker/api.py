@@ -184,11 +184,14 @@ class DockerAPI:
         headers: Mapping[str, str] | None = None,
         timeout: httpx.Timeout | float | None = None,
         versioned: bool = True,
+        content: bytes | None = None,
     ) -> httpx.Response:
         """One request; statuses >= 400 and transport failures raise DockerAPIError."""
         client = self._client()
         url = await self._versioned(path) if versioned else path
         kwargs: dict[str, Any] = {"params": params, "json": json_body, "headers": headers}
+        if content is not None:
+            kwargs["content"] = content
         if timeout is not None:
             kwargs["timeout"] = timeout
         try:

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral.errors import Reason, RuntimeFailure
+from corral.executor.network import egress
 from corral.executor.runtimes.base import SCRIPTS_MOUNT, WORKSPACE_MOUNT, JobSpace, Step
+from corral.executor.runtimes.docker.pause import pause_name
 
 __all__ = [
     "HOST_GATEWAY",
@@ -58,9 +60,15 @@ def container_config(space: JobSpace, step: Step, cpus: float, options: Containe
             )
         env.append(f"{key}={value}")
     limits = space.limits
+    filtered = space.network.filtered  # deny-private: the job's pause container's namespace (`pause`)
+    networked = space.network.has_interface or filtered
+    binds = [f"{space.workspace}:{WORKSPACE_MOUNT}", f"{space.scripts}:{SCRIPTS_MOUNT}:ro"]
+    if filtered:
+        binds.append(f"{egress.resolv_conf(space.root)}:/etc/resolv.conf:ro")
+    mode = f"container:{pause_name(space)}" if filtered else "bridge" if networked else "none"
     host: dict[str, Any] = {
-        "Binds": [f"{space.workspace}:{WORKSPACE_MOUNT}", f"{space.scripts}:{SCRIPTS_MOUNT}:ro"],
-        "NetworkMode": "bridge" if space.network.has_interface else "none",
+        "Binds": binds,
+        "NetworkMode": mode,
         "CapDrop": ["ALL"],
         "SecurityOpt": ["no-new-privileges"],
         "IpcMode": "private",
@@ -78,10 +86,12 @@ def container_config(space: JobSpace, step: Step, cpus: float, options: Containe
         host["MemorySwap"] = limits.memory_bytes  # equal: no swap on top of the memory limit
     if limits.pids > 0:
         host["PidsLimit"] = limits.pids
-    runtime = (options.network_runtime or options.runtime) if space.network.has_interface else options.runtime
+    # A network runtime (gVisor's runsc with host networking) also for deny-private jobs: gVisor's own
+    # netstack would send raw frames past the namespace's nftables output hook.
+    runtime = (options.network_runtime or options.runtime) if networked else options.runtime
     if runtime:
         host["Runtime"] = runtime
-    if options.add_host_gateway:
+    if options.add_host_gateway and not filtered:  # docker refuses extra hosts with container:<id>
         host["ExtraHosts"] = [HOST_GATEWAY]
     if options.mounts:
         host["Mounts"] = [dict(m) for m in options.mounts]
@@ -98,7 +108,7 @@ def container_config(space: JobSpace, step: Step, cpus: float, options: Containe
         "AttachStdin": False,
         "AttachStdout": True,
         "AttachStderr": True,
-        "NetworkDisabled": not space.network.has_interface,
+        "NetworkDisabled": not networked,
         "HostConfig": host,
     }
 

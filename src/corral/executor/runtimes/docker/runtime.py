@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from corral.errors import ConfigError, DockerAPIError, Reason, RuntimeFailure
 from corral.executor import safefs, stopping
+from corral.executor.network import egress, netns
 from corral.executor.plan import JobPlan
 from corral.executor.runtimes.base import (
     LABEL_JOB,
@@ -74,6 +75,7 @@ from corral.executor.runtimes.docker.containers import (
     container_name,
 )
 from corral.executor.runtimes.docker.images import DEFAULT_PULL_TIMEOUT_S, Images, PulledImages
+from corral.executor.runtimes.docker.pause import start_pause
 from corral.executor.runtimes.docker.registries import ALLOWED_REGISTRIES_SETTING, canonical_registry
 from corral.executor.runtimes.docker.settings import DockerSettings, parse_mount_spec
 from corral.executor.runtimes.docker.watchdog import (
@@ -350,6 +352,8 @@ class DockerRuntime:
             raise RuntimeFailure(
                 f"cannot prepare the workspace {space.workspace}: {exc}", reason=Reason.DOCKER
             ) from exc
+        if space.network.filtered and not self._socket_problem:  # deny-private: see `pause`
+            await start_pause(self.api, space)
 
     async def run_step(self, space: JobSpace, step: Step, output: OutputSink) -> StepResult:
         if self._socket_problem:
@@ -384,6 +388,11 @@ class DockerRuntime:
         pulls = self._auth.pop(space.root, None)
         if pulls is not None and pulls.auth.config is not None:
             await asyncio.to_thread(credentials.remove_docker_config, pulls.auth.config)
+        if space.network.filtered:  # the namespace's name and slirp4netns; the pause container below
+            try:
+                await egress.down(space.owner, space.labels[LABEL_JOB])
+            except netns.NetnsError as exc:
+                log.warning("docker: cannot remove the network of %s: %s (the janitor will)", space.name, exc)
         if self._socket_problem:
             return
         job = space.labels[LABEL_JOB]
