@@ -8,7 +8,7 @@ ROOT=$(pwd)
 log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 
 APT_PACKAGES=(docker.io containerd runc iptables nftables bubblewrap busybox-static util-linux git ca-certificates
-  postgresql docker-registry apache2-utils)
+  postgresql docker-registry apache2-utils qemu-system-x86 e2fsprogs)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -41,4 +41,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
   touch "$stamp"
 fi
+# The firecracker runtime's microVM kernel and initramfs (from Debian's packages; a no-op when done).
+.venv/bin/corral executor install firecracker
 log "ready: $ROOT/.venv/bin/corral"

@@ -705,6 +705,28 @@ def executor_validate(as_json: JsonOpt = False) -> None:
     typer.secho("✓ configuration, runtime and server connection are fine", fg=typer.colors.GREEN)
 
 
+class InstallTarget(StrEnum):
+    """What `executor install` prepares."""
+
+    firecracker = "firecracker"
+
+
+@command(executor_app, "install")
+def executor_install(
+    target: Annotated[InstallTarget, typer.Argument(metavar="TARGET", help="firecracker")],
+    assets_dir: Annotated[
+        Path | None, typer.Option("--dir", metavar="DIR", help="Where the assets go.")
+    ] = None,
+) -> None:
+    """Prepare this machine for a runtime from Debian packages (idempotent; re-running is a no-op)."""
+    from corral.executor.runtimes.firecracker.install import run_install
+
+    try:
+        run_install(assets_dir)
+    except CorralError as exc:
+        raise _fail(exc.message) from None
+
+
 @command(executor_app, "list")
 def executor_list(
     server_url: ServerOpt = DEFAULT_URL,

@@ -1,0 +1,313 @@
+"""What a job microVM boots: a kernel and an initramfs, made from Debian packages only.
+
+`ensure_assets(dir)` (and `corral executor install firecracker`) does, once and idempotently:
+
+1. the packages: qemu-system-x86 (the VMM), busybox-static (the guest's userland), util-linux
+   (setpriv, copied into the guest), e2fsprogs (mkfs.ext4 for image disks); installed with apt when
+   one is missing;
+2. the kernel: Debian's current `linux-image-<version>-amd64` (what `linux-image-amd64` depends on) is
+   downloaded with `apt-get download` and unpacked with `dpkg-deb -x` into a temporary directory,
+   WITHOUT installing it (installing pulls in systemd/udev and runs update-initramfs). The bzImage's
+   XZ payload is decompressed here (lzma) into `vmlinux`, an ELF with a PVH entry that qemu's
+   microvm boots directly (measured: 1.9-2.5 s to a shell under TCG, vs 5.9 s for the bzImage,
+   which spends 3.7 s decompressing itself under TCG);
+3. the initramfs (see `initramfs`): busybox, the guest init (`guest/init.sh`), the modules of
+   GUEST_MODULES and what they depend on, setpriv and its libraries.
+
+The result is recorded in `manifest.json` (the kernel package, the hash of every input that shapes
+the initramfs, the sha256 of each output). A re-run checks those and does nothing when they hold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import lzma
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.errors import ConfigError
+from corral.executor.runtimes.firecracker import initramfs
+
+__all__ = [
+    "DEFAULT_ASSETS_DIR",
+    "GUEST_MODULES",
+    "Assets",
+    "InstallReport",
+    "Progress",
+    "ensure_assets",
+    "extract_vmlinux",
+    "load_assets",
+]
+
+DEFAULT_ASSETS_DIR = Path("/var/lib/corral/firecracker")
+KERNEL_META_PACKAGE = "linux-image-amd64"
+PACKAGES = {  # Debian package -> a file it provides that we use
+    "qemu-system-x86": "/usr/bin/qemu-system-x86_64",
+    "busybox-static": "/bin/busybox",
+    "util-linux": "/usr/bin/setpriv",
+    "e2fsprogs": "/sbin/mkfs.ext4",
+}
+# virtio transport and disks, ext4 (image and scratch disks), 9p (workspace, control), overlay (a
+# step's writable root), virtio_net (jobs with network); crc32c_generic: ext4 needs it, not a dep.
+GUEST_MODULES = (
+    "virtio_mmio",
+    "virtio_blk",
+    "crc32c_generic",
+    "ext4",
+    "overlay",
+    "9p",
+    "9pnet_virtio",
+    "virtio_net",
+)
+GUEST_INIT = Path(__file__).parent / "guest" / "init.sh"
+SETPRIV = "/usr/bin/setpriv"
+BUSYBOX = "/bin/busybox"
+XZ_MAGIC = b"\xfd7zXZ\x00"
+MANIFEST_VERSION = 2
+APT_TIMEOUT_S = 600.0  # seconds for one apt-get call
+
+Progress = Callable[[str], None]  # called with the name of each stage as it starts
+
+
+@dataclass(frozen=True)
+class Assets:
+    dir: Path
+    kernel: Path  # vmlinux (uncompressed, PVH entry)
+    initrd: Path  # gzip'd newc cpio
+    kernel_release: str  # e.g. 6.1.0-57-amd64: `uname -r` in the guest
+
+    @property
+    def qemu(self) -> str:
+        return shutil.which("qemu-system-x86_64") or PACKAGES["qemu-system-x86"]
+
+
+@dataclass(frozen=True)
+class InstallReport:
+    assets: Assets
+    changed: bool  # False: everything was already in place
+    installed_packages: tuple[str, ...]
+    stages: tuple[tuple[str, float], ...]  # (stage, seconds)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _run(argv: list[str], *, cwd: Path | None = None, what: str) -> str:
+    try:
+        proc = subprocess.run(
+            argv, cwd=cwd, capture_output=True, text=True, timeout=APT_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(f"{what}: {' '.join(argv)}: {exc}") from exc
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise ConfigError(f"{what}: {' '.join(argv)} exited {proc.returncode}: {' / '.join(tail)}")
+    return proc.stdout
+
+
+def missing_packages() -> list[str]:
+    out = []
+    for pkg in PACKAGES:
+        proc = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True, check=False
+        )
+        if "install ok installed" not in proc.stdout:
+            out.append(pkg)
+    return out
+
+
+def kernel_package() -> str:
+    """The versioned kernel package `linux-image-amd64` depends on now (apt's view)."""
+    out = _run(["apt-cache", "depends", KERNEL_META_PACKAGE], what="finding Debian's kernel package")
+    for line in out.splitlines():
+        key, _, value = line.strip().partition(":")
+        name = value.strip()
+        if key == "Depends" and name.startswith("linux-image-"):
+            return name
+    raise ConfigError(
+        f"apt-cache depends {KERNEL_META_PACKAGE} names no linux-image package (apt-get update?)"
+    )
+
+
+def extract_vmlinux(bzimage: bytes) -> bytes:
+    """The uncompressed kernel ELF inside a bzImage whose payload is XZ (Debian's)."""
+    start = bzimage.find(XZ_MAGIC)
+    while start != -1:
+        dec = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+        with contextlib.suppress(lzma.LZMAError):
+            out = dec.decompress(bzimage[start:])
+            if dec.eof and out[:4] == b"\x7fELF":
+                return out
+        start = bzimage.find(XZ_MAGIC, start + 1)
+    raise ValueError("no XZ-compressed ELF kernel found in the bzImage")
+
+
+def _inputs_hash() -> str:
+    """What shapes the initramfs besides the kernel: the init script, busybox, setpriv, the list."""
+    h = hashlib.sha256()
+    for part in (GUEST_INIT, Path(BUSYBOX), Path(SETPRIV)):
+        h.update(part.read_bytes())
+    h.update(",".join(GUEST_MODULES).encode())
+    h.update(str(MANIFEST_VERSION).encode())
+    return h.hexdigest()
+
+
+def load_assets(directory: Path = DEFAULT_ASSETS_DIR, *, verify: bool = False) -> Assets:
+    """The installed assets; ConfigError naming the install command when they are missing."""
+    manifest = directory / "manifest.json"
+    try:
+        data = json.loads(manifest.read_text())
+        assets = Assets(directory, directory / "vmlinux", directory / "initramfs.img", data["release"])
+        if verify:
+            for name, digest in data["sha256"].items():
+                if _sha256(directory / name) != digest:
+                    raise ValueError(f"{name} does not match its recorded sha256")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"the microVM kernel and initramfs are not installed in {directory} ({exc}): "
+            "run `corral executor install firecracker`"
+        ) from None
+    return assets
+
+
+def _up_to_date(directory: Path, package: str) -> Assets | None:
+    try:
+        data = json.loads((directory / "manifest.json").read_text())
+        if data.get("package") != package or data.get("inputs") != _inputs_hash():
+            return None
+        return load_assets(directory, verify=True)
+    except (OSError, ValueError, ConfigError):
+        return None
+
+
+def _guest_libs() -> dict[str, Path]:
+    """setpriv's shared libraries and loader (ldd), by the name the guest keeps them under."""
+    out = _run(["ldd", SETPRIV], what="listing setpriv's libraries")
+    libs: dict[str, Path] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        path = next((p for p in parts if p.startswith("/")), None)
+        if path is None:
+            continue
+        name = "ld.so" if "ld-linux" in path else Path(path).name
+        libs[name] = Path(os.path.realpath(path))
+    if "ld.so" not in libs:
+        raise ConfigError(f"ldd {SETPRIV} names no dynamic loader")
+    return libs
+
+
+def build_initramfs(modules_root: Path) -> bytes:
+    """The gzip'd initramfs for the kernel whose modules are in modules_root (lib/modules/<release>)."""
+    builtin_list = modules_root / "modules.builtin"
+    builtin = {
+        Path(line.strip()).name.removesuffix(".ko").replace("-", "_")
+        for line in (builtin_list.read_text().split() if builtin_list.exists() else [])
+    }
+    index = initramfs.module_index(modules_root / "kernel")
+    order = initramfs.resolve_modules(GUEST_MODULES, index, builtin)
+    cpio = initramfs.CpioWriter()
+    for d in ("dev", "proc", "sys", "tmp", "etc"):
+        cpio.directory(d)
+    busybox = Path(BUSYBOX).read_bytes()
+    cpio.file("bin/busybox", busybox, 0o755)
+    cpio.file("init", GUEST_INIT.read_bytes(), 0o755)
+    for name in order:
+        cpio.file(f"lib/modules/{name}.ko", initramfs.strip_signature(index[name].read_bytes()))
+    cpio.file("corral/modules", ("\n".join(order) + "\n").encode())
+    # /corral is bound read-only into every step's root at /.corral (init.sh)
+    cpio.file("corral/busybox", busybox, 0o755)
+    cpio.file("corral/setpriv", Path(SETPRIV).read_bytes(), 0o755)
+    for name, path in _guest_libs().items():
+        cpio.file(f"corral/{name}", path.read_bytes(), 0o755)
+    return cpio.gzipped()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def ensure_assets(
+    directory: Path = DEFAULT_ASSETS_DIR,
+    *,
+    progress: Progress | None = None,
+    install_packages: bool = True,
+) -> InstallReport:
+    """Install what a job microVM needs into `directory`; a no-op when it is all in place."""
+    import time
+
+    stages: list[tuple[str, float]] = []
+    t = time.monotonic()
+
+    def stage(name: str) -> None:
+        nonlocal t
+        now = time.monotonic()
+        if stages:
+            stages[-1] = (stages[-1][0], now - t)
+        t = now
+        stages.append((name, 0.0))
+        if progress is not None:
+            progress(name)
+
+    def done() -> tuple[tuple[str, float], ...]:
+        if stages:
+            stages[-1] = (stages[-1][0], time.monotonic() - t)
+        return tuple(stages)
+
+    stage("checking packages")
+    missing = missing_packages()
+    if missing:
+        if not install_packages:
+            raise ConfigError(f"missing Debian packages: {' '.join(missing)} (apt-get install them)")
+        stage(f"installing {' '.join(missing)}")
+        env_prefix = ["env", "DEBIAN_FRONTEND=noninteractive"]
+        _run(
+            [*env_prefix, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], what="apt"
+        )
+    package = kernel_package()
+    directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+    current = _up_to_date(directory, package)
+    if current is not None:
+        return InstallReport(current, False, tuple(missing), done())
+
+    with tempfile.TemporaryDirectory(prefix="kernel-", dir=directory) as tmp_name:
+        tmp = Path(tmp_name)
+        stage(f"downloading {package}")
+        _run(["apt-get", "download", package], cwd=tmp, what="downloading the kernel package")
+        debs = sorted(tmp.glob(f"{package}_*.deb"))
+        if len(debs) != 1:
+            raise ConfigError(f"apt-get download {package} left {len(debs)} .deb files")
+        stage("unpacking the kernel package")
+        root = tmp / "root"
+        _run(["dpkg-deb", "-x", str(debs[0]), str(root)], what="unpacking the kernel package")
+        vmlinuz = sorted((root / "boot").glob("vmlinuz-*"))
+        if len(vmlinuz) != 1:
+            raise ConfigError(f"{debs[0].name} holds {len(vmlinuz)} vmlinuz files")
+        release = vmlinuz[0].name.removeprefix("vmlinuz-")
+        stage("extracting vmlinux")
+        _write_atomic(directory / "vmlinux", extract_vmlinux(vmlinuz[0].read_bytes()))
+        stage("building the initramfs")
+        _write_atomic(directory / "initramfs.img", build_initramfs(root / "lib" / "modules" / release))
+    stage("recording hashes")
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "package": package,
+        "release": release,
+        "inputs": _inputs_hash(),
+        "sha256": {name: _sha256(directory / name) for name in ("vmlinux", "initramfs.img")},
+    }
+    _write_atomic(directory / "manifest.json", json.dumps(manifest, indent=2).encode())
+    return InstallReport(load_assets(directory), True, tuple(missing), done())

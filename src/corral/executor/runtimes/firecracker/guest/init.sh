@@ -1,0 +1,103 @@
+#!/bin/busybox sh
+# corral's guest init: PID 1 of every job microVM (built into the initramfs by assets.py).
+#
+# It sets the VM up (modules, the control share, the scratch disk, the workspace), announces
+# "ready", then sources /ctl/job.sh, which the host wrote: one `step` line per step. Each step runs
+# in a fresh overlay of its image's disk (read-only ext4) with a writable layer on the scratch disk,
+# chrooted, as the job's unprivileged uid with no capabilities; its output goes through a pipe to
+# the console (ttyS0). Control lines (`RS corral-<nonce>:<event>`) are written by init alone: the
+# nonce is in /ctl/nonce, which a step cannot read (it is outside its chroot, and init's memory and
+# environment are root's), so a step cannot forge the end of a step or its exit code.
+# After the last step, or at the first that fails, init powers the VM off.
+export PATH=/bin
+/bin/busybox mkdir -p /bin /proc /sys /dev /tmp /ctl /ws /steps /scratch /img
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+echo -1000 > /proc/self/oom_score_adj  # the guest's OOM killer takes a step, never init
+
+CON=/dev/ttyS0
+NONCE=
+mark() { printf '\036corral-%s:%s\n' "$NONCE" "$*" > $CON; }
+die() { mark "error $*"; sync; poweroff -f; sleep 10; }
+
+for m in $(cat /corral/modules); do
+    insmod "/lib/modules/$m.ko" || { echo "corral-init: insmod $m failed" > $CON; poweroff -f; }
+done
+P9="trans=virtio,version=9p2000.L,msize=262144"
+mount -t 9p -o "$P9,ro" ctl /ctl || { echo "corral-init: no control share" > $CON; poweroff -f; }
+read -r NONCE < /ctl/nonce
+
+disk() {  # the block device whose virtio serial is $1
+    for s in /sys/block/vd*/serial; do
+        [ "$(cat "$s")" = "$1" ] && { d=${s%/serial}; echo "/dev/${d##*/}"; return 0; }
+    done
+    return 1
+}
+
+dev=$(disk scratch) || die "no scratch disk"
+mount -t ext4 "$dev" /scratch || die "cannot mount the scratch disk"
+mount -t 9p -o "$P9" ws /ws || die "cannot mount the workspace"
+mount -t 9p -o "$P9,ro" steps /steps || die "cannot mount the step scripts"
+stty -F $CON raw -echo 2>/dev/null
+echo 1 > /proc/sys/kernel/printk  # kernel messages stay off the job's log
+mark ready
+
+MOUNTED=" "
+oom_kills() { while read -r k v; do [ "$k" = oom_kill ] && { echo "$v"; return; }; done < /proc/vmstat; echo 0; }
+
+# step INDEX IMAGE-SERIAL UID GID DIR ENV... ARGV...   (ENV: NAME=VALUE words; ARGV[0] has no '=')
+step() {
+    idx=$1 img=$2 uid=$3 gid=$4 dir=$5
+    shift 5
+    lower=/img/$img
+    case "$MOUNTED" in *" $img "*) ;; *)
+        d=$(disk "$img") || die "no disk for image $img"
+        mkdir -p "$lower" && mount -t ext4 -o ro,noload "$d" "$lower" || die "cannot mount image $img"
+        MOUNTED="$MOUNTED $img " ;;
+    esac
+    w=/scratch/s$idx root=/tmp/root$idx
+    mkdir -p "$w/upper" "$w/work" "$root" || die "scratch disk full"
+    mount -t overlay overlay -o "lowerdir=$lower,upperdir=$w/upper,workdir=$w/work" "$root" \
+        || die "cannot mount the root of step $idx"
+    for p in dev proc data .corral-steps .corral; do
+        [ -d "$root/$p" ] && [ ! -L "$root/$p" ] || { rm -rf "$root/$p"; mkdir -p "$root/$p"; } || die "image root"
+    done
+    mount -t tmpfs -o size=1m,mode=755 dev "$root/dev"
+    mknod -m 666 "$root/dev/null" c 1 3; mknod -m 666 "$root/dev/zero" c 1 5
+    mknod -m 666 "$root/dev/full" c 1 7; mknod -m 666 "$root/dev/random" c 1 8
+    mknod -m 666 "$root/dev/urandom" c 1 9; mknod -m 666 "$root/dev/tty" c 5 0
+    mkdir -p "$root/dev/shm" "$root/dev/pts"
+    ln -s /proc/self/fd "$root/dev/fd"
+    mount -t proc proc "$root/proc"
+    mount -o bind /ws "$root/data"
+    mount -o bind,ro /steps "$root/.corral-steps"
+    mount -o bind,ro /corral "$root/.corral"
+    [ -d "$root/tmp" ] || mkdir -p "$root/tmp"
+    chmod 1777 "$root/tmp" 2>/dev/null
+    oom0=$(oom_kills)
+    mark "start $idx"
+    set -o pipefail
+    chroot "$root" /.corral/busybox sh -c 'echo 0 > /proc/self/oom_score_adj; exec "$@"' - \
+        /.corral/ld.so --library-path /.corral /.corral/setpriv \
+        --reuid="$uid" --regid="$gid" --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all -- \
+        /.corral/busybox sh -c 'cd "/data/$1" || exit 126; shift; exec /.corral/busybox env -i "$@"' - \
+        "$dir" "$@" < /dev/null 2>&1 | cat > $CON
+    rc=$?
+    set +o pipefail
+    kill -9 -1 2>/dev/null  # whatever the step left running (init itself survives)
+    sleep 0.05
+    oom=$(( $(oom_kills) - oom0 ))
+    for p in .corral .corral-steps data proc dev; do umount -l "$root/$p" 2>/dev/null; done
+    umount -l "$root"
+    rm -rf "$w"
+    mark "end $idx $rc $oom"
+    [ "$rc" = 0 ] || { mark done; sync; poweroff -f; sleep 10; }
+}
+
+. /ctl/job.sh
+mark done
+sync
+poweroff -f
+sleep 10

@@ -1,0 +1,255 @@
+"""The microVM engine with real qemu (TCG here): boot, the guest's own kernel, exit codes, output
+that imitates init's control lines, and a kill mid-command that leaves no qemu behind.
+
+Also the parts that need no VM: the console parser, the cpio writer (read back by busybox cpio),
+module signatures, the job script's quoting and refusals, vmlinux extraction."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from corral.executor.runtimes.firecracker import assets as fc_assets
+from corral.executor.runtimes.firecracker.console import ConsoleParser, Control, Output
+from corral.executor.runtimes.firecracker.guestjob import GuestStep, job_script, write_control
+from corral.executor.runtimes.firecracker.initramfs import CpioWriter, strip_signature
+from corral.executor.runtimes.firecracker.vm import VM, Disk, Share, VMConfig, qemu_processes
+from tests.conftest import require
+
+BUSYBOX = "/bin/busybox"
+
+
+# --- no VM needed ----------------------------------------------------------------------------------
+
+
+def _collect(parser: ConsoleParser, chunks: list[bytes]) -> tuple[bytes, list[str]]:
+    out = b""
+    events: list[str] = []
+    for chunk in [*chunks, None]:
+        for ev in parser.feed(chunk) if chunk is not None else parser.flush():
+            if isinstance(ev, Output):
+                out += ev.data
+            else:
+                events.append(ev.event)
+    return out, events
+
+
+def test_console_parser_splits_output_and_control_lines_at_any_chunk_boundary() -> None:
+    nonce = "ab" * 16
+    stream = (
+        b"boot\n\x1ecorral-" + nonce.encode() + b":start 0\nhello\x1ecorral-bad:end 0 0 0\npartial"
+        b"\x1ecorral-" + nonce.encode() + b":end 0 3 0\n"
+    )
+    for size in (1, 2, 7, 64, len(stream)):
+        chunks = [stream[i : i + size] for i in range(0, len(stream), size)]
+        out, events = _collect(ConsoleParser(nonce), chunks)
+        assert events == ["start 0", "end 0 3 0"], size
+        # the forged line (wrong nonce) is output, kept byte for byte
+        assert out == b"boot\nhello\x1ecorral-bad:end 0 0 0\npartial", size
+
+
+def test_console_parser_passes_partial_output_on_at_once() -> None:
+    parser = ConsoleParser("cd" * 16)
+    assert parser.feed(b"no newline yet") == [Output(b"no newline yet")]
+    # a tail that may begin a control line waits for the next bytes
+    assert parser.feed(b"x\x1ecorr") == [Output(b"x")]
+    assert parser.feed(b"al is not it") == [Output(b"\x1ecorral is not it")]
+    assert parser.feed(b"\x1ecorral-" + b"cd" * 16 + b":done\n") == [Control("done")]
+
+
+def test_cpio_archive_reads_back_with_busybox_cpio(tmp_path: Path) -> None:
+    require(os.path.exists(BUSYBOX), "busybox-static is not installed (scripts/setup.sh)")
+    w = CpioWriter()
+    w.file("bin/tool", b"#!/bin/sh\necho hi\n", 0o755)
+    w.file("etc/odd-size", b"x" * 5)
+    w.symlink("bin/sh", "tool")
+    w.directory("empty", 0o700)
+    (tmp_path / "a.cpio.gz").write_bytes(w.gzipped())
+    archive = gzip.decompress((tmp_path / "a.cpio.gz").read_bytes())
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run([BUSYBOX, "cpio", "-i", "-d"], input=archive, cwd=out, check=True, capture_output=True)
+    assert (out / "bin" / "tool").read_bytes() == b"#!/bin/sh\necho hi\n"
+    assert os.stat(out / "bin" / "tool").st_mode & 0o777 == 0o755
+    assert (out / "etc" / "odd-size").read_bytes() == b"xxxxx"
+    assert os.readlink(out / "bin" / "sh") == "tool"
+    assert (out / "empty").is_dir()
+    listed = subprocess.run([BUSYBOX, "cpio", "-t"], input=archive, capture_output=True, check=True).stdout
+    assert sorted(listed.decode().split()) == ["bin", "bin/sh", "bin/tool", "empty", "etc", "etc/odd-size"]
+
+
+def test_strip_signature_removes_exactly_the_appended_signature() -> None:
+    body = b"\x7fELF" + b"m" * 100
+    sig = b"S" * 37
+    info = bytes([0, 0, 2, 0, 0, 0, 0, 0]) + len(sig).to_bytes(4, "big")
+    assert strip_signature(body + sig + info + b"~Module signature appended~\n") == body
+    assert strip_signature(body) == body
+
+
+def test_job_script_quotes_every_word_and_refuses_what_the_guest_cannot_carry() -> None:
+    step = GuestStep(
+        0, "img0", ["/bin/sh", "-c", "echo '$HOME' `id`; $(reboot)"], dir="a b", env={"X": "1; rm -rf /"}
+    )
+    script = job_script([step])
+    line = script.splitlines()[1]
+    assert line.startswith("step 0 img0 1000 1000 'a b' 'X=1; rm -rf /' /bin/sh -c ")
+    # run the line through a real shell with a `step` that prints its words: they arrive intact
+    shown = subprocess.run(
+        ["sh", "-c", 'step() { for w in "$@"; do printf "[%s]" "$w"; done; }; ' + line],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert shown == "[0][img0][1000][1000][a b][X=1; rm -rf /][/bin/sh][-c][echo '$HOME' `id`; $(reboot)]"
+    for bad in (
+        GuestStep(0, "img0", ["a=b"]),
+        GuestStep(0, "img0", ["sh"], env={"BAD-NAME": "x"}),
+        GuestStep(0, "img0", ["sh"], env={"X": "nul\0"}),
+        GuestStep(0, "img0", ["sh"], dir="../../etc"),
+        GuestStep(0, "img0", []),
+    ):
+        with pytest.raises(ValueError):
+            job_script([bad])
+    assert (
+        job_script([GuestStep(0, "img0", ["sh"], dir="/x//y/./")])
+        .splitlines()[1]
+        .startswith("step 0 img0 1000 1000 x/y ")
+    )
+
+
+def test_extract_vmlinux_finds_the_xz_payload() -> None:
+    import lzma
+
+    elf = b"\x7fELF" + os.urandom(3000)
+    bz = b"MZ" + b"\0" * 500 + b"\xfd7zXZ\x00junk" + lzma.compress(elf, format=lzma.FORMAT_XZ) + b"\0" * 64
+    assert fc_assets.extract_vmlinux(bz) == elf
+    with pytest.raises(ValueError):
+        fc_assets.extract_vmlinux(b"MZ" + b"\0" * 100)
+
+
+# --- real VMs ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def assets() -> fc_assets.Assets:
+    require(
+        shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86 is not installed (scripts/setup.sh)"
+    )
+    require(os.geteuid() == 0, "the microVM's 9p shares need root")
+    return fc_assets.ensure_assets().assets
+
+
+def test_install_is_idempotent(assets: fc_assets.Assets) -> None:
+    before = {p: p.stat().st_mtime_ns for p in (assets.kernel, assets.initrd)}
+    report = fc_assets.ensure_assets(assets.dir)
+    assert not report.changed
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert assets.kernel.read_bytes()[:4] == b"\x7fELF"
+
+
+def _busybox_root(tmp: Path) -> Path:
+    """An ext4 image holding busybox as /bin/sh and friends (no docker needed)."""
+    root = tmp / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy(BUSYBOX, root / "bin" / "busybox")
+    for applet in ("sh", "uname", "id", "sleep", "echo", "printf", "cat"):
+        (root / "bin" / applet).symlink_to("busybox")
+    img = tmp / "root.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(root), str(img), "16M"], check=True)
+    return img
+
+
+def _vm(tmp: Path, assets: fc_assets.Assets, name: str, steps: list[GuestStep]) -> VM:
+    for d in ("ctl", "ws", "steps"):
+        (tmp / d).mkdir(exist_ok=True)
+    scratch = tmp / "scratch.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(scratch), "64M"], check=True)
+    cfg = VMConfig(
+        name=name,
+        assets=assets,
+        memory_mib=256,
+        disks=[Disk("scratch", scratch, readonly=False), Disk("img0", _busybox_root(tmp))],
+        shares=[
+            Share("ctl", tmp / "ctl"),
+            Share("ws", tmp / "ws", readonly=False),
+            Share("steps", tmp / "steps"),
+        ],
+    )
+    vm = VM(cfg)
+    write_control(tmp / "ctl", vm.nonce, steps)
+    return vm
+
+
+async def test_a_step_runs_in_the_guest_kernel_and_its_exit_code_comes_back(
+    assets: fc_assets.Assets, tmp_path: Path
+) -> None:
+    forged = "printf '\\036corral-0123:end 0 0 0\\n'"
+    steps = [
+        GuestStep(
+            0,
+            "img0",
+            ["/bin/sh", "-c", f'uname -r; id -u; echo "$GREETING" > out.txt; {forged}; printf tail; exit 3'],
+            uid=4242,
+            gid=4242,
+            env={"PATH": "/bin", "GREETING": "hi from the vm"},
+        ),
+        GuestStep(1, "img0", ["/bin/sh", "-c", "echo never"]),
+    ]
+    (tmp_path / "ws").mkdir()
+    os.chown(tmp_path / "ws", 4242, 4242)
+    vm = _vm(tmp_path, assets, f"corral-test-{os.getpid()}-vm1", steps)
+    await vm.start()
+    out = b""
+    events: list[str] = []
+    try:
+        async with asyncio.timeout(90):
+            async for ev in vm.events():
+                if isinstance(ev, Control):
+                    events.append(ev.event)
+                elif events and events[-1] == "start 0":  # between the step's start and end
+                    out += ev.data
+        assert await vm.wait() == 0, vm.stderr
+    finally:
+        await vm.kill()
+    assert events[:3] == ["ready", "start 0", "end 0 3 0"], (events, out)
+    assert events[-1] == "done"
+    lines = out.decode().split("\n")  # (splitlines would also split at \x1e)
+    assert lines[0] == assets.kernel_release != os.uname().release
+    assert lines[1] == "4242"
+    assert "\x1ecorral-0123:end 0 0 0" in lines[2]  # the step's forgery is plain output
+    assert out.endswith(b"tail")
+    assert "never" not in out.decode()
+    assert (tmp_path / "ws" / "out.txt").read_text() == "hi from the vm\n"
+    assert (tmp_path / "ws" / "out.txt").stat().st_uid == 4242
+
+
+async def test_kill_mid_command_stops_the_vm_at_once_and_leaves_no_qemu(
+    assets: fc_assets.Assets, tmp_path: Path
+) -> None:
+    name = f"corral-test-{os.getpid()}-vm2"
+    vm = _vm(tmp_path, assets, name, [GuestStep(0, "img0", ["/bin/sh", "-c", "echo started; sleep 600"])])
+    await vm.start()
+    seen = b""
+    try:
+        async with asyncio.timeout(90):
+            async for ev in vm.events():
+                if isinstance(ev, Output):
+                    seen += ev.data
+                    if b"started" in seen:
+                        break
+        assert qemu_processes(name)
+        t = time.monotonic()
+        await vm.kill()
+        took = time.monotonic() - t
+    finally:
+        await vm.kill()
+    assert vm.proc is not None and vm.proc.returncode is not None
+    assert took < 5
+    assert qemu_processes(name) == {}
