@@ -1,6 +1,7 @@
 """What the host must offer an executor's settings, checked before the first job (by `corral executor
 run` and `validate` alike): a workspace root it can create, write and loop-mount images in, limits
-the host can honour, the operator's bind mounts and the uid lock directory.
+the host can honour, the operator's bind mounts, the uid lock directory, and the tools of the
+egress firewall when EXECUTOR_NETWORK=deny-private.
 
 Problems stop the executor (every job would fail otherwise); warnings are logged (it works, but not
 as configured). The rules about limits are pure (`limit_findings` over `HostFacts`) and tested alone.
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corral.errors import CorralError
+from corral.executor.network import NetworkMode, egress, netns
+from corral.executor.runtimes.docker.pause import busybox_path
 from corral.executor.runtimes.docker.settings import parse_mount_spec
 from corral.executor.settings import ExecutorSettings
 from corral.executor.variables import VARIABLES, honoured
@@ -32,6 +35,7 @@ __all__ = [
     "filesystem_type",
     "limit_findings",
     "mount_type",
+    "network_findings",
 ]
 
 PROBE_IMAGE_BYTES = 8 * 1024 * 1024  # the loop-mounted image that proves workspaces can be made
@@ -242,4 +246,37 @@ async def check_host(s: ExecutorSettings, facts: HostFacts | None = None) -> Fin
     if problem := _lock_dir(s):
         out.problems.append(problem)
     out.problems += _bind_sources(s)
+    out.extend(network_findings(s))
+    return out
+
+
+def network_findings(s: ExecutorSettings) -> Findings:
+    """EXECUTOR_NETWORK: deny-private needs nft, slirp4netns, ip and nsenter (and the uplink
+    namespace, and for docker a static busybox for the pause image); open is a warning."""
+    out = Findings()
+    mode = s.network
+    if mode is NetworkMode.OPEN:
+        out.warnings.append(
+            "EXECUTOR_NETWORK=open: jobs that ask for the network get the runtime's ordinary network, "
+            "unfiltered (private addresses and 169.254.169.254 included); deny-private filters it"
+        )
+    if mode is not NetworkMode.DENY_PRIVATE:
+        return out
+    for tool, package in (("nft", "nftables"), (egress.SLIRP, "slirp4netns"), ("ip", "iproute2")):
+        if not shutil.which(tool):
+            out.problems.append(f"EXECUTOR_NETWORK=deny-private needs {tool}: apt-get install {package}")
+    if not os.access("/usr/bin/nsenter", os.X_OK):
+        out.problems.append("EXECUTOR_NETWORK=deny-private needs /usr/bin/nsenter (util-linux)")
+    if os.geteuid() != 0:
+        out.problems.append("EXECUTOR_NETWORK=deny-private needs root (it makes network namespaces)")
+    uplink = s.network_uplink_netns
+    if uplink and not netns.exists(uplink):
+        out.problems.append(
+            f"EXECUTOR_NETWORK_UPLINK_NETNS={uplink}: no such namespace under {netns.NETNS_DIR}"
+        )
+    if s.runtime == "docker" and busybox_path() is None:
+        out.problems.append(
+            "EXECUTOR_NETWORK=deny-private with the docker runtime needs a static busybox on the host "
+            "for the jobs' pause containers: apt-get install busybox-static"
+        )
     return out

@@ -12,7 +12,8 @@ Order of the output chain (first match wins):
    addresses, e.g. the corral server's);
 4. every blocked range (`BLOCKED_V4`, `BLOCKED_V6`: loopback, private, CGNAT, link-local with the
    metadata service 169.254.169.254, multicast, documentation and other reserved ranges, NAT64 and
-   6to4, which embed IPv4 addresses) and the uplink's own addresses: rejected (admin-prohibited, so a
+   6to4, which embed IPv4 addresses; the policy's list, so `NetworkPolicy.permits` decides the same)
+   and the uplink's own addresses: rejected (admin-prohibited, so a
    connect fails at once rather than timing out);
 5. the rest (public addresses): accepted.
 """
@@ -22,7 +23,16 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from corral.executor.network.policy import Allow, IPAddress, IPNetwork, NetworkMode, NetworkPolicy
+from corral.executor.network.policy import (
+    BLOCKED_V4,
+    BLOCKED_V6,
+    Allow,
+    IPAddress,
+    IPNetwork,
+    NetworkMode,
+    NetworkPolicy,
+    blocked,
+)
 
 __all__ = [
     "BLOCKED_V4",
@@ -38,45 +48,7 @@ TABLE = "corral_egress"  # `inet` table in the job's namespace
 DNS_ADDRESS = ipaddress.IPv4Address("10.0.2.3")  # slirp4netns' DNS forwarder, seen from the job
 GATEWAY_ADDRESS = ipaddress.IPv4Address("10.0.2.2")  # slirp4netns' gateway (the host's loopback)
 
-# IANA's special-purpose registries (RFC 6890 and successors): nothing in here is a public host.
-BLOCKED_V4: tuple[str, ...] = (
-    "0.0.0.0/8",  # "this network"
-    "10.0.0.0/8",  # private
-    "100.64.0.0/10",  # CGNAT (cloud internal networks, Tailscale)
-    "127.0.0.0/8",  # loopback
-    "169.254.0.0/16",  # link-local, the cloud metadata service 169.254.169.254
-    "172.16.0.0/12",  # private (Docker's bridges)
-    "192.0.0.0/24",  # IETF protocol assignments
-    "192.0.2.0/24",  # TEST-NET-1
-    "192.88.99.0/24",  # 6to4 relay anycast
-    "192.168.0.0/16",  # private
-    "198.18.0.0/15",  # benchmarking
-    "198.51.100.0/24",  # TEST-NET-2
-    "203.0.113.0/24",  # TEST-NET-3
-    "224.0.0.0/4",  # multicast
-    "240.0.0.0/4",  # reserved, and the broadcast address 255.255.255.255
-)
-BLOCKED_V6: tuple[str, ...] = (
-    "::/127",  # unspecified and loopback
-    "::ffff:0:0/96",  # IPv4-mapped
-    "64:ff9b::/96",  # NAT64 (reaches any IPv4 address through a translator)
-    "64:ff9b:1::/48",  # local NAT64
-    "100::/64",  # discard
-    "2001::/23",  # IETF protocol assignments (Teredo, ORCHID, ...)
-    "2001:db8::/32",  # documentation
-    "2002::/16",  # 6to4 (embeds IPv4 addresses)
-    "fc00::/7",  # unique local
-    "fe80::/10",  # link-local
-    "fec0::/10",  # site-local (deprecated)
-    "ff00::/8",  # multicast
-)
-
 _REJECT = "reject with icmpx type admin-prohibited"
-
-
-def blocked() -> list[IPNetwork]:
-    """Every blocked range as a network (v4, then v6)."""
-    return [ipaddress.ip_network(n) for n in (*BLOCKED_V4, *BLOCKED_V6)]
 
 
 def _daddr(network: IPNetwork | IPAddress) -> str:

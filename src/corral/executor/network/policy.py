@@ -21,10 +21,49 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["Allow", "NetworkMode", "NetworkPolicy"]
+__all__ = ["BLOCKED_V4", "BLOCKED_V6", "Allow", "NetworkMode", "NetworkPolicy", "blocked"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# IANA's special-purpose registries (RFC 6890 and successors): nothing in here is a public host.
+BLOCKED_V4: tuple[str, ...] = (
+    "0.0.0.0/8",  # "this network"
+    "10.0.0.0/8",  # private
+    "100.64.0.0/10",  # CGNAT (cloud internal networks, Tailscale)
+    "127.0.0.0/8",  # loopback
+    "169.254.0.0/16",  # link-local, the cloud metadata service 169.254.169.254
+    "172.16.0.0/12",  # private (Docker's bridges)
+    "192.0.0.0/24",  # IETF protocol assignments
+    "192.0.2.0/24",  # TEST-NET-1
+    "192.88.99.0/24",  # 6to4 relay anycast
+    "192.168.0.0/16",  # private
+    "198.18.0.0/15",  # benchmarking
+    "198.51.100.0/24",  # TEST-NET-2
+    "203.0.113.0/24",  # TEST-NET-3
+    "224.0.0.0/4",  # multicast
+    "240.0.0.0/4",  # reserved, and the broadcast address 255.255.255.255
+)
+BLOCKED_V6: tuple[str, ...] = (
+    "::/127",  # unspecified and loopback
+    "::ffff:0:0/96",  # IPv4-mapped
+    "64:ff9b::/96",  # NAT64 (reaches any IPv4 address through a translator)
+    "64:ff9b:1::/48",  # local NAT64
+    "100::/64",  # discard
+    "2001::/23",  # IETF protocol assignments (Teredo, ORCHID, ...)
+    "2001:db8::/32",  # documentation
+    "2002::/16",  # 6to4 (embeds IPv4 addresses)
+    "fc00::/7",  # unique local
+    "fe80::/10",  # link-local
+    "fec0::/10",  # site-local (deprecated)
+    "ff00::/8",  # multicast
+)
+_BLOCKED = tuple(ipaddress.ip_network(n) for n in (*BLOCKED_V4, *BLOCKED_V6))
+
+
+def blocked() -> list[IPNetwork]:
+    """Every blocked range as a network (v4, then v6): what deny-private refuses unless allowed."""
+    return list(_BLOCKED)
 
 
 class NetworkMode(StrEnum):
@@ -71,9 +110,8 @@ class Allow:
 
 
 def _public(ip: IPAddress) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return _public(ip.ipv4_mapped)
-    return ip.is_global and not ip.is_multicast
+    """Outside every blocked range (IPv4-mapped IPv6 addresses are in one: ::ffff:0:0/96)."""
+    return not any(ip.version == n.version and ip in n for n in _BLOCKED)
 
 
 @dataclass(frozen=True)
