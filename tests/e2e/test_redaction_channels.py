@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -80,3 +81,33 @@ def test_a_secret_reaches_no_channel(tmp_path: Path) -> None:
         assert "plain [SECRET]" in texts[f"corral job logs {ok['id']}"], texts
         for name, text in texts.items():
             assert not leaks(SECRET, text.encode()), (name, text)
+
+
+def test_a_failing_clone_naming_the_secret_is_redacted(tmp_path: Path) -> None:
+    """The repository's name holds the secret and its mirror is gone by the time the executor clones:
+    git's error echoes the clone URL (with the name) into the fetch's log entry."""
+    require(bwrap_ok(), "bubblewrap, cgroup v1 and root are needed for the shell runtime")
+    with run_server(tmp_path, max_attempts=1) as server:
+        name = f"acme/{SECRET}"
+        make_repo(tmp_path / "src", {"README.md": "hello\n"})
+        server.client.add_repo(name, str(tmp_path / "src"))
+        job = server.client.submit(
+            "batches",
+            {"repositoryName": name, "commit": "HEAD", **docker_job("true"), "redactedValues": VALUES},
+        )
+        # The mirror is gone (a disk problem on the server): the server answers the clone with 404.
+        (mirror,) = [p for p in (tmp_path / "server" / "repos").rglob("*") if p.name.startswith(SECRET)]
+        shutil.rmtree(mirror)
+        start_executor(server, tmp_path, "shell")
+        done = wait_job(server, job["id"], timeout=120)
+        assert done["state"] == "failed", done
+        log = logs_text(server, job["id"])
+        assert "[SECRET]" in log and "clone failed" in done["error"], (log, done)
+        texts = {"log": log, "error": done["error"], "view": cli(server.url, "job", "get", str(job["id"]))}
+        texts["logs --json"] = cli(server.url, "job", "logs", "--json", str(job["id"]))
+        for p in server.executors:
+            p.terminate()
+            p.wait(30)
+        texts["executor log"] = (tmp_path / "executor-0.log").read_text(errors="replace")
+        for what, text in texts.items():
+            assert not leaks(SECRET, text.encode()), (what, text)

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from corral.protocol.common import ZERO_TIME, Wire, check_file_ref, check_workspace_dir, check_workspace_path
 from corral.protocol.queue import CliStep, DockerStep
+from corral.protocol.secrets import MAX_JOB_SECRETS, MAX_NAMESPACE, check_namespace, check_secret_name
 
 __all__ = [
     "FAIL_FAST_LINE",
@@ -177,7 +178,8 @@ class JobIn(Model):
     fail_fast: bool = Field(default=True, alias="failFast")
     redacted_values: dict[str, str] | None = Field(default=None, alias="redactedValues")
     docker_auth_config: dict[str, Any] | None = Field(default=None, alias="dockerAuthConfig")
-    namespace: str | None = None
+    namespace: str | None = Field(default=None, max_length=MAX_NAMESPACE)  # user:NAME, org:NAME
+    secrets: list[str] | None = Field(default=None, max_length=MAX_JOB_SECRETS)  # executor secrets' names
     timeout_seconds: int | None = Field(default=None, alias="timeoutSeconds", gt=0, le=MAX_TIMEOUT)
     priority: int = 0
     outputs: list[str] | None = None
@@ -211,6 +213,18 @@ class JobIn(Model):
                 if not ok:
                     raise ValueError(f"{where}.auth is not base64 of user:password")
         return v
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, v: list[str] | None) -> list[str] | None:
+        return list(dict.fromkeys(check_secret_name(n) for n in v)) if v else None
+
+    @model_validator(mode="after")
+    def _secret_scope(self) -> JobIn:
+        """A job naming secrets resolves them in its namespace (then globally): it must be one."""
+        if self.secrets:
+            check_namespace(self.namespace)
+        return self
 
     @field_validator("files")
     @classmethod

@@ -13,6 +13,7 @@ from corral.errors import NotFound
 from corral.protocol import QUEUE_NAME_RE
 from corral.server.metrics import Metrics
 from corral.server.notify import Notifier
+from corral.server.secretbox import Keyring
 from corral.server.settings import ServerSettings
 from corral.server.store import Store, log_key
 
@@ -27,6 +28,7 @@ class ServerState:
     notifier: Notifier = field(default_factory=Notifier)
     metrics: Metrics = field(default_factory=Metrics)
     known_queues: set[str] = field(default_factory=set)  # queues are never deleted: cache the yeses
+    keyring: Keyring | None = None  # the executor secrets' keys (corral.server.secretbox)
 
     async def db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a store call: inline when the store answers without network I/O in well under a

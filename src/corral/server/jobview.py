@@ -206,8 +206,9 @@ def producer_job(row: JobRow) -> JobView:
         id=row.id,
         queue=row.queue,
         state=row.state.value,
-        repository_name=row.repository_name,
-        commit=row.commit,
+        # the repository's name and the commit are the producer's text too (a name may hold a secret)
+        repository_name=_redact(row.repository_name, redactor) if redactor else row.repository_name,
+        commit=_redact(row.commit, redactor) if redactor else row.commit,
         priority=row.priority,
         created_at=iso(row.created_at),
         started_at=iso(row.started_at),

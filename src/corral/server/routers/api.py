@@ -43,6 +43,7 @@ from corral.server.bodies import BoundedJsonRoute
 from corral.server.deps import ServerState, StateDep
 from corral.server.jobview import iso, producer_job
 from corral.server.routers.files import job_files
+from corral.server.routers.secrets import check_job
 from corral.server.store import DEQUEUEABLE, TERMINAL, JobRow, JobState, LogEntry, log_key
 
 
@@ -122,6 +123,7 @@ async def submit_job(queue: str, body: JobIn, request: Request, state: StateDep)
         raise BadRequest(f"invalid queue name {queue!r}: use 1-64 characters of [a-z0-9_-]")
     spec = body.model_dump(by_alias=True, exclude_none=True, exclude={"files", "priority", "max_attempts"})
     spec["files"] = await job_files(state, body.files)  # stored files by bucket/key must exist
+    await check_job(state, body)  # the secrets it names exist (their values never enter the spec)
     if body.repository_name:
         spec["commit"] = await _resolve(request, state, body.repository_name, body.commit or "HEAD")
     elif body.commit:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from corral.server.store.files import FileInfo, StoredFile
+from corral.server.store.secrets import Secrets
 from corral.server.store.rows import (
     Executor,
     JobAuth,
@@ -36,6 +37,7 @@ Telemetry = Mapping[str, str | None]  # os, architecture, *_version, hostname of
 
 class Store(Protocol):
     clock: Callable[[], float]  # epoch seconds; injected so that tests move time
+    secrets: Secrets  # executor secrets and their access log (corral.server.store.secrets)
 
     @property
     def inline(self) -> bool: ...

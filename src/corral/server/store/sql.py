@@ -23,6 +23,7 @@ from corral.server.store.logs import Logs
 from corral.server.store.queues import Queues
 from corral.server.store.repos import Repos
 from corral.server.store.results import Results
+from corral.server.store.secrets import Secrets
 from corral.server.store.rows import (
     Executor,
     JobAuth,
@@ -54,6 +55,7 @@ class SqlStore:
         self.results = Results(self.db, clock, self.jobs)
         self.executors = Executors(self.db)
         self.files = Files(self.db, clock)
+        self.secrets = Secrets(self.db, clock)
 
     @property
     def engine(self) -> Engine:

@@ -28,6 +28,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.types import TypeEngine
 
@@ -176,4 +177,31 @@ files = Table(
     Column("content", LargeBinary, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+)
+
+secrets = Table(  # executor secrets (migration 0005); namespace "" is the global scope
+    "secrets",
+    metadata,
+    Column("id", Int, primary_key=True, autoincrement=True),
+    Column("name", Str(128), nullable=False),
+    Column("namespace", Str(256), nullable=False),
+    Column("sealed", LargeBinary, nullable=False),  # corral.server.secretbox: format, nonce, ciphertext
+    Column("key_id", Str(32), nullable=False),  # fingerprint of the key that sealed it
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("name", "namespace", name="uq_secrets_name_namespace"),
+)
+
+secret_accesses = Table(  # each hand-off of a secret's value to a job's attempt (kept after a delete)
+    "secret_accesses",
+    metadata,
+    Column("id", Int, primary_key=True, autoincrement=True),
+    Column("secret_id", Int, nullable=False),
+    Column("name", Str(128), nullable=False),
+    Column("namespace", Str(256), nullable=False),
+    Column("job_id", Int, nullable=False),
+    Column("attempt", Int, nullable=False),
+    Column("executor_name", Str(255), nullable=False),
+    Column("accessed_at", Float, nullable=False),
+    Index("ix_secret_accesses_secret", "secret_id", "id"),
 )
