@@ -8,7 +8,7 @@ ROOT=$(pwd)
 log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 
 APT_PACKAGES=(docker.io containerd runc iptables nftables bubblewrap busybox-static util-linux git ca-certificates
-  postgresql docker-registry apache2-utils qemu-system-x86 e2fsprogs)
+  postgresql docker-registry apache2-utils qemu-system-x86 e2fsprogs slirp4netns)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
