@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 
-APT_PACKAGES=(docker.io containerd runc iptables nftables bubblewrap busybox-static util-linux git ca-certificates
+APT_PACKAGES=(docker.io containerd runc runsc iptables nftables bubblewrap busybox-static util-linux git ca-certificates
   postgresql docker-registry apache2-utils qemu-system-x86 e2fsprogs slirp4netns)
 
 missing=()

@@ -32,6 +32,10 @@ What a step's container gets (Sourcegraph's `docker run` flags, see shared/proto
   starts with the owner (EXECUTOR_VM_PREFIX): job ids are only unique per server, and two
   executors on one daemon must never collide on a name (a name conflict replaces the old container).
 
+Under gVisor (EXECUTOR_DOCKER_RUNTIME=runsc) steps run with the runtime `runsc`, steps of jobs with
+a network interface with `runsc-hostnet` (`DockerSettings.step_runtimes`); what a failed runsc start
+leaves running is ended by cleanup() and janitor() (see `gvisor`).
+
 Registry credentials: see `credentials`; registry addresses: see `registries`; images pulled with a
 job's own credentials: see `images`; the disk watchdog: see `watchdog`; settings: see `settings`.
 """
@@ -66,7 +70,7 @@ from corral.executor.runtimes.base import (
     Step,
     StepResult,
 )
-from corral.executor.runtimes.docker import credentials
+from corral.executor.runtimes.docker import credentials, gvisor
 from corral.executor.runtimes.docker.api import DockerAPI, docker_failure, socket_from_env
 from corral.executor.runtimes.docker.containers import (
     ContainerOptions,
@@ -77,7 +81,12 @@ from corral.executor.runtimes.docker.containers import (
 from corral.executor.runtimes.docker.images import DEFAULT_PULL_TIMEOUT_S, Images, PulledImages
 from corral.executor.runtimes.docker.pause import start_pause
 from corral.executor.runtimes.docker.registries import ALLOWED_REGISTRIES_SETTING, canonical_registry
-from corral.executor.runtimes.docker.settings import DockerSettings, parse_mount_spec
+from corral.executor.runtimes.docker.settings import (
+    GVISOR_RUNTIME,
+    HOSTNET_SUFFIX,
+    DockerSettings,
+    parse_mount_spec,
+)
 from corral.executor.runtimes.docker.watchdog import (
     WATCHDOG_KILL_EXIT,
     disk_watchdog,
@@ -209,6 +218,9 @@ class DockerRuntime:
         )
         self._auth: dict[Path, _JobPulls] = {}  # job root -> its credentials and pulls
         self._telemetry: dict[str, str] | None = None
+        # containers made with a runtime other than the daemon's default: id -> job label, until the
+        # job's cleanup (a failed runsc start leaves processes behind, see `gvisor`)
+        self._sandboxed: dict[str, str] = {}
 
     @property
     def allowed_registries(self) -> frozenset[str]:
@@ -221,8 +233,10 @@ class DockerRuntime:
 
     @classmethod
     def from_settings(cls, settings: DockerSettings, *, owner: str, state_dir: Path) -> DockerRuntime:
+        runtime, network_runtime = settings.step_runtimes()
         return cls(
-            runtime=settings.runtime or None,
+            runtime=runtime,
+            network_runtime=network_runtime,
             add_host_gateway=settings.add_host_gateway,
             additional_mounts=settings.additional_mounts,
             owner=owner,
@@ -234,7 +248,12 @@ class DockerRuntime:
     def telemetry(self) -> dict[str, str]:
         if self._telemetry is None:
             version = tool_version(["docker", "version", "--format", "{{.Server.Version}}"])
-            self._telemetry = {"dockerVersion": version}
+            # corral's extensions: the OCI runtimes of steps without and with a network interface
+            self._telemetry = {
+                "dockerVersion": version,
+                "dockerRuntime": self.runtime or "runc",
+                "dockerNetworkRuntime": self.network_runtime or self.runtime or "runc",
+            }
         return self._telemetry
 
     # --- registry credentials (CredentialStager) --------------------------------------------------
@@ -308,15 +327,7 @@ class DockerRuntime:
             if "too old" in exc.message:
                 return [exc.message]
             return [f"the Docker Engine on {sock} did not answer /info: {exc.message}"]
-        problems: list[str] = []
-        registered = set((info.get("Runtimes") or {}).keys())
-        for wanted in dict.fromkeys(r for r in (self.runtime, self.network_runtime) if r):
-            if wanted not in registered:
-                problems.append(
-                    f"the container runtime {wanted!r} is not registered with the Docker Engine "
-                    f"(it knows {', '.join(sorted(registered)) or 'none'}); "
-                    'add it to "runtimes" in /etc/docker/daemon.json and reload dockerd (kill -HUP)'
-                )
+        problems = _runtime_problems(info, [r for r in (self.runtime, self.network_runtime) if r])
         if self.pulled.problem:
             problems.append(f"the record of images pulled with job credentials: {self.pulled.problem}")
         user = await asyncio.to_thread(credentials.read_user_config)
@@ -376,6 +387,8 @@ class DockerRuntime:
             # the daemon may have created it before the cancel reached us
             await _run_to_end(self.api.container_remove(name), f"removing {name}")
             raise
+        if config["HostConfig"].get("Runtime"):
+            self._sandboxed[cid] = space.labels[LABEL_JOB]
         watch = disk if disk > 0 and "StorageOpt" not in config["HostConfig"] else 0
         host = config["HostConfig"]
         not_counted = [WORKSPACE_MOUNT, *host.get("Tmpfs", {}), *(m.get("Target", "") for m in self.mounts)]
@@ -404,6 +417,11 @@ class DockerRuntime:
             await asyncio.gather(*(self.api.container_remove(c["Id"]) for c in containers))
         except DockerAPIError as exc:
             raise docker_failure(exc, f"cleaning up the containers of job {job}") from exc
+        ours = {cid: label for cid, label in self._sandboxed.items() if label == job}
+        if ours:
+            await self._end_orphans(ours, {}, set())
+            for cid in ours:
+                self._sandboxed.pop(cid, None)
 
     async def janitor(self, live: set[str]) -> list[str]:
         if self._socket_problem:
@@ -424,7 +442,48 @@ class DockerRuntime:
                 log.warning("docker janitor: cannot remove %s: %s", name, res)
             else:
                 removed.append(name)
+        removed += await self._janitor_orphans(live)
         return removed
+
+    async def _janitor_orphans(self, live: set[str]) -> list[str]:
+        """End the processes failed gVisor starts left behind for containers of ours whose job is not
+        live (known from this runtime, or from the job root in the bundle after a restart)."""
+        procs = await asyncio.to_thread(gvisor.find)
+        if not procs:
+            return []
+        jobs = {p.container_id: await asyncio.to_thread(gvisor.bundle_job, p.bundle) for p in procs}
+        ended = await self._end_orphans(self._sandboxed, jobs, live, procs)
+        for p in ended:
+            self._sandboxed.pop(p.container_id, None)
+        return [f"{p.kind} {p.pid} (container {p.container_id[:12]})" for p in ended]
+
+    async def _end_orphans(
+        self,
+        ours: Mapping[str, str],
+        jobs: Mapping[str, tuple[str, str] | None],
+        live: set[str],
+        procs: list[gvisor.ShimProcess] | None = None,
+    ) -> list[gvisor.ShimProcess]:
+        """End the shim/runsc processes of containers in `ours` (or, per `jobs`, of our owner) that
+        no longer exist in dockerd and whose job is not in `live`; see `gvisor.orphans`."""
+        if procs is None:
+            procs = await asyncio.to_thread(gvisor.find, set(ours))
+        if not procs:
+            return []
+        try:
+            existing = {c["Id"] for c in await self.api.containers_list([])}
+        except DockerAPIError as exc:
+            raise docker_failure(exc, "listing containers to find orphaned gVisor processes") from exc
+        chosen = gvisor.orphans(procs, existing, ours, jobs, self.owner, live)
+        ended = await asyncio.to_thread(gvisor.end, chosen)
+        for p in ended:
+            log.warning(
+                "docker: ended orphaned %s %d of container %s (a failed start of its runtime)",
+                p.kind,
+                p.pid,
+                p.container_id[:12],
+            )
+        return ended
 
     # --- pieces of run_step -----------------------------------------------------------------------
 
@@ -571,6 +630,35 @@ class DockerRuntime:
             log.warning(
                 "docker: the output of %s did not end %.0f s after it stopped", cid[:12], DRAIN_TIMEOUT_S
             )
+
+
+def _runtime_problems(info: Mapping[str, Any], wanted: Sequence[str]) -> list[str]:
+    """What keeps the OCI runtimes `wanted` from working on the daemon that answered GET /info."""
+    registered: Mapping[str, Any] = info.get("Runtimes") or {}
+    problems: list[str] = []
+    for name in dict.fromkeys(wanted):
+        entry = registered.get(name)
+        if entry is None:
+            known = ", ".join(sorted(registered)) or "none"
+            problems.append(
+                f"the container runtime {name!r} is not registered with the Docker Engine (it has "
+                f'{known}); add it to "runtimes" in /etc/docker/daemon.json, e.g. '
+                f"{json.dumps({'runtimes': {name: _runtime_entry(name)}})}, "
+                "then reload dockerd (kill -HUP <dockerd pid>; scripts/start-dockerd.sh does both)"
+            )
+            continue
+        path = entry.get("path") if isinstance(entry, Mapping) else None
+        if isinstance(path, str) and path.startswith("/") and not os.path.exists(path):
+            problems.append(f"the container runtime {name!r} is registered, but {path} does not exist")
+    return problems
+
+
+def _runtime_entry(name: str) -> dict[str, Any]:
+    """The daemon.json entry corral's setup writes for `name` (gVisor's two), else a template."""
+    if name in (GVISOR_RUNTIME, GVISOR_RUNTIME + HOSTNET_SUFFIX):
+        network = "host" if name.endswith(HOSTNET_SUFFIX) else "none"
+        return {"path": "/usr/bin/runsc", "runtimeArgs": ["--platform=ptrace", f"--network={network}"]}
+    return {"path": f"/usr/bin/{name}"}
 
 
 if TYPE_CHECKING:

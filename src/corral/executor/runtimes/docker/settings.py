@@ -11,6 +11,7 @@ import base64
 import binascii
 import csv
 import json
+import re
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -19,9 +20,12 @@ from corral.errors import ConfigError
 from corral.executor.settingsbase import Bool, EnvSettings, parse_bool
 from corral.units import parse_size
 
-__all__ = ["DockerSettings", "check_auth_config", "parse_mount_spec"]
+__all__ = ["GVISOR_RUNTIME", "HOSTNET_SUFFIX", "DockerSettings", "check_auth_config", "parse_mount_spec"]
 
 MOUNT_TYPES = ("bind", "volume", "tmpfs")
+GVISOR_RUNTIME = "runsc"  # the daemon.json name of gVisor's runtime (scripts/start-dockerd.sh)
+HOSTNET_SUFFIX = "-hostnet"  # runsc-hostnet: the same runsc with --network=host
+RUNTIME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _TARGET_KEYS = ("target", "dst", "destination")
 
 
@@ -42,10 +46,33 @@ class DockerSettings(EnvSettings):
         default_factory=list, validation_alias="EXECUTOR_DOCKER_ADDITIONAL_MOUNTS"
     )
     runtime: str = Field("", validation_alias="EXECUTOR_DOCKER_RUNTIME")  # "" = runc; "runsc" = gVisor
+    # the runtime of steps whose job has a network interface; "" = see `step_runtimes`
+    network_runtime: str = Field("", validation_alias="EXECUTOR_DOCKER_NETWORK_RUNTIME")
     # registries (exact host[:port]) that may be on loopback/private addresses; see registries.py
     allowed_registries: list[str] = Field(
         default_factory=list, validation_alias="EXECUTOR_DOCKER_ALLOWED_REGISTRIES"
     )
+
+    @field_validator("runtime", "network_runtime", mode="before")
+    @classmethod
+    def _runtime_name(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = v.strip()
+            if v and not RUNTIME_NAME.fullmatch(v):
+                raise ValueError("not a runtime name (letters, digits, '.', '_', '-'; at most 128)")
+        return v
+
+    def step_runtimes(self) -> tuple[str | None, str | None]:
+        """(runtime of steps without network, runtime of steps with a network interface); None = the
+        daemon's default (runc). EXECUTOR_DOCKER_NETWORK_RUNTIME unset: `<runtime>-hostnet` for runsc
+        (Debian's runsc needs --network=host inside a container's own namespace, machine notes §3),
+        else EXECUTOR_DOCKER_RUNTIME itself."""
+        runtime = self.runtime or None
+        if self.network_runtime:
+            return runtime, self.network_runtime
+        if runtime == GVISOR_RUNTIME:
+            return runtime, GVISOR_RUNTIME + HOSTNET_SUFFIX
+        return runtime, runtime
 
     @field_validator("additional_mounts", mode="before")
     @classmethod
