@@ -16,6 +16,7 @@ from types import ModuleType
 
 from bench import (
     common,
+    egress_overhead,
     executor_rss,
     job_overhead,
     pickup_latency,
@@ -32,6 +33,7 @@ MODULES: list[ModuleType] = [
     executor_rss,
     redact_throughput,
     stop_and_logs,
+    egress_overhead,
 ]
 BUSY_SHARE = 0.10  # other processes using more than this share of the machine make numbers unreliable
 
