@@ -1,17 +1,20 @@
-"""Redaction on every channel with a real server, a real executor (shell runtime) and real git: a step
-that prints the secret and writes it into the repository and an output. Nothing of the secret reaches
-the job log, the diff, the outputs, the executor's own log, or the CLI (`corral job get/logs/result`,
-human and --json): the CLI is the producer's UI (corral has no web UI yet)."""
+"""Redaction on every channel with a real server, a real executor and real git or docker: a step that
+prints the secret and writes it into the repository and an output (shell runtime), a clone failing on
+a repository named by the secret (shell runtime), a pull failing on an image named by it with the
+secret as registry password (docker runtime, a closed loopback registry). Nothing of the secret
+reaches the job log, the error, the diff, the outputs, the executor's own log, or the CLI (`corral
+job get/logs/result`, human and --json): the CLI is the producer's UI (corral has no web UI yet)."""
 
 from __future__ import annotations
 
 import base64
 import os
+import secrets
 import shutil
 import subprocess
 from pathlib import Path
 
-from tests.conftest import bwrap_ok, require
+from tests.conftest import bwrap_ok, docker_ok, require
 from tests.e2e.kit import (
     ADMIN,
     CORRAL,
@@ -22,6 +25,7 @@ from tests.e2e.kit import (
     start_executor,
     wait_job,
 )
+from tests.integration.test_runtime_docker import closed_port
 from tests.unit.redact_kit import leaks
 
 SECRET = "sgp_0123456789abcdef0123456789abcdef01234567"
@@ -111,3 +115,44 @@ def test_a_failing_clone_naming_the_secret_is_redacted(tmp_path: Path) -> None:
         texts["executor log"] = (tmp_path / "executor-0.log").read_text(errors="replace")
         for what, text in texts.items():
             assert not leaks(SECRET, text.encode()), (what, text)
+
+
+def test_a_failing_pull_naming_the_secret_is_redacted(tmp_path: Path) -> None:
+    """Docker's pull error echoes the image reference (here naming the secret) and the registry; the
+    job's registry password is the secret too. The registry is a closed loopback port: nothing leaves
+    the machine."""
+    require(docker_ok(), "Docker Engine is not reachable (run scripts/setup.sh)")
+    require(bwrap_ok(), "bubblewrap, cgroup v1 and root are needed (the shell sandbox)")
+    registry = f"127.0.0.1:{closed_port()}"
+    with run_server(tmp_path, max_attempts=1) as server:
+        start_executor(
+            server,
+            tmp_path,
+            "docker",
+            EXECUTOR_VM_PREFIX=f"t{secrets.token_hex(4)}-redact",
+            EXECUTOR_DOCKER_ALLOWED_REGISTRIES=registry,
+        )
+        auth = base64.b64encode(f"robot:{SECRET}".encode()).decode()
+        job = server.client.submit(
+            "batches",
+            {
+                **docker_job(f"echo {SECRET}", image=f"{registry}/acme/{SECRET}:1"),
+                "dockerAuthConfig": {"auths": {registry: {"auth": auth}}},
+                "redactedValues": VALUES,
+            },
+        )
+        done = wait_job(server, job["id"], timeout=120)
+        assert done["state"] == "failed", done
+        assert "cannot be reached" in done["error"] and "[SECRET]" in done["error"], done
+        log = logs_text(server, job["id"])
+        assert "cannot be reached" in log, log
+        texts = {"log": log, "error": done["error"]}
+        for args in (("get",), ("get", "--json"), ("logs",), ("logs", "--json")):
+            texts[" ".join(args)] = cli(server.url, "job", args[0], str(job["id"]), *args[1:])
+        for p in server.executors:
+            p.terminate()
+            p.wait(30)
+        texts["executor log"] = (tmp_path / "executor-0.log").read_text(errors="replace")
+        for what, text in texts.items():
+            assert not leaks(SECRET, text.encode()), (what, text)
+            assert auth not in text, (what, text)
