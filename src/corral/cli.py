@@ -823,6 +823,11 @@ def batch_run(
     raise typer.Exit(1 if bad else 0)
 
 
+from corral.cli_secret import secret_app  # noqa: E402 (it builds on this module's helpers)
+
+app.add_typer(secret_app, name="secret")
+
+
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     app()

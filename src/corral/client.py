@@ -34,6 +34,7 @@ from corral.protocol import (
     ResultView,
     StateEvent,
 )
+from corral.protocol.secrets import ReencryptView, SecretAccessView, SecretIn, SecretValueIn, SecretView
 
 TIMEOUT = 30.0  # seconds per request (log streams have no read timeout)
 RECONNECT_FOR = 300.0  # seconds `follow` keeps trying to reach a server that went away
@@ -120,6 +121,28 @@ class ProducerClient:
 
     def retry_job(self, job_id: int) -> JobView:
         return self._one(JobView, "POST", f"/api/v1/jobs/{job_id}/retry")
+
+    # executor secrets (values go in, never come out)
+    def add_secret(self, secret: SecretIn) -> SecretView:
+        return self._one(SecretView, "POST", "/api/v1/secrets", json=_body(secret))
+
+    def secret_list(self, namespace: str | None = None, *, global_only: bool = False) -> list[SecretView]:
+        params = {"scope": "global"} if global_only else {"namespace": namespace} if namespace else {}
+        return self._many(SecretView, "GET", "/api/v1/secrets", params=params)
+
+    def set_secret(self, secret_id: int, value: SecretValueIn) -> SecretView:
+        return self._one(SecretView, "PUT", f"/api/v1/secrets/{secret_id}", json=_body(value))
+
+    def remove_secret(self, secret_id: int) -> None:
+        self._call("DELETE", f"/api/v1/secrets/{secret_id}")
+
+    def secret_accesses(self, secret_id: int, limit: int = 100) -> list[SecretAccessView]:
+        return self._many(
+            SecretAccessView, "GET", f"/api/v1/secrets/{secret_id}/accesses", params={"limit": limit}
+        )
+
+    def reencrypt_secrets(self) -> ReencryptView:
+        return self._one(ReencryptView, "POST", "/api/v1/secrets/reencrypt")
 
     def follow(
         self,
