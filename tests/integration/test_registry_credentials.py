@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from corral.executor.plan import JobPlan
+from corral.executor.runtimes.base import JobSpace, Step
 from corral.executor.runtimes.docker.credentials import (
     USER_CONFIG_MAX_BYTES,
     job_credentials,
@@ -114,3 +115,30 @@ async def test_check_reports_an_unusable_users_config_and_secrets_cover_every_fo
     for secret in ("job-password", "tok:job-password", "id-tok-1", "exe-password", "exe:exe-password"):
         assert secret in values, values
     assert "tok" not in values and "exe" not in values  # user names alone are not masked
+
+
+async def test_stage_uses_the_users_config_the_redactor_was_made_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The handler asks secrets() (for the redactor) before stage(): a ~/.docker/config.json changed
+    in between must not give the job's pulls a credential the redactor does not know."""
+    home = home_with(tmp_path / "home", json.dumps(auth("u", "first-password")))
+    monkeypatch.setenv("HOME", str(home))
+    root = tmp_path / "job"
+    root.mkdir()
+    space = JobSpace(job_id=7, queue="q", root=root, workspace=root / "workspace")
+    st = Step(key="step.docker.0", kind="docker", index=0, image=f"{REG}/x:1", argv=("true",))
+    plan = JobPlan(job_id=7, queue="q", steps=(st,))
+    rt = DockerRuntime()
+    try:
+        assert "first-password" in rt.secrets(plan)
+        home_with(home, json.dumps(auth("u", "second-password")))
+        await rt.stage(space, plan)
+        config = rt.docker_config(space)
+        assert config is not None
+        written = json.loads((config / "config.json").read_text())
+        assert written == auth("u", "first-password")
+        await rt.cleanup(space)
+        assert not config.exists()
+    finally:
+        await rt.aclose()

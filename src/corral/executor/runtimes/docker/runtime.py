@@ -49,6 +49,7 @@ import logging
 import math
 import os
 import stat
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,7 @@ __all__ = ["DockerRuntime"]
 
 log = logging.getLogger("corral.executor.runtimes.docker")
 
+USER_CONFIGS_KEPT = 256  # ~/.docker/config.json reads kept from secrets() for stage(), newest first
 DRAIN_TIMEOUT_S = 5.0  # seconds to read what a stopped container still wrote before it is removed
 
 
@@ -217,6 +219,9 @@ class DockerRuntime:
             allowed_registries=allowed,
         )
         self._auth: dict[Path, _JobPulls] = {}  # job root -> its credentials and pulls
+        # (queue, job id) -> the ~/.docker/config.json secrets() read for the job's redactor, which
+        # stage() then uses: a file changed between the two cannot give the job an unmasked credential
+        self._user_configs: OrderedDict[tuple[str, int], credentials.UserConfig] = OrderedDict()
         self._telemetry: dict[str, str] | None = None
         # containers made with a runtime other than the daemon's default: id -> job label, until the
         # job's cleanup (a failed runsc start leaves processes behind, see `gvisor`)
@@ -266,16 +271,21 @@ class DockerRuntime:
 
     def secrets(self, plan: JobPlan) -> list[str]:
         """The job's and the operator's registry credentials, for the job's redactor."""
-        return credentials.auth_values(
-            plan.registry_auth,
-            self.executor_auth_config,
-            self.registry_credentials(plan.registry_auth).values(),
-        )
+        user = credentials.read_user_config()  # small and bounded: read here, kept for stage()
+        key = (plan.queue, plan.job_id)
+        self._user_configs[key] = user
+        self._user_configs.move_to_end(key)
+        while len(self._user_configs) > USER_CONFIGS_KEPT:
+            self._user_configs.popitem(last=False)
+        creds = credentials.job_credentials(plan.registry_auth, self.executor_auth_config, user)
+        return credentials.auth_values(plan.registry_auth, self.executor_auth_config, creds.values())
 
     async def stage(self, space: JobSpace, plan: JobPlan) -> None:
         """Write the job's credentials (per registry: its own, else the operator's) to a private
         config for its pulls; removed once every docker step's image is there (see run_step)."""
-        user = await asyncio.to_thread(credentials.read_user_config)
+        user = self._user_configs.pop((plan.queue, plan.job_id), None)
+        if user is None:  # no redactor was made for this job here (tests)
+            user = await asyncio.to_thread(credentials.read_user_config)
         creds = credentials.job_credentials(plan.registry_auth, self.executor_auth_config, user)
         images = {s.image for s in plan.steps if s.kind == "docker" and s.image}
         if not images:
