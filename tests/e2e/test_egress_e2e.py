@@ -6,6 +6,7 @@ busybox's nc (on the host for the shell runtime, in corral/busybox:1 for docker)
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from corral.executor.network import egress, netns
+from corral.executor.network.policy import NetworkPolicy
 from tests import netkit
 from tests.conftest import require
 from tests.e2e.kit import Server, docker_job, logs_text, start_executor, stop_executor, wait_job
@@ -141,3 +143,44 @@ def test_the_janitor_removes_the_network_of_a_dead_job(
     assert _leftovers(prefix) == []
     stop_executor(second)
     server.client.cancel(job["id"])
+
+
+def test_the_network_sweep_removes_a_stray_namespace_and_its_slirp4netns(
+    topo: netkit.Topology, tmp_path: Path
+) -> None:
+    """What an executor killed with its slirp4netns still running leaves (a slirp4netns started by
+    hand here, without the exit fd), and a live job's network, which the sweep leaves alone."""
+    owner = f"t{os.getpid()}-sweep"
+    dead, alive = netns.job_netns_name(owner, "batches-1"), netns.job_netns_name(owner, "batches-2")
+    subprocess.run(["ip", "netns", "add", dead], check=True, capture_output=True, timeout=20)
+    slirp = ["slirp4netns", "--configure", "--disable-host-loopback", "--netns-type=path"]
+    stray = subprocess.Popen(
+        ["ip", "netns", "exec", topo.gw, *slirp, str(netns.path(dead)), "tap0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    async def main(root: Path) -> list[str]:
+        policy = NetworkPolicy.deny_private(uplink=topo.gw)
+        await egress.up(owner, "batches-2", policy, root)
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and dead not in egress.slirp_pids().values():
+                await asyncio.sleep(0.05)
+            assert dead in egress.slirp_pids().values()
+            removed = await egress.sweep(owner, lambda: {"batches-2"})
+            assert netns.exists(alive) and alive in egress.slirp_pids().values()
+            return removed
+        finally:
+            await egress.down(owner, "batches-2")
+
+    try:
+        assert asyncio.run(main(tmp_path)) == [dead]
+        assert stray.wait(10) is not None
+        assert not netns.exists(dead) and not netns.exists(alive)
+        assert _leftovers(owner) == []
+    finally:
+        stray.kill()
+        stray.wait(10)
+        for name in (dead, alive):
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=20)

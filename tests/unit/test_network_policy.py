@@ -14,9 +14,11 @@ def test_default_is_no_network(tmp_path) -> None:
     assert space.network.mode is NetworkMode.NONE and not space.network.has_interface
 
 
-def test_only_open_gets_an_interface_until_the_firewall_exists() -> None:
-    assert NetworkPolicy.open().has_interface
-    assert not NetworkPolicy.deny_private(["10.0.0.0/8"]).has_interface  # fails closed
+def test_open_gets_the_ordinary_network_and_deny_private_the_firewall() -> None:
+    assert NetworkPolicy.open().has_interface and not NetworkPolicy.open().filtered
+    deny = NetworkPolicy.deny_private(["10.0.0.0/8"], uplink="gw")
+    assert deny.filtered and not deny.has_interface and deny.uplink == "gw"
+    assert not NetworkPolicy.none().filtered and not NetworkPolicy.none().has_interface
 
 
 def test_none_permits_nothing_and_open_everything() -> None:

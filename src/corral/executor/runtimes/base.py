@@ -23,7 +23,8 @@ the job deadline). The runtime must then stop the step: signal it (SIGTERM / doc
 most `space.kill_grace` seconds, kill it, and re-raise `asyncio.CancelledError`.
 
 Network: `space.network` is the job's `NetworkPolicy`; every runtime honours it (no interface but
-loopback unless `space.network.has_interface`).
+loopback unless `space.network.has_interface`; behind the egress firewall of
+`corral.executor.network.egress` when `space.network.filtered`).
 
 Labels: everything a runtime creates (containers, cgroups, ...) carries `space.labels`, so that
 `janitor(live_job_labels)` can remove what belongs to no running job.
