@@ -2,7 +2,8 @@
 docker-registry with htpasswd on 127.0.0.1. A job's `dockerAuthConfig` pulls its image; a wrong one
 fails the job at once (no retry) with "unauthorized", and neither the job's log nor its view as the
 producer reads it holds the password or its base64 `auth`; a later job without credentials cannot use
-the image the first job pulled. HOME of the executor is an empty temp dir."""
+the image the first job pulled, until the executor user's ~/.docker/config.json (HOME is a temp dir,
+empty at first) holds credentials for it."""
 
 from __future__ import annotations
 
@@ -46,7 +47,9 @@ def server(tmp_path: Path, registry: Registry) -> Iterator[Server]:
         yield s
 
 
-def test_docker_auth_config_pulls_and_a_wrong_one_fails_redacted(server: Server, registry: Registry) -> None:
+def test_docker_auth_config_pulls_and_a_wrong_one_fails_redacted(
+    server: Server, registry: Registry, tmp_path: Path
+) -> None:
     image = registry.push("corral/busybox:1", f"jobs/e2e{secrets.token_hex(4)}")
     try:
         pw, auth = registry.users[USER], registry.auth(USER)
@@ -86,5 +89,13 @@ def test_docker_auth_config_pulls_and_a_wrong_one_fails_redacted(server: Server,
         assert done["state"] == "failed" and done["attempt"] == 1, done
         assert f"image {image!r} not found: unauthorized" in done["error"], done
         assert "no credentials for" in done["error"], done
+
+        # the executor user's ~/.docker/config.json (read per job): the operator's, for every job
+        (tmp_path / "home" / ".docker").mkdir()
+        (tmp_path / "home" / ".docker" / "config.json").write_text(json.dumps(good))
+        job = server.client.submit("batches", docker_job("echo from-home", image=image))
+        done = wait_job(server, job["id"], FINAL, timeout=60)
+        assert done["state"] == "completed", (done, logs_text(server, job["id"]))
+        assert "from-home" in logs_text(server, job["id"])
     finally:
         untag(image)
