@@ -15,6 +15,7 @@ view, its log, its result). The attacks and the guard each one meets:
 | forged tokens (random, the stored hash, empty)              | 401    | auth (sha256 lookup)          |
 | a result over a bound, undeclared files, bad base64         | 413/400| server.uploads.check_result   |
 | a result for another job or after the job ended             | 403/409| _job_call, fence              |
+| a corral executor two minor versions from the server        | 400/exit| versions.skew_problem        |
 """
 
 from __future__ import annotations
@@ -30,10 +31,15 @@ from typing import Any
 import httpx
 import pytest
 
+from corral import __version__
+from corral.errors import ServerError, VersionSkew
+from corral.executor.client import QueueClient
+from corral.executor.settings import ExecutorSettings
 from corral.protocol import EXECUTOR_NAME_HEADER, JOB_ID_HEADER
+from corral.protocol.versions import SKEW_RULE, parse_semver
 from corral.server.store import SqlStore
 from corral.server.uploads import MAX_EXIT_CODES, MAX_RESULT_DIFF, MAX_RESULT_FILE, MAX_RESULT_FILES_TOTAL
-from tests.serverkit import Kit, job_headers, make_git_repo
+from tests.serverkit import EXECUTOR_SECRET, Kit, job_headers, make_git_repo
 
 A, B = "exec-a-5d1c", "exec-b-made-up"  # B: any holder of the executor secret may call itself anything
 REPO_1, REPO_2 = "github.com/acme/one", "github.com/acme/two"
@@ -369,3 +375,89 @@ def test_a_result_for_another_job_or_after_the_end_is_refused(kit: Kit, world: d
     assert snapshot(kit, one["id"]) == ended
     assert kit.admin.get(f"/api/v1/jobs/{one['id']}/result").status_code == 404
     assert snapshot(kit, two["id"])[3] != before[3]  # B's upload was stored (the control)
+
+
+# -- version skew -----------------------------------------------------------------------------
+SKEWED = "0.3.0"  # two minor versions from corral's own 0.1.0
+
+
+@pytest.fixture
+def skewed_kit(make_kit: Callable[..., Kit], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Kit]:
+    """A real server built as corral SKEWED (its dequeue's rule and its X-Corral-Version)."""
+    import corral.server.app
+    import corral.server.routers.queue
+
+    assert parse_semver(__version__).minor + 2 == parse_semver(SKEWED).minor
+    monkeypatch.setattr(corral.server.routers.queue, "__version__", SKEWED)
+    monkeypatch.setattr(corral.server.app, "__version__", SKEWED)
+    return make_kit
+
+
+def client_for(kit: Kit, tmp_path: Path) -> QueueClient:
+    settings = ExecutorSettings(
+        frontend_url=kit.url,
+        frontend_password=EXECUTOR_SECRET,
+        queues=["batches"],
+        name=A,
+        workspace_root=tmp_path,
+    )
+    return QueueClient(settings, retry_for=0)
+
+
+def test_the_server_refuses_a_skewed_corral_executor_naming_both_versions_and_the_rule(
+    skewed_kit: Callable[..., Kit],
+) -> None:
+    kit = skewed_kit()
+    kit.submit()
+    r = kit.dequeue(version=__version__)  # corral's User-Agent: corral's rule
+    assert r.status_code == 400
+    msg = error_of(r)
+    assert __version__ in msg and SKEWED in msg and SKEW_RULE in msg and "upgrade the executor" in msg
+    assert kit.get_job(1)["state"] == "queued"
+    # One minor version apart is fine.
+    assert kit.dequeue(version="0.2.0").status_code == 200
+    # A Sourcegraph executor (its own User-Agent) keeps Sourcegraph's rules: no skew rule.
+    kit.submit()
+    r = kit.anon.post(
+        "/.executors/queue/batches/dequeue",
+        json={"executorName": "sg", "version": "5.2.0"},
+        headers={"Authorization": f"token-executor {EXECUTOR_SECRET}", "User-Agent": "Go-http-client/1.1"},
+    )
+    assert r.status_code == 200 and r.json()["version"] == 2
+
+
+@pytest.mark.parametrize("extensions", [True, False])
+async def test_corral_executor_refuses_a_skewed_server_at_start_up(
+    skewed_kit: Callable[..., Kit], tmp_path: Path, extensions: bool
+) -> None:
+    """The start-up ping (a heartbeat) tells the executor the server's version, with corral's
+    extensions on or off (off, the executor sends the development version, which the server's own
+    rule lets through: the executor's check is then the only one)."""
+    kit = skewed_kit(extensions=extensions)
+    kit.submit()
+    client = client_for(kit, tmp_path)
+    try:
+        with pytest.raises(VersionSkew) as err:
+            await client.heartbeat([], {})
+        assert client.server_version == SKEWED
+        msg = err.value.message
+        assert __version__ in msg and SKEWED in msg and SKEW_RULE in msg and "upgrade the executor" in msg
+        with pytest.raises((VersionSkew, ServerError)) as err2:  # the server's 400, or the executor's own
+            await client.dequeue()
+        assert SKEWED in str(err2.value) and __version__ in str(err2.value)
+    finally:
+        await client.aclose()
+    if extensions:
+        assert kit.get_job(1)["state"] == "queued"  # refused by the server before it was taken
+
+
+async def test_corral_executor_works_with_a_server_of_its_version(kit: Kit, tmp_path: Path) -> None:
+    kit.submit()
+    client = client_for(kit, tmp_path)
+    try:
+        await client.heartbeat([], {})
+        assert client.server_version == __version__
+        job = await client.dequeue()
+    finally:
+        await client.aclose()
+    assert job is not None and job.id == 1
