@@ -74,7 +74,15 @@ def test_a_secret_reaches_no_channel(tmp_path: Path) -> None:
             "diff": result["diff"],
         }
         for job_id in (ok["id"],):
-            for args in (("get",), ("get", "--json"), ("logs",), ("logs", "--json"), ("result", "--json")):
+            for args in (
+                ("get",),
+                ("get", "--json"),
+                ("logs",),
+                ("logs", "--json"),
+                ("result",),
+                ("result", "--diff"),
+                ("result", "--json"),
+            ):
                 texts[f"corral job {' '.join(args)} {job_id}"] = cli(
                     server.url, "job", args[0], str(job_id), *args[1:]
                 )
