@@ -17,8 +17,8 @@ content redacted and the index line naming the new blob (it still applies); in a
 bytes it inserts are masked with '*' of the same length (the delta stays well formed, but its result
 is no longer the blob the index line names, which the executor cannot recompute without the base:
 `git apply` refuses that file; only the inserted bytes are compared, so a secret spread over copied
-and inserted bytes is not seen). A binary hunk that cannot be decoded or is larger than MAX_BINARY is replaced by a `literal 0` (the
-file's content is dropped: it could not be checked).
+and inserted bytes is not seen). A binary hunk that cannot be decoded or is larger than MAX_BINARY
+is replaced by a `literal 0` (the file's content is dropped: it could not be checked).
 """
 
 from __future__ import annotations
