@@ -218,7 +218,7 @@ async def test_a_step_runs_in_the_guest_kernel_and_its_exit_code_comes_back(
         assert await vm.wait() == 0, vm.stderr
     finally:
         await vm.kill()
-    assert events[:3] == ["ready", "start 0", "end 0 3 0"], (events, out)
+    assert events[:3] == ["ready", "start 0", "end 0 3 0 0"], (events, out)
     assert events[-1] == "done"
     lines = out.decode().split("\n")  # (splitlines would also split at \x1e)
     assert lines[0] == assets.kernel_release != os.uname().release

@@ -58,7 +58,7 @@ _TABLE = (
     _v("EXECUTOR_QUEUE_NAMES", "", "several queues, comma-separated", EVERY),
     _v("EXECUTOR_QUEUE_POLL_INTERVAL", "1s", "wait between empty dequeues", EVERY),
     _v("EXECUTOR_MAXIMUM_NUM_JOBS", "1", "jobs at once", EVERY),
-    # Sourcegraph: true on Linux outside Kubernetes; corral: false until the firecracker runtime exists
+    # Sourcegraph: true on Linux outside Kubernetes; corral: false (docker stays the default runtime)
     _v("EXECUTOR_USE_FIRECRACKER", "false", "true means EXECUTOR_RUNTIME=firecracker", EVERY),
     _v("EXECUTOR_VM_PREFIX", "executor", "owner label of everything this executor creates", EVERY),
     _v("EXECUTOR_KEEP_WORKSPACES", "false", "keep workspaces after jobs", EVERY),
@@ -120,7 +120,7 @@ _TABLE = (
     _v("KUBERNETES_JOB_POD_ANNOTATIONS", "", "JSON map, pod annotations"),
     _v("KUBERNETES_IMAGE_PULL_SECRETS", "", "image pull secrets, comma-separated"),
     # -- corral's own ------------------------------------------------------------------------------
-    _corral("EXECUTOR_RUNTIME", "docker", "shell, docker (firecracker, kubernetes: later)", EVERY),
+    _corral("EXECUTOR_RUNTIME", "docker", "shell, docker, firecracker (kubernetes: later)", EVERY),
     _corral(
         "EXECUTOR_LONG_POLL", "20s", "how long a corral server may hold a dequeue; 0 = short poll", EVERY
     ),
@@ -167,7 +167,13 @@ _TABLE = (
         "OCI runtime of steps with network (runsc: runsc-hostnet)",
         "docker",
     ),
-    _corral("EXECUTOR_DOCKER_ALLOWED_REGISTRIES", "", "registries allowed on non-public addresses", "docker"),
+    _corral(
+        "EXECUTOR_DOCKER_ALLOWED_REGISTRIES",
+        "",
+        "registries allowed on non-public addresses",
+        "docker",
+        "firecracker",
+    ),
 )
 
 VARIABLES: dict[str, Variable] = {v.name: v for v in _TABLE}

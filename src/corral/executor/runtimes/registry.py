@@ -48,9 +48,19 @@ def _docker(s: ExecutorSettings) -> Runtime:
     return DockerRuntime.from_settings(s.docker, owner=s.vm_prefix, state_dir=state_dir)
 
 
+def _firecracker(s: ExecutorSettings) -> Runtime:
+    from corral.executor.runtimes.docker import DockerRuntime
+    from corral.executor.runtimes.firecracker.runtime import FirecrackerRuntime
+
+    docker = _docker(s)  # pulls (registry checks, job credentials) and image exports
+    assert isinstance(docker, DockerRuntime)
+    return FirecrackerRuntime.from_settings(s, docker)
+
+
 RUNTIMES: dict[str, Callable[[ExecutorSettings], Runtime]] = {
     "shell": _shell,
     "docker": _docker,
+    "firecracker": _firecracker,
     "fake": lambda s: __import__("corral.testing", fromlist=["fake_from_settings"]).fake_from_settings(s),
 }
 

@@ -89,10 +89,13 @@ step() {
     kill -9 -1 2>/dev/null  # whatever the step left running (init itself survives)
     sleep 0.05
     oom=$(( $(oom_kills) - oom0 ))
+    full=0  # the scratch disk (the job's disk limit) is full: under 256 KiB left
+    avail=$(df -k /scratch | tail -n 1 | awk '{print $4}')
+    [ "${avail:-0}" -lt 256 ] && full=1
     for p in .corral .corral-steps data proc dev; do umount -l "$root/$p" 2>/dev/null; done
     umount -l "$root"
     rm -rf "$w"
-    mark "end $idx $rc $oom"
+    mark "end $idx $rc $oom $full"
     [ "$rc" = 0 ] || { mark done; sync; poweroff -f; sleep 10; }
 }
 

@@ -1,0 +1,330 @@
+"""Docker images as read-only ext4 disks for the microVMs, made once per image id and cached (LRU).
+
+The image is pulled on the host by the docker runtime's machinery (registry checks, the job's own
+credentials: they never enter a VM). `ImageDisks.disk(image_id)` then turns it into a disk:
+
+1. `POST /containers/create` (never started) and `GET /containers/{id}/export`: the image's merged
+   filesystem as one tar stream, written to a temporary file (at most MAX_IMAGE_BYTES);
+2. the tar is unpacked by `safe_extract`: the image is hostile (its author chose every name and
+   link), so every entry is created relative to a directory descriptor with O_NOFOLLOW on each
+   component; a member below a symlink, "..", an absolute name, a device node or a FIFO is refused
+   or skipped; symlinks are created as they are (never followed here), hard links only to files
+   already extracted; modes and owners are set on descriptors; sizes and entry counts are bounded;
+3. `mkfs.ext4 -d` builds the disk from that directory (no loop mount, no root filesystem access).
+
+The cache is a directory of `<id>.ext4` files plus `<id>.json` (the image's Env), bounded by
+`max_bytes`: after each new disk, the least recently used disks that no running VM holds are
+removed until the total fits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from corral.errors import DockerAPIError, Reason, RuntimeFailure
+from corral.executor.runtimes.docker.api import DockerAPI
+
+__all__ = ["DEFAULT_CACHE_BYTES", "ImageDisk", "ImageDisks", "safe_extract"]
+
+log = logging.getLogger("corral.executor.runtimes.firecracker")
+
+DEFAULT_CACHE_BYTES = 20 * 1024**3  # the image disk cache (sum of the .ext4 files)
+MAX_IMAGE_BYTES = 16 * 1024**3  # one image's exported filesystem
+MAX_ENTRIES = 1_000_000  # files, directories and links in one image
+EXPORT_CHUNK = 1 << 20
+MKFS_TIMEOUT_S = 600.0
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class ImageDisk:
+    image_id: str
+    path: Path
+    env: tuple[str, ...]  # the image's Env, NAME=VALUE
+
+
+class UnsafeImage(ValueError):
+    """An image whose filesystem cannot be unpacked safely or within its bounds."""
+
+
+# --- safe extraction ---------------------------------------------------------------------------------
+
+
+def _name_parts(name: str) -> list[str]:
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if "\0" in name or any(p == ".." for p in parts):
+        raise UnsafeImage(f"image entry {name!r} leaves the image's root")
+    return parts
+
+
+@contextlib.contextmanager
+def _parent(root_fd: int, parts: list[str], *, create: bool) -> Iterator[int]:
+    fd = os.dup(root_fd)
+    try:
+        for part in parts:
+            try:
+                nxt = os.open(part, _DIR, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(part, 0o755, dir_fd=fd)
+                nxt = os.open(part, _DIR, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UnsafeImage(f"image entry below {part!r}, which is a symlink or a file") from None
+                raise
+            os.close(fd)
+            fd = nxt
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _remove_existing(parent: int, name: str) -> None:
+    try:
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise UnsafeImage(f"image entry {name!r} replaces a directory")
+    os.unlink(name, dir_fd=parent)
+
+
+def safe_extract(tar_path: Path, dest: Path, *, max_bytes: int = MAX_IMAGE_BYTES) -> int:
+    """Unpack the tar at tar_path into the empty directory dest (see the module docstring); returns
+    the number of entries. Raises UnsafeImage for what it refuses."""
+    root_fd = os.open(dest, _DIR)
+    dir_modes: list[tuple[list[str], int, int, int]] = []
+    total = count = 0
+    try:
+        with tarfile.open(tar_path, "r:") as tar:
+            for m in tar:
+                count += 1
+                if count > MAX_ENTRIES:
+                    raise UnsafeImage(f"the image has more than {MAX_ENTRIES} entries")
+                parts = _name_parts(m.name)
+                if not parts:
+                    continue  # the root itself
+                if m.isdir():
+                    with _parent(root_fd, parts, create=True):
+                        pass
+                    dir_modes.append((parts, m.mode & 0o7777, m.uid, m.gid))
+                    continue
+                if not (m.isreg() or m.issym() or m.islnk()):
+                    continue  # devices, FIFOs: the guest makes its own /dev
+                with _parent(root_fd, parts[:-1], create=True) as parent:
+                    last = parts[-1]
+                    _remove_existing(parent, last)
+                    if m.issym():
+                        os.symlink(m.linkname, last, dir_fd=parent)
+                        os.chown(last, m.uid, m.gid, dir_fd=parent, follow_symlinks=False)
+                    elif m.islnk():
+                        src = _name_parts(m.linkname)
+                        if not src:
+                            raise UnsafeImage(f"hard link {m.name!r} to the root")
+                        with _parent(root_fd, src[:-1], create=False) as src_parent:
+                            st = os.stat(src[-1], dir_fd=src_parent, follow_symlinks=False)
+                            if not stat.S_ISREG(st.st_mode):
+                                raise UnsafeImage(f"hard link {m.name!r} to something not a file")
+                            os.link(
+                                src[-1], last, src_dir_fd=src_parent, dst_dir_fd=parent, follow_symlinks=False
+                            )
+                    else:
+                        total += m.size
+                        if total > max_bytes:
+                            raise UnsafeImage(f"the image's files exceed {max_bytes} bytes")
+                        _write_member(tar, m, parent, last)
+        for parts, mode, uid, gid in reversed(dir_modes):
+            with _parent(root_fd, parts, create=False) as fd:
+                os.fchown(fd, uid, gid)
+                os.fchmod(fd, mode)
+    except tarfile.TarError as exc:
+        raise UnsafeImage(f"the image's export is not a valid tar stream: {exc}") from exc
+    finally:
+        os.close(root_fd)
+    return count
+
+
+def _write_member(tar: tarfile.TarFile, m: tarfile.TarInfo, parent: int, last: str) -> None:
+    src = tar.extractfile(m)
+    if src is None:
+        raise UnsafeImage(f"cannot read {m.name!r} from the export")
+    fd = os.open(
+        last, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent
+    )
+    with os.fdopen(fd, "wb") as out:
+        left = m.size
+        while left > 0:
+            chunk = src.read(min(left, EXPORT_CHUNK))
+            if not chunk:
+                raise UnsafeImage(f"{m.name!r} is truncated in the export")
+            out.write(chunk)
+            left -= len(chunk)
+        os.fchown(out.fileno(), m.uid, m.gid)
+        os.fchmod(out.fileno(), m.mode & 0o7777)
+
+
+def _mkfs(src: Path, out: Path, entries: int) -> None:
+    used = sum(e.stat(follow_symlinks=False).st_size for e in _walk_entries(src))
+    size_mib = max(16, int(used * 1.3 / 1024**2) + entries * 4 // 1024 + 16)
+    inodes = max(1024, int(entries * 1.2) + 256)
+    argv = ["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-N", str(inodes), "-E", "root_owner=0:0"]
+    argv += ["-d", str(src), str(out), f"{size_mib}M"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=MKFS_TIMEOUT_S, check=False)
+    if proc.returncode != 0:
+        raise UnsafeImage(f"mkfs.ext4 failed: {proc.stderr.strip()[-500:]}")
+
+
+def _walk_entries(top: Path) -> Iterator[os.DirEntry[str]]:
+    with os.scandir(top) as it:
+        for e in it:
+            yield e
+            if e.is_dir(follow_symlinks=False):
+                yield from _walk_entries(Path(e.path))
+
+
+# --- the cache ----------------------------------------------------------------------------------------
+
+
+class ImageDisks:
+    """Image id -> its ext4 disk, made on first use. One instance serves every job of an executor."""
+
+    def __init__(self, api: DockerAPI, cache_dir: Path, *, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.api, self.dir, self.max_bytes = api, cache_dir, max_bytes
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._in_use: dict[str, int] = {}
+
+    @staticmethod
+    def _key(image_id: str) -> str:
+        key = image_id.removeprefix("sha256:")
+        if not key or not all(c in "0123456789abcdef" for c in key):
+            raise RuntimeFailure(f"unexpected image id {image_id!r}", reason=Reason.IMAGE)
+        return key
+
+    def hold(self, image_id: str) -> None:
+        self._in_use[image_id] = self._in_use.get(image_id, 0) + 1
+
+    def release(self, image_id: str) -> None:
+        n = self._in_use.get(image_id, 0) - 1
+        if n > 0:
+            self._in_use[image_id] = n
+        else:
+            self._in_use.pop(image_id, None)
+
+    async def disk(self, image_id: str, found: dict[str, Any]) -> ImageDisk:
+        """The disk of the image `found` (the Engine's image inspect); held until `release`."""
+        key = self._key(image_id)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            path, meta = self.dir / f"{key}.ext4", self.dir / f"{key}.json"
+            if not (path.exists() and meta.exists()):
+                await self._make(image_id, path)
+                env = list((found.get("Config") or {}).get("Env") or [])
+                meta.write_text(json.dumps({"env": [e for e in env if isinstance(e, str)]}))
+            self.hold(image_id)
+            with contextlib.suppress(OSError):
+                os.utime(path)  # last use, for the LRU
+            env_list = json.loads(meta.read_text()).get("env", [])
+        await asyncio.to_thread(self._evict)
+        return ImageDisk(image_id, path, tuple(env_list))
+
+    async def _make(self, image_id: str, path: Path) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix=".make-", dir=self.dir) as tmp_name:
+            tmp = Path(tmp_name)
+            tar = tmp / "export.tar"
+            await self._export(image_id, tar)
+            root = tmp / "root"
+            root.mkdir()
+            try:
+                entries = await asyncio.to_thread(safe_extract, tar, root)
+                tar.unlink()
+                part = tmp / "disk.ext4"
+                await asyncio.to_thread(_mkfs, root, part, entries)
+            except (UnsafeImage, OSError, subprocess.TimeoutExpired) as exc:
+                raise RuntimeFailure(
+                    f"cannot convert image {image_id[:19]} to a VM disk: {exc}", reason=Reason.IMAGE
+                ) from exc
+            os.replace(part, path)
+        log.info(
+            "firecracker: made the disk of image %s in %.1f s", image_id[:19], time.monotonic() - started
+        )
+
+    async def _export(self, image_id: str, tar: Path) -> None:
+        name = f"corral-export-{os.getpid()}-{self._key(image_id)[:12]}-{time.monotonic_ns()}"
+        config = {"Image": image_id, "Cmd": ["true"], "Entrypoint": [], "NetworkDisabled": True, "Labels": {}}
+        try:
+            cid = await self.api.container_create(name, config)
+        except DockerAPIError as exc:
+            raise RuntimeFailure(
+                f"cannot export image {image_id[:19]}: {exc.message}", reason=Reason.IMAGE
+            ) from exc
+        try:
+            written = 0
+            with tar.open("wb") as out:
+                async with self.api.stream("GET", f"/containers/{cid}/export", read_timeout=300.0) as resp:
+                    async for chunk in resp.aiter_bytes(EXPORT_CHUNK):
+                        written += len(chunk)
+                        if written > MAX_IMAGE_BYTES + MAX_IMAGE_BYTES // 8:
+                            raise RuntimeFailure(
+                                f"image {image_id[:19]} exports more than {MAX_IMAGE_BYTES} bytes",
+                                reason=Reason.IMAGE,
+                            )
+                        out.write(chunk)
+        except DockerAPIError as exc:
+            raise RuntimeFailure(
+                f"cannot export image {image_id[:19]}: {exc.message}", reason=Reason.IMAGE
+            ) from exc
+        finally:
+            with contextlib.suppress(DockerAPIError):
+                await self.api.container_remove(cid)
+
+    def _evict(self) -> list[str]:
+        """Remove least recently used disks not in use until the cache fits max_bytes."""
+        held = {self._key(i) for i in self._in_use}
+        disks = []
+        for p in self.dir.glob("*.ext4"):
+            with contextlib.suppress(OSError):
+                st = p.stat()
+                disks.append((st.st_mtime, p, st.st_blocks * 512))
+        total = sum(d[2] for d in disks)
+        removed = []
+        for _, p, size in sorted(disks):
+            if total <= self.max_bytes:
+                break
+            if p.stem in held:
+                continue
+            with contextlib.suppress(OSError):
+                p.unlink()
+                p.with_suffix(".json").unlink(missing_ok=True)
+                total -= size
+                removed.append(p.stem)
+        if removed:
+            log.info(
+                "firecracker: removed %d image disks from the cache (over %d bytes)",
+                len(removed),
+                self.max_bytes,
+            )
+        return removed
+
+    def clear_leftovers(self) -> None:
+        """Remove half-made disks a killed executor left (.make-* directories)."""
+        if self.dir.exists():
+            for p in self.dir.glob(".make-*"):
+                shutil.rmtree(p, ignore_errors=True)
