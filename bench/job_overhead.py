@@ -8,12 +8,17 @@ Shell runtime (target: <= 100 ms over running `true` directly):
 Docker runtime (target: <= 1.3x `docker run --rm --network none corral/busybox:1 true`):
 - DockerRuntime prepare + run_step + cleanup of `true` in this process, vs that `docker run`;
 - a whole job through server + executor with the docker runtime, vs that `docker run`.
+gVisor (EXECUTOR_DOCKER_RUNTIME=runsc, skipped when dockerd lacks runsc): the same in-process
+lifecycle of `true` and of a small file workload (300 files written and read back in /data) under
+runsc, side by side with runc in the same run (runsc / runc), plus `docker run --runtime runsc` vs
+`docker run` (runc).
 Runs of corral and baseline alternate, so drift (page cache, dockerd) hits both alike.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 import subprocess
 import time
@@ -40,6 +45,8 @@ from bench.common import (
 NAME = "job_overhead"
 IMAGE = "corral/busybox:1"
 DOCKER_BARE = ["docker", "run", "--rm", "--network", "none", IMAGE, "true"]
+DOCKER_BARE_RUNSC = ["docker", "run", "--rm", "--runtime", "runsc", "--network", "none", IMAGE, "true"]
+FILES_SCRIPT = "for i in $(seq 300); do echo $i > /data/f$i; done; cat /data/f* > /dev/null"  # gVisor row
 MIB = 1024**2
 
 
@@ -78,13 +85,18 @@ def _space(root: Path, job_id: int) -> Any:
 
 
 async def _runtime_lifecycle(
-    runtime: Any, root: Path, n: int, baseline: Callable[[], float], image: str | None
+    runtime: Any,
+    root: Path,
+    n: int,
+    baseline: Callable[[], float],
+    image: str | None,
+    argv: tuple[str, ...] = ("true",),
 ) -> dict[str, list[float]]:
     """n alternating runs of: baseline; prepare + run_step + cleanup (run_step timed on its own too)."""
     from corral.executor.runtimes.base import Step
 
     out: dict[str, list[float]] = {"baseline": [], "run_step": [], "lifecycle": []}
-    step = Step(key="step.docker.0", kind="docker", index=0, image=image, argv=("true",))
+    step = Step(key="step.docker.0", kind="docker", index=0, image=image, argv=argv)
     for i in range(n + 1):  # run 0 warms up and is not counted
         base = baseline()
         space = _space(root, 10_000 + i)
@@ -137,6 +149,42 @@ def _docker_runtime(n: int) -> dict[str, list[float]]:
                 return await _runtime_lifecycle(rt, root, n, lambda: _timed_sync(DOCKER_BARE), IMAGE)
         finally:
             await rt.aclose()
+
+    return asyncio.run(main())
+
+
+def _gvisor(n: int) -> dict[str, list[float]] | None:
+    """runc and runsc lifecycles of `true` and of FILES_SCRIPT, alternating (None: no runsc)."""
+    from corral.executor.runtimes.docker import DockerRuntime
+
+    async def main() -> dict[str, list[float]] | None:
+        runc = DockerRuntime(pull=False, owner=RUNTIME_OWNER)
+        runsc = DockerRuntime(
+            pull=False, owner=RUNTIME_OWNER, runtime="runsc", network_runtime="runsc-hostnet"
+        )
+        try:
+            if await runsc.check():
+                return None
+            out: dict[str, list[float]] = {}
+            files = ("/bin/sh", "-c", FILES_SCRIPT)
+            with tempdir("gvisor-rt") as root:
+                for i in range(n):  # one run of each per round, so drift hits all alike
+                    for key, rt, bare, argv in (
+                        ("runc", runc, DOCKER_BARE, ("true",)),
+                        ("runsc", runsc, DOCKER_BARE_RUNSC, ("true",)),
+                        ("runc_files", runc, DOCKER_BARE, files),
+                        ("runsc_files", runsc, DOCKER_BARE_RUNSC, files),
+                    ):
+                        sub = root / f"{key}-{i}"
+                        sub.mkdir()
+                        timed = functools.partial(_timed_sync, bare)
+                        got = await _runtime_lifecycle(rt, sub, 1, timed, IMAGE, argv)
+                        for part, values in got.items():
+                            out.setdefault(f"{key}.{part}", []).extend(values)
+            return out
+        finally:
+            await runc.aclose()
+            await runsc.aclose()
 
     return asyncio.run(main())
 
@@ -224,6 +272,42 @@ def run(quick: bool = False, profile: bool = False) -> Table:
     t.add(Row("docker: whole job, submit -> completed ms", median(de2e["job"]) * ms, dbare))
     t.add(Row("  of which dequeue -> markComplete ms (server)", median(de2e["handle"]) * ms, None))
     t.add(Row("    step end -> markComplete (cleanup, upload)", median(de2e["finish"]) * ms, None))
+    gv = _gvisor(n)
+    if gv is None:
+        t.notes.append("gVisor rows skipped: dockerd has no runsc/runsc-hostnet (scripts/start-dockerd.sh)")
+    else:
+        med = {k: median(v) * ms for k, v in gv.items()}
+        t.add(
+            Row(
+                "gvisor: prepare+run_step+cleanup(true) ms, runsc vs runc",
+                med["runsc.lifecycle"],
+                med["runc.lifecycle"],
+            )
+        )
+        t.add(Row("gvisor: run_step(true) ms, runsc vs runc", med["runsc.run_step"], med["runc.run_step"]))
+        t.add(
+            Row(
+                "gvisor: run_step(300 files) ms, runsc vs runc",
+                med["runsc_files.run_step"],
+                med["runc_files.run_step"],
+            )
+        )
+        t.add(
+            Row(
+                "gvisor: `docker run --runtime runsc true` vs runc ms",
+                med["runsc.baseline"],
+                med["runc.baseline"],
+            )
+        )
+        t.add(
+            Row(
+                "gvisor: corral runsc lifecycle vs `docker run --runtime runsc`",
+                med["runsc.lifecycle"],
+                med["runsc.baseline"],
+                "<= 1.3x",
+                ok=med["runsc.lifecycle"] <= 1.3 * med["runsc.baseline"],
+            )
+        )
     retried = int(e2e["retried"][0] + de2e["retried"][0])
     if retried:
         t.notes.append(f"{retried} job(s) failed and were run again")
