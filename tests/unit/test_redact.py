@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import inspect
 import json
 import random
 import re
 import string
-import time
+import threading
 from collections.abc import Callable
 from types import SimpleNamespace
 from urllib.parse import quote, quote_plus
@@ -494,12 +493,10 @@ def _random_secrets(n: int, seed: int = 9) -> dict[str, str]:
 
 def test_too_many_values_are_refused_before_anything_is_built() -> None:
     values = _random_secrets(80_000)
-    start = time.perf_counter()
     with pytest.raises(
         RedactionLimitError, match="the job has 80000 redacted values; this executor redacts at most 10000"
     ):
         Redactor(values)
-    assert time.perf_counter() - start < 0.5
     big = {"k" * (MAX_SECRET_BYTES // 2): "r" * (MAX_SECRET_BYTES // 2 + 1)}
     with pytest.raises(RedactionLimitError, match=f"at most {MAX_SECRET_BYTES} bytes"):
         Redactor(big)
@@ -509,32 +506,18 @@ def test_too_many_values_are_refused_before_anything_is_built() -> None:
         Redactor({"é" * 10: "x"}, max_bytes=20)  # bytes, not characters
 
 
-def _best_of(runs: int, fn: Callable[[], object]) -> float:
-    best = float("inf")
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def test_many_secrets_build_fast_and_feed_in_bounded_time() -> None:
+def test_many_secrets_are_redacted_at_the_limit() -> None:
+    # The cost of building and feeding at this size is measured in bench/redact_throughput.py.
     values = _random_secrets(MAX_VALUES)
-    start = time.perf_counter()
     r = Redactor(values)
-    build = time.perf_counter() - start
-    assert build < 3.0, f"building {MAX_VALUES} secrets took {build:.2f}s"  # measured ~0.6 s (was ~8 s)
     rng = random.Random(4)
     chunk = base64.b64encode(rng.randbytes(48 * 1024))  # 64 KiB of base64: every byte may start a key
-    text = (b"Step 3/7 : RUN make all -j4 --no-print-directory 0123456789abcdef\n" * 1100)[: 64 * 1024]
-    for data in (chunk, text):
-        s = r.stream()
-        cost = _best_of(3, lambda d=data, st=s: st.feed(d))  # type: ignore[misc]
-        assert cost < 0.04, f"feeding 64 KiB cost {cost * 1000:.1f} ms"  # measured ~3-7 ms (was ~120 ms)
     secret = next(iter(values))
     s = r.stream()
     out = s.feed(chunk[:1000] + secret.encode()[:7]) + s.feed(secret.encode()[7:] + b"\n") + s.flush()
     assert out == chunk[:1000] + values[secret].encode() + b"\n"
+    last = list(values)[-1]
+    assert r.redact_text(f"a {last} b") == f"a {values[last]} b"
 
 
 def test_redactor_cache_is_a_bounded_lru() -> None:
@@ -565,56 +548,52 @@ def _handler() -> JobHandler:
     return JobHandler(settings, None, None, None)  # type: ignore[arg-type]
 
 
-async def _build_off_loop(handler: JobHandler, job: Job) -> tuple[Redactor, float]:
-    """The handler's redactor for `job`, and the event loop's worst lag (a 10 ms ticker) meanwhile."""
-    lag = 0.0
-    done = asyncio.Event()
+async def _build(handler: JobHandler, job: Job, monkeypatch: pytest.MonkeyPatch) -> tuple[Redactor, set[str]]:
+    """The handler's redactor for `job`, and the names of the threads Redactors were built in."""
+    import corral.executor.handler as handler_module
 
-    async def probe() -> None:
-        nonlocal lag
-        while not done.is_set():
-            before = time.perf_counter()
-            await asyncio.sleep(0.01)
-            lag = max(lag, time.perf_counter() - before - 0.01)
+    threads: set[str] = set()
+    real = handler_module.Redactor
 
-    task = asyncio.create_task(probe())
-    await asyncio.sleep(0.02)
-    try:
-        result = handler._redactor(job)
-        redactor = await result if inspect.isawaitable(result) else result
-    finally:
-        done.set()
-        await task
-    return redactor, lag
+    def recording(*args: object, **kwargs: object) -> Redactor:
+        threads.add(threading.current_thread().name)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(handler_module, "Redactor", recording)
+    result = handler._redactor(job)
+    redactor = await result if inspect.isawaitable(result) else result
+    return redactor, threads
 
 
-async def test_handler_builds_the_redactor_off_the_loop_and_reuses_it_on_retry() -> None:
+async def test_handler_builds_the_redactor_off_the_loop_and_reuses_it_on_retry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     values = _random_secrets(MAX_VALUES)
     job = Job.model_validate({"id": 7, "token": "job-token-0123", "redactedValues": values})
     handler = _handler()
-    start = time.perf_counter()
-    redactor, lag = await _build_off_loop(handler, job)
-    build = time.perf_counter() - start
-    # The thread holds the GIL only in pyahocorasick's make_automaton (~0.3 s at this size, more on a
-    # busy machine); on the loop the whole build stalled it (~8 s at this size, ~70 s for 80,000).
-    assert lag < 1.0, f"the event loop stalled {lag:.2f}s while the redactor was built ({build:.2f}s)"
+    # Built in a worker thread: on the loop the whole build stalled it (~8 s at this size).
+    redactor, threads = await _build(handler, job, monkeypatch)
+    assert threads and threading.main_thread().name not in threads, threads
     secret = next(iter(values))
     assert redactor.redact_text(f"x {secret} job-token-0123") == f"x {values[secret]} ******"
-    start = time.perf_counter()
-    again, _ = await _build_off_loop(handler, job.model_copy(update={"attempt": 2}))
-    assert again is redactor, "a retry of the same job with the same secrets rebuilt its redactor"
-    assert time.perf_counter() - start < build / 2 + 0.1
-    other, _ = await _build_off_loop(handler, job.model_copy(update={"redacted_values": {"x" * 20: "y"}}))
+    again, threads = await _build(handler, job.model_copy(update={"attempt": 2}), monkeypatch)
+    assert again is redactor and not threads, (
+        "a retry of the same job with the same secrets rebuilt its redactor"
+    )
+    other, _ = await _build(handler, job.model_copy(update={"redacted_values": {"x" * 20: "y"}}), monkeypatch)
     assert other is not redactor and other.redact_text("x" * 20) == "y"
 
 
-async def test_handler_fails_a_job_with_too_many_values_at_once() -> None:
+async def test_handler_fails_a_job_with_too_many_values_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import corral.executor.handler as handler_module
+
+    built: list[object] = []
+    monkeypatch.setattr(handler_module, "Redactor", lambda *a, **k: built.append(a))
     job = Job.model_validate({"id": 8, "token": "t", "redactedValues": _random_secrets(80_000)})
-    start = time.perf_counter()
     with pytest.raises(StepFailed) as caught:
-        await _build_off_loop(_handler(), job)
-    assert time.perf_counter() - start < 1.0
+        await _handler()._redactor(job)
     assert caught.value.message == "the job has 80000 redacted values; this executor redacts at most 10000"
+    assert built == [], "the limit is checked before anything is built"
 
 
 def test_public_names_are_complete_and_sorted() -> None:
