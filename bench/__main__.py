@@ -22,6 +22,7 @@ from bench import (
     pickup_latency,
     queue_throughput,
     redact_throughput,
+    secret_handoff,
     stop_and_logs,
 )
 from bench.common import Table, fmt, render
@@ -34,6 +35,7 @@ MODULES: list[ModuleType] = [
     redact_throughput,
     stop_and_logs,
     egress_overhead,
+    secret_handoff,
 ]
 BUSY_SHARE = 0.10  # other processes using more than this share of the machine make numbers unreliable
 

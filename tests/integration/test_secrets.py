@@ -481,3 +481,14 @@ def test_a_job_without_secrets_is_unchanged(kit: Kit) -> None:
     kit.submit(redactedValues={"a": "b"})
     job = kit.take()
     assert job["redactedValues"] == {"a": "b"} and job["dockerAuthConfig"] == {}
+
+
+@pytest.mark.parametrize("sid", ["0", "-1", "99999999999999999999", "abc", "1.5"])
+def test_hostile_secret_ids_are_refused_cleanly(kit: Kit, sid: str) -> None:
+    for method, path, body in (
+        ("PUT", f"/api/v1/secrets/{sid}", {"value": "v"}),
+        ("DELETE", f"/api/v1/secrets/{sid}", None),
+        ("GET", f"/api/v1/secrets/{sid}/accesses", None),
+    ):
+        r = kit.admin.request(method, path, json=body)
+        assert r.status_code in (400, 404, 405), (method, path, r.status_code, r.text)

@@ -137,23 +137,26 @@ class Keyring:
 
 def _key_file(path: Path) -> str:
     """The key file's text, made first when it does not exist (0600, atomically, never through a
-    symlink). A key file others may read is tightened to 0600 (and said, without the key)."""
+    symlink; a FIFO or a directory is refused without blocking). A key file others may read is
+    tightened to 0600 (and said, without the key)."""
     for _ in range(3):
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             _make_key_file(path)
             continue
         except OSError as exc:
             raise ConfigError(f"cannot open the secrets key file {path}: {exc.strerror}") from None
-        with os.fdopen(fd, "r") as f:
-            st = os.fstat(f.fileno())
+        try:
+            st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise ConfigError(f"the secrets key file {path} is not a regular file")
             if stat.S_IMODE(st.st_mode) & 0o077:
                 log.warning("secrets key file %s was mode %o; making it 0600", path, stat.S_IMODE(st.st_mode))
-                os.fchmod(f.fileno(), 0o600)
-            return f.read(4096)
+                os.fchmod(fd, 0o600)
+            return os.read(fd, 4096).decode("ascii", errors="replace")
+        finally:
+            os.close(fd)
     raise ConfigError(f"cannot create the secrets key file {path}")
 
 

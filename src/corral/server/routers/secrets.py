@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from corral.errors import Invalid, NotConfigured
 from corral.protocol.producer import MAX_REDACTED_BYTES, MAX_REDACTED_VALUES, JobIn
@@ -54,6 +54,7 @@ async def _admin(request: Request, state: StateDep) -> None:
     require_admin(request, state)
 
 
+SecretId = Annotated[int, Path(ge=1, le=2**63 - 1)]  # a 64-bit id column
 router = APIRouter(
     prefix="/api/v1/secrets",
     tags=["producer API"],
@@ -148,7 +149,7 @@ async def list_secrets(
 
 
 @router.put("/{secret_id}")
-async def set_secret(secret_id: int, body: SecretValueIn, state: StateDep) -> SecretView:
+async def set_secret(secret_id: SecretId, body: SecretValueIn, state: StateDep) -> SecretView:
     ring = keyring(state)
     info = (await state.db(state.store.secrets.get, secret_id)).info
     if info.name == DOCKER_AUTH_CONFIG:
@@ -161,14 +162,14 @@ async def set_secret(secret_id: int, body: SecretValueIn, state: StateDep) -> Se
 
 
 @router.delete("/{secret_id}", status_code=204)
-async def delete_secret(secret_id: int, state: StateDep) -> Response:
+async def delete_secret(secret_id: SecretId, state: StateDep) -> Response:
     await state.db(state.store.secrets.delete, secret_id)
     return Response(status_code=204)
 
 
 @router.get("/{secret_id}/accesses")
 async def secret_accesses(
-    secret_id: int, state: StateDep, limit: int = Query(default=100, ge=1, le=1000)
+    secret_id: SecretId, state: StateDep, limit: int = Query(default=100, ge=1, le=1000)
 ) -> list[SecretAccessView]:
     """Who was handed the secret's value, newest first (kept after the secret is deleted)."""
     return [_access_view(a) for a in await state.db(state.store.secrets.accesses, secret_id, limit=limit)]

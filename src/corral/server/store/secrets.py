@@ -12,7 +12,7 @@ import builtins
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from corral.errors import Conflict, NotFound
@@ -61,6 +61,12 @@ _INFO = (
     secrets.c.key_id,
     secrets.c.created_at,
     secrets.c.updated_at,
+)
+
+# Built once: every dequeue runs it (the job's names and DOCKER_AUTH_CONFIG, in two scopes at most).
+_RESOLVE = select(*_INFO, secrets.c.sealed).where(
+    secrets.c.name.in_(bindparam("names", expanding=True)),
+    secrets.c.namespace.in_(bindparam("scopes", expanding=True)),
 )
 
 
@@ -148,12 +154,10 @@ class Secrets:
         if not names:
             return {}
         scopes = ["", namespace] if namespace else [""]
-        query = select(*_INFO, secrets.c.sealed).where(
-            secrets.c.name.in_(list(dict.fromkeys(names))), secrets.c.namespace.in_(scopes)
-        )
         found: dict[str, SealedSecret] = {}
         with self.db.read() as conn:
-            for r in conn.execute(query):
+            rows = conn.execute(_RESOLVE, {"names": list(dict.fromkeys(names)), "scopes": scopes})
+            for r in rows:
                 s = SealedSecret(_info(r), bytes(r[6]))
                 if s.info.name not in found or s.info.namespace is not None:  # the namespace's wins
                     found[s.info.name] = s
