@@ -553,7 +553,7 @@ async def _build(handler: JobHandler, job: Job, monkeypatch: pytest.MonkeyPatch)
     import corral.executor.handler as handler_module
 
     threads: set[str] = set()
-    real = handler_module.Redactor
+    real = Redactor
 
     def recording(*args: object, **kwargs: object) -> Redactor:
         threads.add(threading.current_thread().name)
