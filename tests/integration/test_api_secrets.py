@@ -105,3 +105,20 @@ def test_a_failure_message_with_a_secret_is_redacted_in_every_view(kit: Kit) -> 
     for text in [stream, kit.admin.get(f"/api/v1/jobs/{job['id']}").text, kit.admin.get("/api/v1/jobs").text]:
         assert secret not in text, text
         assert "bad token [TOKEN]" in text, text
+
+
+def test_job_view_masks_registry_credentials_wherever_they_appear(kit: Kit) -> None:
+    password = "reg1stry-Pass-Word-77"
+    auth = base64.b64encode(f"ciuser:{password}".encode()).decode()
+    job = kit.submit(
+        dockerSteps=[{"image": "alpine:3", "commands": [f"echo {password}", f"echo {auth}"], "env": []}],
+        dockerAuthConfig={"auths": {"127.0.0.1:5000": {"auth": auth}}},
+    )
+    for text in [
+        json.dumps(job),
+        kit.admin.get(f"/api/v1/jobs/{job['id']}").text,
+        kit.admin.get("/api/v1/jobs").text,
+    ]:
+        assert password not in text and auth not in text, text
+        assert "<redacted>" in text
+    assert kit.take()["dockerAuthConfig"]["auths"]["127.0.0.1:5000"]["auth"] == auth  # the executor gets it

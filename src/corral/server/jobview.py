@@ -10,6 +10,7 @@ from typing import Any
 
 from corral.errors import Invalid
 from corral.executor.redact import MAX_SECRET_BYTES, RedactionLimitError, Redactor, RedactorCache, cache_key
+from corral.executor.runtimes.docker.credentials import auth_values
 from corral.protocol import ZERO_TIME, JobView, check_workspace_dir, check_workspace_path
 from corral.server.store import JobRow
 
@@ -191,7 +192,9 @@ def producer_job(row: JobRow) -> JobView:
     spec = dict(row.spec)
     redacted: dict[str, str] = spec.pop("redactedValues", None) or {}
     files = spec.pop("files", None) or {}
-    redactor = _redactor(row.id, redacted)
+    # the registry credentials are secrets of the job too: a password typed into a step shows masked
+    hidden = dict.fromkeys(auth_values({"auths": _auths(spec)}), "<redacted>") | redacted
+    redactor = _redactor(row.id, hidden)
     if redactor is not None:
         spec = _redact(spec, redactor)
     spec["files"] = {
