@@ -27,6 +27,7 @@ from corral.executor.runtimes.base import LABEL_JOB, JobSpace, Limits, Step, Ste
 from corral.executor.runtimes.docker import DockerRuntime, gvisor
 from corral.executor.workspace.host import job_root_name
 from tests.conftest import docker_ok, require
+from tests.serverkit import EXECUTOR_SECRET, RunningServer
 
 pytestmark = pytest.mark.docker
 
@@ -305,6 +306,7 @@ def _executor_env(tmp: Path, url: str, **env: str) -> dict[str, str]:
         "EXECUTOR_RUNTIME": "docker",
         "EXECUTOR_WORKSPACE_ROOT": str(tmp / "ws"),
         "EXECUTOR_VM_PREFIX": OWNER,
+        "EXECUTOR_CLI_PATH": CORRAL,
         **env,
     }
 
@@ -320,13 +322,29 @@ def test_validate_and_run_refuse_a_runtime_dockerd_lacks(docker_available: None,
     assert "'gvisor-not-registered' is not registered" in r.stdout + r.stderr
 
 
-def test_validate_passes_the_runtime_check_with_runsc(gvisor_available: None, tmp_path: Path) -> None:
-    """With runsc registered the runtime check passes (the unreachable server is the only problem)."""
-    env = _executor_env(tmp_path, NO_SERVER, EXECUTOR_DOCKER_RUNTIME="runsc")
+def test_validate_passes_with_runsc_and_names_both_runtimes(
+    gvisor_available: None, tmp_path: Path, server: RunningServer
+) -> None:
+    env = _executor_env(
+        tmp_path, server.url, EXECUTOR_DOCKER_RUNTIME="runsc", EXECUTOR_FRONTEND_PASSWORD=EXECUTOR_SECRET
+    )
     v = subprocess.run([CORRAL, "executor", "validate"], env=env, capture_output=True, text=True, timeout=120)
     out = v.stdout + v.stderr
-    assert "is not registered" not in out, out
-    assert "cannot reach the server" in out, out
+    assert v.returncode == 0, out
+    assert "OCI runtime runsc / with network runsc-hostnet" in out, out
+
+
+def test_start_dockerd_is_idempotent_with_dockerd_running(gvisor_available: None) -> None:
+    """setup's dockerd step with dockerd up and the runtimes registered: nothing rewritten or reloaded."""
+    daemon = Path("/etc/docker/daemon.json")
+    before = daemon.read_bytes()
+    script = Path(__file__).resolve().parents[2] / "scripts" / "start-dockerd.sh"
+    for _ in range(2):
+        p = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "reloading dockerd" not in p.stdout and "starting dockerd" not in p.stdout, p.stdout
+    assert daemon.read_bytes() == before
+    assert {RUNSC, HOSTNET} <= _registered()
 
 
 def test_telemetry_reports_the_runtimes(gvisor_available: None) -> None:

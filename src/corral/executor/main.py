@@ -147,6 +147,14 @@ def _limits(s: ExecutorSettings, host: HostFacts) -> str:
     )
 
 
+def _oci(s: ExecutorSettings) -> str:
+    """The docker runtime's OCI runtimes (without / with network), e.g. ", runsc / runsc-hostnet"."""
+    if s.runtime != "docker":
+        return ""
+    plain, networked = s.docker.step_runtimes()
+    return f", OCI runtime {plain or 'runc'} / with network {networked or 'runc'}"
+
+
 async def validate(settings: ExecutorSettings) -> Validation:
     """Everything that would keep this executor from working, in plain words, plus what it would
     run with (Validation.summary)."""
@@ -183,7 +191,8 @@ async def validate(settings: ExecutorSettings) -> Validation:
         ("server", f"{settings.frontend_url}: {kind or 'not reachable as an executor queue API'}"),
         (
             "runtime",
-            f"{settings.runtime} (CLI steps and the diff: {cli if cli != settings.runtime else 'itself'})",
+            f"{settings.runtime}{_oci(settings)} (CLI steps and the diff: "
+            f"{cli if cli != settings.runtime else 'itself'})",
         ),
         ("queues", ", ".join(settings.queues)),
         ("per job", _limits(settings, facts)),
