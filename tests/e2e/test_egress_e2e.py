@@ -30,7 +30,10 @@ PROBES = [
     ("10.0.2.2", 8080),  # slirp's gateway (the uplink's loopback)
     (netkit.DNS_NAME, 8080),  # the allowed host by name, through the fake resolver
 ]
+# One connection, 3 s at most: what the peer said, or "failed: <why>". The shell's trace goes off
+# first: it goes to stderr, which reaches the log interleaved with stdout, even mid-line.
 PROBE = (
+    "set +x; "
     'probe() { o=$(busybox nc -w 3 "$1" "$2" </dev/null 2>&1) || o="failed: $o"; echo "probe $1:$2 => $o"; }'
 )
 
