@@ -159,22 +159,22 @@ def _busybox_root(tmp: Path) -> Path:
     root = tmp / "rootfs"
     (root / "bin").mkdir(parents=True)
     shutil.copy(BUSYBOX, root / "bin" / "busybox")
-    for applet in ("sh", "uname", "id", "sleep", "echo", "printf", "cat"):
+    for applet in ("sh", "uname", "id", "sleep", "echo", "printf", "cat", "dd", "head", "tr"):
         (root / "bin" / applet).symlink_to("busybox")
     img = tmp / "root.ext4"
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(root), str(img), "16M"], check=True)
     return img
 
 
-def _vm(tmp: Path, assets: fc_assets.Assets, name: str, steps: list[GuestStep]) -> VM:
+def _vm(tmp: Path, assets: fc_assets.Assets, name: str, steps: list[GuestStep], memory_mib: int = 256) -> VM:
     for d in ("ctl", "ws", "steps"):
         (tmp / d).mkdir(exist_ok=True)
     scratch = tmp / "scratch.ext4"
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(scratch), "64M"], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(scratch), "64M"], check=True)
     cfg = VMConfig(
         name=name,
         assets=assets,
-        memory_mib=256,
+        memory_mib=memory_mib,
         disks=[Disk("scratch", scratch, readonly=False), Disk("img0", _busybox_root(tmp))],
         shares=[
             Share("ctl", tmp / "ctl"),
@@ -253,3 +253,35 @@ async def test_kill_mid_command_stops_the_vm_at_once_and_leaves_no_qemu(
     assert vm.proc is not None and vm.proc.returncode is not None
     assert took < 5
     assert qemu_processes(name) == {}
+
+
+async def test_a_full_disk_and_running_out_of_memory_are_reported_as_such(
+    assets: fc_assets.Assets, tmp_path: Path
+) -> None:
+    fill = "dd if=/dev/zero of=/tmp/big bs=1M count=100 2>/dev/null; echo dd=$?; true"
+    hog = 'x=0123456789; while :; do x="$x$x"; done; echo survived'
+    steps = [
+        GuestStep(0, "img0", ["/bin/sh", "-c", fill], env={"PATH": "/bin"}),
+        GuestStep(1, "img0", ["/bin/sh", "-c", hog], env={"PATH": "/bin"}),
+    ]
+    vm = _vm(tmp_path, assets, f"corral-test-{os.getpid()}-vm3", steps, memory_mib=192)
+    await vm.start()
+    events: list[str] = []
+    out = b""
+    try:
+        async with asyncio.timeout(120):
+            async for ev in vm.events():
+                if isinstance(ev, Control):
+                    events.append(ev.event)
+                else:
+                    out += ev.data
+    finally:
+        await vm.kill()
+    # step 0: the 64 MiB scratch disk (the job's disk limit) filled up; its layer is gone afterwards
+    assert "end 0 0 0 1" in events, (events, out[-2000:])
+    assert b"dd=1" in out
+    # step 1: the guest kernel's OOM killer took the step (not init, which reported it)
+    end1 = next(e for e in events if e.startswith("end 1 "))
+    rc, oom = end1.split()[2:4]
+    assert rc != "0" and oom != "0", (events, out[-2000:])
+    assert b"survived" not in out

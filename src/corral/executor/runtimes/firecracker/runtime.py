@@ -267,7 +267,15 @@ class FirecrackerRuntime:
         size = space.limits.disk_bytes or DEFAULT_DISK_BYTES
         with scratch.open("wb") as f:
             f.truncate(size)
-        argv = ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0"]
+        argv = [
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-m",
+            "0",
+            "-E",
+            "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0",
+        ]
         proc = subprocess.run([*argv, str(scratch)], capture_output=True, text=True, timeout=120, check=False)
         if proc.returncode != 0:
             raise RuntimeFailure(
