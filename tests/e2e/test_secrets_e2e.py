@@ -12,8 +12,10 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from corral.protocol.secrets import SecretIn
-from tests.conftest import bwrap_ok, require
+from tests.conftest import bwrap_ok, docker_ok, require
 from tests.e2e.kit import ADMIN, CORRAL, docker_job, logs_text, run_server, start_executor, wait_job
 from tests.unit.redact_kit import leaks
 
@@ -31,14 +33,18 @@ def digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
-def test_a_step_gets_its_secret_and_the_log_shows_none(tmp_path: Path) -> None:
-    require(bwrap_ok(), "bubblewrap, cgroup v1 and root are needed for the shell runtime")
+@pytest.mark.parametrize("runtime", ["shell", "docker"])
+def test_a_step_gets_its_secret_and_the_log_shows_none(tmp_path: Path, runtime: str) -> None:
+    if runtime == "shell":
+        require(bwrap_ok(), "bubblewrap, cgroup v1 and root are needed for the shell runtime")
+    else:
+        require(docker_ok(), "Docker Engine is not reachable (run scripts/setup.sh)")
     with run_server(tmp_path) as server:
         c = server.client
         c.add_secret(SecretIn(name="TOKEN", value=GLOBAL_VALUE))
         s = c.add_secret(SecretIn(name="TOKEN", value=VALUE, namespace="user:alice"))
         c.add_secret(SecretIn(name="OTHER", value=OTHER))
-        start_executor(server, tmp_path, "shell")
+        start_executor(server, tmp_path, runtime)
         printed = (
             f'test "$(printf %s "$TOKEN" | sha256sum | cut -c1-64)" = {digest(VALUE)} && echo token-ok; '
             'echo "plain $TOKEN"; printf %s "$TOKEN" | base64 -w 16; printf %s "$TOKEN" | od -An -tx1; '
