@@ -18,7 +18,7 @@ import pytest
 from corral.executor.network import egress, netns
 from corral.executor.network.policy import NetworkPolicy
 from tests import netkit
-from tests.conftest import require
+from tests.conftest import bwrap_ok, docker_ok, require
 from tests.e2e.kit import Server, docker_job, logs_text, start_executor, stop_executor, wait_job
 
 PROBES = [
@@ -187,3 +187,71 @@ def test_the_network_sweep_removes_a_stray_namespace_and_its_slirp4netns(
         stray.wait(10)
         for name in (dead, alive):
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=20)
+
+
+def test_a_docker_jobs_shell_sandbox_steps_share_its_namespace(topo: netkit.Topology, tmp_path: Path) -> None:
+    """A docker job's CLI steps and diff run in the shell sandbox: it enters the namespace the docker
+    runtime made from the job's pause container (one firewall, one slirp4netns per job), and the
+    cleanups of both runtimes leave nothing."""
+    require(docker_ok() and bwrap_ok(), "docker, bubblewrap, cgroup v1 and root are needed")
+    from corral.executor.runtimes.base import JobSpace, Limits, Step
+    from corral.executor.runtimes.docker import DockerRuntime
+    from corral.executor.runtimes.shell import ShellRuntime
+
+    owner = f"t{os.getpid()}-shared"
+    root = tmp_path / "job"
+    (root / "workspace").mkdir(parents=True)
+    root.chmod(0o700)
+    space = JobSpace(
+        job_id=7,
+        queue="batches",
+        root=root,
+        workspace=root / "workspace",
+        uid=1000,
+        gid=1000,
+        limits=Limits(cpus=1, memory_bytes=256 * 1024**2, pids=256, disk_bytes=0),
+        network=NetworkPolicy.deny_private([f"{netkit.ALLOWED}:8080"], uplink=topo.gw),
+        kill_grace=1.0,
+        owner=owner,
+    )
+    script = "; ".join([PROBE, f"probe {netkit.ALLOWED} 8080", f"probe {netkit.INTERNAL} 8080"])
+
+    async def main() -> tuple[str, str]:
+        docker = DockerRuntime(owner=owner, pull=False)
+        shell = ShellRuntime(cgroup_parent=f"corral-{owner}")
+        outs: list[list[bytes]] = [[], []]
+        try:
+            await docker.prepare(space)
+            await shell.prepare(space)
+            assert list(egress.slirp_pids().values()).count(f"{owner}.batches-7") == 1
+            for i, (rt, image) in enumerate(((docker, "corral/busybox:1"), (shell, None))):
+                step = Step(
+                    key=f"step.{i}", kind="docker", index=i, image=image, argv=("/bin/sh", "-c", script)
+                )
+                result = await rt.run_step(space, step, outs[i].append)
+                assert result.exit_code == 0, outs[i]
+        finally:
+            await docker.cleanup(space)
+            await shell.cleanup(space)
+            await docker.aclose()
+        docker_text, shell_text = (b"".join(o).decode(errors="replace") for o in outs)
+        return docker_text, shell_text
+
+    try:
+        for text in asyncio.run(main()):
+            seen = _probes(text)
+            assert seen[f"{netkit.ALLOWED}:8080"] == f"hello from {netkit.ALLOWED}:8080", text
+            assert "No route to host" in seen[f"{netkit.INTERNAL}:8080"], text
+        assert _leftovers(owner) == []
+    finally:
+        subprocess.run(
+            [
+                "rmdir",
+                *(
+                    f"/sys/fs/cgroup/{c}/corral-{owner}"
+                    for c in ("memory", "cpu", "cpuacct", "pids", "freezer")
+                ),
+            ],
+            capture_output=True,
+            timeout=20,
+        )
