@@ -49,6 +49,8 @@ def test_classify_reads_shims_and_runsc_by_their_container_id() -> None:
         f"/usr/bin/containerd-shim-runc-v2\0-namespace\0k8s.io\0-id\0{CID}\0",  # not dockerd's
         "/usr/bin/containerd-shim-runc-v2\0-namespace\0moby\0-id\0../../etc\0",  # not an id
         f"runsc-gofer\0gofer\0--bundle\0/tmp/elsewhere/{CID}\0",  # not a moby bundle
+        f"runsc-gofer\0gofer\0--bundle\0/tmp/ws/moby/{CID}\0",  # a moby bundle, not dockerd's
+        f"runsc-gofer\0gofer\0--bundle\0{BUNDLE}/../../../../../../../tmp/moby/{CID}\0",
         f"runsc\0do\0/bin/sh\0{CID}\0",  # a user's runsc, no bundle
         f"/bin/sleep\0--bundle={BUNDLE}\0",  # not a shim or runsc at all
         "",
@@ -65,9 +67,11 @@ def test_parse_job_root_reads_the_executors_names() -> None:
         assert gvisor.parse_job_root(name) is None, name
 
 
-def test_bundle_job_reads_the_workspace_mount(tmp_path: Path) -> None:
-    bundle = tmp_path / CID
-    bundle.mkdir()
+def test_bundle_job_reads_the_workspace_mount(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    parent = tmp_path / "moby"
+    monkeypatch.setattr(gvisor, "BUNDLE_PARENTS", (str(parent),))
+    bundle = parent / CID
+    bundle.mkdir(parents=True)
     mounts = [
         {"destination": "/proc", "source": "proc"},
         {"destination": "/data", "source": "/var/lib/corral/ws/own.batches-42-1-abc/workspace"},
@@ -76,8 +80,30 @@ def test_bundle_job_reads_the_workspace_mount(tmp_path: Path) -> None:
     assert gvisor.bundle_job(str(bundle)) == ("own", "batches-42")
     (bundle / "config.json").write_text("{not json")
     assert gvisor.bundle_job(str(bundle)) is None
-    assert gvisor.bundle_job(str(tmp_path / "missing")) is None
+    assert gvisor.bundle_job(str(parent / OTHER)) is None  # no such bundle
     assert gvisor.bundle_job(None) is None
+    # a bundle outside dockerd's directory is never read
+    elsewhere = tmp_path / "elsewhere" / "moby" / CID
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "config.json").write_text(json.dumps({"mounts": mounts}))
+    assert gvisor.bundle_job(str(elsewhere)) is None
+
+
+def test_bundle_job_never_blocks_on_a_fifo_or_follows_a_symlink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parent = tmp_path / "moby"
+    monkeypatch.setattr(gvisor, "BUNDLE_PARENTS", (str(parent),))
+    (parent / CID).mkdir(parents=True)
+    os.mkfifo(parent / CID / "config.json")
+    assert gvisor.bundle_job(str(parent / CID)) is None  # returns at once: no writer needed
+    (parent / OTHER).mkdir()
+    target = tmp_path / "real.json"
+    target.write_text(
+        json.dumps({"mounts": [{"destination": "/data", "source": "/w/own.q-1-1-a/workspace"}]})
+    )
+    (parent / OTHER / "config.json").symlink_to(target)
+    assert gvisor.bundle_job(str(parent / OTHER)) is None
 
 
 def test_orphans_only_ours_whose_container_is_gone_and_job_not_live() -> None:

@@ -29,6 +29,7 @@ import json
 import os
 import re
 import signal
+import stat
 import time
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
@@ -47,6 +48,13 @@ POLL_S = 0.05  # seconds between checks while waiting for processes to exit
 SHIM = "containerd-shim-runc-v2"
 RUNSC = ("runsc", "runsc-gofer", "runsc-sandbox")
 NAMESPACE = "moby"  # dockerd's containerd namespace
+# Where dockerd (default exec root /var/run/docker, /var/run being /run) keeps its containers'
+# bundles. Only bundles directly in these are read: a command line or working directory is anyone's
+# to choose (a shell-runtime job can start a process named runsc-gofer with a --bundle of its own).
+BUNDLE_PARENTS = tuple(
+    f"{run}/docker/containerd/daemon/io.containerd.runtime.v2.task/{NAMESPACE}"
+    for run in ("/run", "/var/run")
+)
 _ID = re.compile(r"[0-9a-f]{64}")
 
 
@@ -59,17 +67,29 @@ class ShimProcess:
     cmdline: bytes  # as read, to check again before a signal
 
 
-def _read(path: Path, limit: int) -> bytes | None:
+def _read(path: Path, limit: int, *, regular: bool = False) -> bytes | None:
+    """At most `limit` bytes of `path`; `regular`: only a regular file, never through a final
+    symlink, and never blocking (a FIFO)."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | ((os.O_NOFOLLOW | os.O_NONBLOCK) if regular else 0)
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    try:
+        if regular and not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
             return f.read(limit)
     except OSError:
         return None
+    finally:
+        os.close(fd)
 
 
 def _bundle_id(bundle: str) -> str | None:
-    parent, _, name = bundle.rstrip("/").rpartition("/")
-    return name if _ID.fullmatch(name) and parent.endswith("/" + NAMESPACE) else None
+    """The container id of a bundle directory of dockerd's (see BUNDLE_PARENTS), else None."""
+    parent, _, name = os.path.normpath(bundle).rpartition("/")
+    return name if _ID.fullmatch(name) and parent in BUNDLE_PARENTS else None
 
 
 def _classify(pid: int, raw: bytes) -> ShimProcess | None:
@@ -133,9 +153,9 @@ def parse_job_root(name: str) -> tuple[str, str] | None:
 def bundle_job(bundle: str | None) -> tuple[str, str] | None:
     """(owner, job label) of the job whose workspace the bundle's container binds at /data, from the
     job root's name; None when unknown. The config is dockerd's, the path corral's."""
-    if bundle is None:
+    if bundle is None or _bundle_id(bundle) is None:
         return None
-    raw = _read(Path(bundle) / "config.json", CONFIG_MAX)
+    raw = _read(Path(bundle) / "config.json", CONFIG_MAX, regular=True)
     if raw is None:
         return None
     try:
@@ -202,8 +222,8 @@ def _alive(fd: int, pid: int) -> bool:
         signal.pidfd_send_signal(fd, 0)
     except OSError:
         return False
-    status = _read(PROC / str(pid) / "stat", 4096) or b""
-    return b") Z " not in status and b") X " not in status
+    state = (_read(PROC / str(pid) / "stat", 4096) or b"").rpartition(b")")[2].split()[:1]
+    return state not in ([b"Z"], [b"X"])
 
 
 def end(procs: Iterable[ShimProcess], grace: float = TERM_GRACE_S) -> list[ShimProcess]:
