@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -492,3 +493,27 @@ def test_hostile_secret_ids_are_refused_cleanly(kit: Kit, sid: str) -> None:
     ):
         r = kit.admin.request(method, path, json=body)
         assert r.status_code in (400, 404, 405), (method, path, r.status_code, r.text)
+
+
+def test_no_value_reaches_the_servers_log(kit: Kit, caplog: pytest.LogCaptureFixture) -> None:
+    """Every path, the failing ones too, at DEBUG: the server logs no value in any form."""
+    caplog.set_level(logging.DEBUG)
+    a = add(kit, "ALPHA", VALUE)
+    add(kit, "DOCKER_AUTH_CONFIG", json.dumps(DOCKER_SECRET))
+    kit.submit(secrets=["ALPHA"])
+    kit.take()
+    kit.admin.post("/api/v1/secrets", json={"name": "ALPHA", "value": VALUE})  # 409
+    kit.admin.post("/api/v1/secrets", json={"name": "bad-name", "value": VALUE})  # 400
+    kit.admin.post(
+        "/api/v1/secrets", json={"name": "DOCKER_AUTH_CONFIG", "value": VALUE, "namespace": "org:x"}
+    )
+    kit.admin.put(f"/api/v1/secrets/{a['id']}", json={"value": OTHER, "extra": VALUE})  # 400
+    kit.submit(secrets=["ALPHA"])
+    with kit.srv.store.engine.begin() as conn:
+        conn.execute(
+            update(secrets_table).where(secrets_table.c.id == a["id"]).values(sealed=b"\x01" + b"x" * 40)
+        )
+    kit.dequeue()  # fails the job: the value does not open
+    kit.admin.post("/api/v1/secrets/reencrypt")
+    assert logging.getLogger("corral.server").isEnabledFor(logging.DEBUG)  # a record would be caught
+    assert_absent(caplog.text, VALUE, OTHER, DOCKER_SECRET["auths"]["127.0.0.1:5000"]["auth"])
