@@ -246,5 +246,6 @@ async def sweep(owner: str, live: Callable[[], Set[str]]) -> list[str]:
         except NetnsError as exc:
             log.warning("network janitor: cannot remove namespace %s: %s", name, exc)
             continue
+        _LOCKS.pop(name, None)
         removed.append(name)
     return removed
