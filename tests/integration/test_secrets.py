@@ -127,6 +127,9 @@ def test_the_secrets_api_needs_the_admin_token(kit: Kit) -> None:
         assert client.delete("/api/v1/secrets/1").status_code == 401
         assert client.post("/api/v1/secrets/reencrypt").status_code == 401
     assert kit.admin.get("/api/v1/secrets").json() == []
+    assert kit.admin.get("/api/v1/secrets", params={"scope": "bogus"}).status_code == 400
+    r = kit.admin.get("/api/v1/secrets", params={"namespace": "team"})
+    assert r.status_code == 400 and "invalid namespace" in error_of(r)
 
 
 @pytest.mark.parametrize(

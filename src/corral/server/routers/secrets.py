@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
@@ -132,7 +132,9 @@ async def create_secret(body: SecretIn, state: StateDep) -> SecretView:
 
 @router.get("")
 async def list_secrets(
-    state: StateDep, namespace: str | None = Query(default=None, max_length=256), scope: str = "all"
+    state: StateDep,
+    namespace: str | None = Query(default=None, max_length=256),
+    scope: Literal["all", "global"] = "all",
 ) -> list[SecretView]:
     """Every secret (`?namespace=user:NAME` for one namespace's, `?scope=global` for the global ones)."""
     if scope == "global":
