@@ -101,3 +101,14 @@ def test_a_key_file_that_is_no_file_is_refused(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / KEY_FILE)
     with pytest.raises(ConfigError, match="not a regular file"):
         Keyring.load(tmp_path, {})
+
+
+def test_a_shared_database_without_the_env_key_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    Keyring.load(tmp_path, {}, shared=True)
+    assert f"{KEY_ENV} is unset" in caplog.text and "the same on every replica" in caplog.text
+    caplog.clear()
+    Keyring.load(tmp_path, {KEY_ENV: new_key()}, shared=True)
+    Keyring.load(tmp_path, {}, shared=False)
+    assert caplog.text == ""

@@ -100,13 +100,25 @@ class Keyring:
         return cls(tuple(_decode_key(p, where) for p in parts))
 
     @classmethod
-    def load(cls, data_dir: Path, environ: Mapping[str, str] | None = None) -> Keyring:
-        """From CORRAL_SECRETS_KEY, else from (or newly into) `<data_dir>/secrets-key`."""
+    def load(
+        cls, data_dir: Path, environ: Mapping[str, str] | None = None, *, shared: bool = False
+    ) -> Keyring:
+        """From CORRAL_SECRETS_KEY, else from (or newly into) `<data_dir>/secrets-key`. `shared`:
+        replicas share the database, so each needs the same key (a key file is one replica's)."""
         env = os.environ if environ is None else environ
         text = env.get(KEY_ENV, "")
         if text.strip():
             return cls.parse(text)
-        return cls.parse(_key_file(data_dir / KEY_FILE), str(data_dir / KEY_FILE))
+        path = data_dir / KEY_FILE
+        if shared:
+            log.warning(
+                "%s is unset: executor secrets use the key in %s; replicas sharing this database each need "
+                "that key: set %s to it (the same on every replica)",
+                KEY_ENV,
+                path,
+                KEY_ENV,
+            )
+        return cls.parse(_key_file(path), str(path))
 
     def seal(self, plaintext: str, aad: bytes) -> tuple[bytes, str]:
         """(sealed value, fingerprint of the key that sealed it)."""
