@@ -215,3 +215,28 @@ def test_merge_keeps_an_operators_entry_and_refuses_broken_json(tmp_path: Path) 
     assert daemon.read_text() == '{"runtimes": '
     missing = tmp_path / "new" / "daemon.json"
     assert _merge(missing).returncode == 0 and "runsc" in json.loads(missing.read_text())["runtimes"]
+
+
+@pytest.mark.parametrize(
+    ("runtime", "network_runtime", "policy", "expected"),
+    [
+        (None, None, None, 256),  # runc: the job's pids exactly
+        ("runsc", "runsc-hostnet", None, 256 + 128),  # gVisor's own host threads get headroom
+        ("runsc", "runsc-hostnet", "open", 256 + 128),  # the network runtime is gVisor too
+        ("", "runsc-hostnet", None, 256),  # no network: the default runtime (runc) runs the step
+    ],
+)
+def test_the_pids_limit_leaves_headroom_for_gvisors_own_threads(
+    tmp_path: Path, runtime: str | None, network_runtime: str | None, policy: str | None, expected: int
+) -> None:
+    from corral.executor.network import NetworkPolicy
+    from corral.executor.runtimes.base import JobSpace, Limits, Step
+    from corral.executor.runtimes.docker.containers import ContainerOptions, container_config
+
+    network = NetworkPolicy.open() if policy == "open" else NetworkPolicy.none()
+    space = JobSpace(
+        job_id=1, queue="q", root=tmp_path, workspace=tmp_path / "w", limits=Limits(pids=256), network=network
+    )
+    step = Step(key="step.docker.0", kind="docker", index=0, image="corral/busybox:1", argv=("/bin/sh",))
+    options = ContainerOptions(runtime=runtime or None, network_runtime=network_runtime)
+    assert container_config(space, step, 1.0, options)["HostConfig"]["PidsLimit"] == expected

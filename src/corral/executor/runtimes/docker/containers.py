@@ -39,6 +39,13 @@ class ContainerOptions:
     mounts: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
 
 
+GVISOR_PIDS_HEADROOM = 128
+
+
+def _is_gvisor(runtime: str | None) -> bool:
+    return bool(runtime) and (runtime or "").split("/")[-1].startswith("runsc")
+
+
 def container_name(space: JobSpace, step: Step) -> str:
     """The step's container: `<owner>-corral-<queue>-<id>-<step index>`, unique per executor."""
     return f"{space.owner}-{space.name}-{step.index}"
@@ -84,11 +91,13 @@ def container_config(space: JobSpace, step: Step, cpus: float, options: Containe
     if limits.memory_bytes > 0:
         host["Memory"] = limits.memory_bytes
         host["MemorySwap"] = limits.memory_bytes  # equal: no swap on top of the memory limit
-    if limits.pids > 0:
-        host["PidsLimit"] = limits.pids
     # A network runtime (gVisor's runsc with host networking) also for deny-private jobs: gVisor's own
     # netstack would send raw frames past the namespace's nftables output hook.
     runtime = (options.network_runtime or options.runtime) if networked else options.runtime
+    if limits.pids > 0:
+        # gVisor's own host threads (about 60 at rest) count in the container's pids cgroup: without
+        # headroom a job under runsc would reach the limit, and end its whole sandbox, sooner than runc.
+        host["PidsLimit"] = limits.pids + (GVISOR_PIDS_HEADROOM if _is_gvisor(runtime) else 0)
     if runtime:
         host["Runtime"] = runtime
     if options.add_host_gateway and not filtered:  # docker refuses extra hosts with container:<id>
