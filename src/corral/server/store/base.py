@@ -18,7 +18,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from corral.server.store.files import FileInfo, StoredFile
-from corral.server.store.secrets import Secrets
 from corral.server.store.rows import (
     Executor,
     JobAuth,
@@ -31,6 +30,7 @@ from corral.server.store.rows import (
     Repo,
     Result,
 )
+from corral.server.store.secrets import Secrets
 
 Telemetry = Mapping[str, str | None]  # os, architecture, *_version, hostname of an executor
 

@@ -23,7 +23,6 @@ from corral.server.store.logs import Logs
 from corral.server.store.queues import Queues
 from corral.server.store.repos import Repos
 from corral.server.store.results import Results
-from corral.server.store.secrets import Secrets
 from corral.server.store.rows import (
     Executor,
     JobAuth,
@@ -36,6 +35,7 @@ from corral.server.store.rows import (
     Repo,
     Result,
 )
+from corral.server.store.secrets import Secrets
 
 __all__ = ["SqlStore", "memory_store"]
 
