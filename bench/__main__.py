@@ -18,6 +18,7 @@ from bench import (
     common,
     egress_overhead,
     executor_rss,
+    firecracker_boot,
     job_overhead,
     pickup_latency,
     queue_throughput,
@@ -36,6 +37,7 @@ MODULES: list[ModuleType] = [
     stop_and_logs,
     egress_overhead,
     secret_handoff,
+    firecracker_boot,
 ]
 BUSY_SHARE = 0.10  # other processes using more than this share of the machine make numbers unreliable
 

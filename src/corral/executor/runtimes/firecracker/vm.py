@@ -98,7 +98,7 @@ def qemu_argv(cfg: VMConfig) -> list[str]:
         "-accel",
         cfg.accel,
         "-M",
-        "microvm,rtc=off,x-option-roms=off",
+        "microvm,x-option-roms=off",
         "-cpu",
         cpu,
         "-smp",

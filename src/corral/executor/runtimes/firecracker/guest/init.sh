@@ -37,7 +37,7 @@ disk() {  # the block device whose virtio serial is $1
 }
 
 dev=$(disk scratch) || die "no scratch disk"
-mount -t ext4 "$dev" /scratch || die "cannot mount the scratch disk"
+mount -t ext4 -o noinit_itable "$dev" /scratch || die "cannot mount the scratch disk"
 mount -t 9p -o "$P9" ws /ws || die "cannot mount the workspace"
 mount -t 9p -o "$P9,ro" steps /steps || die "cannot mount the step scripts"
 stty -F $CON raw -echo 2>/dev/null
