@@ -10,6 +10,7 @@ import json
 import logging
 import stat
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -520,3 +521,13 @@ def test_no_value_reaches_the_servers_log(kit: Kit, caplog: pytest.LogCaptureFix
     kit.admin.post("/api/v1/secrets/reencrypt")
     assert logging.getLogger("corral.server").isEnabledFor(logging.DEBUG)  # a record would be caught
     assert_absent(caplog.text, VALUE, OTHER, DOCKER_SECRET["auths"]["127.0.0.1:5000"]["auth"])
+
+
+def test_concurrent_creates_of_one_name_make_one_secret(dbkit: Kit) -> None:
+    body = {"name": "RACE", "value": VALUE, "namespace": "org:acme"}
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(
+            pool.map(lambda _: dbkit.admin.post("/api/v1/secrets", json=body).status_code, range(16))
+        )
+    assert sorted(codes) == [201] + [409] * 15, codes
+    assert len(raw_rows(dbkit)) == 1
