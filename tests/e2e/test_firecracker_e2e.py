@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import bwrap_ok, docker_ok, require
-from tests.e2e.kit import Server, logs_text, run_server, start_executor, wait_job
+from tests.e2e.kit import Server, docker_job, logs_text, run_server, start_executor, wait_job, wait_log
 
 
 @pytest.fixture
@@ -87,6 +88,35 @@ def test_a_failing_step_stops_the_job_with_its_exit_code(server: Server, tmp_pat
     entries = {e["key"]: e for e in server.client.logs(job["id"])["entries"]}
     assert entries["step.docker.0"]["exitCode"] == 7 and "before" in entries["step.docker.0"]["out"]
     assert "step.docker.1" not in entries and "never-runs" not in text
+    assert not _qemu_left(prefix)
+
+
+def test_cancel_kills_the_vm_at_once_and_leaves_nothing(server: Server, tmp_path: Path) -> None:
+    prefix = f"t{secrets.token_hex(4)}-fc"
+    start_executor(server, tmp_path, "firecracker", EXECUTOR_VM_PREFIX=prefix, EXECUTOR_JOB_MEMORY="256M")
+    job = server.client.submit("batches", docker_job("echo running", "sleep 600"))
+    wait_log(server, job["id"], "running", timeout=120)
+    assert _qemu_left(prefix)  # the job's VM is running
+    t0 = time.monotonic()
+    server.client.cancel(job["id"])
+    done = wait_job(server, job["id"], timeout=60)
+    assert done["state"] == "canceled", done
+    assert time.monotonic() - t0 < 15  # kill grace 2 s; guards against "never"
+    deadline = time.monotonic() + 10
+    while _qemu_left(prefix) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _qemu_left(prefix)
+    assert not list((tmp_path / "ws").glob("*/vm")), "the VM's directory (scratch disk, control) remains"
+
+
+def test_a_step_out_of_the_vms_memory_fails_the_job_as_oom(server: Server, tmp_path: Path) -> None:
+    prefix = f"t{secrets.token_hex(4)}-fc"
+    start_executor(server, tmp_path, "firecracker", EXECUTOR_VM_PREFIX=prefix, EXECUTOR_JOB_MEMORY="192M")
+    # in a child shell: the step script's `set -x` would print every doubled string to the log
+    job = server.client.submit("batches", docker_job("sh -c 'x=0123456789; while :; do x=$x$x; done'"))
+    done = wait_job(server, job["id"], ("completed", "failed", "errored", "canceled"), timeout=240)
+    assert done["state"] == "failed", (done, logs_text(server, job["id"]))
+    assert "out of memory" in done["error"] and "192 MiB" in done["error"], done
     assert not _qemu_left(prefix)
 
 

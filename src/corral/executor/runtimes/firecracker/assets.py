@@ -54,10 +54,12 @@ PACKAGES = {  # Debian package -> a file it provides that we use
     "util-linux": "/usr/bin/setpriv",
     "e2fsprogs": "/sbin/mkfs.ext4",
 }
-# virtio transport and disks, ext4 (image and scratch disks), 9p (workspace, control), overlay (a
-# step's writable root), virtio_net (jobs with network); crc32c_generic: ext4 needs it, not a dep.
+# virtio transport, console (the job's output and control lines) and disks, ext4 (image and scratch
+# disks), 9p (workspace, control), overlay (a step's writable root), virtio_net (jobs with network);
+# crc32c_generic: ext4 needs it, though no module names it in depends=.
 GUEST_MODULES = (
     "virtio_mmio",
+    "virtio_console",
     "virtio_blk",
     "crc32c_generic",
     "ext4",

@@ -173,6 +173,7 @@ class FirecrackerRuntime:
                 Share("steps", space.scripts),
             ],
             accel=await accelerator(assets),
+            console_log=vmdir / "console.log",
         )
         vm = VM(cfg)
         guest_steps = [
@@ -229,7 +230,7 @@ class FirecrackerRuntime:
                 break
         if not done:
             rc = await vm.wait()
-            tail = bytes(vm.boot_log[-2000:]).decode(errors="replace").strip()
+            tail = (bytes(vm.boot_log[-1000:]) + _tail(vm.cfg.console_log)).decode(errors="replace").strip()
             why = vm.stderr or tail or "no output"
             phase = "while a step ran" if ready else "before its init was ready"
             raise RuntimeFailure(
@@ -305,6 +306,18 @@ class FirecrackerRuntime:
                     removed.append(f"qemu {pid} ({name})")
         await asyncio.to_thread(self.disks.clear_leftovers)
         return removed
+
+
+def _tail(path: Path | None, n: int = 2000) -> bytes:
+    """The last n bytes of the kernel's console log (why a VM died before or while running)."""
+    if path is None:
+        return b""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - n))
+            return f.read(n)
+    except OSError:
+        return b""
 
 
 def _cpus(limit: float) -> int:

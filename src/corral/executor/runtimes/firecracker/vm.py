@@ -68,6 +68,7 @@ class VMConfig:
     shares: Sequence[Share] = ()
     netns: str | None = None  # run qemu in this network namespace with a user-mode NIC
     accel: str = "tcg"
+    console_log: Path | None = None  # where the kernel's serial console goes (None: discarded)
     extra_cmdline: Sequence[str] = field(default_factory=tuple)
 
 
@@ -109,10 +110,18 @@ def qemu_argv(cfg: VMConfig) -> list[str]:
         "-no-user-config",
         "-nographic",
         "-no-reboot",
+        # the kernel's console (boot messages, panics) to a file or nowhere; the job's output and
+        # init's control lines on a virtio console to qemu's stdout (console.py)
+        "-chardev",
+        f"file,id=boot,path={cfg.console_log}" if cfg.console_log else "null,id=boot",
+        "-serial",
+        "chardev:boot",
+        "-device",
+        "virtio-serial-device",
         "-chardev",
         "stdio,id=con,signal=off",
-        "-serial",
-        "chardev:con",
+        "-device",
+        "virtconsole,chardev=con",
         "-kernel",
         str(cfg.assets.kernel),
         "-initrd",
