@@ -49,7 +49,7 @@ async def _bare(assets: Any, root: Path, i: int) -> tuple[float, int]:
     subprocess.run(["mkfs.ext4", "-q", "-F", str(scratch), "64M"], check=True, capture_output=True)
     vm = VM(
         VMConfig(
-            name=f"corral-fc-{RUNTIME_OWNER}-bare-{i}",
+            name=f"corral-fc.{RUNTIME_OWNER}.bare-{i}",
             assets=assets,
             memory_mib=512,
             disks=[Disk("scratch", scratch, readonly=False)],

@@ -123,4 +123,4 @@ def test_a_step_out_of_the_vms_memory_fails_the_job_as_oom(server: Server, tmp_p
 def _qemu_left(prefix: str) -> dict[int, str]:
     from corral.executor.runtimes.firecracker.vm import qemu_processes
 
-    return qemu_processes(f"corral-fc-{prefix}-")
+    return qemu_processes(f"corral-fc.{prefix}.")

@@ -285,3 +285,35 @@ async def test_a_full_disk_and_running_out_of_memory_are_reported_as_such(
     rc, oom = end1.split()[2:4]
     assert rc != "0" and oom != "0", (events, out[-2000:])
     assert b"survived" not in out
+
+
+async def test_the_janitor_kills_only_its_own_vms_of_jobs_that_are_not_live(tmp_path: Path) -> None:
+    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86 is not installed")
+    from corral.executor.runtimes.docker import DockerRuntime
+    from corral.executor.runtimes.firecracker.runtime import FirecrackerRuntime
+
+    owner = f"t{os.getpid()}-jan"
+    # live, stale, and another owner's (whose name starts with this owner's and a dash)
+    names = [f"corral-fc.{owner}.batches-1", f"corral-fc.{owner}.batches-2", f"corral-fc.{owner}-x.batches-3"]
+    procs = [
+        subprocess.Popen(
+            ["qemu-system-x86_64", "-name", n, "-M", "none", "-display", "none", "-nodefaults"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for n in names
+    ]
+    try:
+        deadline = time.monotonic() + 10
+        while len(qemu_processes(f"corral-fc.{owner}")) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        rt = FirecrackerRuntime(DockerRuntime(pull=False, owner=owner), owner=owner, cache_dir=tmp_path / "c")
+        removed = await rt.janitor({"batches-1"})
+        assert [r.split("(")[1].rstrip(")") for r in removed] == [names[1]]
+        assert procs[1].wait(10) == -9
+        assert procs[0].poll() is None and procs[2].poll() is None
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

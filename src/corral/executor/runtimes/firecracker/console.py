@@ -1,10 +1,10 @@
 """The VM's console stream: a step's output with init's control lines in it.
 
-The guest writes everything to one serial port (ttyS0, in raw mode): the steps' output (through a
-pipe, so a step never holds the tty) and init's control lines, ``\\x1ecorral-<nonce>:<event>\\n``.
-One stream keeps them in order: a step's last bytes always come before its "end" line, which two
-channels could not promise. The nonce is new for each VM and known to the host and to init only
-(see guest/init.sh), so output that imitates a control line is output.
+The guest writes everything to one virtio console (hvc0, kept in raw mode by init): the steps'
+output (through a pipe, so a step never holds the tty) and init's control lines,
+``\\x1ecorral-<nonce>:<event>\\n``. One stream keeps them in order: a step's last bytes always come
+before its "end" line, which two channels could not promise. The nonce is new for each VM and known
+to the host and to init only (see guest/init.sh), so output that imitates a control line is output.
 
 `ConsoleParser.feed` splits the stream: bytes go out as soon as they cannot be the start of a
 control line (a partial line is not held back), control lines come out as `Control` events.

@@ -98,7 +98,12 @@ class FirecrackerRuntime:
         return load_assets(self.assets_dir)
 
     def vm_name(self, space: JobSpace) -> str:
-        return f"corral-fc-{self.owner}-{space.labels[LABEL_JOB]}"
+        """corral-fc.<owner>.<queue>-<job id>: "." is in neither an owner (EXECUTOR_VM_PREFIX) nor a
+        queue name, so one owner's janitor never takes another owner's VM for its own."""
+        return f"{self._name_prefix()}{space.labels[LABEL_JOB]}"
+
+    def _name_prefix(self) -> str:
+        return f"corral-fc.{self.owner}."
 
     # --- Runtime ----------------------------------------------------------------------------------
 
@@ -297,7 +302,7 @@ class FirecrackerRuntime:
         await self.docker.cleanup(space)
 
     async def janitor(self, live: set[str]) -> list[str]:
-        prefix = f"corral-fc-{self.owner}-"
+        prefix = self._name_prefix()
         removed = []
         for pid, name in qemu_processes(prefix).items():
             if name.removeprefix(prefix) not in live:

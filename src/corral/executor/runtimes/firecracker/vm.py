@@ -4,7 +4,8 @@ A VM gets (see `VMConfig`): the kernel and initramfs of `assets`, vCPUs and RAM,
 (each with a virtio serial the guest finds it by: "scratch", "img0", ...), 9p shares ("ctl" with the
 nonce and the job's steps, "ws" the workspace, "steps" the step scripts), and no network device
 unless `netns` names a network namespace to run qemu in (user-mode networking, whose sockets then
-live in that namespace and pass its firewall).
+live in that namespace and pass its firewall). The job's channel is a virtio console on qemu's stdout
+(see `console`); the kernel's serial console goes to `console_log` or nowhere.
 
 The accelerator: KVM only where a tiny guest really boots with it (probed once per process and
 cached on disk next to the assets, keyed by kernel and qemu); else TCG, which works everywhere.
