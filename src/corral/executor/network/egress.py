@@ -30,7 +30,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable, Set
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,9 +191,23 @@ async def _remove(name: str) -> None:
     if uplink is not None:
         await _stop(uplink)
     for pid in slirp_pids(name):  # one this process did not start (an executor that died)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        _kill_if_serving(pid, name)
     await netns.delete(name)
+
+
+def _kill_if_serving(pid: int, name: str) -> None:
+    """SIGKILL `pid` through a pidfd opened before its command line is checked again: a pid that was
+    reused meanwhile (by another process) is never signalled."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return  # gone
+    try:
+        if pid in slirp_pids(name, pids=[pid]):
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+    finally:
+        os.close(fd)
 
 
 async def down(owner: str, label: str) -> None:
@@ -207,15 +221,17 @@ async def down(owner: str, label: str) -> None:
     _LOCKS.pop(name, None)
 
 
-def slirp_pids(name: str | None = None) -> dict[int, str]:
-    """Running slirp4netns processes by pid -> the namespace name they serve (only `name`'s if given)."""
+def slirp_pids(name: str | None = None, pids: Iterable[int] | None = None) -> dict[int, str]:
+    """Running slirp4netns processes by pid -> the namespace name they serve (only `name`'s if given;
+    only among `pids` if given, else every process)."""
     found: dict[int, str] = {}
     prefix = str(netns.NETNS_DIR) + "/"
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
+    candidates = [str(p) for p in pids] if pids is not None else [e.name for e in os.scandir("/proc")]
+    for pid in candidates:
+        if not pid.isdigit():
             continue
         try:
-            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
                 args = f.read().split(b"\0")
         except OSError:
             continue
@@ -224,7 +240,7 @@ def slirp_pids(name: str | None = None) -> dict[int, str]:
         for arg in args:
             text = arg.decode(errors="replace")
             if text.startswith(prefix) and (name is None or text == prefix + name):
-                found[int(entry.name)] = text[len(prefix) :]
+                found[int(pid)] = text[len(prefix) :]
     return found
 
 
