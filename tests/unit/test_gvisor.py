@@ -177,6 +177,19 @@ def test_a_missing_runtime_names_the_entry_to_add() -> None:
     assert "'old' is registered, but /nonexistent/old-runtime does not exist" in problems[2]
 
 
+def test_a_network_runtime_with_gvisors_own_network_stack_is_refused(tmp_path: Path) -> None:
+    """netstack would send a deny-private job's packets past its namespace's nftables rules."""
+    runsc = tmp_path / "runsc"
+    runsc.touch()
+    own = {"path": str(runsc), "runtimeArgs": ["--platform=ptrace", "--network=sandbox"]}
+    host = {"path": str(runsc), "runtimeArgs": ["--platform=ptrace", "--network=host"]}
+    info = {"Runtimes": {"runc": {"path": "runc"}, "gv": own, "gv-host": host}}
+    problems = _runtime_problems(info, ["gv", "gv"], network="gv")
+    assert len(problems) == 1 and "would bypass the egress firewall" in problems[0], problems
+    assert _runtime_problems(info, ["gv", "gv-host"], network="gv-host") == []
+    assert _runtime_problems(info, ["gv"], network=None) == []  # without network netstack has only lo
+
+
 # --- the daemon.json merge ------------------------------------------------------------------------
 
 

@@ -337,7 +337,9 @@ class DockerRuntime:
             if "too old" in exc.message:
                 return [exc.message]
             return [f"the Docker Engine on {sock} did not answer /info: {exc.message}"]
-        problems = _runtime_problems(info, [r for r in (self.runtime, self.network_runtime) if r])
+        problems = _runtime_problems(
+            info, [r for r in (self.runtime, self.network_runtime) if r], network=self.network_runtime
+        )
         if self.pulled.problem:
             problems.append(f"the record of images pulled with job credentials: {self.pulled.problem}")
         user = await asyncio.to_thread(credentials.read_user_config)
@@ -642,8 +644,12 @@ class DockerRuntime:
             )
 
 
-def _runtime_problems(info: Mapping[str, Any], wanted: Sequence[str]) -> list[str]:
-    """What keeps the OCI runtimes `wanted` from working on the daemon that answered GET /info."""
+def _runtime_problems(
+    info: Mapping[str, Any], wanted: Sequence[str], network: str | None = None
+) -> list[str]:
+    """What keeps the OCI runtimes `wanted` from working on the daemon that answered GET /info.
+    `network` (the runtime of jobs with a network) must not be gVisor with its own network stack:
+    netstack would send the job's packets past the job namespace's nftables rules."""
     registered: Mapping[str, Any] = info.get("Runtimes") or {}
     problems: list[str] = []
     for name in dict.fromkeys(wanted):
@@ -660,6 +666,15 @@ def _runtime_problems(info: Mapping[str, Any], wanted: Sequence[str]) -> list[st
         path = entry.get("path") if isinstance(entry, Mapping) else None
         if isinstance(path, str) and path.startswith("/") and not os.path.exists(path):
             problems.append(f"the container runtime {name!r} is registered, but {path} does not exist")
+        args = entry.get("runtimeArgs") if isinstance(entry, Mapping) else None
+        args = [a for a in args if isinstance(a, str)] if isinstance(args, list) else []
+        if name == network and isinstance(path, str) and os.path.basename(path) == GVISOR_RUNTIME:
+            if "--network=host" not in args:
+                problems.append(
+                    f"the network runtime {name!r} (EXECUTOR_DOCKER_NETWORK_RUNTIME) is gVisor without "
+                    "--network=host in its runtimeArgs: gVisor's own network stack would bypass the "
+                    f"egress firewall of a job's namespace; use {json.dumps(_runtime_entry(name))}"
+                )
     return problems
 
 
