@@ -26,8 +26,11 @@ die() { mark "error $*"; sync; poweroff -f; sleep 10; }
 for m in $(cat /corral/modules); do
     insmod "/lib/modules/$m.ko" || { echo "corral-init: insmod $m failed" > $CON; poweroff -f; }
 done
-for _ in 1 2 3 4 5 6 7 8 9 10; do [ -c /dev/hvc0 ] && break; sleep 0.1; done
-[ -c /dev/hvc0 ] || { echo "corral-init: no virtio console" > $CON; poweroff -f; }
+# /dev/hvc0 exists as soon as the hvc driver does; the virtio port behind it may bind later, and
+# what is written before it does is lost: wait for the port itself
+port() { for p in /sys/class/virtio-ports/vport*p0; do [ -e "$p" ] && return 0; done; return 1; }
+for _ in $(seq 50); do port && break; sleep 0.1; done
+port && [ -c /dev/hvc0 ] || { echo "corral-init: no virtio console" > $CON; poweroff -f; }
 CON=/dev/hvc0
 exec 9> $CON  # held open by init (and by nothing a step runs): the tty keeps its raw mode
 P9="trans=virtio,version=9p2000.L,msize=262144"
