@@ -831,7 +831,3 @@ app.add_typer(secret_app, name="secret")
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     app()
-
-
-if __name__ == "__main__":
-    main()

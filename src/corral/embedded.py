@@ -106,7 +106,7 @@ def _start_server_process(data_dir: Path, port: int, secret: str, admin: str) ->
     argv = [
         sys.executable,
         "-m",
-        "corral.cli",
+        "corral",  # corral/__main__.py: `-m corral.cli` would load corral.cli twice (as __main__ too)
         "server",
         "--host",
         "127.0.0.1",
