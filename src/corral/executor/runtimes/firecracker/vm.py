@@ -40,7 +40,7 @@ __all__ = ["VM", "Disk", "Share", "VMConfig", "accelerator", "host_khz", "qemu_p
 log = logging.getLogger("corral.executor.runtimes.firecracker")
 
 READ_CHUNK = 65536  # bytes read from the console at once
-PROBE_TIMEOUT_S = 20.0  # seconds a KVM probe boot may take before KVM counts as not working
+PROBE_TIMEOUT_S = 10.0  # seconds for a KVM probe boot to reach init (a working KVM: well under 1 s)
 MIN_MEMORY_MIB = 128  # the guest kernel and init need this much
 KILL_WAIT_S = 5.0  # seconds to wait for a SIGKILLed qemu to be reaped
 
