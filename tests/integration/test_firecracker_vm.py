@@ -11,6 +11,7 @@ import gzip
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -347,3 +348,15 @@ async def test_what_the_runtime_does_not_run_yet_is_refused_before_any_vm_boots(
     with pytest.raises(RuntimeFailure, match=r"network mode .* is not available"):
         await rt.run_plan(networked, JobPlan(1, "q", (docker,)), Sink())  # type: ignore[arg-type]
     assert qemu_processes(rt.vm_name(space)) == {}
+
+
+def test_the_install_command_reports_what_is_in_place_and_refuses_unknown_targets(
+    assets: fc_assets.Assets,
+) -> None:
+    corral = str(Path(sys.executable).parent / "corral")
+    done = subprocess.run([corral, "executor", "install", "firecracker"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "kernel and initramfs already in place" in done.stdout
+    assert assets.kernel_release in done.stdout and "accelerator " in done.stdout
+    bad = subprocess.run([corral, "executor", "install", "kubernetes"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "firecracker" in bad.stderr
