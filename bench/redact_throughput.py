@@ -58,7 +58,9 @@ def chunks() -> dict[str, bytes]:
     dump = "".join(lines).encode()[:CHUNK]
     words = [b"path=%2Fusr%2Flib", b"\\u00e9t\\u00e9", b"ok", b"50%", b"C:\\\\dir", b'say \\"hi\\"', b"\n"]
     escaped = b" ".join(rng.choice(words) for _ in range(CHUNK // 6))[:CHUNK]
-    return {"text": text, "base64": b64, "hexdump": dump, "escaped": escaped}
+    # a coloured build log (CSI colours on every line: the visible view's case)
+    ansi = b"\x1b[1;32m==>\x1b[0m Step 3/7 : RUN make \x1b[33mwarning\x1b[0m: unused 0123456789ab\n" * 900
+    return {"text": text, "base64": b64, "hexdump": dump, "escaped": escaped, "ansi": ansi[:CHUNK]}
 
 
 def best(runs: int, fn: Callable[[], object]) -> float:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from corral.executor.runtimes.base import JobSpace, OutputSink, Step, StepResult
+from corral.terminal import clean
 from corral.testing import FakeRuntime, Harness, fake_step
 from tests.unit.redact_kit import leaks, percent_mix, wrapped
 
@@ -42,6 +43,27 @@ async def test_step_output_is_redacted_in_every_form_split_across_writes(h: Harn
     out = (await h.logs(job_id))[0]["out"]
     assert out.count("[SECRET]") == 4, out
     assert not leaks(SECRET, out.encode()), out
+
+
+async def test_a_secret_split_by_invisible_bytes_or_in_utf16_is_redacted_in_the_log(h: Harness) -> None:
+    """Issue 12 review H1/H2: escape sequences, NULs, zero-width characters between the characters, and
+    UTF-16 (what `corral job logs` and an ANSI-rendering viewer would show as the secret)."""
+    half = len(SECRET) // 2
+    printed = [
+        SECRET[:half] + "\x1b[0m" + SECRET[half:],
+        "\0".join(SECRET),
+        SECRET[:half] + "\x1b]8;;http://x/\x1b\\" + SECRET[half:],
+        "\x07".join(SECRET[:half]) + "\x7f" + SECRET[half:],
+        "\u200b".join(SECRET),
+        SECRET.encode("utf-16-le").decode("latin-1"),
+        SECRET.encode("utf-16-be").decode("latin-1"),
+    ]
+    job_id, view = await run(h, fake_step(FAKE_OUTPUT="".join(p + "\n" for p in printed), FAKE_CHUNK=7))
+    assert view["state"] == "completed", view
+    out = (await h.logs(job_id))[0]["out"]
+    assert out.count("[SECRET]") == len(printed), out
+    shown = clean(out)  # what `corral job logs` prints
+    assert SECRET not in shown and SECRET not in shown.replace("\u200b", ""), shown
 
 
 async def test_the_executor_error_message_is_redacted(h: Harness) -> None:

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from corral.executor.redact import GAP, HEX_GAP, MIN_PART, Redactor
+from corral.terminal import RUN_MAX, clean
 from tests.unit.redact_kit import (
     REPLACEMENT,
     c_array,
@@ -126,7 +127,31 @@ def _per_line(secret: str, data: st.DataObject) -> bytes:
     return one_per_line(secret, data.draw(st.sampled_from(["\n", "\r\n"]), label="line end"))
 
 
+# What shows nothing on a terminal (or in a browser): escape sequences, controls, zero-width characters.
+INVISIBLE = [
+    b"\x1b[0m", b"\x1b[1;31m", b"\x1b]8;;http://x/\x1b\\", b"\x1b]0;title\x07", b"\x00", b"\x07", b"\x7f",
+    b"\x08", b"\x1b(B", b"\x1b7", "\u009b2K".encode(), "\u0085".encode(), "\u200b".encode(),
+    "\u00ad".encode(), "\u200d".encode(), "\ufeff".encode(), "\u2060".encode(), b"\r", b"\n", b" ",
+]  # fmt: skip
+
+
+def _invisible(secret: str, data: st.DataObject) -> bytes:
+    """The secret with invisible bytes between (some of) its characters, each run well under RUN_MAX."""
+    seps = data.draw(
+        st.lists(st.lists(st.sampled_from(INVISIBLE), max_size=3), min_size=len(secret), max_size=len(secret))
+    )
+    return b"".join(c.encode() + b"".join(sep) for c, sep in zip(secret, seps, strict=True))
+
+
+def _utf16(secret: str, data: st.DataObject) -> bytes:
+    """UTF-16 (LE or BE, with or without a BOM) of an ASCII secret (others are not covered)."""
+    ascii_secret = secret.encode("ascii", "replace").decode()
+    codec = data.draw(st.sampled_from(["utf-16-le", "utf-16-be", "utf-16"]), label="codec")
+    return ascii_secret.encode(codec)
+
+
 FORMS: dict[str, Form] = {
+    "split by invisible bytes": _invisible,
     "literal": lambda s, d: s.encode(),
     "base64 (wrapped or not)": _b64,
     "base64 of base64": _b64_of_b64,
@@ -136,6 +161,7 @@ FORMS: dict[str, Form] = {
     "case change": _case,
     "shell quoting": _shell,
     "one character per line": _per_line,
+    "utf-16": _utf16,
 }
 
 
@@ -152,6 +178,8 @@ def test_no_covered_form_survives_random_output_split_anywhere(
     secret: str, form: str, before: str, after: str, cuts: list[int], data: st.DataObject
 ) -> None:
     printed = FORMS[form](secret, data)
+    if form == "utf-16":
+        secret = secret.encode("ascii", "replace").decode()
     if form.startswith("hex"):  # a dump starts on a line of its own
         before += "\n"
     output = before.encode() + printed + after.encode()
@@ -194,6 +222,8 @@ def _pieces(secret: str) -> list[bytes]:
         percent_mix(secret, lambda i: i % 2 == 0),
     ]
     forms += [u_escape_mix(secret, lambda i: i % 2 == 1), xxd(b"ab" + raw), od_x(raw), one_per_line(secret)]
+    forms += [b"\x1b[0m".join(c.encode() for c in secret), b"\0".join(c.encode() for c in secret)]
+    forms += [secret.encode("utf-16-le", "replace"), "\u200b".join(secret).encode()]
     cut = [f[: len(f) // 2] for f in forms] + [f[len(f) // 3 :] for f in forms]
     edges = [
         b"%",
@@ -210,6 +240,9 @@ def _pieces(secret: str) -> list[bytes]:
     ]
     edges += [b"0", b"0x", b"x41", b"\n", b"\r\n", b" " * GAP, b" " * (GAP + 1), b"." * (HEX_GAP + 1)]
     edges += [b"00000010: ", b"0000000 ", b"  |abc|", b"deadbeef", b"\xff\xfe", b"\xc3"]
+    edges += [b"\x1b", b"\x1b[", b"\x1b[1;", b"\x1b]8;;", b"\x1b]0;t", b"\x07", b"\x1b\\", b"\xc2"]
+    edges += [b"\xc2\x9b"]
+    edges += [b"\xe2", b"\xe2\x80", b"\xe2\x80\x8b", b"\x00", b"\x1b[0m" * 33, b"\x00" * (RUN_MAX + 1)]
     return forms + cut + edges
 
 
@@ -229,3 +262,32 @@ def test_stream_equals_one_shot_for_any_input_and_chunking(
     one_shot = r.redact(data)
     assert stream_all(r, data, cuts) == one_shot  # also checks pending <= max_hold after every feed
     assert stream_all(r, data, list(range(len(data)))) == one_shot  # byte by byte
+
+
+# What corral.terminal.clean removes (and `corral job logs` therefore joins), in runs short and long.
+STRIPPED = [
+    "\x1b[0m", "\x1b[38;5;196m", "\x1b]8;;http://example.invalid/\x1b\\", "\x1b]52;c;eA==\x07",
+    "\x1bPq\x1b\\",
+    "\x00", "\x07", "\x7f", "\x1b", "\x1b(0", "\x9b31m", "\x9d0;t\x9c", "\x85", "\r", "\x0b", "\x0c",
+    "\x1b]0;" + "t" * 70 + "\x07", "\x1b[0m" * 40, "\x00" * 200, "\r" * 20,
+]  # fmt: skip
+
+
+@PROFILE
+@given(
+    secret=secrets,
+    seps=st.lists(st.lists(st.sampled_from(STRIPPED), max_size=4), min_size=1, max_size=41),
+    before=around,
+    cuts=st.lists(st.integers(min_value=0, max_value=3000), max_size=12),
+)
+def test_clean_never_joins_a_secret_the_redactor_missed(
+    secret: str, seps: list[list[str]], before: str, cuts: list[int]
+) -> None:
+    """The secret split by whatever clean() strips, anywhere: clean(redact(x)) never shows it."""
+    split = "".join(c + "".join(seps[i % len(seps)]) for i, c in enumerate(secret))
+    output = (before + split + "\n").encode()
+    r = Redactor({secret: REPLACEMENT})
+    one_shot = r.redact(output)
+    assert stream_all(r, output, cuts) == one_shot
+    shown = clean(one_shot.decode("utf-8", "replace"))
+    assert secret not in shown, (output, shown)

@@ -193,3 +193,33 @@ def test_property_no_form_survives_in_the_diff(
         assert len(redacted.splitlines()) == len(diff.splitlines())
         applied = apply_to_base(Path(tmp), repo, redacted)  # only added lines held it: applies
         assert not leaks(SECRET, (applied / "f.txt").read_bytes())
+
+
+UTF16 = {
+    "le.txt": SECRET.encode("utf-16-le"),
+    "be.txt": SECRET.encode("utf-16-be"),
+    "bom.txt": SECRET.encode("utf-16"),  # BOM, then the machine's order
+    "bombe.txt": b"\xfe\xff" + ("key=" + SECRET + "\n").encode("utf-16-be"),
+}
+
+
+def test_utf16_in_binary_hunks_is_redacted_and_applies(tmp_path: Path) -> None:
+    repo = repo_with(tmp_path, {"keep.txt": b"x\n"})
+    diff = diff_of(repo, UTF16)
+    assert diff.count("GIT binary patch") == len(UTF16), diff  # git takes UTF-16 (NULs) for binary
+    redacted, places = redact_diff(R, diff)
+    assert places == len(UTF16), redacted
+    applied = apply_to_base(tmp_path, repo, redacted)
+    for name, content in UTF16.items():
+        got = (applied / name).read_bytes()
+        assert got != content and REPLACEMENT.encode() in got, (name, got)
+        assert SECRET.encode() not in got.replace(b"\0", b""), (name, got)
+
+
+def test_utf16_outputs_are_redacted() -> None:
+    files = {name: base64.b64encode(content).decode() for name, content in UTF16.items()}
+    new, changed = redact_files(R, files)
+    assert changed == tuple(UTF16), changed
+    for name in UTF16:
+        got = base64.b64decode(new[name])
+        assert SECRET.encode() not in got.replace(b"\0", b""), (name, got)

@@ -24,6 +24,20 @@ Views (views.py)
     * hex: hex digits lower-cased with separators dropped (spaces, `:`, `,`, `0x`, `\\x`, line breaks)
       and the offset and character columns of dump lines skipped (`xxd`, `hexdump -C`, `od -x`,
       `od -An -tx1`, C arrays); the character column of every dump line a match touches is hidden too.
+    * visible (visible.py): what shows nothing on a terminal or in a browser removed, with whitespace:
+      escape sequences (CSI, OSC such as OSC 8 hyperlinks, DCS/SOS/PM/APC, other ESC sequences, and
+      their C1 forms encoded in UTF-8, each of bounded length), C0 controls (NUL, BEL, BS, ...), DEL,
+      C1 controls, and the zero-width and format characters (U+200B..U+200F, U+2060..U+2064, U+FEFF,
+      the soft hyphen U+00AD, bidi embeddings and isolates). `S3cr3t\\033[0mV4lue`, a NUL after every
+      character, a zero-width space inside: matched, and the whole original span is replaced, the
+      removed sequences with it. A run of removed bytes longer than RUN_MAX (corral.terminal), or
+      with more than GAP whitespace, ends a match; corral.terminal.clean, which removes a subset of
+      these bytes, shows such a run as a space, so `corral job logs` never joins what this view did
+      not. Only matches holding a removed byte other than whitespace count (the others are the
+      squeezed view's), so output without such a byte is not scanned in this view.
+      UTF-16 (LE, BE, with or without a BOM) of a secret of ASCII characters is such a NUL-interleaved
+      form and is redacted in every channel (log, diff, outputs); a secret with a non-ASCII character
+      is not matched in UTF-16 (its code units are not NUL-padded bytes of its UTF-8);
 
 Patterns (forms.py), for each secret `s` (a str, matched as UTF-8), all mapped to its replacement:
     * the literal `s` (always, whatever its length; empty values are ignored): squeezed when it has at
@@ -90,9 +104,14 @@ nobody matches. Not covered, in particular:
       Huffman tables per block), so there is no pattern to match; catching it would mean inflating
       every base64 run a job prints (a decompression bomb's work, on job-controlled input, and an
       unbounded hold-back to map what is found back onto the encoded text);
-    * encryption, hashing, reversing, rot13, xor, splitting a secret into pieces printed apart, any
-      other per-character transformation or interleaving (a character per line with a prefix, `od -c`
-      across lines, `od -b` octal, 32-bit hex words);
+    * encryption, hashing, reversing (`rev`), rot13, xor, splitting a secret into pieces printed
+      apart, any other per-character transformation or interleaving (a character per line with a
+      prefix, comma-separated characters, halves on two lines);
+    * other dump formats: `od -c` (its offset column on the next line ends a match), `od -b` (octal),
+      `od -tu1` (decimal), `od -tx4` / `-tx8` (32- and 64-bit little-endian words); base32; HTML
+      character references (`&#83;`, `&#x53;`); a secret split by a removed run longer than RUN_MAX;
+    * UTF-16 of a secret with non-ASCII characters, and any other text encoding (UTF-32, Latin-1 of
+      a non-ASCII secret, EBCDIC);
     * secrets shorter than MIN_SECRET characters in any encoded form, and encoded forms shorter than
       MIN_ENCODED bytes;
     * mixed-case variants other than all upper and all lower case, and case changes of encodings.

@@ -19,6 +19,8 @@ from corral.executor.redact.views import (
     Transformed,
     Unescape,
 )
+from corral.executor.redact.visible import RUN_MAX, Visible
+from corral.executor.redact.visible import TOKEN_MAX as VISIBLE_TOKEN_MAX
 
 __all__ = ["DEFAULT_REPLACEMENT", "Redactor", "StreamRedactor"]
 
@@ -64,13 +66,15 @@ class Channel:
         text, layout = tr.text, tr.layout
         u = len(text) if final else len(text) - m.undecided(text)
         limit = layout.span(u)[0] if u < len(text) else tr.done
-        unescaped = isinstance(view, Unescape)
-        stops = m.stops(text, u) if tr.escapes or not unescaped else {}
+        unescaped, visible = isinstance(view, Unescape), isinstance(view, Visible)
+        stops = m.stops(text, u) if tr.escapes or not (unescaped or visible) else {}
         matches: list[Match] = []
         for vs, ve in sorted(stops.items()):
             s, e = layout.span(vs)[0], layout.span(ve - 1)[1]
             if unescaped and not Unescape.has_escape(data, s, e):
                 continue  # the squeezed or raw view's match already
+            if visible and not Visible.has_invisible(tr, s, e):
+                continue  # the squeezed view's match already
             extra = Hex.columns(tr, vs, ve) if tr.lines else []
             matches.append((s, e, m.table[text[vs:ve]], extra))
         return _Scan(limit, matches, tr)
@@ -104,12 +108,15 @@ class Redactor:
         secrets += [(s, utf8(default)) for s in extra if s]
         self.tables: Tables = build_tables(secrets)
         t = self.tables
+        squeezed = Matcher(t.squeezed)  # (one automaton for both views of these patterns)
         candidates = [
             # view, patterns, original bytes per view byte at most, and bytes a view may keep pending
             Channel(Matcher(t.raw), None, 1, 0),
-            Channel(Matcher(t.squeezed), Squeeze(), GAP + 1, GAP),
+            Channel(squeezed, Squeeze(), GAP + 1, GAP),
             Channel(Matcher(t.unescaped), Unescape(), 6, TOKEN_MAX),
             Channel(Matcher(t.hex, HEX_KEY_LEN), Hex(), HEX_GAP + 1 + MAX_DUMP_LINE, MAX_DUMP_LINE),
+            # (the squeezed view's patterns, seen through invisible bytes: visible.py)
+            Channel(squeezed, Visible(), RUN_MAX + 1, RUN_MAX + VISIBLE_TOKEN_MAX),
         ]
         self.channels = [c for c in candidates if c.matcher]
         self._max_len = max((c.matcher.max_len for c in self.channels), default=0)

@@ -150,6 +150,8 @@ class Transformed:
         self.escapes = escapes or []
         # hex: dump lines as (view start, view end, line start, line end, column start, column end)
         self.lines = lines or []
+        # visible: the original spans of the removed tokens of more than one byte, flat
+        self.tokens: list[int] = []
         self.layout = layout
 
 
