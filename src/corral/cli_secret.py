@@ -28,7 +28,7 @@ from corral.cli import (
     _typer,
     command,
 )
-from corral.protocol.secrets import MAX_SECRET_VALUE_BYTES, SecretIn, SecretValueIn
+from corral.protocol.secrets import MAX_SECRET_VALUE_BYTES, SecretIn, SecretValueIn, last_newline_dropped
 
 __all__ = ["secret_app"]
 
@@ -62,7 +62,7 @@ def _read_value(from_file: Path | None) -> str:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise _fail("the value is not UTF-8 text (an environment variable's value)") from None
-    return text[:-1] if text.endswith("\n") else text
+    return last_newline_dropped(text)
 
 
 def _problem(exc: ValidationError) -> str:

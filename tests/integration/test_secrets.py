@@ -9,6 +9,7 @@ import base64
 import json
 import logging
 import stat
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -197,9 +198,8 @@ def test_a_ciphertext_moved_to_another_row_does_not_open(dbkit: Kit) -> None:
             .values(sealed=row.sealed, key_id=row.key_id)
         )
     r = dbkit.dequeue()
-    assert r.status_code == 500, r.text  # as a failed transform in Sourcegraph's dequeue
-    assert_absent(r.text, VALUE, OTHER)
-    failed = dbkit.wait_state(job["id"], "failed")
+    assert r.status_code == 204, r.text  # no job: the attempt is errored (retried later), not run
+    failed = dbkit.wait_state(job["id"], "errored")
     assert f"secret BETA (global, id {b['id']}) does not decrypt" in failed["error"]
     assert_absent(json.dumps(failed), VALUE, OTHER)
     assert dbkit.admin.get(f"/api/v1/secrets/{b['id']}/accesses").json() == []  # nothing handed out
@@ -269,22 +269,19 @@ def test_rotation_reencrypts_and_the_old_key_can_go(tmp_path: Path, monkeypatch:
         job = kit.submit(secrets=["S1"])
         kit.close()
     assert len(old_ids) == 1
-    # Only the new key: the old secrets do not open, and a job naming one fails naming the key.
+    # Only the new key: the server refuses to start (every job those secrets go to would fail),
+    # naming how many and the key's fingerprint (review 12b H3).
     monkeypatch.setenv(KEY_ENV, new)
-    with serve(settings_for(data)) as srv:
-        kit = Kit(srv)
-        r = kit.admin.post("/api/v1/queues/batches/jobs", json={**SIMPLE_STEPS, "secrets": ["S1"]})
-        assert r.status_code == 400 and "which is not configured" in error_of(r)
-        assert kit.dequeue().status_code == 500
-        err = kit.wait_state(job["id"], "failed")["error"]
-        assert f"encrypted with key {next(iter(old_ids))}, which is not configured" in err
-        r = kit.admin.post("/api/v1/secrets/reencrypt")
-        assert r.status_code == 500 and "not configured" in error_of(r)
-        kit.close()
+    with pytest.raises(ConfigError) as info:
+        create_app(settings_for(data))
+    assert "5 of the database's 5 executor secrets" in str(info.value)
+    assert next(iter(old_ids)) in str(info.value) and old not in str(info.value)
     # New first, old second: everything opens; re-encrypt moves every value to the new key.
     monkeypatch.setenv(KEY_ENV, f"{new},{old}")
     with serve(settings_for(data)) as srv:
         kit = Kit(srv)
+        assert env_of(kit.take())[0][-1] == f"S1={VALUE}-1"
+        assert job["id"]
         before = {r.id: bytes(r.sealed) for r in raw_rows(kit)}
         r = kit.admin.post("/api/v1/secrets/reencrypt")
         assert r.status_code == 200, r.text
@@ -531,3 +528,180 @@ def test_concurrent_creates_of_one_name_make_one_secret(dbkit: Kit) -> None:
         )
     assert sorted(codes) == [201] + [409] * 15, codes
     assert len(raw_rows(dbkit)) == 1
+
+
+# -- review 12b -------------------------------------------------------------------------------
+REGISTRY_PASSWORD = "Reg1stryPassw0rd-zz9"
+
+
+def test_every_secret_form_of_docker_auth_config_is_redacted(kit: Kit) -> None:
+    """H2: a step that decodes `auth` prints user:password; a Sourcegraph executor redacts only
+    redactedValues, so the decoded forms must be there (a user name alone is not: S7)."""
+    config = {
+        "auths": {
+            "127.0.0.1:5999": {"auth": base64.b64encode(f"ci-bot:{REGISTRY_PASSWORD}".encode()).decode()},
+            "127.0.0.1:5998": {"username": "deployer", "password": "pw-5998-secret"},
+            "127.0.0.1:5997": {"identitytoken": "idtoken-5997-secret"},
+        }
+    }
+    add(kit, "DOCKER_AUTH_CONFIG", json.dumps(config))
+    kit.submit(secrets=["DOCKER_AUTH_CONFIG"])
+    redacted = kit.take()["redactedValues"]
+    mask = "${{ secrets.DOCKER_AUTH_CONFIG }}"
+    for form in (
+        json.dumps(config),
+        config["auths"]["127.0.0.1:5999"]["auth"],
+        f"ci-bot:{REGISTRY_PASSWORD}",
+        REGISTRY_PASSWORD,
+        "pw-5998-secret",
+        "deployer:pw-5998-secret",
+        "idtoken-5997-secret",
+    ):
+        assert redacted.get(form) == mask, form
+    assert "ci-bot" not in redacted and "deployer" not in redacted
+
+
+def test_a_missing_key_file_is_not_replaced_while_secrets_are_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """H3: the generated key file gone (a restored database, a replica's empty data dir): the
+    server refuses to start and makes no new key file."""
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    data = tmp_path / "d"
+    with serve(settings_for(data)) as srv:
+        kit = Kit(srv)
+        add(kit, "TOKEN", VALUE)
+        add(kit, "OTHER", OTHER, "org:acme")
+        kit.close()
+    (data / KEY_FILE).unlink()
+    with pytest.raises(ConfigError, match="does not exist, but the database holds 2 executor secrets"):
+        create_app(settings_for(data))
+    assert not (data / KEY_FILE).exists()
+
+
+def test_a_secret_that_does_not_open_at_dequeue_errors_the_job_for_a_retry(dbkit: Kit) -> None:
+    """H3: a key gone while the server runs (another replica rotated; the row's key not in this
+    ring): the dequeue hands out nothing (204, not 500), the attempt is errored (retried), the
+    message names the secret; the job never runs without it and is not failed for good."""
+    kit = dbkit
+    s = add(kit, "TOKEN", VALUE, "user:alice")
+    job = kit.submit(secrets=["TOKEN"], namespace="user:alice", maxAttempts=3)
+    with kit.srv.store.engine.begin() as conn:
+        conn.execute(
+            update(secrets_table).where(secrets_table.c.id == s["id"]).values(key_id="00000000deadbeef")
+        )
+    r = kit.dequeue()
+    assert r.status_code == 204, r.text
+    errored = kit.wait_state(job["id"], "errored")
+    assert (
+        f"secret TOKEN (user:alice, id {s['id']})" in errored["error"]
+        and "00000000deadbeef" in errored["error"]
+    )
+    assert_absent(errored["error"], VALUE)
+    assert kit.dequeue().status_code == 204  # backoff: not handed out again at once, and not run
+    assert kit.admin.get(f"/api/v1/secrets/{s['id']}/accesses").json() == []
+
+
+def test_a_rotation_never_undoes_a_value_set_meanwhile() -> None:
+    """H4 (PostgreSQL, READ COMMITTED): `set_value` commits between reseal's read and write; the
+    reseal's compare-and-swap misses, it reads again, and the new value stays."""
+    from corral.server.secretbox import Keyring, associated_data
+    from corral.server.store import SqlStore
+    from corral.server.store.secrets import SealedSecret
+
+    store = SqlStore(fresh_database_url())
+    store.migrate()
+    old, new = new_key(), new_key()
+    ring1, ring2 = Keyring.parse(old), Keyring.parse(f"{new},{old}")
+
+    def aad(sid: int) -> bytes:
+        return associated_data(sid, "TOKEN", None)
+
+    info = store.secrets.create("TOKEN", None, lambda sid: ring1.seal("v1-old-value", aad(sid)))
+    opened, go = threading.Event(), threading.Event()
+    reads: list[str] = []
+
+    def reseal(s: SealedSecret) -> tuple[bytes, str]:
+        plain = ring2.open(s.sealed, aad(s.info.id), s.info.key_id, "TOKEN")
+        reads.append(plain)
+        opened.set()
+        assert go.wait(10)
+        return ring2.seal(plain, aad(s.info.id))
+
+    with ThreadPoolExecutor(1) as pool:
+        resealed = pool.submit(store.secrets.reseal, info.id, ring2.primary_id, reseal)
+        assert opened.wait(10)
+        store.secrets.set_value(info.id, lambda sid: ring1.seal("v2-NEW-value", aad(sid)))  # old key
+        go.set()
+        assert resealed.result(timeout=20) is True
+    got = store.secrets.get(info.id)
+    assert got.info.key_id == ring2.primary_id
+    assert ring2.open(got.sealed, aad(info.id), got.info.key_id, "TOKEN") == "v2-NEW-value"
+    assert reads == ["v1-old-value", "v2-NEW-value"]  # read again after the swap missed
+    store.close()
+
+
+def test_the_secrets_fanned_out_into_every_step_are_bounded(kit: Kit) -> None:
+    """H5: 16 x 60 KiB named by 100 steps was a 99 MB dequeue answer (over the executor's 64 MiB):
+    400 at submit naming the numbers; a value grown after submit fails the job at dequeue."""
+    value = "ab" * 30 * 1024  # 60 KiB
+    ids = [add(kit, f"BIG{i}", value[:-2] + f"{i:02d}")["id"] for i in range(16)]
+    steps = {"dockerSteps": [{"image": "corral/busybox:1", "commands": ["true"]}] * 100}
+    r = kit.admin.post(
+        "/api/v1/queues/batches/jobs", json={**steps, "secrets": [f"BIG{i}" for i in range(16)]}
+    )
+    assert r.status_code == 400, r.text
+    assert "in each of its 100 steps" in error_of(r) and "over the limit of 8388608" in error_of(r)
+    assert_absent(r.text, value)
+    small = {"dockerSteps": [{"image": "corral/busybox:1", "commands": ["true"]}] * 8}
+    r = kit.admin.post(
+        "/api/v1/queues/batches/jobs", json={**small, "secrets": [f"BIG{i}" for i in range(16)]}
+    )
+    assert r.status_code == 201, r.text  # 16 x 60 KiB x 8 steps: under the bound
+    # Within the bound at submit, over it at dequeue (values replaced by bigger ones meanwhile).
+    for i in range(4):
+        add(kit, f"SMALL{i}", f"small-{i}")
+    r = kit.admin.post(
+        "/api/v1/queues/batches/jobs", json={**steps, "secrets": [f"SMALL{i}" for i in range(4)]}
+    )
+    assert r.status_code == 201, r.text
+    late = r.json()["id"]
+    assert len(kit.take()["dockerSteps"]) == 8  # the first job, handed out
+    small_ids = [s["id"] for s in kit.admin.get("/api/v1/secrets").json() if s["name"].startswith("SMALL")]
+    for sid in small_ids:
+        assert kit.admin.put(f"/api/v1/secrets/{sid}", json={"value": value}).status_code == 200
+    r = kit.dequeue()
+    assert r.status_code == 500 and "over the limit of 8388608" in error_of(r)
+    failed = kit.wait_state(late, "failed")
+    assert "in each of its 100 steps" in failed["error"]
+    assert len(ids) == 16
+
+
+@pytest.mark.parametrize("method", ["post", "put"])
+def test_a_lone_surrogate_in_a_value_is_a_clean_400(kit: Kit, method: str) -> None:
+    """S3: no UTF-8 form: 400 naming why (was a 500 with a traceback)."""
+    body = '{"name": "SURR", "value": "abc-secretpart-\\ud800-tail"}'
+    if method == "put":
+        sid = add(kit, "SURR", "fine")["id"]
+        body = '{"value": "abc-secretpart-\\ud800-tail"}'
+        r = kit.admin.put(
+            f"/api/v1/secrets/{sid}", content=body, headers={"Content-Type": "application/json"}
+        )
+    else:
+        r = kit.admin.post("/api/v1/secrets", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code in (400, 422), r.text
+    assert "lone surrogate" in r.text and "secretpart" not in r.text
+
+
+def test_a_deleted_secrets_id_is_never_reused(dbkit: Kit) -> None:
+    """S4: SQLite gave a new secret the deleted one's id, and so its access log."""
+    kit = dbkit
+    a = add(kit, "PROD_DEPLOY_KEY", VALUE)
+    kit.submit(secrets=["PROD_DEPLOY_KEY"])
+    kit.take()
+    assert len(kit.admin.get(f"/api/v1/secrets/{a['id']}/accesses").json()) == 1
+    assert kit.admin.delete(f"/api/v1/secrets/{a['id']}").status_code == 204
+    b = add(kit, "HARMLESS", OTHER)
+    assert b["id"] > a["id"]
+    assert kit.admin.get(f"/api/v1/secrets/{b['id']}/accesses").json() == []
+    assert len(kit.admin.get(f"/api/v1/secrets/{a['id']}/accesses").json()) == 1

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from corral.errors import ConfigError
+from corral.protocol.secrets import last_newline_dropped
 from corral.server.secretbox import KEY_ENV, KEY_FILE, Keyring, SecretKeyError, associated_data, new_key
 
 AAD = associated_data(7, "TOKEN", "user:alice")
@@ -112,3 +113,42 @@ def test_a_shared_database_without_the_env_key_warns(
     Keyring.load(tmp_path, {KEY_ENV: new_key()}, shared=True)
     Keyring.load(tmp_path, {}, shared=False)
     assert caplog.text == ""
+
+
+# -- review 12b: the stored secrets' keys are checked at start (H3) ------------------------------
+def test_a_key_that_sealed_stored_secrets_must_be_configured(tmp_path: Path) -> None:
+    k1, k2 = new_key(), new_key()
+    sealed_with = Keyring.parse(k1).primary_id
+    stored = {sealed_with: 3, Keyring.parse(k2).primary_id: 1}
+    with pytest.raises(ConfigError) as info:
+        Keyring.load(tmp_path, {KEY_ENV: k2}, stored=stored)
+    text = str(info.value)
+    assert "3 of the database's 4 executor secrets" in text and sealed_with in text
+    assert k1 not in text and k2 not in text
+    assert Keyring.load(tmp_path, {KEY_ENV: f"{k2},{k1}"}, stored=stored).key_ids[1] == sealed_with
+
+
+def test_no_key_file_is_made_while_the_database_holds_secrets(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"does not exist, but the database holds 2 executor secrets"):
+        Keyring.load(tmp_path, {}, stored={"00112233aabbccdd": 2})
+    assert not (tmp_path / KEY_FILE).exists()
+    made = Keyring.load(tmp_path, {}, stored={})  # an empty database: the key is made, as before
+    assert (tmp_path / KEY_FILE).exists()
+    assert Keyring.load(tmp_path, {}, stored={made.primary_id: 5}) == made
+
+
+# -- review 12b S9: the CLI drops one trailing line ending of a file or stdin ---------------------
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("tok\n", "tok"),
+        ("tok\r\n", "tok"),
+        ("tok", "tok"),
+        ("tok\n\n", "tok\n"),
+        ("tok\r\n\r\n", "tok\r\n"),
+        ("tok\r", "tok\r"),
+        ("a\r\nb\r\n", "a\r\nb"),
+    ],
+)
+def test_the_last_line_ending_is_dropped(text: str, value: str) -> None:
+    assert last_newline_dropped(text) == value

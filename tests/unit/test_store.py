@@ -719,7 +719,7 @@ def test_migration_widens_a_postgres_schema_made_by_0001(store: Store, db_url: s
         version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
         seq = conn.exec_driver_sql("SELECT data_type FROM pg_sequences WHERE sequencename = 'jobs_id_seq'")
         assert seq.scalar() == "bigint"
-    assert version == "0005"
+    assert version == "0006"
     assert types["jobs.priority"] == "bigint" and types["log_entries.key"] == "text"
     assert [c for c, t in types.items() if t in ("integer", "character varying")] == []
     assert store.get_job(job_id)["state"] == "processing"

@@ -22,6 +22,7 @@ from corral.protocol.common import Wire
 
 __all__ = [
     "DOCKER_AUTH_CONFIG",
+    "MAX_HANDOFF_BYTES",
     "MAX_JOB_SECRETS",
     "MAX_NAMESPACE",
     "MAX_SECRET_NAME",
@@ -36,12 +37,16 @@ __all__ = [
     "check_namespace",
     "check_secret_name",
     "check_secret_value",
+    "last_newline_dropped",
 ]
 
 MAX_SECRET_NAME = 128  # characters of a secret's name
 MAX_SECRET_VALUE_BYTES = 64 * 1024  # bytes (UTF-8) of one secret's value
 MAX_JOB_SECRETS = 100  # secrets one job may name
 MAX_NAMESPACE = 256  # characters of a namespace (a job's or a secret's)
+# Bytes the hand-off adds to one dequeue answer: every step gets each named `NAME=value`, so
+# (sum of NAME=value) x (steps). Far under an executor's 64 MiB bound on a dequeue answer.
+MAX_HANDOFF_BYTES = 8 * 1024 * 1024
 SECRET_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z", re.ASCII)  # an environment variable's name
 NAMESPACE_RE = re.compile(r"(user|org):[A-Za-z0-9][A-Za-z0-9._-]{0,250}\Z", re.ASCII)
 # The secret Sourcegraph's frontend turns into a job's dockerAuthConfig at dequeue (its value is a
@@ -69,7 +74,10 @@ def check_namespace(namespace: str | None) -> str | None:
 
 
 def check_secret_value(value: str) -> str:
-    size = len(value.encode("utf-8", errors="surrogatepass"))
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800"): no UTF-8 form, no env var
+        raise ValueError("the secret's value is not valid Unicode (it holds a lone surrogate)") from None
     if size > MAX_SECRET_VALUE_BYTES:
         raise ValueError(f"the secret's value has {size} bytes, over the limit of {MAX_SECRET_VALUE_BYTES}")
     if not value:
@@ -77,6 +85,12 @@ def check_secret_value(value: str) -> str:
     if "\x00" in value:
         raise ValueError("the secret's value holds a NUL character (an environment variable cannot)")
     return value
+
+
+def last_newline_dropped(text: str) -> str:
+    """A value read from a file or stdin (`corral secret add/set`): its one last line ending (\\n
+    or \\r\\n, as editors write them) is not part of it; any other newline or \\r is kept."""
+    return text.removesuffix("\r\n") if text.endswith("\r\n") else text.removesuffix("\n")
 
 
 class _In(BaseModel):

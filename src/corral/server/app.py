@@ -189,7 +189,9 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
     settings.repos_dir.mkdir(parents=True, exist_ok=True)
     store = store or SqlStore(settings.db_url)
     store.migrate()
-    keyring = Keyring.load(settings.data_dir, shared=store.shared)  # executor secrets (secretbox.py)
+    keyring = Keyring.load(  # executor secrets (secretbox.py): refuses keys that open no stored secret
+        settings.data_dir, shared=store.shared, stored=store.secrets.key_counts()
+    )
     state = ServerState(settings=settings, store=store, keyring=keyring)
     state.metrics.watch_store(lambda: (store.list_queues(), api.executors_active(state)))
     state.metrics.long_polls.set_function(state.notifier.waiting)

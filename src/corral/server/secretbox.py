@@ -101,15 +101,51 @@ class Keyring:
 
     @classmethod
     def load(
-        cls, data_dir: Path, environ: Mapping[str, str] | None = None, *, shared: bool = False
+        cls,
+        data_dir: Path,
+        environ: Mapping[str, str] | None = None,
+        *,
+        shared: bool = False,
+        stored: Mapping[str, int] | None = None,
     ) -> Keyring:
         """From CORRAL_SECRETS_KEY, else from (or newly into) `<data_dir>/secrets-key`. `shared`:
-        replicas share the database, so each needs the same key (a key file is one replica's)."""
-        env = os.environ if environ is None else environ
+        replicas share the database, so each needs the same key (a key file is one replica's).
+        `stored` (key fingerprint -> secrets it sealed, from the database): ConfigError when a
+        stored secret was sealed with a key this ring lacks, and no key file is generated while the
+        database holds secrets (a new key would open none of them)."""
+        ring = cls._load(data_dir, os.environ if environ is None else environ, shared, stored or {})
+        if stored:
+            ring.check_stored(stored)
+        return ring
+
+    def check_stored(self, stored: Mapping[str, int]) -> None:
+        """ConfigError naming how many stored secrets no configured key opens, and their keys."""
+        missing = {k: n for k, n in stored.items() if k not in self.key_ids}
+        if missing:
+            count = sum(missing.values())
+            raise ConfigError(
+                f"{count} of the database's {sum(stored.values())} executor secrets were encrypted "
+                f"with keys that are not configured: {', '.join(sorted(missing))} (configured: "
+                f"{', '.join(self.key_ids)}). Every job they go to would fail: set {KEY_ENV} to "
+                "the keys that sealed them (after a rotation: new,old until `corral secret "
+                "reencrypt` is done), or delete those secrets with a server that has the keys"
+            )
+
+    @classmethod
+    def _load(
+        cls, data_dir: Path, env: Mapping[str, str], shared: bool, stored: Mapping[str, int]
+    ) -> Keyring:
         text = env.get(KEY_ENV, "")
         if text.strip():
             return cls.parse(text)
         path = data_dir / KEY_FILE
+        if stored and not os.path.lexists(path):
+            raise ConfigError(
+                f"{KEY_ENV} is unset and the secrets key file {path} does not exist, but the "
+                f"database holds {sum(stored.values())} executor secrets (keys "
+                f"{', '.join(sorted(stored))}): a new key would open none of them. Restore the key "
+                f"file, or set {KEY_ENV} to the key that sealed them"
+            )
         if shared:
             log.warning(
                 "%s is unset: executor secrets use the key in %s; replicas sharing this database each need "

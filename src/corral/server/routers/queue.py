@@ -39,7 +39,7 @@ from corral.server.auth import authorize_job_or_executor, is_corral_executor, re
 from corral.server.bodies import BoundedJsonRoute
 from corral.server.deps import ServerState, StateDep
 from corral.server.jobview import dump_job, executor_job
-from corral.server.routers.secrets import hand_off
+from corral.server.routers.secrets import SecretsUnavailable, hand_off
 from corral.server.store import JobAuth, MarkOutcome, Telemetry
 from corral.server.uploads import check_result
 
@@ -113,6 +113,8 @@ async def _dequeue(
     try:
         job = executor_job(row, token, version=version, with_queue=with_queue, corral=corral)
         job = await hand_off(state, row, job, req.executor_name)  # the job's executor secrets
+    except SecretsUnavailable:  # hand_off errored the attempt (retried later): no job to run now
+        return Response(status_code=204)
     except Invalid as exc:
         # As Sourcegraph's dequeue when its RecordTransformer fails: the record is marked failed
         # ("failed to transform record: ...") and the executor gets a 500.

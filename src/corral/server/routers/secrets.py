@@ -22,15 +22,18 @@ a Sourcegraph job. The stored job keeps only names; no read API shows a value.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
-from corral.errors import Invalid, NotConfigured
+from corral.errors import CorralError, Invalid, NotConfigured
+from corral.executor.runtimes.docker.credentials import auth_values
 from corral.protocol.producer import MAX_REDACTED_BYTES, MAX_REDACTED_VALUES, JobIn
 from corral.protocol.secrets import (
     DOCKER_AUTH_CONFIG,
+    MAX_HANDOFF_BYTES,
     NAMESPACE_RE,
     ReencryptView,
     SecretAccessView,
@@ -44,10 +47,12 @@ from corral.server.bodies import BoundedJsonRoute
 from corral.server.deps import ServerState, StateDep
 from corral.server.jobview import iso
 from corral.server.secretbox import Keyring, SecretKeyError, associated_data
-from corral.server.store import JobRow
+from corral.server.store import JobRow, MarkOutcome
 from corral.server.store.secrets import SealedSecret, SecretAccess, SecretInfo
 
-__all__ = ["check_job", "hand_off", "router"]
+__all__ = ["SecretsUnavailable", "check_job", "hand_off", "router"]
+
+log = logging.getLogger("corral.server")
 
 
 async def _admin(request: Request, state: StateDep) -> None:
@@ -198,6 +203,11 @@ async def reencrypt(state: StateDep) -> ReencryptView:
 
 
 # -- jobs naming secrets ----------------------------------------------------------------------
+class SecretsUnavailable(CorralError):
+    """A secret the job gets does not open with this server's keys: the attempt was errored (and
+    will be retried); the dequeue hands out no job."""
+
+
 @dataclass(frozen=True)
 class _Resolved:
     env: dict[str, str]  # name -> value, of the names the job lists
@@ -219,26 +229,17 @@ async def _resolve(state: ServerState, names: list[str], namespace: str | None, 
         raise Invalid(f"the job names secrets that do not exist in {where}: {', '.join(missing[:20])}")
     if not found:
         return _Resolved({}, None, [])
-    ring = keyring(state)
-    try:
-        env = {n: _open(ring, found[n]) for n in names}
-        auth_secret = found.get(DOCKER_AUTH_CONFIG) if auth else None
-        parsed = None
-        if auth_secret is not None:
-            raw = env.get(DOCKER_AUTH_CONFIG) or _open(ring, auth_secret)
-            parsed = (auth_secret.info, _check_docker_auth(_what(auth_secret.info), raw), raw)
-    except SecretKeyError as exc:
-        raise Invalid(exc.message) from None
+    ring = keyring(state)  # SecretKeyError when a value does not open: the callers decide
+    env = {n: _open(ring, found[n]) for n in names}
+    auth_secret = found.get(DOCKER_AUTH_CONFIG) if auth else None
+    parsed = None
+    if auth_secret is not None:
+        raw = env.get(DOCKER_AUTH_CONFIG) or _open(ring, auth_secret)
+        parsed = (auth_secret.info, _check_docker_auth(_what(auth_secret.info), raw), raw)
     handed = [found[n].info for n in names]
     if parsed is not None and parsed[0] not in handed:
         handed.append(parsed[0])
     return _Resolved(env, parsed, handed)
-
-
-def _auth_strings(config: dict[str, Any]) -> list[str]:
-    return [
-        v for entry in config.get("auths", {}).values() for v in entry.values() if isinstance(v, str) and v
-    ]
 
 
 def _redacted(existing: dict[str, str] | None, r: _Resolved) -> dict[str, str]:
@@ -248,7 +249,7 @@ def _redacted(existing: dict[str, str] | None, r: _Resolved) -> dict[str, str]:
     if r.auth is not None:
         info, config, raw = r.auth
         out.setdefault(raw, replacement(info.name))
-        for s in _auth_strings(config):
+        for s in auth_values(config):  # auth, decoded user:password, password, identitytoken
             out.setdefault(s, replacement(info.name))
     if len(out) > MAX_REDACTED_VALUES:
         raise Invalid(
@@ -263,23 +264,52 @@ def _redacted(existing: dict[str, str] | None, r: _Resolved) -> dict[str, str]:
     return out
 
 
+def _check_fanout(env: dict[str, str], steps: int) -> None:
+    """The bytes the hand-off adds to the dequeue answer (each step gets every NAME=value) stay
+    within MAX_HANDOFF_BYTES (Invalid naming the numbers)."""
+    each = sum(len(n.encode()) + len(v.encode()) + 1 for n, v in env.items())
+    if each * steps > MAX_HANDOFF_BYTES:
+        raise Invalid(
+            f"the job's {len(env)} secrets ({each} bytes as NAME=value) in each of its {steps} steps "
+            f"add {each * steps} bytes to its dequeue answer, over the limit of {MAX_HANDOFF_BYTES}: "
+            "name fewer or smaller secrets, or use fewer steps"
+        )
+
+
 async def check_job(state: ServerState, body: JobIn) -> None:
     """At submit: every secret the job names exists now (Invalid naming the missing ones), and the
-    job's redacted values with them stay within an executor's bounds."""
+    job's redacted values with them, and the env they add to its steps, stay within an executor's
+    bounds (values may change later: hand_off checks again)."""
     if body.secrets:
-        _redacted(body.redacted_values, await _resolve(state, body.secrets, body.namespace, auth=False))
+        try:
+            r = await _resolve(state, body.secrets, body.namespace, auth=False)
+        except SecretKeyError as exc:
+            raise Invalid(exc.message) from None
+        _redacted(body.redacted_values, r)
+        _check_fanout(r.env, len(body.docker_steps) + len(body.cli_steps))
 
 
 async def hand_off(
     state: ServerState, row: JobRow, job: dict[str, Any], executor_name: str
 ) -> dict[str, Any]:
     """The Job JSON `job` (built by jobview.executor_job) with the job's secrets in it; records
-    each value handed out. Invalid (the job fails) when a secret is missing or cannot be opened."""
+    each value handed out. Invalid (the job fails) when a secret is missing or the hand-off is over
+    a bound. A secret no configured key opens (a key missing on this replica: an operator's fault,
+    not the job's) errors the attempt instead, retried after the usual backoff, and raises
+    SecretsUnavailable (the executor gets no job)."""
     names = list(row.spec.get("secrets") or [])
-    r = await _resolve(state, names, _scope(row.spec.get("namespace")), auth="dockerAuthConfig" in job)
+    try:
+        r = await _resolve(state, names, _scope(row.spec.get("namespace")), auth="dockerAuthConfig" in job)
+    except SecretKeyError as exc:
+        message = f"failed to transform record: {exc.message} (retried: fix the server's keys)"
+        await state.db(state.store.mark, row.id, row.attempt, executor_name, MarkOutcome.ERRORED, message)
+        state.log_written(row.id)
+        log.error("job %d: %s", row.id, exc.message)
+        raise SecretsUnavailable(exc.message) from None
     if not r.handed:
         return job
     job["redactedValues"] = _redacted(job.get("redactedValues"), r)
+    _check_fanout(r.env, sum(len(job.get(key) or []) for key in ("dockerSteps", "cliSteps")))
     if r.env:
         pairs = [f"{n}={v}" for n, v in r.env.items()]
         for key in ("dockerSteps", "cliSteps"):

@@ -12,7 +12,7 @@ import builtins
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from corral.errors import Conflict, NotFound
@@ -22,6 +22,7 @@ from corral.server.store.tables import secret_accesses, secrets
 __all__ = ["SealedSecret", "Sealer", "SecretAccess", "SecretInfo", "Secrets"]
 
 MAX_ACCESSES = 1000  # access records one listing answers at most
+RESEAL_TRIES = 5  # reads of a secret that changes under a re-encryption before it gives up
 
 # (secret id) -> (sealed value, key fingerprint): the store calls it once the row has its id.
 Sealer = Callable[[int], tuple[bytes, str]]
@@ -200,6 +201,12 @@ class Secrets:
                 SecretAccess(r[0], r[1], r[2] or None, r[3], r[4], r[5], r[6]) for r in conn.execute(query)
             ]
 
+    def key_counts(self) -> dict[str, int]:
+        """Key fingerprint -> how many secrets it sealed (what the server's keys must open)."""
+        with self.db.read() as conn:
+            rows = conn.execute(select(secrets.c.key_id, func.count()).group_by(secrets.c.key_id))
+            return {str(r[0]): int(r[1]) for r in rows}
+
     def stale(self, key_id: str) -> builtins.list[int]:
         """Ids of the secrets not sealed with the key `key_id` (what a rotation re-encrypts)."""
         with self.db.read() as conn:
@@ -209,16 +216,27 @@ class Secrets:
     def reseal(
         self, secret_id: int, key_id: str, reseal: Callable[[SealedSecret], tuple[bytes, str]]
     ) -> bool:
-        """Re-encrypt one secret (in one transaction) unless it is sealed with `key_id` already."""
-        with self.db.write() as conn:
-            r = conn.execute(select(*_INFO, secrets.c.sealed).where(secrets.c.id == secret_id)).first()
-            if r is None or r.key_id == key_id:
-                return False
-            sealed, new_id = reseal(SealedSecret(_info(r), bytes(r[6])))
-            conn.execute(
-                update(secrets).where(secrets.c.id == secret_id).values(sealed=sealed, key_id=new_id)
-            )
-        return True
+        """Re-encrypt one secret unless it is sealed with `key_id` already. A compare-and-swap: the
+        new ciphertext replaces only the one that was read, so a value set meanwhile (`set_value`
+        commits between the read and the write: PostgreSQL's READ COMMITTED takes no row lock on a
+        SELECT) is never overwritten by the old value; it is read again instead."""
+        for _ in range(RESEAL_TRIES):
+            with self.db.write() as conn:
+                r = conn.execute(select(*_INFO, secrets.c.sealed).where(secrets.c.id == secret_id)).first()
+                if r is None or r.key_id == key_id:
+                    return False
+                old = bytes(r[6])
+                sealed, new_id = reseal(SealedSecret(_info(r), old))
+                swapped = conn.execute(
+                    update(secrets)
+                    .where(secrets.c.id == secret_id, secrets.c.sealed == old)
+                    .values(sealed=sealed, key_id=new_id)
+                ).rowcount
+            if swapped:
+                return True
+        raise Conflict(
+            f"secret {secret_id} changed during each of {RESEAL_TRIES} re-encryptions: run it again"
+        )
 
 
 def _taken(name: str, namespace: str | None, sid: int | None) -> Conflict:

@@ -179,7 +179,7 @@ files = Table(
     Column("updated_at", Float, nullable=False),
 )
 
-secrets = Table(  # executor secrets (migration 0005); namespace "" is the global scope
+secrets = Table(  # executor secrets (migrations 0005, 0006); namespace "" is the global scope
     "secrets",
     metadata,
     Column("id", Int, primary_key=True, autoincrement=True),
@@ -190,6 +190,7 @@ secrets = Table(  # executor secrets (migration 0005); namespace "" is the globa
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     UniqueConstraint("name", "namespace", name="uq_secrets_name_namespace"),
+    sqlite_autoincrement=True,  # migration 0006: a deleted secret's id is never reused
 )
 
 secret_accesses = Table(  # each hand-off of a secret's value to a job's attempt (kept after a delete)
