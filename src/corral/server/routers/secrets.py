@@ -14,9 +14,11 @@ At dequeue (`hand_off`, called by the queue router for every job it hands out) a
   for other registries stay. Its strings are redacted too. A v1 Job has no dockerAuthConfig.
 
 Each value handed out is recorded (secret, job, attempt, executor, time). A named secret that no
-longer exists, a value that does not decrypt, or more redacted values than an executor takes fails
-the job at dequeue with a message naming the secret (never its value), as a failed transform fails
-a Sourcegraph job. The stored job keeps only names; no read API shows a value.
+longer exists, more redacted values than an executor takes, or more env than MAX_HANDOFF_BYTES
+(each step gets every NAME=value) fails the job at dequeue with a message naming the secret or the
+numbers (never a value), as a failed transform fails a Sourcegraph job. A value that does not open
+with this server's keys (the operator's fault, not the job's) errors the attempt for a retry and the
+executor gets no job. The stored job keeps only names; no read API shows a value.
 """
 
 from __future__ import annotations
