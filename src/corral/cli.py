@@ -593,6 +593,14 @@ def job_result(
     file: Annotated[
         str | None, typer.Option("--file", metavar="NAME", help="Write output file NAME to stdout.")
     ] = None,
+    raw: Annotated[
+        bool,
+        typer.Option(
+            "--raw",
+            help="With --diff or --file: write the exact bytes even to a terminal (by default a "
+            "terminal gets them without control sequences; a pipe or file always gets them exactly).",
+        ),
+    ] = False,
     server_url: ServerOpt = DEFAULT_URL,
     token: TokenOpt = "",
     data_dir: DataDirOpt = Path(".corral"),
@@ -605,15 +613,13 @@ def job_result(
         raise _fail("give --diff or --file, not both")
     res = _run(lambda: _client(server_url, token, data_dir).job_result(job_id))
     if diff:
-        sys.stdout.write(res.diff)
-        sys.stdout.flush()
+        _write_job_bytes(res.diff.encode("utf-8", "surrogatepass"), raw=raw)
         return
     if file is not None:
         if file not in res.files:
             names = ", ".join(sorted(res.files)) or "none"
             raise _fail(f"job {job_id} has no output file {file!r} (its files: {names})")
-        sys.stdout.buffer.write(base64.b64decode(res.files[file]))
-        sys.stdout.flush()
+        _write_job_bytes(base64.b64decode(res.files[file]), raw=raw)
         return
     if as_json:
         _print_json(_dump(res))
@@ -630,6 +636,19 @@ def job_result(
     for name, content in sorted(res.files.items()):
         size = len(content) * 3 // 4 - content[-2:].count("=")
         typer.echo(f"  file {clean(name)} ({size} bytes)  (--file {clean(name)} prints it)")
+
+
+def _write_job_bytes(data: bytes, *, raw: bool) -> None:
+    """A job's bytes (its diff, an output file) to stdout: exactly to a pipe or a file (`| git apply`,
+    `> out.bin`) or with --raw; to a terminal without control sequences (a job could write the
+    clipboard with OSC 52, retitle the window, or hide text between a secret's halves)."""
+    from corral.terminal import clean
+
+    if not raw and sys.stdout.isatty():
+        sys.stdout.write(clean(data.decode("utf-8", "replace")))
+    else:
+        sys.stdout.buffer.write(data)
+    sys.stdout.flush()
 
 
 # -- executors ---------------------------------------------------------------------------------------

@@ -164,3 +164,93 @@ def test_a_failing_pull_naming_the_secret_is_redacted(tmp_path: Path) -> None:
         for what, text in texts.items():
             assert not leaks(SECRET, text.encode()), (what, text)
             assert auth not in text, (what, text)
+
+
+def cli_on_a_terminal(url: str, *args: str) -> bytes:
+    """What the CLI writes when its stdout is a terminal (a pty the test made)."""
+    import pty
+    import select
+
+    env = {**os.environ, "CORRAL_URL": url, "CORRAL_ADMIN_TOKEN": ADMIN}
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.Popen([CORRAL, *args], env=env, stdout=slave, stderr=subprocess.DEVNULL)
+        os.close(slave)
+        out = b""
+        for _ in range(6000):  # bounded: at most ~60 s
+            ready, _w, _x = select.select([master], [], [], 0.01)
+            if ready:
+                try:
+                    piece = os.read(master, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not piece:
+                    break
+                out += piece
+            elif p.poll() is not None and not select.select([master], [], [], 0)[0]:
+                break
+        assert p.wait(60) == 0, out
+        return out
+    finally:
+        os.close(master)
+
+
+def test_job_result_keeps_control_sequences_off_the_terminal_and_exact_for_a_pipe(tmp_path: Path) -> None:
+    """Review 12a H3: `corral job result --diff` / `--file` on a terminal get no escape sequence of the job
+    (OSC 52 clipboard write, window title, colours); piped, the diff is exact and `git apply` takes it;
+    `--raw` gives the exact bytes on a terminal too."""
+    require(bwrap_ok(), "bubblewrap, cgroup v1 and root are needed for the shell runtime")
+    with run_server(tmp_path) as server:
+        make_repo(tmp_path / "src", {"README.md": "hello\n"})
+        server.client.add_repo("acme/app", str(tmp_path / "src"))
+        start_executor(server, tmp_path, "shell")
+        hostile = r"a\033]52;c;ZXZpbA==\007b\033]0;pwned\007c\033[2Jd\033[31me\n"
+        step = docker_job(
+            f"printf '{hostile}' > ansi.txt; mkdir -p out; printf '{hostile}' > out/ansi.txt; "
+            f'printf "S3cr3t\\033[0mV4lue-XYZ-9q8w7e\\n" > split.txt'
+        )["dockerSteps"]
+        job = server.client.submit(
+            "batches",
+            {
+                "repositoryName": "acme/app",
+                "commit": "HEAD",
+                "dockerSteps": step,
+                "outputs": ["out/ansi.txt"],
+                "redactedValues": {"S3cr3tV4lue-XYZ-9q8w7e": "[SECRET]"},
+            },
+        )
+        done = wait_job(server, job["id"], timeout=120)
+        assert done["state"] == "completed", done
+        result = server.client.result(job["id"])
+        assert "\x1b]52;c;" in result["diff"], result["diff"]  # the job's bytes, as stored
+        assert "+[SECRET]" in result["diff"] and "S3cr3t" not in result["diff"], result["diff"]
+        jid = str(job["id"])
+
+        shown = cli_on_a_terminal(server.url, "job", "result", jid, "--diff")
+        assert b"+abcde" in shown, shown  # the text, without the sequences
+        file_shown = cli_on_a_terminal(server.url, "job", "result", jid, "--file", "out/ansi.txt")
+        assert file_shown.replace(b"\r\n", b"\n") == b"abcde\n", file_shown
+        for out in (shown, file_shown):
+            assert not any(b in out for b in (b"\x1b", b"\x07", b"\x9b", b"\xc2\x9d")), out
+            assert b"S3cr3t" not in out, out
+
+        raw = cli_on_a_terminal(server.url, "job", "result", jid, "--file", "out/ansi.txt", "--raw")
+        assert b"\x1b]52;c;ZXZpbA==\x07" in raw, raw  # --raw: exact, on a terminal too
+
+        env = {**os.environ, "CORRAL_URL": server.url, "CORRAL_ADMIN_TOKEN": ADMIN}
+        piped = subprocess.run(
+            [CORRAL, "job", "result", jid, "--diff"], env=env, capture_output=True, timeout=60, check=True
+        ).stdout
+        assert piped == result["diff"].encode(), piped  # exact for a pipe
+        clone = tmp_path / "clone"
+        subprocess.run(
+            ["git", "clone", "-q", str(tmp_path / "src"), str(clone)], check=True, capture_output=True
+        )
+        subprocess.run(["git", "-C", str(clone), "apply"], input=piped, check=True, capture_output=True)
+        assert (
+            clone / "ansi.txt"
+        ).read_bytes() == b"a\x1b]52;c;ZXZpbA==\x07b\x1b]0;pwned\x07c\x1b[2Jd\x1b[31me\n"
+        piped_file = subprocess.run(
+            [CORRAL, "job", "result", jid, "--file", "out/ansi.txt"], env=env, capture_output=True, timeout=60
+        ).stdout
+        assert piped_file == (clone / "ansi.txt").read_bytes(), piped_file
