@@ -33,7 +33,7 @@ import re
 from bisect import bisect_left, bisect_right
 
 from corral import terminal
-from corral.executor.redact.views import GAP, Layout, Transformed
+from corral.executor.redact.views import _LONG_WS, _WS_MARKS, GAP, WHITESPACE, Layout, Transformed, _long_runs
 
 __all__ = ["RUN_MAX", "TOKEN_MAX", "Visible"]
 
@@ -52,11 +52,14 @@ _TOKEN = re.compile(
     + rb"|(?:\x1b\[|\xc2\x9b)[\x30-\x3f]{0,%d}[\x20-\x2f]{0,%d}[\x40-\x7e]" % (_P, _I)
     + rb"|\x1b[\x20-\x2f]{0,%d}[\x30-\x7e]" % _I
     + rb"|" + _CONTROL
-    + rb"|(?P<ws>[ \t\n\v\f\r]+)"
 )  # fmt: skip
 # a byte that starts a token other than whitespace (the fast path: output without one is not scanned)
 _INVISIBLE = re.compile(rb"[\x00-\x08\x0e-\x1f\x7f]|\xc2[\x80-\x9f\xad]|[\xe1\xe2\xef]")
 _INTRODUCERS = b"\x1b\xc2\xe1\xe2\xef"  # bytes a token of more bytes starts with
+# every byte but those a token other than whitespace starts with (deleted: a fast first check)
+_NOT_INTRODUCING = bytes(
+    b for b in range(256) if not (b <= 0x08 or 0x0E <= b <= 0x1F or b == 0x7F) and b not in _INTRODUCERS
+)
 TOKEN_MAX = 2 + _S + 2  # bytes of the longest token (a C1 string with a C1 ST)
 
 
@@ -67,56 +70,56 @@ class Visible:
 
     def transform(self, data: bytes, line_start: bool = True, final: bool = False) -> Transformed:
         n = len(data)
-        if not _INVISIBLE.search(data):  # nothing but whitespace to remove: no match would count
+        if not data.translate(None, _NOT_INTRODUCING) or not _INVISIBLE.search(data):
+            # nothing but whitespace to remove: no match would count
             done = n - 1 if not final and data.endswith(b"\xc2") else n  # (may become a C1 control)
             return Transformed(b"", done, Layout(data))
-        found = list(_TOKEN.finditer(data))
+        found = [m.span() for m in _TOKEN.finditer(data)]
         cut = n
         if not final:  # a token starting near the end may still grow (or begin at all)
-            inside = [m.span() for m in found[-TOKEN_MAX:] if m.end() - m.start() > 1]
+            inside = [(s, e) for s, e in found[-TOKEN_MAX:] if e - s > 1]
             for p in range(max(n - TOKEN_MAX, 0), n):
                 if data[p] in _INTRODUCERS and not any(s < p < e for s, e in inside):
                     cut = p
                     break
-        layout = Layout(data)
+        layout = Layout(data, gap=GAP)
+        marks = data.translate(_WS_MARKS)
+        long_ws = _long_runs(marks, _LONG_WS, b"x", 0, cut)
         parts: list[bytes] = []
-        shown: list[int] = []  # original starts of the removed tokens that are not whitespace
+        shown: list[int] = []  # original starts of the removed tokens (whitespace is not a token here)
         tokens: list[int] = []  # start, end of each removed token of more than one byte
-        pos = 0  # end of the last token
-        run_start = -1
-        run_ws = 0
-        for m in found:
-            s, e = m.span()
-            if s >= cut:
-                break
-            if s > pos or run_start < 0:  # a new run, after visible bytes
-                if run_start >= 0:
-                    self._end_run(layout, parts, run_start, pos, run_ws)
-                if s > pos:
-                    layout.copy(pos, s)
-                    parts.append(data[pos:s])
-                run_start, run_ws = s, 0
-            if m.group("ws") is not None:
-                run_ws += e - s
-            else:
+        spans = [(s, e) for s, e in found if s < cut]
+        pos = 0  # the view is built up to here
+        i, count = 0, len(spans)
+        while i < count:
+            # a run: tokens with only whitespace between them, and the whitespace around them
+            s, e = spans[i]
+            rs = s
+            while rs > pos and marks[rs - 1] == 0x20:
+                rs -= 1
+            removed = 0
+            while True:
                 shown.append(s)
                 if e - s > 1:
                     tokens += (s, e)
-            pos = e
-        if run_start >= 0:
-            self._end_run(layout, parts, run_start, pos, run_ws)
-        if cut > pos:
-            layout.copy(pos, cut)
-            parts.append(data[pos:cut])
+                removed += e - s
+                i += 1
+                k = e
+                while k < cut and marks[k] == 0x20:
+                    k += 1
+                if i < count and spans[i][0] == k:
+                    s, e = spans[i]
+                    continue
+                break
+            _squeeze(data, long_ws, pos, rs, layout, parts)
+            if (k - rs) - removed > GAP or k - rs > RUN_MAX:
+                layout.span_of(rs, k, 1)  # a long run: a gap
+                parts.append(b" ")
+            pos = k
+        _squeeze(data, long_ws, pos, cut, layout, parts)
         tr = Transformed(b"".join(parts), cut, layout, escapes=shown)
         tr.tokens = tokens
         return tr
-
-    @staticmethod
-    def _end_run(layout: Layout, parts: list[bytes], s: int, e: int, ws: int) -> None:
-        if ws > GAP or e - s > RUN_MAX:
-            layout.span_of(s, e, 1)
-            parts.append(b" ")
 
     @staticmethod
     def restart(data: bytes, tr: Transformed, pos: int, line_start: bool) -> tuple[int, bool]:
@@ -132,3 +135,25 @@ class Visible:
         """Whether data[start:end] holds a removed token that is not whitespace."""
         i = bisect_left(tr.escapes, start)
         return i < len(tr.escapes) and tr.escapes[i] < end
+
+
+def _squeeze(data: bytes, runs: list[int], lo: int, hi: int, layout: Layout, parts: list[bytes]) -> None:
+    """data[lo:hi] (no token in it) as the squeezed view has it: whitespace deleted, long runs (`runs`:
+    of the whole data, flat start, end) kept."""
+    if hi <= lo:
+        return
+    k = bisect_right(runs, lo)
+    k -= k % 2  # the first run ending after lo
+    p = lo
+    while k < len(runs) and runs[k] < hi:
+        i, j = max(runs[k], lo), min(runs[k + 1], hi)
+        if j - i > GAP:
+            piece = data[p:i].translate(None, WHITESPACE)
+            layout.pick(p, i, len(piece))
+            layout.copy(i, j)
+            parts += (piece, data[i:j])
+            p = j
+        k += 2
+    piece = data[p:hi].translate(None, WHITESPACE)
+    layout.pick(p, hi, len(piece))
+    parts.append(piece)
