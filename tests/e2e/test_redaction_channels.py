@@ -47,7 +47,10 @@ def test_a_secret_reaches_no_channel(tmp_path: Path) -> None:
         printed = (
             f'echo "plain {SECRET}"; printf %s "user:{SECRET}" | base64 -w 20; '
             f'printf %s "{SECRET}" | od -An -tx1; echo "{SECRET}" >> README.md; '
-            f'mkdir -p out; printf "token=%s\\n" "{SECRET}" > out/config.txt'
+            f'mkdir -p out; printf "token=%s\\n" "{SECRET}" > out/config.txt; '
+            # split by invisible bytes (review 12a H1): `corral job logs` would join the halves
+            f'echo "{SECRET}" | sed "s/^\\(.\\{{20\\}}\\)/split \\1\\x1b[0m/"; '
+            f'printf %s "{SECRET}" | sed "s/./&\\x07/g"'
         )
         step = docker_job(printed)["dockerSteps"]
         ok = server.client.submit(
@@ -64,7 +67,7 @@ def test_a_secret_reaches_no_channel(tmp_path: Path) -> None:
         assert done["state"] == "completed", done
 
         log = logs_text(server, ok["id"])
-        assert "plain [SECRET]" in log and "results.redacted" in log, log
+        assert "plain [SECRET]" in log and "results.redacted" in log and "split [SECRET]" in log, log
         result = server.client.result(ok["id"])
         assert "+[SECRET]" in result["diff"], result["diff"]
         config = base64.b64decode(result["files"]["out/config.txt"])
