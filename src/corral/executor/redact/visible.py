@@ -43,9 +43,11 @@ assert terminal.GAP == GAP  # (the terminal's long-run rule mirrors this view's)
 _P, _I, _S = terminal.SEQ_PARAMS, terminal.SEQ_INTERMEDIATES, terminal.SEQ_STRING
 _STRING_START = rb"(?:\x1b[\]PX^_]|\xc2[\x90\x98\x9d\x9e\x9f])"
 _ST = rb"(?:\x07|\x1b\\|\xc2\x9c)"
+# a run of C0 controls/DEL is one token (bounded: a longer run is a gap anyway; a job printing nothing
+# but NULs cost a Python step per byte), except ESC: it may start a sequence, so it is a token alone
 _CONTROL = (
-    rb"[\x00-\x08\x0e-\x1f\x7f]|\xc2[\x80-\x9f\xad]"
-    rb"|\xe2\x80[\x8b-\x8f\xaa-\xae]|\xe2\x81[\xa0-\xa4\xa6-\xa9]|\xe1\xa0\x8e|\xef\xbb\xbf"
+    rb"[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f]{1,%d}|\x1b|\xc2[\x80-\x9f\xad]" % (RUN_MAX + 1)
+    + rb"|\xe2\x80[\x8b-\x8f\xaa-\xae]|\xe2\x81[\xa0-\xa4\xa6-\xa9]|\xe1\xa0\x8e|\xef\xbb\xbf"
 )
 _TOKEN = re.compile(
     _STRING_START + rb"[\x20-\x7e]{0,%d}" % _S + _ST
