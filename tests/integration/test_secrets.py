@@ -433,13 +433,13 @@ def test_docker_auth_config_secret_becomes_the_jobs_docker_auth_config(dbkit: Ki
         "127.0.0.1:5000": DOCKER_SECRET["auths"]["127.0.0.1:5000"],
         "127.0.0.1:5002": own["auths"]["127.0.0.1:5002"],
     }
-    # Named in `secrets`: also in the steps' env.
-    kit.submit(namespace="org:acme", secrets=["DOCKER_AUTH_CONFIG"])
-    job = kit.take()
-    assert env_of(job)[0] == [f"DOCKER_AUTH_CONFIG={json.dumps(DOCKER_SECRET)}"]
-    # Each hand-off is recorded: the global one once, the namespace's three times.
+    # Named in `secrets`: refused (registry credentials serve the pulls; steps never see them).
+    body = {**SIMPLE_STEPS, "namespace": "org:acme", "secrets": ["DOCKER_AUTH_CONFIG"]}
+    r = kit.admin.post("/api/v1/queues/batches/jobs", json=body)
+    assert r.status_code == 400 and "never given to steps" in r.text, r.text
+    # Each hand-off is recorded: the global one once, the namespace's twice.
     assert len(kit.admin.get(f"/api/v1/secrets/{g['id']}/accesses").json()) == 1
-    assert len(kit.admin.get(f"/api/v1/secrets/{n['id']}/accesses").json()) == 3
+    assert len(kit.admin.get(f"/api/v1/secrets/{n['id']}/accesses").json()) == 2
     view = kit.admin.get("/api/v1/jobs").text
     assert_absent(view, "p-global-5001", DOCKER_SECRET["auths"]["127.0.0.1:5000"]["auth"])
 
@@ -545,7 +545,7 @@ def test_every_secret_form_of_docker_auth_config_is_redacted(kit: Kit) -> None:
         }
     }
     add(kit, "DOCKER_AUTH_CONFIG", json.dumps(config))
-    kit.submit(secrets=["DOCKER_AUTH_CONFIG"])
+    kit.submit()  # not named: every v2 job gets it as dockerAuthConfig
     redacted = kit.take()["redactedValues"]
     mask = "${{ secrets.DOCKER_AUTH_CONFIG }}"
     for form in (

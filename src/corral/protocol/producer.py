@@ -23,7 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from corral.protocol.common import ZERO_TIME, Wire, check_file_ref, check_workspace_dir, check_workspace_path
 from corral.protocol.queue import CliStep, DockerStep
-from corral.protocol.secrets import MAX_JOB_SECRETS, MAX_NAMESPACE, check_namespace, check_secret_name
+from corral.protocol.secrets import (
+    DOCKER_AUTH_CONFIG,
+    MAX_JOB_SECRETS,
+    MAX_NAMESPACE,
+    check_namespace,
+    check_secret_name,
+)
 
 __all__ = [
     "FAIL_FAST_LINE",
@@ -217,6 +223,11 @@ class JobIn(Model):
     @field_validator("secrets")
     @classmethod
     def _secret_names(cls, v: list[str] | None) -> list[str] | None:
+        if v and DOCKER_AUTH_CONFIG in v:  # registry credentials serve the pulls; steps never see them
+            raise ValueError(
+                f"{DOCKER_AUTH_CONFIG} is used for the job's image pulls and is never given to steps; "
+                "do not name it in secrets"
+            )
         return list(dict.fromkeys(check_secret_name(n) for n in v)) if v else None
 
     @model_validator(mode="after")
