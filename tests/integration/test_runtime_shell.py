@@ -143,11 +143,46 @@ async def test_environment_is_cleared(
     result, out = await run(runtime, space, step("env", env={"FOO": "bar baz"}))
     assert result.exit_code == 0
     env = dict(line.split("=", 1) for line in out.decode().splitlines())
-    assert set(env) == {"PATH", "HOME", "USER", "PWD", "FOO"}  # bwrap sets PWD with --chdir
+    assert set(env) == {"PATH", "HOME", "USER", "PWD", "FOO"}
     assert env["HOME"] == "/tmp"
     assert env["PWD"] == "/data"
     assert env["FOO"] == "bar baz"
     assert "/usr/bin" in env["PATH"].split(":")
+
+
+async def test_step_environment_never_appears_in_a_host_command_line(
+    runtime: ShellRuntime, make_space: SpaceFactory
+) -> None:
+    """bwrap's command line stays in the host's process list (readable by every uid) for the whole
+    step: the step's environment (a secret) travels as a file in the sandbox, not as arguments. Values
+    with quotes, newlines and shell syntax arrive exactly."""
+    value = "s3cret-argv-" + os.urandom(6).hex()
+    tricky = 'it\'s "quoted" $(touch /tmp/pwned) `id` \\ \n second line; exit 3'
+    space = await prepared(runtime, make_space)
+    task = asyncio.create_task(
+        run(
+            runtime,
+            space,
+            step(
+                "sh", "-c", 'printf "%s|" "$TOKEN" "$TRICKY"; sleep 2', env={"TOKEN": value, "TRICKY": tricky}
+            ),
+        )
+    )
+    seen: list[str] = []
+    for _ in range(40):  # bounded: ~2 s of the step's run
+        await asyncio.sleep(0.05)
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                        if value.encode() in f.read():
+                            seen.append(entry.name)
+                except OSError:
+                    pass
+    result, out = await task
+    assert result.exit_code == 0, out
+    assert out.decode() == f"{value}|{tricky}|"
+    assert not seen, f"the step's environment was in the command line of pids {sorted(set(seen))}"
 
 
 async def test_filesystem_is_read_only_except_workspace_and_tmp(
@@ -332,8 +367,7 @@ async def test_cancel_sends_sigterm_first(runtime: ShellRuntime, make_space: Spa
 
 GRACE_SCRIPT = (
     # printf spells its output differently from its command line
-    "trap 'sleep 0.5; printf \"%s-%s\\n\" grace kept; exit 0' TERM; echo started; "
-    "while :; do sleep 0.1; done"
+    "trap 'sleep 0.5; printf \"%s-%s\\n\" grace kept; exit 0' TERM; echo started; while :; do sleep 0.1; done"
 )
 
 

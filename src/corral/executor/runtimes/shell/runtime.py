@@ -56,11 +56,12 @@ import logging
 import os
 import posixpath
 import pwd
+import re
 import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -98,11 +99,40 @@ SANDBOX_HOSTNAME = "job"
 SANDBOX_HOME = "/tmp"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NSENTER = "/usr/bin/nsenter"  # util-linux: enters the job's network namespace, then execs bwrap
-ENV = "/usr/bin/env"  # sets the step's environment after setpriv (as seen in the sandbox: under /usr)
 FALLBACK_USER = "job"  # USER when space.uid has no passwd entry
-# Enters the step's directory as the job's user, then execs the step: $1 is the directory, the rest
-# the step's argv. A missing directory fails the step (126), as bwrap's --chdir did.
-CHDIR_SHIM = 'cd -- "$1" || exit 126; shift; exec "$@"'
+# The step's environment travels as a file bwrap writes into the sandbox (--ro-bind-data from a memfd),
+# never as arguments: bwrap's command line stays visible in the host's process list (to every uid, and
+# to execve auditing) for the whole step. Only the sandbox's own mount namespace holds the file.
+ENV_FILE = "/run/corral-env"
+# After setpriv, as the job's user: enters the step's directory, takes the step's environment (in a
+# shell with nothing but PATH: bwrap --clearenv; cd's OLDPWD unset), execs the step: $1 is the directory,
+# the rest the step's argv. A missing directory fails the step (126), as bwrap's --chdir did.
+STEP_SHIM = f'cd -- "$1" || exit 126; unset OLDPWD; . {ENV_FILE} || exit 126; shift; exec "$@"'
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def env_file(env: Mapping[str, str]) -> bytes:
+    """`env` as POSIX shell exports, every value single-quoted (a quote as '\\''): sourced by STEP_SHIM."""
+    lines = []
+    for key, value in env.items():
+        quoted = "'" + value.replace("'", "'\\''") + "'"
+        lines.append(f"export {key}={quoted}\n")
+    return "".join(lines).encode("utf-8", "surrogateescape")
+
+
+@contextlib.contextmanager
+def env_fd(env: Mapping[str, str]) -> Iterator[int]:
+    """A memfd holding env_file(env), at offset 0, for bwrap's --ro-bind-data."""
+    fd = os.memfd_create("corral-step-env", os.MFD_CLOEXEC)
+    try:
+        data = memoryview(env_file(env))
+        while data:
+            data = data[os.write(fd, data) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+        yield fd
+    finally:
+        os.close(fd)
+
 
 # Entries of the host /etc bound read-only one by one (skipped when missing). Deliberately not the
 # whole /etc (docker keys, shadow, pip/npm credentials, ...).
@@ -208,10 +238,11 @@ class ShellRuntime:
     def _netns(space: JobSpace) -> str:
         return netns.job_netns_name(space.owner, space.labels[LABEL_JOB])
 
-    def build_argv(self, space: JobSpace, step: Step, seccomp_fd: int) -> list[str]:
+    def build_argv(self, space: JobSpace, step: Step, seccomp_fd: int, env: int) -> list[str]:
         """The full host command line of one step: bwrap ... -- setpriv ... -- step.argv.
 
         seccomp_fd: a descriptor holding the compiled filter (`seccomp.program_fd`), passed to bwrap.
+        env: a descriptor holding the step's environment (`env_fd(self.environment(space, step))`).
         """
         filtered = space.network.filtered
         args: list[str] = []
@@ -280,10 +311,11 @@ class ShellRuntime:
         # as the job's uid, inside the sandbox, where a symlink leads only where the job could go.
         args += ["--chdir", WORKSPACE_MOUNT]
 
-        # The step's environment is set by env(1) *after* setpriv dropped to the job's uid: bwrap execs
+        # The step's environment is set by STEP_SHIM *after* setpriv dropped to the job's uid: bwrap execs
         # setpriv as real root, so anything of the job's in that exec's environment (LD_PRELOAD,
         # LD_LIBRARY_PATH, LD_AUDIT, GCONV_PATH...) ran job code as uid 0 before the drop.
         args += ["--clearenv", "--setenv", "PATH", DEFAULT_PATH]
+        args += ["--perms", "0755", "--dir", "/run", "--perms", "0444", "--ro-bind-data", str(env), ENV_FILE]
         args += ["--remount-ro", "/"]
         args += ["--seccomp", str(seccomp_fd)]  # installed right before setpriv runs: binds the step
 
@@ -298,27 +330,29 @@ class ShellRuntime:
             "--no-new-privs",
             "--pdeathsig=keep",
             "--",
-            ENV,
-            "-i",
-            "--",
-            *(f"{k}={v}" for k, v in self._environment(space, step).items()),
-            *self._in_dir(step),
+            "/bin/sh",
+            "-c",
+            STEP_SHIM,
+            "corral-step",
+            self._step_dir(step),
+            *step.argv,
         ]
         return args
 
     @staticmethod
-    def _in_dir(step: Step) -> list[str]:
-        """step.argv, run in step.dir (relative to the workspace) entered from inside the sandbox."""
+    def _step_dir(step: Step) -> str:
+        """step.dir (relative to the workspace) as seen in the sandbox, entered from inside it."""
         rel = posixpath.normpath("/" + step.dir).lstrip("/")  # cannot climb out of the workspace
-        if not rel:
-            return list(step.argv)
-        return ["/bin/sh", "-c", CHDIR_SHIM, "corral-step", posixpath.join(WORKSPACE_MOUNT, rel), *step.argv]
+        return posixpath.join(WORKSPACE_MOUNT, rel) if rel else WORKSPACE_MOUNT
 
-    def _environment(self, space: JobSpace, step: Step) -> dict[str, str]:
+    def environment(self, space: JobSpace, step: Step) -> dict[str, str]:
+        """The step's whole environment. Names must be shell names ([A-Za-z_][A-Za-z0-9_]*): the
+        sandbox's shell sets them (see STEP_SHIM); RuntimeFailure (reason sandbox) otherwise."""
         for key, value in step.env.items():
-            if not key or "=" in key or "\0" in key or "\0" in value:
+            if not _ENV_NAME.fullmatch(key) or "\0" in value:
                 raise RuntimeFailure(
-                    f"step {step.key}: invalid environment variable {key!r} (empty, '=' or NUL)",
+                    f"step {step.key}: invalid environment variable {key[:100]!r} (the shell runtime takes "
+                    "names of letters, digits and '_', not starting with a digit; values without NUL)",
                     reason=Reason.SANDBOX,
                 )
         try:
@@ -365,14 +399,14 @@ class ShellRuntime:
             space = JobSpace(job_id=0, queue="probe", root=Path(tmp), workspace=workspace)
             step = Step(key="probe", kind="cli", index=0, image=None, argv=("true",))
             try:
-                with seccomp.program_fd() as fd:
+                with seccomp.program_fd() as fd, env_fd(self.environment(space, step)) as efd:
                     proc = await asyncio.create_subprocess_exec(
-                        *self.build_argv(space, step, fd),
+                        *self.build_argv(space, step, fd, efd),
                         stdin=subprocess.DEVNULL,
                         stdout=subprocess.PIPE,
                         stderr=subprocess.STDOUT,
                         env={"PATH": DEFAULT_PATH},
-                        pass_fds=(fd,),
+                        pass_fds=(fd, efd),
                     )
             except seccomp.SeccompUnavailable as exc:
                 return [str(exc)]
@@ -435,16 +469,16 @@ class ShellRuntime:
         oom_before = cgroup.oom_kills()
         procs_files = cgroup.procs_files()
         try:
-            with seccomp.program_fd() as fd:
+            with seccomp.program_fd() as fd, env_fd(self.environment(space, step)) as efd:
                 proc = await asyncio.create_subprocess_exec(
-                    *self.build_argv(space, step, fd),
+                    *self.build_argv(space, step, fd, efd),
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
                     env={"PATH": DEFAULT_PATH},  # bwrap's own; the step gets a cleared environment
                     start_new_session=True,
                     preexec_fn=lambda: _join_cgroups(procs_files),
-                    pass_fds=(fd,),
+                    pass_fds=(fd, efd),
                 )
         except seccomp.SeccompUnavailable as exc:
             return StepResult(exit_code=1, reason=Reason.SANDBOX, message=str(exc))
