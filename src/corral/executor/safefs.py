@@ -40,6 +40,7 @@ __all__ = [
     "open_beneath",
     "open_dir",
     "read_bounded",
+    "walk",
     "write_beneath",
 ]
 
@@ -80,7 +81,7 @@ def open_dir(path: Path) -> int:
 
 
 @contextlib.contextmanager
-def _walk(root_fd: int, dirs: list[str], *, create: bool) -> Iterator[int]:
+def walk(root_fd: int, dirs: list[str], *, create: bool) -> Iterator[int]:
     """Yield a descriptor of root/dirs[0]/.../dirs[-1], opening each component NOFOLLOW (made 0755
     when missing and `create`)."""
     fd = os.dup(root_fd)
@@ -109,7 +110,7 @@ def _walk(root_fd: int, dirs: list[str], *, create: bool) -> Iterator[int]:
 def open_beneath(root_fd: int, rel: str, flags: int, mode: int = 0o644, *, create_dirs: bool = False) -> int:
     """os.open(rel) relative to root_fd without following any symlink on the way or at the end."""
     parts = _parts(rel)
-    with _walk(root_fd, parts[:-1], create=create_dirs) as parent:
+    with walk(root_fd, parts[:-1], create=create_dirs) as parent:
         try:
             return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=parent)
         except OSError as exc:
@@ -122,7 +123,7 @@ def make_dirs(root: Path, rel: str) -> None:
     """root/rel as a directory, each missing component made 0755, never through a symlink."""
     root_fd = open_dir(root)
     try:
-        with _walk(root_fd, _parts(rel), create=True):
+        with walk(root_fd, _parts(rel), create=True):
             pass
     finally:
         os.close(root_fd)

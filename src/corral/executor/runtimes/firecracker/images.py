@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import DockerAPIError, Reason, RuntimeFailure
+from corral.executor import safefs
 from corral.executor.runtimes.docker.api import DockerAPI
 
 __all__ = ["DEFAULT_CACHE_BYTES", "ImageDisk", "ImageDisks", "safe_extract"]
@@ -74,25 +74,12 @@ def _name_parts(name: str) -> list[str]:
 
 @contextlib.contextmanager
 def _parent(root_fd: int, parts: list[str], *, create: bool) -> Iterator[int]:
-    fd = os.dup(root_fd)
+    """safefs.walk, an image entry below a symlink or a file refused as the image's fault."""
     try:
-        for part in parts:
-            try:
-                nxt = os.open(part, _DIR, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
-                    raise
-                os.mkdir(part, 0o755, dir_fd=fd)
-                nxt = os.open(part, _DIR, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise UnsafeImage(f"image entry below {part!r}, which is a symlink or a file") from None
-                raise
-            os.close(fd)
-            fd = nxt
-        yield fd
-    finally:
-        os.close(fd)
+        with safefs.walk(root_fd, parts, create=create) as fd:
+            yield fd
+    except safefs.UnsafePath as exc:
+        raise UnsafeImage(f"image entry below a symlink or a file: {exc}") from None
 
 
 def _remove_existing(parent: int, name: str) -> None:
