@@ -72,10 +72,13 @@ class Visible:
 
     def transform(self, data: bytes, line_start: bool = True, final: bool = False) -> Transformed:
         n = len(data)
-        if not data.translate(None, _NOT_INTRODUCING) or not _INVISIBLE.search(data):
-            # nothing but whitespace to remove: no match would count
-            done = n - 1 if not final and data.endswith(b"\xc2") else n  # (may become a C1 control)
-            return Transformed(b"", done, Layout(data))
+        pending_c1 = not final and data.endswith(b"\xc2")  # may become a C1 control
+        if not pending_c1 and (not data.translate(None, _NOT_INTRODUCING) or not _INVISIBLE.search(data)):
+            # nothing but whitespace to remove: no match would count, and the squeezed view holds back
+            # the same undecided tail (its text is this view's wherever nothing else is removed)
+            return Transformed(b"", n, Layout(data))
+        # (with a pending C1 byte the squeezed view's tail ends in it: this view's text up to the byte
+        # is built below, so that its own undecided tail is held back)
         found = [m.span() for m in _TOKEN.finditer(data)]
         cut = n
         if not final:  # a token starting near the end may still grow (or begin at all)
