@@ -347,3 +347,17 @@ def test_stream_is_exact_for_a_c1_csi_split_inside_its_utf8_encoding() -> None:
         for b in range(a, len(output) + 1, 3):
             assert stream_all(r, output, [a, b]) == one_shot
     assert stream_all(r, output, list(range(len(output)))) == one_shot
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gap (hex view): the last line of `xxd -c8 -g4` with a lone short group (00000010: e282ac) is"
+    " no dump line for _DUMP_LINE (a 32-bit-word line needs a whole word first), so its offset digits"
+    " join the view and break the match; the whole dump is left unredacted",
+)
+def test_an_xxd_g4_dump_ending_in_a_short_group_is_redacted() -> None:
+    """(A hypothesis find, 3000 examples.)"""
+    secret = "0000000;01\u00e9\u20ac\u20ac"
+    output = b"\n" + xxd(b"\x00" + secret.encode(), cols=8, group=4)
+    r = Redactor({secret: REPLACEMENT})
+    assert not leaks(secret, r.redact(output))
