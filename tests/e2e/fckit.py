@@ -1,0 +1,45 @@
+"""What the firecracker end-to-end tests share: the capabilities a microVM job needs, and where a
+job's VM leaves traces on the host (qemu processes by name, VM directories under the workspace root)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from corral.executor.runtimes.firecracker.assets import DEFAULT_ASSETS_DIR
+from corral.executor.runtimes.firecracker.vm import qemu_processes
+from tests.conftest import bwrap_ok, docker_ok, require
+
+__all__ = ["pid_alive", "qemu_left", "require_microvms", "vm_dirs"]
+
+
+def require_microvms() -> None:
+    """Docker (image pulls and exports), the shell sandbox (the diff), qemu and the VM assets."""
+    require(docker_ok(), "Docker Engine is not reachable (run scripts/setup.sh)")
+    require(bwrap_ok(), "bubblewrap, cgroup v1 and root are needed (the diff's shell sandbox)")
+    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86 is not installed")
+    require(
+        (DEFAULT_ASSETS_DIR / "manifest.json").exists(),
+        "the microVM assets are not installed (corral executor install firecracker; scripts/setup.sh)",
+    )
+
+
+def qemu_left(prefix: str) -> dict[int, str]:
+    """pid -> VM name of the qemu processes of the executor whose EXECUTOR_VM_PREFIX is `prefix`."""
+    return qemu_processes(f"corral-fc.{prefix}.")
+
+
+def vm_dirs(workspace_root: Path) -> list[Path]:
+    """The job directories (and their VM directories) left under an executor's workspace root."""
+    if not workspace_root.is_dir():
+        return []
+    return sorted(p for p in workspace_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
