@@ -31,6 +31,7 @@ from corral.executor.hostcheck import (
 )
 from corral.executor.main import build_worker, probe_server
 from corral.executor.runtimes.docker.settings import DockerSettings, parse_mount_spec
+from corral.executor.runtimes.kubernetes.settings import KubernetesSettings
 from corral.executor.runtimes.shell.settings import ShellSettings
 from corral.executor.settings import _COMPOSITE, ExecutorSettings, format_duration, parse_duration, parse_size
 from corral.executor.settingsbase import env_names
@@ -427,11 +428,12 @@ NOT_YET = [
     "EXECUTOR_DOCKER_REGISTRY_MIRROR_URL",
     "NODE_EXPORTER_URL",
     "DOCKER_REGISTRY_NODE_EXPORTER_URL",
-    *(n for n in SOURCEGRAPH_CONFIG_GO if n.startswith(("EXECUTOR_KUBERNETES_", "KUBERNETES_"))),
 ]
 
 
-READ = set(_COMPOSITE).union(*(env_names(m) for m in (ExecutorSettings, DockerSettings, ShellSettings)))
+READ = set(_COMPOSITE).union(
+    *(env_names(m) for m in (ExecutorSettings, DockerSettings, ShellSettings, KubernetesSettings))
+)
 
 
 def test_every_variable_of_sourcegraphs_config_go_is_in_the_table() -> None:

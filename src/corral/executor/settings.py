@@ -6,7 +6,8 @@ that names the variable, every bad variable at once, one per line.
 
 Each field's alias is its variable (the first alias wins over older names). Runtime-specific
 settings live in their runtime's package and are composed here: `.docker` (DockerSettings,
-EXECUTOR_DOCKER_*) and `.shell` (ShellSettings). Durations and sizes are read by `corral.units`.
+EXECUTOR_DOCKER_*), `.shell` (ShellSettings) and `.kubernetes` (KubernetesSettings,
+EXECUTOR_KUBERNETES_* and KUBERNETES_*). Durations and sizes are read by `corral.units`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pydantic import AliasChoices, Field, PrivateAttr, field_validator
 from corral.errors import ConfigError
 from corral.executor.network.policy import Allow, NetworkMode
 from corral.executor.runtimes.docker.settings import DockerSettings
+from corral.executor.runtimes.kubernetes.settings import KubernetesSettings
 from corral.executor.runtimes.shell.settings import ShellSettings
 from corral.executor.settingsbase import (
     Bool,
@@ -46,6 +48,7 @@ __all__ = [
     "ExecutorSettings",
     "format_duration",
     "frontend_url",
+    "in_cluster",
     "known_runtimes",
     "parse_duration",
     "parse_size",
@@ -149,6 +152,7 @@ class ExecutorSettings(EnvSettings):
     network_uplink_netns: str = Field("", validation_alias="EXECUTOR_NETWORK_UPLINK_NETNS")
     docker: DockerSettings = Field(default_factory=DockerSettings)
     shell: ShellSettings = Field(default_factory=ShellSettings)
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     # what from_env found worth saying but not fatal (variables without effect, a weak secret)
     _warnings: list[str] = PrivateAttr(default_factory=list)
 
@@ -240,11 +244,23 @@ class ExecutorSettings(EnvSettings):
         values, problems, warnings = _composite(env)
         docker, docker_problems = from_env(DockerSettings, env)
         shell, shell_problems = from_env(ShellSettings, env)
+        # checked only for the kubernetes runtime (for any other its variables warn and are ignored)
+        kubernetes: KubernetesSettings | None = KubernetesSettings()
+        kubernetes_problems: list[str] = []
+        if values["runtime"] == "kubernetes":
+            kubernetes, kubernetes_problems = from_env(KubernetesSettings, env, in_cluster=in_cluster(env))
         # fields checked in _composite are passed as values; the rest come from env by their aliases
         rest = {k: v for k, v in env.items() if k not in _COMPOSITE}
-        settings, own = from_env(cls, rest, **values, docker=docker or DockerSettings(), shell=shell)
-        problems += own + docker_problems + shell_problems
-        problems += padded_booleans(raw, (cls, DockerSettings, ShellSettings), ["EXECUTOR_USE_FIRECRACKER"])
+        settings, own = from_env(
+            cls, rest, **values, docker=docker or DockerSettings(), shell=shell, kubernetes=kubernetes
+        )
+        problems += own + docker_problems + shell_problems + kubernetes_problems
+        models: list[type[EnvSettings]] = [cls, DockerSettings, ShellSettings]
+        if values["runtime"] == "kubernetes":
+            models.append(KubernetesSettings)
+        problems += padded_booleans(raw, models, ["EXECUTOR_USE_FIRECRACKER"])
+        if settings is not None and settings.runtime == "kubernetes":
+            problems += settings.kubernetes.problems(settings.job_num_cpus, settings.job_memory)
         if settings is not None and "job_uid_range" in values:
             first, last = settings.job_uid_range
             if last - first + 1 < settings.maximum_num_jobs:
@@ -270,6 +286,13 @@ _COMPOSITE = (
     "EXECUTOR_JOB_USER",
     "EXECUTOR_JOB_UID_RANGE",
 )
+
+
+def in_cluster(env: Mapping[str, str]) -> bool:
+    """Whether the executor runs in a Kubernetes pod: KUBERNETES_SERVICE_HOST and
+    KUBERNETES_SERVICE_PORT are both set (Sourcegraph's rule for its kubernetes mode; the same
+    variables let the kubernetes runtime use the pod's service account)."""
+    return bool(env.get("KUBERNETES_SERVICE_HOST")) and bool(env.get("KUBERNETES_SERVICE_PORT"))
 
 
 def frontend_url(url: str) -> str:
@@ -363,7 +386,8 @@ def _composite(env: Mapping[str, str]) -> tuple[dict[str, Any], list[str], list[
             problems.append(f"EXECUTOR_USE_FIRECRACKER: {exc}")
     runtime = env.get("EXECUTOR_RUNTIME")
     if runtime is None:
-        runtime = "firecracker" if use_fc else "docker"
+        # Sourcegraph's rule: inside a cluster (KUBERNETES_SERVICE_HOST and _PORT set), kubernetes
+        runtime = "firecracker" if use_fc else "kubernetes" if in_cluster(env) else "docker"
     elif runtime not in (known := known_runtimes()):
         problems.append(f"EXECUTOR_RUNTIME: {runtime!r} is not one of {', '.join(known)}")
     elif use_fc and runtime != "firecracker":

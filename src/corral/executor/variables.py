@@ -27,6 +27,7 @@ from dataclasses import dataclass
 __all__ = ["EVERY", "VARIABLES", "Variable", "env_warnings", "honoured", "unknown_variable"]
 
 EVERY = "*"  # in Variable.runtimes: honoured by every runtime
+K8S = "kubernetes"
 # Variables Kubernetes injects into every pod for a Service named "executor" (service links), and
 # Docker's legacy links: never an operator's setting, never warned about.
 _SERVICE_LINK = re.compile(r"EXECUTOR_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_\w+)?)?)")
@@ -87,40 +88,53 @@ _TABLE = (
     _v("EXECUTOR_DOCKER_REGISTRY_MIRROR_URL", "", "registry mirrors of the VMs' dockerd, comma-separated"),
     _v("NODE_EXPORTER_URL", "", "node_exporter whose metrics ride in heartbeats"),
     _v("DOCKER_REGISTRY_NODE_EXPORTER_URL", "", "the registry's node_exporter, for heartbeats"),
-    _v("EXECUTOR_KUBERNETES_CONFIG_PATH", "~/.kube/config", "kubeconfig outside a cluster"),
-    _v("EXECUTOR_KUBERNETES_NAMESPACE", "default", "namespace of the job pods"),
-    _v("EXECUTOR_KUBERNETES_NODE_NAME", "", "pod.spec.nodeName"),
-    _v("EXECUTOR_KUBERNETES_NODE_SELECTOR", "", "node selector, k=v,k2=v2"),
-    _v("EXECUTOR_KUBERNETES_NODE_REQUIRED_AFFINITY_MATCH_EXPRESSIONS", "", "JSON NodeSelectorRequirements"),
-    _v("EXECUTOR_KUBERNETES_NODE_REQUIRED_AFFINITY_MATCH_FIELDS", "", "JSON NodeSelectorRequirements"),
-    _v("EXECUTOR_KUBERNETES_POD_AFFINITY", "", "JSON PodAffinityTerms"),
-    _v("EXECUTOR_KUBERNETES_POD_ANTI_AFFINITY", "", "JSON PodAffinityTerms"),
-    _v("EXECUTOR_KUBERNETES_NODE_TOLERATIONS", "", "JSON Tolerations"),
-    _v("EXECUTOR_KUBERNETES_PERSISTENCE_VOLUME_NAME", "sg-executor-pvc", "shared PVC, multi-pod mode"),
-    _v("EXECUTOR_KUBERNETES_RESOURCE_LIMIT_CPU", "", "job pod CPU limit"),
-    _v("EXECUTOR_KUBERNETES_RESOURCE_LIMIT_MEMORY", "12Gi", "job pod memory limit"),
-    _v("EXECUTOR_KUBERNETES_RESOURCE_REQUEST_CPU", "", "job pod CPU request"),
-    _v("EXECUTOR_KUBERNETES_RESOURCE_REQUEST_MEMORY", "12Gi", "job pod memory request"),
-    _v("KUBERNETES_JOB_DEADLINE", "1200", "seconds, the Job's activeDeadlineSeconds"),
-    _v("KUBERNETES_KEEP_JOBS", "false", "keep Jobs after they end"),
-    _v("KUBERNETES_RUN_AS_USER", "-1", "securityContext.runAsUser (-1: unset)"),
-    _v("KUBERNETES_RUN_AS_GROUP", "-1", "securityContext.runAsGroup (-1: unset)"),
-    _v("KUBERNETES_FS_GROUP", "1000", "securityContext.fsGroup"),
+    # -- Sourcegraph's, kubernetes runtime ------------------------------------------------------------
+    _v("EXECUTOR_KUBERNETES_CONFIG_PATH", "~/.kube/config", "kubeconfig outside a cluster", K8S),
+    _v("EXECUTOR_KUBERNETES_NAMESPACE", "default", "namespace of the job pods", K8S),
+    _v("EXECUTOR_KUBERNETES_NODE_NAME", "", "pod.spec.nodeName", K8S),
+    _v("EXECUTOR_KUBERNETES_NODE_SELECTOR", "", "node selector, k=v,k2=v2", K8S),
+    _v(
+        "EXECUTOR_KUBERNETES_NODE_REQUIRED_AFFINITY_MATCH_EXPRESSIONS",
+        "",
+        "JSON NodeSelectorRequirements",
+        K8S,
+    ),
+    _v("EXECUTOR_KUBERNETES_NODE_REQUIRED_AFFINITY_MATCH_FIELDS", "", "JSON NodeSelectorRequirements", K8S),
+    _v("EXECUTOR_KUBERNETES_POD_AFFINITY", "", "JSON PodAffinityTerms", K8S),
+    _v("EXECUTOR_KUBERNETES_POD_ANTI_AFFINITY", "", "JSON PodAffinityTerms", K8S),
+    _v("EXECUTOR_KUBERNETES_NODE_TOLERATIONS", "", "JSON Tolerations", K8S),
+    _v("EXECUTOR_KUBERNETES_PERSISTENCE_VOLUME_NAME", "sg-executor-pvc", "shared PVC, multi-pod mode", K8S),
+    # Sourcegraph's memory defaults are 12Gi; corral's come from EXECUTOR_JOB_NUM_CPUS / _MEMORY (12G = 12Gi)
+    _v("EXECUTOR_KUBERNETES_RESOURCE_LIMIT_CPU", "", "job pod CPU limit (EXECUTOR_JOB_NUM_CPUS)", K8S),
+    _v("EXECUTOR_KUBERNETES_RESOURCE_LIMIT_MEMORY", "", "job pod memory limit (EXECUTOR_JOB_MEMORY)", K8S),
+    _v("EXECUTOR_KUBERNETES_RESOURCE_REQUEST_CPU", "", "job pod CPU request (the CPU limit)", K8S),
+    _v("EXECUTOR_KUBERNETES_RESOURCE_REQUEST_MEMORY", "", "job pod memory request (the memory limit)", K8S),
+    _v("KUBERNETES_JOB_DEADLINE", "1200", "seconds, the Job's activeDeadlineSeconds", K8S),
+    _v("KUBERNETES_KEEP_JOBS", "false", "keep Jobs after they end", K8S),
+    _v("KUBERNETES_RUN_AS_USER", "-1", "securityContext.runAsUser (-1: 1000)", K8S),
+    _v("KUBERNETES_RUN_AS_GROUP", "-1", "securityContext.runAsGroup (-1: 1000)", K8S),
+    _v("KUBERNETES_FS_GROUP", "1000", "securityContext.fsGroup (-1: none)", K8S),
     # Sourcegraph's config.go defaults this to "false" (and marks it "TODO remove in 5.2"), but the
     # seeds (the project's brief) say the newest Sourcegraph runs a job in a single pod by default, and
     # corral follows the seeds: true. false = one pod per step sharing a PVC. See the README.
-    _v("KUBERNETES_SINGLE_JOB_POD", "true", "one pod per job (false: one pod per step)"),
-    _v("KUBERNETES_JOB_VOLUME_TYPE", "emptyDir", "emptyDir or pvc"),
-    _v("KUBERNETES_JOB_VOLUME_SIZE", "5Gi", "size of the job volume"),
-    _v("KUBERNETES_ADDITIONAL_JOB_VOLUMES", "", "JSON Volumes"),
-    _v("KUBERNETES_ADDITIONAL_JOB_VOLUME_MOUNTS", "", "JSON VolumeMounts"),
-    _v("KUBERNETES_SINGLE_JOB_STEP_IMAGE", "sourcegraph/batcheshelper:insiders", "setup and main image"),
-    _v("KUBERNETES_GIT_CA_CERT", "", "git http.sslCAInfo"),
-    _v("KUBERNETES_JOB_ANNOTATIONS", "", "JSON map, Job annotations"),
-    _v("KUBERNETES_JOB_POD_ANNOTATIONS", "", "JSON map, pod annotations"),
-    _v("KUBERNETES_IMAGE_PULL_SECRETS", "", "image pull secrets, comma-separated"),
+    _v("KUBERNETES_SINGLE_JOB_POD", "true", "one pod per job (false: one pod per step)", K8S),
+    _v("KUBERNETES_JOB_VOLUME_TYPE", "emptyDir", "emptyDir or pvc", K8S),
+    _v("KUBERNETES_JOB_VOLUME_SIZE", "5Gi", "size of the job volume", K8S),
+    _v("KUBERNETES_ADDITIONAL_JOB_VOLUMES", "", "JSON Volumes", K8S),
+    _v("KUBERNETES_ADDITIONAL_JOB_VOLUME_MOUNTS", "", "JSON VolumeMounts", K8S),
+    # Sourcegraph: sourcegraph/batcheshelper:insiders; corral's setup and main containers run corral
+    _v("KUBERNETES_SINGLE_JOB_STEP_IMAGE", "corral/corral:1", "setup and main image", K8S),
+    _v("KUBERNETES_GIT_CA_CERT", "", "a PEM file: git's http.sslCAInfo in the pod", K8S),
+    _v("KUBERNETES_JOB_ANNOTATIONS", "", "JSON map, Job annotations", K8S),
+    _v("KUBERNETES_JOB_POD_ANNOTATIONS", "", "JSON map, pod annotations", K8S),
+    _v("KUBERNETES_IMAGE_PULL_SECRETS", "", "image pull secrets, comma-separated", K8S),
     # -- corral's own ------------------------------------------------------------------------------
-    _corral("EXECUTOR_RUNTIME", "docker", "shell, docker, firecracker (kubernetes: later)", EVERY),
+    _corral(
+        "EXECUTOR_RUNTIME",
+        "docker",
+        "shell, docker, firecracker, kubernetes (default in a pod: kubernetes)",
+        EVERY,
+    ),
     _corral(
         "EXECUTOR_LONG_POLL", "20s", "how long a corral server may hold a dequeue; 0 = short poll", EVERY
     ),
@@ -167,6 +181,10 @@ _TABLE = (
         "OCI runtime of steps with network (runsc: runsc-hostnet)",
         "docker",
     ),
+    _corral("EXECUTOR_KUBERNETES_SCHEDULING_TIMEOUT", "5m", "a pod unscheduled this long fails", K8S),
+    _corral("EXECUTOR_KUBERNETES_IMAGE_PULL_TIMEOUT", "5m", "an image unpulled this long fails", K8S),
+    _corral("EXECUTOR_KUBERNETES_RUNTIME_CLASS_NAME", "", "the job pods' runtimeClassName", K8S),
+    _corral("EXECUTOR_KUBERNETES_FRONTEND_URL", "", "the server as pods reach it", K8S),
     _corral(
         "EXECUTOR_DOCKER_ALLOWED_REGISTRIES",
         "",
