@@ -26,3 +26,25 @@ if ! have corral/tools:1; then
   printf 'FROM corral/busybox:1\nCOPY corral-fmt /bin/corral-fmt\n' > "$tmp/tools/Dockerfile"
   DOCKER_BUILDKIT=0 docker build -q -t corral/tools:1 "$tmp/tools" >/dev/null
 fi
+# corral/corral:1, the kubernetes runtime's setup and main containers (podside): python3.11, corral and
+# its runtime dependencies, git, busybox, all copied from this machine (scripts/corral-image.py). It
+# needs the project's .venv, so setup.sh runs this script after making it. Rebuilt when what it is
+# made of changes (the label dev.corral.image.inputs holds corral-image.py's digest of it).
+# images/corral.Dockerfile builds the same image for users from the public base image.
+if [ -x .venv/bin/python ]; then
+  inputs=$(.venv/bin/python scripts/corral-image.py digest)
+  built=$(docker image inspect -f '{{index .Config.Labels "dev.corral.image.inputs"}}' corral/corral:1 2>/dev/null || true)
+  if [ "$inputs" != "$built" ]; then
+    echo "[setup] building image corral/corral:1"
+    r=$tmp/corral; mkdir -p "$r"
+    .venv/bin/python scripts/corral-image.py rootfs "$r"
+    tar -C "$r" -c . | docker import \
+      -c 'ENV PATH=/usr/local/bin:/usr/bin:/bin' -c 'ENV PYTHONPATH=/opt/corral/lib' \
+      -c 'ENV PYTHONDONTWRITEBYTECODE=1' -c 'ENV PYTHONUNBUFFERED=1' -c 'ENV LANG=C.UTF-8' \
+      -c 'USER 1000:1000' -c 'WORKDIR /data' -c 'CMD ["corral", "version"]' \
+      -c "LABEL dev.corral.image.inputs=$inputs" - corral/corral:1 >/dev/null
+    rm -rf "$r"
+  fi
+else
+  echo "[setup] not building corral/corral:1 yet: it needs .venv (scripts/setup.sh makes it first)"
+fi

@@ -27,9 +27,6 @@ bash scripts/start-dockerd.sh
 # PostgreSQL (Debian's cluster 15/main on 127.0.0.1) with the tests' role and database.
 bash scripts/start-postgres.sh
 
-# Job images built locally, without any registry.
-bash scripts/build-images.sh
-
 # The Python environment.
 if [ ! -x .venv/bin/python ]; then
   log "creating .venv"
@@ -41,6 +38,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
   touch "$stamp"
 fi
+# Job images built locally, without any registry (corral/corral:1 is made from .venv: after it).
+bash scripts/build-images.sh
 # The firecracker runtime's microVM kernel and initramfs (from Debian's packages; a no-op when done).
 .venv/bin/corral executor install firecracker
 log "ready: $ROOT/.venv/bin/corral"
