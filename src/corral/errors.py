@@ -19,11 +19,13 @@
     ├── RuntimeFailure       a runtime could not run a step (image missing, sandbox failed...)
     ├── StepFailed           a step (or the job's setup) ended badly: the job fails, no retry (executor)
     ├── DockerAPIError       the Docker Engine refused a request or could not be reached (docker runtime)
+    ├── KubernetesAPIError   the Kubernetes API refused a request or could not be reached (kubernetes runtime)
     └── CgroupError          a cgroup could not be created, configured or removed (shell runtime)
 
 `Reason` names why a step or a job did not succeed (RuntimeFailure.reason, StepResult.reason,
-StepFailed.reason; the executor sends it with the results as `outcome`). DockerAPIError and
-CgroupError stay inside their runtime: it maps them to RuntimeFailure (or a StepResult) at its seam.
+StepFailed.reason; the executor sends it with the results as `outcome`). DockerAPIError,
+KubernetesAPIError and CgroupError stay inside their runtime: it maps them to RuntimeFailure (or a
+StepResult) at its seam.
 
 Every class carries a message a person understands (by default its docstring). The server maps
 these classes to HTTP statuses in one table (corral.server.statuses); the HTTP clients raise
@@ -170,6 +172,15 @@ class DockerAPIError(CorralError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class KubernetesAPIError(CorralError):
+    """The Kubernetes API refused a request, or could not be reached (status 0)."""
+
+    def __init__(self, status: int, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason  # the Status object's machine-readable reason (NotFound, Forbidden, ...)
 
 
 class CgroupError(CorralError):

@@ -207,6 +207,7 @@ class JobHandler:
             kill_grace=s.kill_grace,
             executor_name=s.name,
             owner=s.vm_prefix,
+            attempt=job.attempt or 0,
         )
 
     def deadline(self, job: Job) -> float:
@@ -521,6 +522,9 @@ class _Sink:
         await entry.__aenter__()
         self.entries[step.key] = entry
         return entry.write
+
+    def open_log(self, key: str, command: list[str]) -> LogEntry:
+        return self.handler._entry(self.job, self.redactor, key, command)
 
     async def close_open(self) -> None:
         """Close the entries of steps the runtime started but never finished (exit -1)."""

@@ -40,6 +40,7 @@ runtime's CLI steps and the diff (absent: the shell sandbox, `registry.DEFAULT_C
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
@@ -50,7 +51,7 @@ from corral.executor.network.policy import NetworkPolicy
 if TYPE_CHECKING:
     from corral.executor.plan import JobPlan
     from corral.executor.settings import ExecutorSettings
-    from corral.executor.workspace.base import Workspace
+    from corral.executor.workspace.base import CommandLog, Workspace
 
 __all__ = [
     "LABEL_JOB",
@@ -107,6 +108,7 @@ class JobSpace:
     kill_grace: float = 10.0  # seconds between SIGTERM and SIGKILL
     executor_name: str = ""
     owner: str = "executor"  # EXECUTOR_VM_PREFIX
+    attempt: int = 0  # the server's attempt number (names a runtime's objects per attempt, e.g. a pod's Job)
 
     @property
     def labels(self) -> dict[str, str]:
@@ -181,6 +183,11 @@ class PlanSink(Protocol):
 
     async def finished(self, step: Step, result: StepResult) -> None:
         """The step ended. Raises StepFailed when the job must stop (the runtime stops and re-raises)."""
+        ...
+
+    def open_log(self, key: str, command: list[str]) -> AbstractAsyncContextManager[CommandLog]:
+        """A log entry of the runtime's own (e.g. setup.kubernetes.pod: the pod's phases), redacted like
+        the steps'; not a step: its exit code is shown, never checked or counted among the steps'."""
         ...
 
 
