@@ -24,7 +24,7 @@ from corral import __version__
 from corral.errors import CorralError
 from corral.executor.client import QueueClient
 from corral.executor.hostcheck import HostFacts, check_host, filesystem_type
-from corral.executor.runtimes.base import Runtime
+from corral.executor.runtimes.base import Describer, Runtime
 from corral.executor.runtimes.registry import DEFAULT_CLI_RUNTIME, make_cli_runtime, make_runtime
 from corral.executor.settings import ExecutorSettings
 from corral.executor.telemetry import src_cli_version, tool_version
@@ -168,9 +168,13 @@ async def validate(settings: ExecutorSettings) -> Validation:
     out.problems += host.problems
     out.warnings += host.warnings
     runtime: Runtime | None = None
+    described: list[tuple[str, str]] = []
     try:
         runtime = make_runtime(settings)
-        out.problems += [f"runtime {runtime.name}: {p}" for p in await runtime.check()]
+        runtime_problems = await runtime.check()
+        out.problems += [f"runtime {runtime.name}: {p}" for p in runtime_problems]
+        if not runtime_problems and isinstance(runtime, Describer):
+            described = await runtime.describe()
     except CorralError as exc:
         out.problems.append(exc.message)
     kind, problem = await probe_server(settings)
@@ -194,6 +198,7 @@ async def validate(settings: ExecutorSettings) -> Validation:
             f"{settings.runtime}{_oci(settings)} (CLI steps and the diff: "
             f"{cli if cli != settings.runtime else 'itself'})",
         ),
+        *described,
         ("queues", ", ".join(settings.queues)),
         ("per job", _limits(settings, facts)),
         ("jobs", f"{settings.maximum_num_jobs} at a time; stop {' or '.join(stop) or 'never'}"),

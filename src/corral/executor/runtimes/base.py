@@ -33,6 +33,8 @@ Optional capabilities, found with isinstance() on these runtime-checkable Protoc
 - `PlanRunner.run_plan`: run the whole job at once;
 - `CredentialStager`: a runtime that needs the job's registry credentials gets them here, so the
   handler never handles them itself (it only asks which values the redactor must hide).
+- `Describer.describe`: facts `corral executor validate` adds to its summary (e.g. the microVMs'
+  accelerator), asked only when `check()` found no problem.
 And an optional class attribute `cli_runtime`: the registry name of the runtime that runs this
 runtime's CLI steps and the diff (absent: the shell sandbox, `registry.DEFAULT_CLI_RUNTIME`).
 """
@@ -61,6 +63,7 @@ __all__ = [
     "SCRIPTS_MOUNT",
     "WORKSPACE_MOUNT",
     "CredentialStager",
+    "Describer",
     "JobSpace",
     "Limits",
     "OutputSink",
@@ -219,4 +222,13 @@ class CredentialStager(Protocol):
     async def stage(self, space: JobSpace, plan: JobPlan) -> None:
         """Keep the job's credentials where only this runtime reads them (under space.root, never
         mounted); called before prepare. cleanup() forgets them."""
+        ...
+
+
+@runtime_checkable
+class Describer(Protocol):
+    """A runtime with facts of its own for `corral executor validate`'s summary."""
+
+    async def describe(self) -> list[tuple[str, str]]:
+        """(what, value) lines in plain words, e.g. ("microVMs", "... accelerator TCG ...")."""
         ...

@@ -43,6 +43,7 @@ __all__ = [
     "Progress",
     "ensure_assets",
     "extract_vmlinux",
+    "find_qemu",
     "load_assets",
 ]
 
@@ -87,7 +88,12 @@ class Assets:
 
     @property
     def qemu(self) -> str:
-        return shutil.which("qemu-system-x86_64") or PACKAGES["qemu-system-x86"]
+        return find_qemu() or PACKAGES["qemu-system-x86"]
+
+
+def find_qemu() -> str | None:
+    """The qemu binary: on PATH, else where Debian's package puts it; None when neither is there."""
+    return shutil.which("qemu-system-x86_64") or shutil.which(PACKAGES["qemu-system-x86"])
 
 
 @dataclass(frozen=True)

@@ -43,11 +43,19 @@ from corral.errors import ConfigError, Reason, RuntimeFailure
 from corral.executor import safefs
 from corral.executor.plan import JobPlan
 from corral.executor.runtimes.base import LABEL_JOB, JobSpace, OutputSink, PlanSink, Step, StepResult
-from corral.executor.runtimes.firecracker.assets import DEFAULT_ASSETS_DIR, Assets, load_assets
+from corral.executor.runtimes.firecracker.assets import DEFAULT_ASSETS_DIR, Assets, find_qemu, load_assets
 from corral.executor.runtimes.firecracker.console import Output
 from corral.executor.runtimes.firecracker.guestjob import GuestStep, write_control
 from corral.executor.runtimes.firecracker.images import DEFAULT_CACHE_BYTES, ImageDisk, ImageDisks
-from corral.executor.runtimes.firecracker.vm import VM, Disk, Share, VMConfig, accelerator, qemu_processes
+from corral.executor.runtimes.firecracker.vm import (
+    VM,
+    Disk,
+    Share,
+    VMConfig,
+    accel_words,
+    accelerator,
+    qemu_processes,
+)
 from corral.executor.telemetry import tool_version
 
 if TYPE_CHECKING:
@@ -109,18 +117,30 @@ class FirecrackerRuntime:
 
     async def check(self) -> list[str]:
         problems = []
+        qemu = find_qemu()
+        if qemu is None:
+            problems.append(
+                "qemu is not installed (no qemu-system-x86_64 on PATH or in /usr/bin), so no microVM can "
+                "boot: run `corral executor install firecracker` (it installs Debian's qemu-system-x86 "
+                "and prepares the VM kernel and initramfs)"
+            )
         try:
             assets = await asyncio.to_thread(self._assets)
-            if not shutil.which(assets.qemu):
-                problems.append(
-                    "qemu-system-x86_64 is not installed: run `corral executor install firecracker`"
-                )
+            if qemu is not None:
+                await accelerator(assets)  # probed once (cached), and said once in the executor log
         except ConfigError as exc:
             problems.append(exc.message)
         if os.geteuid() != 0:
             problems.append("the firecracker runtime must run as root (the VMs' 9p shares keep owners)")
         problems += [f"images: {p}" for p in await self.docker.check()]
         return problems
+
+    async def describe(self) -> list[tuple[str, str]]:
+        """validate's line: the VMM, the accelerator (KVM or TCG) and the guest's kernel."""
+        assets = await asyncio.to_thread(self._assets)
+        accel = accel_words(await accelerator(assets))
+        vmm = self.telemetry()["firecrackerVersion"]
+        return [("microVMs", f"{vmm}, accelerator {accel}, guest kernel {assets.kernel_release}")]
 
     def telemetry(self) -> dict[str, str]:
         if self._telemetry is None:

@@ -35,7 +35,16 @@ from corral.errors import Reason, RuntimeFailure
 from corral.executor.runtimes.firecracker.assets import Assets
 from corral.executor.runtimes.firecracker.console import ConsoleParser, Control, Output, new_nonce
 
-__all__ = ["VM", "Disk", "Share", "VMConfig", "accelerator", "host_khz", "qemu_processes"]
+__all__ = [
+    "VM",
+    "Disk",
+    "Share",
+    "VMConfig",
+    "accel_words",
+    "accelerator",
+    "host_khz",
+    "qemu_processes",
+]
 
 log = logging.getLogger("corral.executor.runtimes.firecracker")
 
@@ -277,8 +286,16 @@ async def _boots_with(assets: Assets, accel: str) -> bool:
     return False
 
 
+def accel_words(accel: str) -> str:
+    """The accelerator in plain words, as the executor log and `corral executor validate` say it."""
+    if accel == "kvm":
+        return "KVM (hardware virtualization)"
+    return "TCG (software emulation, no working KVM here: CPU-bound steps run about 10x slower)"
+
+
 async def accelerator(assets: Assets) -> str:
-    """Return "kvm" when a guest really boots with KVM here, else "tcg"; probed once, then cached."""
+    """Return "kvm" when a guest really boots with KVM here, else "tcg"; probed once, then cached.
+    The answer is logged once per process, wherever it came from (the probe or accel.json)."""
     key = _probe_key(assets)
     if key in _accel_cache:
         return _accel_cache[key]
@@ -287,12 +304,13 @@ async def accelerator(assets: Assets) -> str:
         data = json.loads(cache.read_text())
         if data["key"] == key and data["accel"] in ("kvm", "tcg"):
             _accel_cache[key] = data["accel"]
+            log.info("firecracker: microVMs use %s (probed before: %s)", accel_words(data["accel"]), cache)
             return str(data["accel"])
     accel = "tcg"
     if os.path.exists("/dev/kvm") and os.access("/dev/kvm", os.R_OK | os.W_OK):
         if await _boots_with(assets, "kvm"):
             accel = "kvm"
-    log.info("firecracker: microVMs use %s%s", accel, "" if accel == "kvm" else " (no working KVM here)")
+    log.info("firecracker: microVMs use %s", accel_words(accel))
     _accel_cache[key] = accel
     with contextlib.suppress(OSError):
         tmp = cache.with_name(".accel.json.tmp")
