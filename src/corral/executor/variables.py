@@ -163,7 +163,12 @@ _TABLE = (
     _corral("EXECUTOR_NAME", "", "executor name (default <hostname>-<uuid>)", EVERY),
     _corral("EXECUTOR_USE_EXTENSIONS", "true", "use corral's extensions when the server offers them", EVERY),
     _corral(
-        "EXECUTOR_NETWORK", "none", "network of jobs that ask: none, deny-private, open", "shell", "docker"
+        "EXECUTOR_NETWORK",
+        "none",
+        "network of jobs that ask: none, deny-private, open",
+        "shell",
+        "docker",
+        "firecracker",
     ),
     _corral(
         "EXECUTOR_NETWORK_ALLOW",
@@ -171,9 +176,19 @@ _TABLE = (
         "CIDR[:port] reachable under deny-private, comma-separated",
         "shell",
         "docker",
+        "firecracker",
     ),
-    _corral("EXECUTOR_NETWORK_ALL_JOBS", "false", "every job gets the network", "shell", "docker"),
-    _corral("EXECUTOR_NETWORK_UPLINK_NETNS", "", "namespace the jobs' egress leaves from", "shell", "docker"),
+    _corral(
+        "EXECUTOR_NETWORK_ALL_JOBS", "false", "every job gets the network", "shell", "docker", "firecracker"
+    ),
+    _corral(
+        "EXECUTOR_NETWORK_UPLINK_NETNS",
+        "",
+        "namespace the jobs' egress leaves from",
+        "shell",
+        "docker",
+        "firecracker",
+    ),
     _corral("EXECUTOR_DOCKER_RUNTIME", "", "OCI runtime of step containers, e.g. runsc", "docker"),
     _corral(
         "EXECUTOR_DOCKER_NETWORK_RUNTIME",

@@ -21,8 +21,11 @@ conversion per image id (cached; measured in the README) and nothing per step. I
 known when the VM boots, which a cold VM per job has; a warm pool (a VM booted before its job is
 known) needs images attached later: the read-only 9p image store is the candidate for that (next).
 
+Network (`vmnet`): none by default (no NIC at all); a deny-private job's VM runs qemu with a
+user-mode NIC inside the job's namespace behind the egress firewall, an open job's in the host's.
+
 Not yet (say so rather than pretend): CLI steps inside the VM (refused with a clear error), the
-warm pool, networked jobs (only "none" is accepted: no NIC at all), skip.json between steps.
+warm pool, skip.json between steps.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from corral.errors import ConfigError, Reason, RuntimeFailure
 from corral.executor import safefs
 from corral.executor.plan import JobPlan
 from corral.executor.runtimes.base import LABEL_JOB, JobSpace, OutputSink, PlanSink, Step, StepResult
+from corral.executor.runtimes.firecracker import vmnet
 from corral.executor.runtimes.firecracker.assets import DEFAULT_ASSETS_DIR, Assets, find_qemu, load_assets
 from corral.executor.runtimes.firecracker.console import Output
 from corral.executor.runtimes.firecracker.guestjob import GuestStep, write_control
@@ -161,17 +165,12 @@ class FirecrackerRuntime:
         except OSError as exc:
             raise RuntimeFailure(f"cannot prepare the workspace {space.workspace}: {exc}") from exc
         self._jobs[space.root] = _Job()
+        await vmnet.up(space)  # deny-private: the job's namespace behind the egress firewall
 
     async def run_step(self, space: JobSpace, step: Step, output: OutputSink) -> StepResult:
         raise RuntimeFailure("the firecracker runtime runs whole jobs (run_plan), not single steps")
 
     async def run_plan(self, space: JobSpace, plan: JobPlan, sink: PlanSink) -> None:
-        if space.network.has_interface or space.network.filtered:
-            raise RuntimeFailure(
-                f"network mode {space.network} is not available in the firecracker runtime yet "
-                "(its jobs run without network)",
-                reason=Reason.SANDBOX,
-            )
         cli = [s.key for s in plan.steps if s.kind != "docker"]
         if cli:
             raise RuntimeFailure(
@@ -198,6 +197,7 @@ class FirecrackerRuntime:
                 Share("steps", space.scripts),
             ],
             accel=await accelerator(assets),
+            nic=vmnet.nic(space),  # a job with network: its own cold VM with a NIC (vmnet)
             console_log=vmdir / "console.log",
         )
         vm = VM(cfg)
@@ -319,6 +319,7 @@ class FirecrackerRuntime:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
         await asyncio.to_thread(shutil.rmtree, space.root / "vm", True)
+        await vmnet.down(space)
         await self.docker.cleanup(space)
 
     async def janitor(self, live: set[str]) -> list[str]:

@@ -3,8 +3,8 @@
 A VM gets (see `VMConfig`): the kernel and initramfs of `assets`, vCPUs and RAM, virtio-blk disks
 (each with a virtio serial the guest finds it by: "scratch", "img0", ...), 9p shares ("ctl" with the
 nonce and the job's steps, "ws" the workspace, "steps" the step scripts), and no network device
-unless `netns` names a network namespace to run qemu in (user-mode networking, whose sockets then
-live in that namespace and pass its firewall). The job's channel is a virtio console on qemu's stdout
+unless `nic` asks for one (see `Nic`: qemu's user-mode stack, run inside the job's network
+namespace, whose firewall its sockets then pass). The job's channel is a virtio console on qemu's stdout
 (see `console`); the kernel's serial console goes to `console_log` or nowhere.
 
 The accelerator: KVM only where a tiny guest really boots with it (probed once per process and
@@ -38,6 +38,7 @@ from corral.executor.runtimes.firecracker.console import ConsoleParser, Control,
 __all__ = [
     "VM",
     "Disk",
+    "Nic",
     "Share",
     "VMConfig",
     "accel_words",
@@ -52,6 +53,12 @@ READ_CHUNK = 65536  # bytes read from the console at once
 PROBE_TIMEOUT_S = 10.0  # seconds for a KVM probe boot to reach init (a working KVM: well under 1 s)
 MIN_MEMORY_MIB = 128  # the guest kernel and init need this much
 KILL_WAIT_S = 5.0  # seconds to wait for a SIGKILLed qemu to be reaped
+NSENTER = "/usr/bin/nsenter"  # util-linux: runs qemu in a job's network namespace
+NETNS_DIR = Path("/run/netns")  # named network namespaces (iproute2's)
+GUEST_ADDRESS = "10.0.3.15/24"  # a NIC's guest side (`Nic`)
+GUEST_GATEWAY = "10.0.3.2"  # qemu's gateway: the loopback of the namespace qemu runs in
+QEMU_DNS = "10.0.3.3"  # qemu's resolver (forwards to the resolv.conf of the host qemu runs on)
+QEMU_NETDEV = "user,id=n0,ipv4=on,ipv6=off,net=10.0.3.0/24,host=10.0.3.2,dns=10.0.3.3"
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,23 @@ class Share:
 
 
 @dataclass(frozen=True)
+class Nic:
+    """A virtio-net NIC behind qemu's user-mode stack (slirp): the guest's connections become qemu's
+    own sockets, opened in `netns` (a job's namespace behind the egress firewall; None: the
+    executor's own, for "open" jobs). ipv4 only; no hostfwd, smb or tftp: nothing reaches the guest.
+
+    qemu's virtual network is 10.0.3.0/24 (GUEST_ADDRESS, GUEST_GATEWAY, qemu's own resolver
+    10.0.3.3), not slirp's usual 10.0.2.0/24: that one is the job namespace's (slirp4netns' tap0,
+    its resolver 10.0.2.3), which the guest then reaches as any other address, through qemu's
+    sockets and the firewall. So `dns` is 10.0.2.3 in a job namespace (the one resolver its rules
+    allow; qemu reads no resolv.conf for it) and qemu's 10.0.3.3 (the host's resolver) otherwise.
+    The guest applies it from the kernel command line (`corral.net=`, guest/net.sh)."""
+
+    netns: str | None = None
+    dns: str = QEMU_DNS
+
+
+@dataclass(frozen=True)
 class VMConfig:
     name: str  # qemu -name: the janitor's handle
     assets: Assets
@@ -76,7 +100,7 @@ class VMConfig:
     memory_mib: int = 512
     disks: Sequence[Disk] = ()
     shares: Sequence[Share] = ()
-    netns: str | None = None  # run qemu in this network namespace with a user-mode NIC
+    nic: Nic | None = None  # a network device (jobs with network only; cold VMs)
     accel: str = "tcg"
     console_log: Path | None = None  # where the kernel's serial console goes (None: discarded)
     extra_cmdline: Sequence[str] = field(default_factory=tuple)
@@ -101,6 +125,8 @@ def qemu_argv(cfg: VMConfig) -> list[str]:
         "rdinit=/init",
         *cfg.extra_cmdline,
     ]
+    if cfg.nic is not None:
+        cmdline.append(f"corral.net={GUEST_ADDRESS},{GUEST_GATEWAY},{cfg.nic.dns}")
     cpu = "host" if cfg.accel == "kvm" else "max"
     argv = [
         cfg.assets.qemu,
@@ -155,9 +181,10 @@ def qemu_argv(cfg: VMConfig) -> list[str]:
             "-device",
             f"virtio-9p-device,fsdev=f{i},mount_tag={s.tag}",
         ]
-    if cfg.netns is not None:
-        argv += ["-netdev", "user,id=n0", "-device", "virtio-net-device,netdev=n0"]
-        argv = ["ip", "netns", "exec", cfg.netns, *argv]
+    if cfg.nic is not None:
+        argv += ["-netdev", QEMU_NETDEV, "-device", "virtio-net-device,netdev=n0"]
+        if cfg.nic.netns is not None:  # nsenter: the namespace's network only, the host's mounts
+            argv = [NSENTER, f"--net={NETNS_DIR / cfg.nic.netns}", "--", *argv]
     return argv
 
 

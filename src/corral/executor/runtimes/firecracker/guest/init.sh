@@ -50,6 +50,7 @@ mount -t 9p -o "$P9" ws /ws || die "cannot mount the workspace"
 mount -t 9p -o "$P9,ro" steps /steps || die "cannot mount the step scripts"
 stty -F $CON raw -echo 2>/dev/null || die "cannot set the console to raw mode"
 echo 1 > /proc/sys/kernel/printk  # kernel messages stay off the job's log
+. /lib/corral/net.sh  # the NIC of a job with network (none: only lo); defines net_root
 mark ready
 
 MOUNTED=" "
@@ -82,6 +83,7 @@ step() {
     mount -o bind /ws "$root/data"
     mount -o bind,ro /steps "$root/.corral-steps"
     mount -o bind,ro /corral "$root/.corral"
+    net_root "$root"
     [ -d "$root/tmp" ] || mkdir -p "$root/tmp"
     chmod 1777 "$root/tmp" 2>/dev/null
     oom0=$(oom_kills)
