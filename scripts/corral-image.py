@@ -6,7 +6,7 @@ corral's runtime dependencies):
     .venv/bin/python scripts/corral-image.py digest          # what the image is built from (a hash)
     .venv/bin/python scripts/corral-image.py rootfs DIR      # write the tree into the empty DIR
 
-The tree: busybox (/bin), git with its helpers (/usr/bin/git, /usr/lib/git-core, templates),
+The tree: busybox (/bin), bash, git with its helpers (/usr/bin/git, /usr/lib/git-core, templates),
 CPython 3.11 and its standard library (/usr/local/bin/python3.11, /usr/local/lib/python3.11, minus
 tests, IDLE, tkinter, ensurepip), corral and ONLY its runtime dependencies (the closure of corral's
 `Requires-Dist` without extras, from the venv's metadata: pytest, mypy, ruff and the rest of the test
@@ -223,6 +223,8 @@ def build(root: Path) -> None:
     for name in listed.stdout.split():
         if name != "busybox" and not t.dest(f"/bin/{name}").exists():
             t.dest(f"/bin/{name}").symlink_to("busybox")
+    # bash: the diff's pipeline keeps git's exit status with pipefail (workspace.host.diff_bytes)
+    t.copy(Path(shutil.which("bash") or "/usr/bin/bash").resolve(), "/usr/bin/bash")
     # git and its helpers (git-remote-http speaks https through libcurl)
     git = Path(shutil.which("git") or "/usr/bin/git").resolve()
     t.copy(git, "/usr/bin/git")

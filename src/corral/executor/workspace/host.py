@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import os
 import posixpath
 import re
@@ -160,8 +161,9 @@ def clone_commands(job: CloneLike, url: str) -> list[tuple[str, list[str]]]:
     return cmds
 
 
-def auth_env(headers: Mapping[str, str]) -> dict[str, str]:
-    """Git config for the fetch, passed in the environment so it never lands in .git/config.
+def auth_env(headers: Mapping[str, str], config: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
+    """Git config for the fetch, passed in the environment so it never lands in .git/config
+    (`config`: more (key, value) pairs the same way, e.g. http.sslCAInfo).
 
     The headers carry the job token (or the executor's shared secret), and git sends every
     http.extraHeader to whatever URL it ends up talking to: with its default
@@ -173,10 +175,10 @@ def auth_env(headers: Mapping[str, str]) -> dict[str, str]:
     headers: it clones through a reverse proxy on loopback that adds them to each request
     (newReverseProxy in cmd/executor/internal/worker/workspace/clone.go).
     """
-    config = [("http.followRedirects", "false")]
-    config += [("http.extraHeader", f"{k}: {v}") for k, v in headers.items()]
-    env = {"GIT_CONFIG_COUNT": str(len(config))}
-    for i, (key, value) in enumerate(config):
+    pairs = [("http.followRedirects", "false"), *config]
+    pairs += [("http.extraHeader", f"{k}: {v}") for k, v in headers.items()]
+    env = {"GIT_CONFIG_COUNT": str(len(pairs))}
+    for i, (key, value) in enumerate(pairs):
         env[f"GIT_CONFIG_KEY_{i}"] = key
         env[f"GIT_CONFIG_VALUE_{i}"] = value
     return env
@@ -350,9 +352,10 @@ def _text(out: bytes) -> str:
     return out.decode(errors="replace").strip()[:2000]
 
 
-async def prepare_meta_git(root: Path, repo: Path, commit: str) -> Path:
-    """Our own git dir for the diff, made right after checkout (before any step runs)."""
-    meta = root / "meta.git"
+async def prepare_meta_git(root: Path, repo: Path, commit: str, meta: Path | None = None) -> Path:
+    """Our own git dir for the diff (`meta`, default root/meta.git), made right after checkout
+    (before any step runs)."""
+    meta = root / "meta.git" if meta is None else meta
     env = git_env()
     rc, out = await capture(["git", "init", "--quiet", "--bare", str(meta)], cwd=root, env=env)
     if rc != 0:
@@ -419,17 +422,40 @@ def _git(meta: str, worktree: str) -> list[str]:
     ]
 
 
-async def diff(run: SandboxRun, repo_dir: str, commit: str, *, limit: int = MAX_DIFF) -> str:
+async def diff(
+    run: SandboxRun,
+    repo_dir: str,
+    commit: str,
+    *,
+    limit: int = MAX_DIFF,
+    workspace: str = WORKSPACE_MOUNT,
+    meta: str = META_MOUNT,
+) -> str:
+    """`diff_bytes` as text (invalid UTF-8 replaced, as the results upload carries it)."""
+    raw = await diff_bytes(run, repo_dir, commit, limit=limit, workspace=workspace, meta=meta)
+    return raw.decode("utf-8", "replace")
+
+
+async def diff_bytes(
+    run: SandboxRun,
+    repo_dir: str,
+    commit: str,
+    *,
+    limit: int = MAX_DIFF,
+    workspace: str = WORKSPACE_MOUNT,
+    meta: str = META_MOUNT,
+) -> bytes:
     """Everything the steps changed in the repository, as a binary-safe git diff.
 
     It runs inside the job's sandbox (`run`), never on the host: the steps may have replaced the
     repository directory or anything in it with a symlink to a host path, and git on the host would
     follow it as root. In the sandbox git sees only what the job could see anyway, runs as the job's
     user under its memory and CPU limits, and the output is cut at `limit` bytes (the job fails
-    with a message naming the limit) before more memory is spent.
+    with a message naming the limit) before more memory is spent. `workspace` and `meta` are where
+    `run` sees the workspace and meta.git (a pod's main container: its own mounts).
     """
-    worktree = posixpath.join(WORKSPACE_MOUNT, repo_dir) if repo_dir else WORKSPACE_MOUNT
-    git = _git(META_MOUNT, worktree)
+    worktree = posixpath.join(workspace, repo_dir) if repo_dir else workspace
+    git = _git(meta, worktree)
     env = git_env()
     errors = Bounded(DIFF_ERROR_BYTES)
     rc = await run([*git, "add", "--all", "--", ":/"], env, errors)
@@ -446,7 +472,75 @@ async def diff(run: SandboxRun, repo_dir: str, commit: str, *, limit: int = MAX_
         raise RuntimeFailure(f"the diff is larger than the limit of {limit} bytes", reason=Reason.DIFF)
     if rc != 0:
         raise RuntimeFailure(f"git diff failed (exit {rc}): {_text(bytes(out.buf))}", reason=Reason.DIFF)
-    return bytes(out.buf).decode("utf-8", "replace")
+    return bytes(out.buf)
+
+
+def clone_url(frontend_url: str, repository: str) -> str:
+    """The server's git endpoint of `repository` (EXECUTOR_FRONTEND_URL may carry a path prefix,
+    http://host/sg: the git service is below it)."""
+    return f"{frontend_url.rstrip('/')}/.executors/git/{repository}"
+
+
+def clone_headers(token: str, frontend_password: str, job_id: int, executor_name: str) -> dict[str, str]:
+    """The headers Sourcegraph's clone proxy sets on every git request (newReverseProxy in
+    cmd/executor/internal/worker/workspace/clone.go), here as git's http.extraHeader: the job token
+    (the executor token for a server that issues none), the internal actor, the job and the executor."""
+    auth = f"Bearer {token}" if token else f"token-executor {frontend_password}"
+    return {
+        "Authorization": auth,
+        ACTOR_UID_HEADER: "internal",
+        JOB_ID_HEADER: str(job_id),
+        EXECUTOR_NAME_HEADER: executor_name,
+    }
+
+
+async def clone_repository(
+    root: Path,
+    workspace: Path,
+    plan: JobPlan,
+    url: str,
+    headers: Mapping[str, str],
+    open_log: LogOpener,
+    *,
+    meta: Path | None = None,
+    git_config: Sequence[tuple[str, str]] = (),
+) -> Path:
+    """Check out plan.clone in the workspace (or its repositoryDirectory), each git command a log
+    entry through `open_log`, the headers (and `git_config`) in git's environment only (auth_env),
+    then make our git dir for the diff (`meta`, default root/meta.git: prepare_meta_git).
+    Runs on the host for HostWorkspace, and in a pod's setup container (kubernetes podside)."""
+    repo = workspace
+    if plan.repository_directory:
+        try:
+            rel = check_workspace_dir(plan.repository_directory)  # "." is the workspace
+        except ValueError as exc:
+            raise StepFailed(f"repositoryDirectory: {exc}", Reason.FILES) from None
+        if rel != ".":
+            repo = make_dirs(workspace, rel)
+    env = git_env(auth_env(headers, git_config))
+    assert plan.clone is not None
+    for key, argv in clone_commands(plan.clone, url):
+        async with open_log(key, argv) as entry:
+            rc = await run(argv, cwd=repo, env=env, out=entry.write)
+            entry.exit_code = rc
+        if rc != 0:
+            raise RuntimeFailure(f"clone failed: {key} exited with {rc} (see its log)", reason=Reason.CLONE)
+    return await prepare_meta_git(root, repo, plan.commit, meta)
+
+
+async def collect_results(
+    workspace: Path, outputs: Sequence[str], make_diff: Callable[[], Awaitable[str]] | None
+) -> Results:
+    """The Results of a job: the diff (`make_diff`, None: the job cloned nothing) and the declared
+    outputs (read_outputs). RuntimeFailure when the diff cannot be made."""
+    diff_text, files, problems = "", dict[str, str](), tuple[str, ...]()
+    if make_diff is not None:
+        diff_text = await make_diff()
+    if outputs:
+        files, found = await asyncio.to_thread(read_outputs, workspace, list(outputs))
+        problems = tuple(found)
+    over = any("limit" in p or "exceed" in p for p in problems)
+    return Results(diff=diff_text, files=files, problems=problems, over_limit=over)
 
 
 _NAME_PART = re.compile(r"[a-z0-9_-]{1,64}")  # a queue name (EXECUTOR_QUEUE_NAME(S)), an owner
@@ -550,49 +644,16 @@ class HostWorkspace:
         return await asyncio.to_thread(take_file, space.workspace, name, limit)
 
     async def clone(self, space: JobSpace, plan: JobPlan, token: str, open_log: LogOpener) -> None:
-        repo = space.workspace
-        if plan.repository_directory:
-            try:
-                rel = check_workspace_dir(plan.repository_directory)  # "." is the workspace
-            except ValueError as exc:
-                raise StepFailed(f"repositoryDirectory: {exc}", Reason.FILES) from None
-            if rel != ".":
-                repo = make_dirs(space.workspace, rel)
-        # EXECUTOR_FRONTEND_URL may carry a path prefix (http://host/sg): the git service is below it.
-        url = f"{self.frontend_url.rstrip('/')}/.executors/git/{plan.repository}"
-        # The headers Sourcegraph's clone proxy sets on every git request (newReverseProxy in
-        # cmd/executor/internal/worker/workspace/clone.go), here as git's http.extraHeader: the job
-        # token (the executor token for a server that issues none), the internal actor, the job and
-        # the executor.
-        auth = f"Bearer {token}" if token else f"token-executor {self.frontend_password}"
-        headers = {
-            "Authorization": auth,
-            ACTOR_UID_HEADER: "internal",
-            JOB_ID_HEADER: str(plan.job_id),
-            EXECUTOR_NAME_HEADER: self.executor_name,
-        }
-        env = git_env(auth_env(headers))
-        assert plan.clone is not None
-        for key, argv in clone_commands(plan.clone, url):
-            async with open_log(key, argv) as entry:
-                rc = await run(argv, cwd=repo, env=env, out=entry.write)
-                entry.exit_code = rc
-            if rc != 0:
-                raise RuntimeFailure(
-                    f"clone failed: {key} exited with {rc} (see its log)", reason=Reason.CLONE
-                )
-        await prepare_meta_git(space.root, repo, plan.commit)
+        headers = clone_headers(token, self.frontend_password, plan.job_id, self.executor_name)
+        url = clone_url(self.frontend_url, plan.repository)
+        await clone_repository(space.root, space.workspace, plan, url, headers, open_log)
 
     async def collect(self, space: JobSpace, plan: JobPlan) -> Results:
-        diff_text, files, problems = "", dict[str, str](), tuple[str, ...]()
         meta = space.root / "meta.git"
+        make_diff = None
         if plan.repository and os.path.isdir(meta):
-            diff_text = await self._diff(space, plan, meta)
-        if plan.outputs:
-            files, found = await asyncio.to_thread(read_outputs, space.workspace, list(plan.outputs))
-            problems = tuple(found)
-        over = any("limit" in p or "exceed" in p for p in problems)
-        return Results(diff=diff_text, files=files, problems=problems, over_limit=over)
+            make_diff = functools.partial(self._diff, space, plan, meta)
+        return await collect_results(space.workspace, plan.outputs, make_diff)
 
     async def _diff(self, space: JobSpace, plan: JobPlan, meta: Path) -> str:
         """The repository's diff, made inside the job's sandbox (never by git on the host: see diff)."""
