@@ -320,32 +320,6 @@ async def test_the_janitor_kills_only_its_own_vms_of_jobs_that_are_not_live(tmp_
             p.wait()
 
 
-async def test_what_the_runtime_does_not_run_yet_is_refused_before_any_vm_boots(tmp_path: Path) -> None:
-    from corral.errors import RuntimeFailure
-    from corral.executor.plan import JobPlan
-    from corral.executor.runtimes.base import JobSpace, Step
-    from corral.executor.runtimes.docker import DockerRuntime
-    from corral.executor.runtimes.firecracker.runtime import FirecrackerRuntime
-
-    owner = f"t{os.getpid()}-refuse"
-    rt = FirecrackerRuntime(DockerRuntime(pull=False, owner=owner), owner=owner, cache_dir=tmp_path / "c")
-    (tmp_path / "job" / "workspace").mkdir(parents=True)
-    space = JobSpace(job_id=1, queue="q", root=tmp_path / "job", workspace=tmp_path / "job" / "workspace")
-    docker = Step("step.docker.0", "docker", 0, "corral/busybox:1", ("true",))
-    cli = Step("step.src.0", "cli", 0, None, ("src", "version"))
-
-    class Sink:
-        async def started(self, step: Step) -> object:
-            raise AssertionError("no step may start")
-
-        async def finished(self, step: Step, result: object) -> None:
-            raise AssertionError("no step may finish")
-
-    with pytest.raises(RuntimeFailure, match=r"CLI steps \(step.src.0\) do not run"):
-        await rt.run_plan(space, JobPlan(1, "q", (docker, cli)), Sink())  # type: ignore[arg-type]
-    assert qemu_processes(rt.vm_name(space)) == {}
-
-
 def test_the_install_command_reports_what_is_in_place_and_refuses_unknown_targets(
     assets: fc_assets.Assets,
 ) -> None:

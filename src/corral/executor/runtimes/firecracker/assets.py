@@ -71,6 +71,7 @@ GUEST_MODULES = (
 )
 GUEST_INIT = Path(__file__).parent / "guest" / "init.sh"
 GUEST_NET = Path(__file__).parent / "guest" / "net.sh"  # /lib/corral/net.sh: init sources it
+GUEST_CLISTEP = Path(__file__).parent / "guest" / "clistep.sh"  # /lib/corral/clistep.sh: init sources it
 SETPRIV = "/usr/bin/setpriv"
 BUSYBOX = "/bin/busybox"
 XZ_MAGIC = b"\xfd7zXZ\x00"
@@ -166,7 +167,7 @@ def extract_vmlinux(bzimage: bytes) -> bytes:
 def _inputs_hash() -> str:
     """What shapes the initramfs besides the kernel: the init script, busybox, setpriv, the list."""
     h = hashlib.sha256()
-    for part in (GUEST_INIT, GUEST_NET, Path(BUSYBOX), Path(SETPRIV)):
+    for part in (GUEST_INIT, GUEST_NET, GUEST_CLISTEP, Path(BUSYBOX), Path(SETPRIV)):
         h.update(part.read_bytes())
     h.update(",".join(GUEST_MODULES).encode())
     h.update(str(MANIFEST_VERSION).encode())
@@ -233,6 +234,7 @@ def build_initramfs(modules_root: Path) -> bytes:
     cpio.file("bin/busybox", busybox, 0o755)
     cpio.file("init", GUEST_INIT.read_bytes(), 0o755)
     cpio.file("lib/corral/net.sh", GUEST_NET.read_bytes(), 0o644)
+    cpio.file("lib/corral/clistep.sh", GUEST_CLISTEP.read_bytes(), 0o644)
     for name in order:
         cpio.file(f"lib/modules/{name}.ko", initramfs.strip_signature(index[name].read_bytes()))
     cpio.file("corral/modules", ("\n".join(order) + "\n").encode())

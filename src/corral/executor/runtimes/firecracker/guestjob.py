@@ -1,7 +1,9 @@
 """What the host tells the guest init to run: the control share's `nonce` and `job.sh`.
 
 `job.sh` is sourced by init (root in the guest, see guest/init.sh): one line per step,
-``step INDEX IMAGE-SERIAL UID GID DIR NAME=VALUE... ARGV...``, every word quoted with shlex.quote,
+``step INDEX IMAGE-SERIAL UID GID DIR NAME=VALUE... ARGV...`` for a docker step, ``clistep INDEX UID
+GID DIR NAME=VALUE... ARGV...`` for a CLI step (guest/clistep.sh; after the `preamble` lines that say
+where its root's shares go, see clistep.py), every word quoted with shlex.quote,
 so a job's strings are data in it, never shell code. What the guest's shell could not carry is
 refused here: NUL bytes, environment names that are not names, an argv[0] with "=" (env(1) would
 take it for a variable), a working directory that leaves the workspace.
@@ -26,12 +28,13 @@ MAX_JOB_SCRIPT = 4 * 1024**2  # bytes: job.sh as a whole (argv and env of every 
 @dataclass(frozen=True)
 class GuestStep:
     index: int
-    image: str  # the serial of the image's disk ("img0", ...)
+    image: str  # the serial of the image's disk ("img0", ...); "" for a CLI step
     argv: Sequence[str]
     uid: int = 1000
     gid: int = 1000
     dir: str = ""  # relative to the workspace (/data in the guest)
     env: Mapping[str, str] = field(default_factory=dict)
+    kind: str = "docker"  # or "cli": in the root of the host's /usr and CLIs (clistep.py), no image
 
 
 def _check(value: str, what: str) -> str:
@@ -47,29 +50,34 @@ def _workdir(d: str) -> str:
     return "" if norm in ("", ".") else norm
 
 
-def job_script(steps: Sequence[GuestStep]) -> str:
-    lines = ["# written by the corral executor: one step per line (guest/init.sh)"]
+def job_script(steps: Sequence[GuestStep], preamble: Sequence[str] = ()) -> str:
+    """`preamble`: lines of the executor's own (already quoted), before the steps."""
+    lines = ["# written by the corral executor: one step per line (guest/init.sh)", *preamble]
     for s in steps:
         if not s.argv:
             raise ValueError(f"step {s.index} has no command")
         if "=" in s.argv[0]:
             raise ValueError(f"step {s.index}: a command name may not contain '=': {s.argv[0]!r}")
-        words = [str(s.index), s.image, str(s.uid), str(s.gid), _workdir(s.dir)]
+        if s.kind not in ("docker", "cli"):
+            raise ValueError(f"step {s.index}: unknown kind {s.kind!r}")
+        image = [s.image] if s.kind == "docker" else []
+        words = [str(s.index), *image, str(s.uid), str(s.gid), _workdir(s.dir)]
         for name, value in s.env.items():
             if not _ENV_NAME.fullmatch(name):
                 raise ValueError(f"step {s.index}: {name!r} is not an environment variable name")
             words.append(f"{name}={_check(value, f'variable {name}')}")
         words += [_check(a, "an argument") for a in s.argv]
-        lines.append("step " + " ".join(shlex.quote(w) for w in words))
+        verb = "step" if s.kind == "docker" else "clistep"
+        lines.append(verb + " " + " ".join(shlex.quote(w) for w in words))
     text = "\n".join(lines) + "\n"
     if len(text.encode()) > MAX_JOB_SCRIPT:
         raise ValueError(f"the job's commands and environment exceed {MAX_JOB_SCRIPT} bytes")
     return text
 
 
-def write_control(ctl: Path, nonce: str, steps: Sequence[GuestStep]) -> None:
+def write_control(ctl: Path, nonce: str, steps: Sequence[GuestStep], preamble: Sequence[str] = ()) -> None:
     """Write the control share (an executor-owned directory): nonce, then job.sh."""
-    script = job_script(steps)
+    script = job_script(steps, preamble)
     for name, data in (("nonce", nonce + "\n"), ("job.sh", script)):
         fd = os.open(ctl / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w") as f:

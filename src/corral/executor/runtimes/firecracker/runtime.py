@@ -24,8 +24,10 @@ known) needs images attached later: the read-only 9p image store is the candidat
 Network (`vmnet`): none by default (no NIC at all); a deny-private job's VM runs qemu with a
 user-mode NIC inside the job's namespace behind the egress firewall, an open job's in the host's.
 
-Not yet (say so rather than pretend): CLI steps inside the VM (refused with a clear error), the
-warm pool, skip.json between steps.
+CLI steps run in the VM too, never on the host (`clistep`): in a root of the host's /usr and the
+CLIs' installations, read-only 9p shares, with the workspace at /data, as the job's uid.
+
+Not yet (say so rather than pretend): the warm pool, skip.json between steps.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import math
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -48,6 +50,7 @@ from corral.executor.plan import JobPlan
 from corral.executor.runtimes.base import LABEL_JOB, JobSpace, OutputSink, PlanSink, Step, StepResult
 from corral.executor.runtimes.firecracker import vmnet
 from corral.executor.runtimes.firecracker.assets import DEFAULT_ASSETS_DIR, Assets, find_qemu, load_assets
+from corral.executor.runtimes.firecracker.clistep import CliSteps
 from corral.executor.runtimes.firecracker.console import Output
 from corral.executor.runtimes.firecracker.guestjob import GuestStep, write_control
 from corral.executor.runtimes.firecracker.images import DEFAULT_CACHE_BYTES, ImageDisk, ImageDisks
@@ -94,17 +97,24 @@ class FirecrackerRuntime:
         assets_dir: Path = DEFAULT_ASSETS_DIR,
         cache_dir: Path | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        cli_binds: Sequence[str] = (),
+        cli_dir: Path | None = None,
     ) -> None:
         self.docker = docker
         self.owner = owner
         self.assets_dir = assets_dir
         self.disks = ImageDisks(docker.api, cache_dir or assets_dir / "images", max_bytes=cache_bytes)
         self._jobs: dict[Path, _Job] = {}
+        # CLI steps run in the VM (clistep.py): the host's /usr and these CLI installations, read-only
+        self.cli = CliSteps(cli_binds, cli_dir or self.disks.dir.parent / f"cli-{owner}")
         self._telemetry: dict[str, str] | None = None
 
     @classmethod
     def from_settings(cls, s: ExecutorSettings, docker: DockerRuntime) -> FirecrackerRuntime:
-        return cls(docker, owner=s.vm_prefix)
+        from corral.executor.runtimes.registry import cli_binds
+
+        cli_dir = s.workspace_root.parent / f"firecracker-cli-{s.vm_prefix}"  # outside the workspace root
+        return cls(docker, owner=s.vm_prefix, cli_binds=cli_binds(s), cli_dir=cli_dir)
 
     def _assets(self) -> Assets:
         return load_assets(self.assets_dir)
@@ -171,15 +181,10 @@ class FirecrackerRuntime:
         raise RuntimeFailure("the firecracker runtime runs whole jobs (run_plan), not single steps")
 
     async def run_plan(self, space: JobSpace, plan: JobPlan, sink: PlanSink) -> None:
-        cli = [s.key for s in plan.steps if s.kind != "docker"]
-        if cli:
-            raise RuntimeFailure(
-                f"CLI steps ({', '.join(cli)}) do not run in the firecracker runtime yet",
-                reason=Reason.SANDBOX,
-            )
         job = self._jobs.setdefault(space.root, _Job())
         assets = await asyncio.to_thread(self._assets)
         serials = await self._image_disks(space, plan.steps, job)
+        cli_root = await self.cli.root() if plan.has_cli_steps else None
         vmdir = space.root / "vm"
         await asyncio.to_thread(self._make_vmdir, vmdir, space)
         cfg = VMConfig(
@@ -195,6 +200,7 @@ class FirecrackerRuntime:
                 Share("ctl", vmdir / "ctl"),
                 Share("ws", space.workspace, readonly=False),
                 Share("steps", space.scripts),
+                *(cli_root.shares if cli_root else ()),
             ],
             accel=await accelerator(assets),
             nic=vmnet.nic(space),  # a job with network: its own cold VM with a NIC (vmnet)
@@ -202,7 +208,9 @@ class FirecrackerRuntime:
         )
         vm = VM(cfg)
         guest_steps = [
-            GuestStep(
+            self.cli.guest_step(i, space, s)
+            if s.kind == "cli"
+            else GuestStep(
                 i,
                 serials[str(s.image)][0],
                 s.argv,
@@ -214,7 +222,8 @@ class FirecrackerRuntime:
             for i, s in enumerate(plan.steps)
         ]
         try:
-            await asyncio.to_thread(write_control, vmdir / "ctl", vm.nonce, guest_steps)
+            preamble = cli_root.preamble if cli_root else ()
+            await asyncio.to_thread(write_control, vmdir / "ctl", vm.nonce, guest_steps, preamble)
         except ValueError as exc:
             raise RuntimeFailure(f"cannot run the job's steps: {exc}", reason=Reason.FILES) from exc
         job.vm = vm
@@ -269,6 +278,8 @@ class FirecrackerRuntime:
         out: dict[str, tuple[str, ImageDisk]] = {}
         by_id: dict[str, str] = {}
         for s in steps:
+            if s.kind == "cli":
+                continue  # in the root of the host's /usr and CLIs (clistep.py)
             if not s.image:
                 raise RuntimeFailure(f"step {s.key} has no image", reason=Reason.IMAGE)
             if s.image in out:

@@ -109,6 +109,7 @@ step() {
     [ "$rc" = 0 ] || { mark done; sync; poweroff -f; sleep 10; }
 }
 
+. /lib/corral/clistep.sh  # clistep (CLI steps) and the parts of a step it shares with step
 . /ctl/job.sh
 mark done
 sync

@@ -1,0 +1,148 @@
+# corral's CLI steps in the guest: sourced once by init.sh (guest/init.sh), before job.sh.
+#
+# A CLI step (corral's CLI, src-cli) runs in a root made of the host's /usr and the CLIs'
+# installations, all read-only 9p shares, that the host describes at the top of job.sh
+# (runtimes/firecracker/clistep.py, CliRoot):
+#   cli_share TAG PATH   the share TAG at PATH (usr at /usr; cli0, cli1, ...: a CLI's directory)
+#   cli_file N PATH      file N of the executor-made share (cliroot/files/N) at PATH
+#   cli_link PATH TARGET a symlink (the usrmerge links: /bin -> usr/bin, ...)
+# then `clistep` lines. The shares are mounted under /cli at the first CLI step (a VM without CLI
+# steps never mounts them). Each step's root is a fresh small tmpfs, read-only once built: /etc the
+# executor's (cliroot/etc: copying it took 1.2 s under TCG, binding it nothing) with passwd and
+# group naming the job's uid bound over it, /tmp on the scratch disk (the job's disk limit), /data
+# the workspace, /.corral-steps, a fresh /dev and /proc.
+#
+# Also the parts of a step that `step` (init.sh) and `clistep` share: root_dev, root_job, run_root,
+# end_root (they use init's mark, die, oom_kills and its /ws, /steps and /corral).
+
+CLI_SHARES= CLI_FILES= CLI_LINKS= CLI_UP=
+P9_RO="trans=virtio,version=9p2000.L,msize=262144,ro,nosuid,nodev,cache=loose"
+
+cli_share() { CLI_SHARES="$CLI_SHARES$1 $2
+"; }
+cli_file() { CLI_FILES="$CLI_FILES$1 $2
+"; }
+cli_link() { CLI_LINKS="$CLI_LINKS$1 $2
+"; }
+
+cli_up() {  # mount the CLI shares once (read-only, cached: the host's /usr does not change under a job)
+    [ -n "$CLI_UP" ] && return 0
+    mkdir -p /cli/cliroot && mount -t 9p -o "$P9_RO" cliroot /cli/cliroot || die "no CLI share cliroot"
+    while read -r tag path; do
+        [ -n "$tag" ] || continue
+        mkdir -p "/cli/$tag" && mount -t 9p -o "$P9_RO" "$tag" "/cli/$tag" || die "no CLI share $tag"
+    done <<EOF
+$CLI_SHARES
+EOF
+    CLI_UP=1
+}
+
+root_dev() {  # ROOT: a fresh /dev
+    mount -t tmpfs -o size=1m,mode=755 dev "$1/dev" || die "cannot make /dev"
+    mknod -m 666 "$1/dev/null" c 1 3; mknod -m 666 "$1/dev/zero" c 1 5
+    mknod -m 666 "$1/dev/full" c 1 7; mknod -m 666 "$1/dev/random" c 1 8
+    mknod -m 666 "$1/dev/urandom" c 1 9; mknod -m 666 "$1/dev/tty" c 5 0
+    mkdir -p "$1/dev/shm" "$1/dev/pts"
+    ln -s /proc/self/fd "$1/dev/fd"
+}
+
+root_job() {  # ROOT: /proc, the workspace at /data, the step scripts, corral's tools at /.corral
+    mount -t proc proc "$1/proc" || die "cannot mount /proc"
+    mount -o bind /ws "$1/data" || die "cannot mount the workspace"
+    mount -o bind,ro /steps "$1/.corral-steps" || die "cannot mount the step scripts"
+    mount -o bind,ro /corral "$1/.corral" || die "cannot mount corral's tools"
+}
+
+# run_root IDX ROOT UID GID DIR ENV... ARGV...: the step chrooted in ROOT, in /data/DIR, as
+# UID:GID with no capabilities and no new privileges, with only ENV; its output to the job's
+# channel; sets rc (and oom0, for end_root)
+run_root() {
+    _idx=$1 _root=$2 _uid=$3 _gid=$4 _dir=$5
+    shift 5
+    oom0=$(oom_kills)
+    mark "start $_idx"
+    set -o pipefail
+    chroot "$_root" /.corral/busybox sh -c 'echo 0 > /proc/self/oom_score_adj; exec "$@"' - \
+        /.corral/ld.so --library-path /.corral /.corral/setpriv \
+        --reuid="$_uid" --regid="$_gid" --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all -- \
+        /.corral/busybox sh -c 'cd "/data/$1" || exit 126; shift; exec /.corral/busybox env -i "$@"' - \
+        "$_dir" "$@" < /dev/null 9>&- 2>&1 | cat >&9
+    rc=$?
+    set +o pipefail
+}
+
+umount_tree() {  # every mount at or below $1, the deepest first
+    awk -v r="$1" '$2 == r || index($2, r "/") == 1 { print $2 }' /proc/mounts | sort -r > /tmp/.umount
+    while read -r m; do umount -l "$m" 2>/dev/null; done < /tmp/.umount
+    rm -f /tmp/.umount
+}
+
+# end_root IDX ROOT SCRATCH-DIR: after the step: what it left running killed, its OOM kills and a
+# full scratch disk measured, its root unmounted, its scratch dir removed, `end` marked; a failed
+# step powers the VM off (the job stops there)
+end_root() {
+    kill -9 -1 2>/dev/null  # whatever the step left running (init itself survives)
+    sleep 0.05
+    oom=$(( $(oom_kills) - oom0 ))
+    full=0  # the scratch disk (the job's disk limit) is full: under 256 KiB left
+    avail=$(df -k /scratch | tail -n 1 | awk '{print $4}')
+    [ "${avail:-0}" -lt 256 ] && full=1
+    umount_tree "$2"
+    rm -rf "$3"
+    mark "end $1 $rc $oom $full"
+    [ "$rc" = 0 ] || { mark done; sync; poweroff -f; sleep 10; }
+}
+
+# clistep INDEX UID GID DIR ENV... ARGV...   (as `step`, without an image; ENV: NAME=VALUE words)
+clistep() {
+    idx=$1 uid=$2 gid=$3 dir=$4
+    shift 4
+    cli_up
+    w=/scratch/s$idx root=/tmp/root$idx
+    mkdir -p "$w/tmp" "$w/etc" "$root" || die "scratch disk full"
+    chmod 1777 "$w/tmp"
+    # /etc: the executor's (read-only), with passwd and group naming the job's uid (and, for a job
+    # with network, its resolver: net.sh's net_root) bound over its placeholders
+    if [ "$uid" = 0 ]; then
+        printf 'root:x:0:0:root:/tmp:/bin/sh\n' > "$w/etc/passwd"
+    else
+        printf 'root:x:0:0:root:/root:/usr/sbin/nologin\njob:x:%s:%s:job:/tmp:/bin/sh\n' "$uid" "$gid" \
+            > "$w/etc/passwd"
+    fi
+    printf 'root:x:0:\n' > "$w/etc/group"
+    [ "$gid" = 0 ] || printf 'job:x:%s:\n' "$gid" >> "$w/etc/group"
+    command -v net_root > /dev/null && net_root "$w"
+    chmod 644 "$w"/etc/*
+    mount -t tmpfs -o size=1m,mode=755 cliroot "$root" || die "cannot make the root of step $idx"
+    mkdir -p "$root/usr" "$root/etc" "$root/dev" "$root/proc" "$root/tmp" "$root/data" \
+        "$root/.corral-steps" "$root/.corral" || die "cannot make the root of step $idx"
+    mount -o bind /cli/cliroot/etc "$root/etc" || die "cannot mount /etc for step $idx"
+    for f in "$w"/etc/*; do
+        mount -o bind "$f" "$root/etc/${f##*/}" || die "cannot mount /etc/${f##*/} for step $idx"
+    done
+    while read -r path target; do
+        [ -n "$path" ] || continue
+        ln -s "$target" "$root$path" || die "cannot make $path for step $idx"
+    done <<EOF
+$CLI_LINKS
+EOF
+    root_dev "$root"
+    root_job "$root"
+    mount -o bind "$w/tmp" "$root/tmp" || die "cannot mount /tmp for step $idx"
+    while read -r tag path; do
+        [ -n "$tag" ] || continue
+        mkdir -p "$root$path" && mount -o bind "/cli/$tag" "$root$path" || die "cannot mount $path"
+    done <<EOF
+$CLI_SHARES
+EOF
+    while read -r n path; do
+        [ -n "$n" ] || continue
+        mkdir -p "$root${path%/*}" && touch "$root$path" && mount -o bind "/cli/cliroot/files/$n" "$root$path" \
+            || die "cannot mount $path"
+    done <<EOF
+$CLI_FILES
+EOF
+    mount -o remount,ro "$root" || die "cannot make the root of step $idx read-only"
+    run_root "$idx" "$root" "$uid" "$gid" "$dir" "$@"
+    end_root "$idx" "$root" "$w"
+}
