@@ -7,6 +7,8 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,3 +62,14 @@ def _no_workspace_mounts_left(tmp_path_factory: pytest.TempPathFactory) -> Itera
     yield
     if os.geteuid() == 0:
         _unmount_below(root)
+
+
+@pytest.fixture
+def kube_cluster(tmp_path: Path, docker_available: None) -> Iterator[Any]:
+    """The Kubernetes stand-in (tests/kubekit): API server, Job controller, Docker-backed kubelet.
+    At teardown a call outside the shipped Role, or a failure of the stand-in itself, fails the test."""
+    from tests.kubekit import run_cluster
+
+    with run_cluster(tmp_path / "kube") as cluster:
+        yield cluster
+        cluster.check_clean()

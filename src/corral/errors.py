@@ -20,12 +20,13 @@
     ├── StepFailed           a step (or the job's setup) ended badly: the job fails, no retry (executor)
     ├── DockerAPIError       the Docker Engine refused a request or could not be reached (docker runtime)
     ├── KubernetesAPIError   the Kubernetes API refused a request or could not be reached (kubernetes runtime)
+    ├── FirecrackerAPIError  Firecracker's API refused a call or could not be reached (firecracker runtime)
     └── CgroupError          a cgroup could not be created, configured or removed (shell runtime)
 
 `Reason` names why a step or a job did not succeed (RuntimeFailure.reason, StepResult.reason,
 StepFailed.reason; the executor sends it with the results as `outcome`). DockerAPIError,
-KubernetesAPIError and CgroupError stay inside their runtime: it maps them to RuntimeFailure (or a
-StepResult) at its seam.
+KubernetesAPIError, FirecrackerAPIError and CgroupError stay inside their runtime: it maps them to
+RuntimeFailure (or a StepResult) at its seam.
 
 Every class carries a message a person understands (by default its docstring). The server maps
 these classes to HTTP statuses in one table (corral.server.statuses); the HTTP clients raise
@@ -168,6 +169,14 @@ class StepFailed(CorralError):
 
 class DockerAPIError(CorralError):
     """The Docker Engine refused a request, or could not be reached (status 0)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class FirecrackerAPIError(CorralError):
+    """Firecracker's API refused a call (its fault_message), or could not be reached (status 0)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)

@@ -48,7 +48,7 @@ from corral.errors import ConfigError, Reason, RuntimeFailure
 from corral.executor import safefs
 from corral.executor.plan import JobPlan
 from corral.executor.runtimes.base import LABEL_JOB, JobSpace, OutputSink, PlanSink, Step, StepResult
-from corral.executor.runtimes.firecracker import vmnet
+from corral.executor.runtimes.firecracker import fcapi, vmnet
 from corral.executor.runtimes.firecracker.assets import DEFAULT_ASSETS_DIR, Assets, find_qemu, load_assets
 from corral.executor.runtimes.firecracker.clistep import CliSteps
 from corral.executor.runtimes.firecracker.console import Output
@@ -141,7 +141,8 @@ class FirecrackerRuntime:
         try:
             assets = await asyncio.to_thread(self._assets)
             if qemu is not None:
-                await accelerator(assets)  # probed once (cached), and said once in the executor log
+                # probed once (cached); the accelerator and the engine are said once in the log
+                fcapi.say_once(fcapi.engine(await accelerator(assets)))
         except ConfigError as exc:
             problems.append(exc.message)
         if os.geteuid() != 0:
@@ -152,9 +153,13 @@ class FirecrackerRuntime:
     async def describe(self) -> list[tuple[str, str]]:
         """validate's line: the VMM, the accelerator (KVM or TCG) and the guest's kernel."""
         assets = await asyncio.to_thread(self._assets)
-        accel = accel_words(await accelerator(assets))
+        probed = await accelerator(assets)
+        accel = accel_words(probed)
         vmm = self.telemetry()["firecrackerVersion"]
-        return [("microVMs", f"{vmm}, accelerator {accel}, guest kernel {assets.kernel_release}")]
+        return [
+            ("microVMs", f"{vmm}, accelerator {accel}, guest kernel {assets.kernel_release}"),
+            ("engine", fcapi.engine(probed).words()),  # Firecracker proper: found, and how far it goes
+        ]
 
     def telemetry(self) -> dict[str, str]:
         if self._telemetry is None:

@@ -1,0 +1,508 @@
+"""The Kubernetes stand-in's own behaviour (tests/kubekit), driven with kubernetes_asyncio (the
+runtime's client) over HTTP, its pods really run by the Docker Engine (local images only; every pod
+has its own `--network none` namespace)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes_asyncio import client, watch
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from tests.kubekit import KubeCluster, Node, run_cluster
+from tests.kubekit.kubelet import LABEL_POD
+
+pytestmark = pytest.mark.docker
+
+T = TypeVar("T")
+NS = "corral"
+IMAGE = "corral/busybox:1"
+WAIT_S = 60.0  # seconds any awaited state may take on a loaded 2-core machine
+USER = {"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000, "runAsNonRoot": True}
+
+
+def job(
+    name: str, containers: list[dict[str, Any]], *, init: list[dict[str, Any]] | None = None, **spec: Any
+) -> dict[str, Any]:
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "securityContext": USER,
+        "containers": containers,
+        **spec,
+    }
+    if init:
+        pod_spec["initContainers"] = init
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "labels": {"dev.corral.managed": "true"}},
+        "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec}},
+    }
+
+
+def sh(name: str, script: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "image": IMAGE, "command": ["sh", "-c", script], **extra}
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = WAIT_S) -> T:
+    """Poll `probe` (bounded) until it returns something other than None/False."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if loop.time() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def job_pod(core: client.CoreV1Api, name: str) -> client.V1Pod:
+    async def probe() -> client.V1Pod | None:
+        pods = await core.list_namespaced_pod(NS, label_selector=f"job-name={name}")
+        return pods.items[0] if pods.items else None
+
+    return await eventually(probe, f"the pod of job {name}")
+
+
+async def pod_where(
+    core: client.CoreV1Api, name: str, pred: Callable[[client.V1Pod], bool], what: str
+) -> client.V1Pod:
+    async def probe() -> client.V1Pod | None:
+        pod = await core.read_namespaced_pod(name, NS)
+        return pod if pred(pod) else None
+
+    return await eventually(probe, what)
+
+
+def terminated(pod: client.V1Pod) -> bool:
+    return pod.status.phase in ("Succeeded", "Failed")
+
+
+def docker_containers(pod_name: str) -> list[str]:
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label={LABEL_POD}={NS}/{pod_name}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return out.stdout.split()
+
+
+async def test_init_containers_run_in_order_then_main_with_logs_and_exit_codes(
+    kube_cluster: KubeCluster,
+) -> None:
+    data = [{"name": "data", "mountPath": "/data", "subPath": "workspace"}]
+    manifest = job(
+        "ordered",
+        [sh("main", "echo main; cat /data/order; exit 3", volumeMounts=data)],
+        init=[
+            sh("first", "echo first >> /data/order; echo one", volumeMounts=data),
+            sh("second", "echo second >> /data/order; echo two >&2", volumeMounts=data),
+        ],
+        volumes=[{"name": "data", "emptyDir": {}}],
+    )
+    async with kube_cluster.client() as api:
+        batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
+        await batch.create_namespaced_job(NS, manifest)
+        pod = await job_pod(core, "ordered")
+        assert pod.metadata.labels["controller-uid"] and pod.metadata.labels["app"] == "ordered"
+        pod = await pod_where(core, pod.metadata.name, terminated, "the pod's end")
+        assert pod.status.phase == "Failed"
+        inits = [
+            (s.name, s.state.terminated.exit_code, s.state.terminated.reason)
+            for s in pod.status.init_container_statuses
+        ]
+        assert inits == [("first", 0, "Completed"), ("second", 0, "Completed")]
+        (main,) = pod.status.container_statuses
+        assert (main.name, main.state.terminated.exit_code, main.state.terminated.reason) == (
+            "main",
+            3,
+            "Error",
+        )
+        logs = {
+            c: await core.read_namespaced_pod_log(pod.metadata.name, NS, container=c)
+            for c in ("first", "second", "main")
+        }
+        assert logs == {"first": "one\n", "second": "two\n", "main": "main\nfirst\nsecond\n"}
+
+        async def failed() -> client.V1Job | None:
+            j = await batch.list_namespaced_job(NS, label_selector="dev.corral.managed=true")
+            conds = {c.type: c for c in j.items[0].status.conditions or []}
+            return j.items[0] if "Failed" in conds else None
+
+        done = await eventually(failed, "the Job's Failed condition")
+        assert {c.type: c.reason for c in done.status.conditions}["Failed"] == "BackoffLimitExceeded"
+        assert done.status.failed == 1
+        await batch.delete_namespaced_job("ordered", NS, propagation_policy="Foreground")
+
+
+async def test_first_failing_init_container_stops_the_pod(kube_cluster: KubeCluster) -> None:
+    manifest = job("stops", [sh("main", "echo never")], init=[sh("bad", "exit 7"), sh("after", "echo never")])
+    async with kube_cluster.client() as api:
+        await client.BatchV1Api(api).create_namespaced_job(NS, manifest)
+        core = client.CoreV1Api(api)
+        pod = await pod_where(core, (await job_pod(core, "stops")).metadata.name, terminated, "the pod's end")
+        bad, after = pod.status.init_container_statuses
+        assert bad.state.terminated.exit_code == 7
+        assert after.state.waiting.reason == "PodInitializing" and pod.status.phase == "Failed"
+        assert pod.status.container_statuses[0].state.waiting is not None
+        with pytest.raises(ApiException) as err:
+            await core.read_namespaced_pod_log(pod.metadata.name, NS, container="after")
+        assert err.value.status == 400 and "is waiting to start" in json.loads(err.value.body)["message"]
+
+
+async def test_unschedulable_pod_has_the_schedulers_condition_and_event(
+    tmp_path: Path, docker_available: None
+) -> None:
+    node = Node(
+        memory="1Gi",
+        cpu="1",
+        labels={"pool": "jobs"},
+        taints=[{"key": "dedicated", "value": "ci", "effect": "NoSchedule"}],
+    )
+    with run_cluster(tmp_path / "kube", node=node) as cluster:
+        big = sh("main", "true", resources={"requests": {"memory": "2Gi"}})
+        tolerate = [{"key": "dedicated", "operator": "Equal", "value": "ci", "effect": "NoSchedule"}]
+        async with cluster.client() as api:
+            batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
+            await batch.create_namespaced_job(NS, job("toobig", [big], tolerations=tolerate))
+            await batch.create_namespaced_job(
+                NS, job("elsewhere", [sh("main", "true")], tolerations=tolerate, nodeSelector={"pool": "gpu"})
+            )
+            await batch.create_namespaced_job(NS, job("tainted", [sh("main", "true")]))
+            expected = {
+                "toobig": "0/1 nodes are available: 1 Insufficient memory.",
+                "elsewhere": "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector.",
+                "tainted": "0/1 nodes are available: 1 node(s) had untolerated taint {dedicated: ci}.",
+            }
+            for name, message in expected.items():
+                pod = await job_pod(core, name)
+
+                def unschedulable(p: client.V1Pod) -> bool:
+                    return any(
+                        c.type == "PodScheduled" and c.status == "False" for c in p.status.conditions or []
+                    )
+
+                pod = await pod_where(core, pod.metadata.name, unschedulable, f"{name}'s PodScheduled=False")
+                (cond,) = [c for c in pod.status.conditions if c.type == "PodScheduled"]
+                assert (cond.reason, cond.message) == ("Unschedulable", message)
+                assert pod.status.phase == "Pending" and not pod.spec.node_name
+                events = await core.list_namespaced_event(
+                    NS, field_selector=f"involvedObject.name={pod.metadata.name}"
+                )
+                assert [(e.reason, e.type, e.message) for e in events.items] == [
+                    ("FailedScheduling", "Warning", message)
+                ]
+        cluster.check_clean()
+
+
+async def test_missing_image_is_never_pulled_err_image_pull_then_back_off(kube_cluster: KubeCluster) -> None:
+    missing = "corral/not-here:404"
+    async with kube_cluster.client() as api:
+        core = client.CoreV1Api(api)
+        await client.BatchV1Api(api).create_namespaced_job(
+            NS, job("noimage", [{"name": "main", "image": missing}])
+        )
+        name = (await job_pod(core, "noimage")).metadata.name
+
+        def waiting(reason: str) -> Callable[[client.V1Pod], bool]:
+            def pred(p: client.V1Pod) -> bool:
+                st = (p.status.container_statuses or [None])[0]
+                return st is not None and st.state.waiting is not None and st.state.waiting.reason == reason
+
+            return pred
+
+        pod = await pod_where(core, name, waiting("ErrImagePull"), "ErrImagePull")
+        assert pod.status.container_statuses[0].state.waiting.message == f'image "{missing}" not found'
+        pod = await pod_where(core, name, waiting("ImagePullBackOff"), "ImagePullBackOff")
+        assert pod.status.phase == "Pending"
+        events = await core.list_namespaced_event(
+            NS, field_selector=f"involvedObject.name={name},type=Warning"
+        )
+        messages = {e.message for e in events.items}
+        assert f'Failed to pull image "{missing}": image "{missing}" not found' in messages
+        assert "Error: ErrImagePull" in messages
+    inspect = subprocess.run(["docker", "image", "inspect", missing], capture_output=True, timeout=60)
+    assert inspect.returncode != 0  # still not there: nothing pulled it
+
+
+async def test_a_call_outside_the_role_is_forbidden_and_recorded(kube_cluster: KubeCluster) -> None:
+    async with kube_cluster.client() as api:
+        core = client.CoreV1Api(api)
+        secret = {"metadata": {"name": "job-secrets"}, "stringData": {"token": "t0ken"}}
+        created = await core.create_namespaced_secret(NS, secret)  # allowed: secrets create
+        assert created.metadata.name == "job-secrets"
+        with pytest.raises(ApiException) as err:
+            await core.read_namespaced_secret("job-secrets", NS)  # not allowed: secrets get
+        assert err.value.status == 403
+        status = json.loads(err.value.body)
+        assert status["kind"] == "Status" and status["reason"] == "Forbidden"
+        assert 'cannot get resource "secrets"' in status["message"]
+        with pytest.raises(ApiException) as err:
+            await core.list_namespaced_pod("default")  # allowed verb, other namespace
+        assert err.value.status == 403
+        await core.list_namespaced_pod(NS)  # allowed
+    violations = kube_cluster.take_violations()
+    assert [(v.call.verb, v.call.resource, v.call.namespace) for v in violations] == [
+        ("get", "secrets", NS),
+        ("list", "pods", "default"),
+    ]
+    calls = kube_cluster.calls(kube_cluster.executor_user)
+    assert [(c.verb, c.resource, c.status) for c in calls] == [
+        ("create", "secrets", 201),
+        ("get", "secrets", 403),
+        ("list", "pods", 403),
+        ("list", "pods", 200),
+    ]
+
+
+async def test_watch_from_the_lists_resource_version_sees_the_phases(kube_cluster: KubeCluster) -> None:
+    async with kube_cluster.client() as api:
+        core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+        listed = await core.list_namespaced_pod(NS, label_selector="job-name=phases")
+        assert listed.items == []
+        await batch.create_namespaced_job(NS, job("phases", [sh("main", "sleep 1")]))
+        seen: list[tuple[str, str]] = []
+        w = watch.Watch()
+        async with asyncio.timeout(WAIT_S):
+            async for event in w.stream(
+                core.list_namespaced_pod,
+                NS,
+                label_selector="job-name=phases",
+                resource_version=listed.metadata.resource_version,
+                timeout_seconds=int(WAIT_S),
+            ):
+                phase = event["object"].status.phase
+                if not seen or seen[-1] != (event["type"], phase):
+                    seen.append((event["type"], phase))
+                if phase in ("Succeeded", "Failed"):
+                    w.stop()
+        assert seen[0] == ("ADDED", "Pending")
+        phases = [p for _, p in seen]
+        assert phases.index("Running") < phases.index("Succeeded")
+        assert phases[-1] == "Succeeded" and "Failed" not in phases
+    watches = [c for c in kube_cluster.calls(kube_cluster.executor_user) if c.watch]
+    assert [(c.resource, c.params.get("resourceVersion")) for c in watches] == [
+        ("pods", listed.metadata.resource_version)
+    ]
+
+
+async def test_follow_log_streams_while_the_container_runs(kube_cluster: KubeCluster) -> None:
+    script = "echo first; while [ ! -e /data/go ]; do sleep 0.1; done; echo second"
+    mounts = [{"name": "data", "mountPath": "/data"}]
+    async with kube_cluster.client() as api:
+        core = client.CoreV1Api(api)
+        await client.BatchV1Api(api).create_namespaced_job(
+            NS,
+            job(
+                "follow",
+                [sh("main", script, volumeMounts=mounts)],
+                volumes=[{"name": "data", "emptyDir": {}}],
+            ),
+        )
+        pod = await job_pod(core, "follow")
+        pod = await pod_where(core, pod.metadata.name, lambda p: p.status.phase == "Running", "Running")
+        resp = await core.read_namespaced_pod_log(
+            pod.metadata.name, NS, container="main", follow=True, _preload_content=False
+        )
+        got = b""
+        async with asyncio.timeout(WAIT_S):
+            while b"first\n" not in got:
+                got += await resp.content.readany()
+            # the container is still running (it waits for /data/go): the log came while it ran
+            assert (await core.read_namespaced_pod(pod.metadata.name, NS)).status.phase == "Running"
+            run = next(iter(kube_cluster.call(lambda: list(kube_cluster._parts["kubelet"].runs.values()))))
+            (run.dir / "volumes" / "data" / "go").touch()
+            got += await resp.content.read()
+        resp.release()
+        assert got == b"first\nsecond\n"
+
+
+async def test_foreground_delete_removes_the_pod_and_its_containers(kube_cluster: KubeCluster) -> None:
+    async with kube_cluster.client() as api:
+        core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+        await batch.create_namespaced_job(NS, job("sleeper", [sh("main", "exec sleep 600")]))
+        pod = await job_pod(core, "sleeper")
+        name = pod.metadata.name
+        await pod_where(core, name, lambda p: p.status.phase == "Running", "Running")
+        assert len(docker_containers(name)) == 2  # the pause container and main
+        listed = await batch.list_namespaced_job(NS)
+        await batch.delete_namespaced_job("sleeper", NS, propagation_policy="Foreground")
+        kinds: list[tuple[str, str]] = []
+        w = watch.Watch()
+        async with asyncio.timeout(WAIT_S):
+            async for event in w.stream(
+                batch.list_namespaced_job, NS, resource_version=listed.metadata.resource_version
+            ):
+                meta = event["object"].metadata
+                kinds.append((event["type"], "deleting" if meta.deletion_timestamp else "live"))
+                if event["type"] == "DELETED":
+                    w.stop()
+        assert kinds[0] == ("MODIFIED", "deleting") and kinds[-1][0] == "DELETED"
+        assert "foregroundDeletion" not in (event["object"].metadata.finalizers or [])
+        with pytest.raises(ApiException) as err:
+            await core.read_namespaced_pod(name, NS)
+        assert err.value.status == 404  # the pod went before its Job
+    assert docker_containers(name) == []
+
+
+async def test_secret_volume_files_env_and_security(kube_cluster: KubeCluster) -> None:
+    script = (
+        "stat -c '%a %g' /secrets/tok; cat /secrets/tok; echo; echo $TOKEN $NODE; id -u; "
+        "touch /rootfs-test 2>/dev/null && echo rw || echo ro; ls /secrets"
+    )
+    main = sh(
+        "main",
+        script,
+        env=[
+            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s1", "key": "token"}}},
+            {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        ],
+        volumeMounts=[{"name": "sec", "mountPath": "/secrets"}],
+        securityContext={
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    )
+    volume = {
+        "name": "sec",
+        "secret": {"secretName": "s1", "defaultMode": 0o400, "items": [{"key": "token", "path": "tok"}]},
+    }
+    async with kube_cluster.client() as api:
+        core = client.CoreV1Api(api)
+        await core.create_namespaced_secret(
+            NS, {"metadata": {"name": "s1"}, "stringData": {"token": "abc", "other": "x"}}
+        )
+        await client.BatchV1Api(api).create_namespaced_job(NS, job("secrets", [main], volumes=[volume]))
+        pod = await pod_where(core, (await job_pod(core, "secrets")).metadata.name, terminated, "the end")
+        assert pod.status.phase == "Succeeded"
+        log = await core.read_namespaced_pod_log(pod.metadata.name, NS)
+        assert log.splitlines() == ["440 1000", "abc", f"abc {kube_cluster.node.name}", "1000", "ro", "tok"]
+
+
+async def test_run_as_non_root_refuses_an_image_running_as_root(kube_cluster: KubeCluster) -> None:
+    manifest = job("rootimage", [sh("main", "true")])
+    manifest["spec"]["template"]["spec"]["securityContext"] = {"runAsNonRoot": True}
+    async with kube_cluster.client() as api:
+        core = client.CoreV1Api(api)
+        await client.BatchV1Api(api).create_namespaced_job(NS, manifest)
+        name = (await job_pod(core, "rootimage")).metadata.name
+
+        def config_error(p: client.V1Pod) -> bool:
+            st = (p.status.container_statuses or [None])[0]
+            return (
+                st is not None
+                and st.state.waiting is not None
+                and st.state.waiting.reason == "CreateContainerConfigError"
+            )
+
+        pod = await pod_where(core, name, config_error, "CreateContainerConfigError")
+        assert (
+            "runAsNonRoot and image will run as root"
+            in pod.status.container_statuses[0].state.waiting.message
+        )
+    assert len(docker_containers(name)) == 1  # only the pause container: main was never made
+
+
+async def test_sub_path_through_a_symlink_is_refused(kube_cluster: KubeCluster) -> None:
+    """A container plants a symlink in the volume; a later container's subPath through it must not mount
+    the host's directory it points to."""
+    whole = [{"name": "data", "mountPath": "/vol"}]
+    through = [{"name": "data", "mountPath": "/escape", "subPath": "evil"}]
+    manifest = job(
+        "subpath",
+        [sh("main", "ls /escape", volumeMounts=through)],
+        init=[sh("plant", "ln -s / /vol/evil", volumeMounts=whole)],
+        volumes=[{"name": "data", "emptyDir": {}}],
+    )
+    async with kube_cluster.client() as api:
+        core = client.CoreV1Api(api)
+        await client.BatchV1Api(api).create_namespaced_job(NS, manifest)
+        name = (await job_pod(core, "subpath")).metadata.name
+
+        def refused(p: client.V1Pod) -> bool:
+            st = (p.status.container_statuses or [None])[0]
+            return (
+                st is not None
+                and st.state.waiting is not None
+                and st.state.waiting.reason == "CreateContainerConfigError"
+            )
+
+        pod = await pod_where(core, name, refused, "the subPath refused")
+        assert "symlink" in pod.status.container_statuses[0].state.waiting.message
+
+
+async def test_job_deadline_fails_it_and_removes_its_pod(kube_cluster: KubeCluster) -> None:
+    manifest = job("deadline", [sh("main", "exec sleep 600")])
+    manifest["spec"]["activeDeadlineSeconds"] = 2
+    async with kube_cluster.client() as api:
+        batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
+        await batch.create_namespaced_job(NS, manifest)
+        name = (await job_pod(core, "deadline")).metadata.name
+
+        async def failed() -> list[Any] | None:
+            j = await batch.list_namespaced_job(NS)
+            return [c for c in j.items[0].status.conditions or [] if c.type == "Failed"] or None
+
+        (cond,) = await eventually(failed, "DeadlineExceeded")
+        assert cond.reason == "DeadlineExceeded"
+
+        async def gone() -> bool:
+            return not (await core.list_namespaced_pod(NS, field_selector=f"metadata.name={name}")).items
+
+        await eventually(gone, "the pod removed")
+    assert docker_containers(name) == []
+
+
+@pytest.fixture
+def host_server() -> Iterator[int]:
+    """A tiny HTTP server on the host's 127.0.0.1 (what the corral server is to pods)."""
+
+    class Hello(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = f"hello from the host {self.path}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield int(server.server_address[1])
+    server.shutdown()
+    server.server_close()
+
+
+async def test_pods_reach_the_hosts_loopback_port_through_their_own_namespace(
+    tmp_path: Path, docker_available: None, host_server: int
+) -> None:
+    script = f"wget -q -O - http://127.0.0.1:{host_server}/x; echo; grep -c : /proc/net/dev"
+    with run_cluster(tmp_path / "kube", forward_ports=[host_server]) as cluster:
+        async with cluster.client() as api:
+            core = client.CoreV1Api(api)
+            await client.BatchV1Api(api).create_namespaced_job(NS, job("reach", [sh("main", script)]))
+            pod = await pod_where(core, (await job_pod(core, "reach")).metadata.name, terminated, "the end")
+            log = await core.read_namespaced_pod_log(pod.metadata.name, NS)
+            assert pod.status.phase == "Succeeded", log
+            lines = log.splitlines()
+            assert lines[0] == "hello from the host /x"
+            assert lines[-1] == "1"  # only lo in the pod's namespace
+        cluster.check_clean()
+    with socket.socket() as s:  # the forwarder was in the pod's namespace, not on the host's port
+        assert s.connect_ex(("127.0.0.1", host_server)) == 0
