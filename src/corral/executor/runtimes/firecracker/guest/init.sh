@@ -73,40 +73,13 @@ step() {
     for p in dev proc data .corral-steps .corral; do
         [ -d "$root/$p" ] && [ ! -L "$root/$p" ] || { rm -rf "$root/$p"; mkdir -p "$root/$p"; } || die "image root"
     done
-    mount -t tmpfs -o size=1m,mode=755 dev "$root/dev"
-    mknod -m 666 "$root/dev/null" c 1 3; mknod -m 666 "$root/dev/zero" c 1 5
-    mknod -m 666 "$root/dev/full" c 1 7; mknod -m 666 "$root/dev/random" c 1 8
-    mknod -m 666 "$root/dev/urandom" c 1 9; mknod -m 666 "$root/dev/tty" c 5 0
-    mkdir -p "$root/dev/shm" "$root/dev/pts"
-    ln -s /proc/self/fd "$root/dev/fd"
-    mount -t proc proc "$root/proc"
-    mount -o bind /ws "$root/data"
-    mount -o bind,ro /steps "$root/.corral-steps"
-    mount -o bind,ro /corral "$root/.corral"
+    root_dev "$root"  # root_dev, root_job, run_root, end_root: guest/clistep.sh (clistep has them too)
+    root_job "$root"
     net_root "$root"
     [ -d "$root/tmp" ] || mkdir -p "$root/tmp"
     chmod 1777 "$root/tmp" 2>/dev/null
-    oom0=$(oom_kills)
-    mark "start $idx"
-    set -o pipefail
-    chroot "$root" /.corral/busybox sh -c 'echo 0 > /proc/self/oom_score_adj; exec "$@"' - \
-        /.corral/ld.so --library-path /.corral /.corral/setpriv \
-        --reuid="$uid" --regid="$gid" --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all -- \
-        /.corral/busybox sh -c 'cd "/data/$1" || exit 126; shift; exec /.corral/busybox env -i "$@"' - \
-        "$dir" "$@" < /dev/null 9>&- 2>&1 | cat >&9
-    rc=$?
-    set +o pipefail
-    kill -9 -1 2>/dev/null  # whatever the step left running (init itself survives)
-    sleep 0.05
-    oom=$(( $(oom_kills) - oom0 ))
-    full=0  # the scratch disk (the job's disk limit) is full: under 256 KiB left
-    avail=$(df -k /scratch | tail -n 1 | awk '{print $4}')
-    [ "${avail:-0}" -lt 256 ] && full=1
-    for p in .corral .corral-steps data proc dev; do umount -l "$root/$p" 2>/dev/null; done
-    umount -l "$root"
-    rm -rf "$w"
-    mark "end $idx $rc $oom $full"
-    [ "$rc" = 0 ] || { mark done; sync; poweroff -f; sleep 10; }
+    run_root "$idx" "$root" "$uid" "$gid" "$dir" "$@"
+    end_root "$idx" "$root" "$w"
 }
 
 . /lib/corral/clistep.sh  # clistep (CLI steps) and the parts of a step it shares with step
