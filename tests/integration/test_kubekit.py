@@ -5,10 +5,14 @@ has its own `--network none` namespace)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import socket
 import subprocess
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,8 +22,8 @@ import pytest
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from tests.kubekit import KubeCluster, Node, run_cluster
-from tests.kubekit.kubelet import LABEL_POD
+from tests.kubekit import KubeCluster, Node, run_cluster, sweep_leftovers
+from tests.kubekit.kubelet import LABEL, LABEL_PID, LABEL_POD
 
 pytestmark = pytest.mark.docker
 
@@ -506,3 +510,141 @@ async def test_pods_reach_the_hosts_loopback_port_through_their_own_namespace(
         cluster.check_clean()
     with socket.socket() as s:  # the forwarder was in the pod's namespace, not on the host's port
         assert s.connect_ex(("127.0.0.1", host_server)) == 0
+
+
+async def test_empty_dir_over_its_size_limit_evicts_the_pod(kube_cluster: KubeCluster) -> None:
+    script = "dd if=/dev/zero of=/data/big bs=1024 count=3072 2>/dev/null; exec sleep 600"
+    manifest = job(
+        "evicted",
+        [sh("main", script, volumeMounts=[{"name": "data", "mountPath": "/data"}])],
+        volumes=[{"name": "data", "emptyDir": {"sizeLimit": "1Mi"}}],
+    )
+    async with kube_cluster.client() as api:
+        core = client.CoreV1Api(api)
+        await client.BatchV1Api(api).create_namespaced_job(NS, manifest)
+        pod = await pod_where(
+            core, (await job_pod(core, "evicted")).metadata.name, terminated, "the eviction"
+        )
+        assert (pod.status.phase, pod.status.reason) == ("Failed", "Evicted")
+        assert pod.status.message.startswith('Usage of EmptyDir volume "data" exceeds the limit "1Mi".')
+        assert pod.status.container_statuses[0].state.terminated.exit_code == 137
+
+
+async def test_a_pvc_is_shared_by_the_pods_of_two_jobs_and_kept_while_used(kube_cluster: KubeCluster) -> None:
+    pvc = {
+        "metadata": {"name": "ws"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    mount = [{"name": "ws", "mountPath": "/data", "subPath": "workspace"}]
+    volumes = [{"name": "ws", "persistentVolumeClaim": {"claimName": "ws"}}]
+    async with kube_cluster.client() as api:
+        core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+        await core.create_namespaced_persistent_volume_claim(NS, pvc)
+        await batch.create_namespaced_job(
+            NS, job("write", [sh("main", "echo answer 42 > /data/f", volumeMounts=mount)], volumes=volumes)
+        )
+        await pod_where(core, (await job_pod(core, "write")).metadata.name, terminated, "the writer's end")
+        reader = sh("main", "cat /data/f; while [ ! -e /data/stop ]; do sleep 0.1; done", volumeMounts=mount)
+        await batch.create_namespaced_job(NS, job("read", [reader], volumes=volumes))
+        name = (await job_pod(core, "read")).metadata.name
+        await pod_where(core, name, lambda p: p.status.phase == "Running", "the reader running")
+        await core.delete_namespaced_persistent_volume_claim("ws", NS)
+        claims = kube_cluster.objects("persistentvolumeclaims")
+        assert [c["metadata"]["finalizers"] for c in claims] == [["kubernetes.io/pvc-protection"]]
+        assert claims[0]["metadata"]["deletionTimestamp"]
+        claim_dir = kube_cluster.root / "pvcs" / NS / "ws"
+        (claim_dir / "workspace" / "stop").touch()
+        pod = await pod_where(core, name, terminated, "the reader's end")
+        assert pod.status.phase == "Succeeded"
+        assert await core.read_namespaced_pod_log(name, NS) == "answer 42\n"
+
+        async def claim_gone() -> bool:
+            return not kube_cluster.objects("persistentvolumeclaims") and not claim_dir.exists()
+
+        await eventually(claim_gone, "the claim and its directory removed once unused")
+
+
+async def test_api_bounds_secrets_tokens_and_selectors(tmp_path: Path) -> None:
+    """API-only (no kubelet): the Secret size limit as kube-apiserver's, the request body limit, list
+    pagination and a bad selector."""
+    with run_cluster(tmp_path / "kube", kubelet=False) as cluster:
+        async with cluster.client() as api:
+            core = client.CoreV1Api(api)
+            near = {"metadata": {"name": "big"}, "data": {"k": base64.b64encode(b"x" * 1_000_000).decode()}}
+            await core.create_namespaced_secret(
+                NS, near
+            )  # 1.33 MB of JSON: above aiohttp's default body limit
+            over = {
+                "metadata": {"name": "over"},
+                "data": {"k": base64.b64encode(b"x" * (1024 * 1024 + 1)).decode()},
+            }
+            with pytest.raises(ApiException) as err:
+                await core.create_namespaced_secret(NS, over)
+            assert err.value.status == 422 and "Too long: must have at most 1048576 bytes" in err.value.body
+            with pytest.raises(ApiException) as err:
+                await core.list_namespaced_pod(NS, label_selector="a in (b")
+            assert err.value.status == 400
+        async with cluster.client(admin=True) as api:
+            core = client.CoreV1Api(api)
+            for i in range(5):
+                await core.create_namespaced_config_map(NS, {"metadata": {"name": f"cm{i}"}, "data": {}})
+            page = await core.list_namespaced_config_map(NS, limit=2)
+            names = [c.metadata.name for c in page.items]
+            while page.metadata._continue:
+                page = await core.list_namespaced_config_map(NS, limit=2, _continue=page.metadata._continue)
+                names += [c.metadata.name for c in page.items]
+            assert names == [f"cm{i}" for i in range(5)]
+        cluster.check_clean()
+
+
+async def test_a_request_without_a_token_is_401_and_a_violation(tmp_path: Path) -> None:
+    with run_cluster(tmp_path / "kube", kubelet=False) as cluster:
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{cluster.url}/api/v1/namespaces/{NS}/pods", timeout=10)
+        assert err.value.code == 401
+        (violation,) = cluster.take_violations()
+        assert (violation.call.verb, violation.call.resource, violation.reason) == (
+            "list",
+            "pods",
+            "no or unknown bearer token",
+        )
+        cluster.check_clean()
+
+
+def test_sweep_removes_the_containers_of_dead_test_processes(docker_available: None) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    labels = ["--label", f"{LABEL}=kkdead", "--label", f"{LABEL_PID}={dead.pid}"]
+    cid = subprocess.run(
+        ["docker", "create", "--network", "none", *labels, IMAGE, "true"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
+    live = subprocess.run(
+        [
+            "docker",
+            "create",
+            "--network",
+            "none",
+            "--label",
+            f"{LABEL}=kklive",
+            "--label",
+            f"{LABEL_PID}={os.getpid()}",
+            IMAGE,
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
+    try:
+        sweep_leftovers()
+        left = subprocess.run(
+            ["docker", "ps", "-aq", "--no-trunc"], capture_output=True, text=True, timeout=60
+        ).stdout
+        assert cid not in left and live in left
+    finally:
+        subprocess.run(["docker", "rm", "-f", cid, live], capture_output=True, timeout=60)

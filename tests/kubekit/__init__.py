@@ -92,15 +92,27 @@ def sweep_leftovers(cluster_id: str | None = None) -> None:
 
     flt = f"label={LABEL}={cluster_id}" if cluster_id else f"label={LABEL}"
     out = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", flt, "--format", f'{{{{.ID}}}} {{{{.Label "{LABEL_PID}"}}}}'],
+        [
+            "docker",
+            "ps",
+            "-a",
+            "--no-trunc",
+            "--filter",
+            flt,
+            "--format",
+            f'{{{{.ID}}}} {{{{.Label "{LABEL_PID}"}}}}',
+        ],
         capture_output=True,
         text=True,
         timeout=60,
+        check=True,
     )
     doomed = []
     for line in out.stdout.splitlines():
         cid, _, pid = line.partition(" ")
-        if cluster_id is None and pid.isdigit():
+        if cluster_id is None:
+            if not pid.isdigit():
+                continue  # not made by a kubekit (no test pid): leave it
             try:
                 os.kill(int(pid), 0)
                 continue  # its test process is alive: not ours to remove

@@ -48,6 +48,7 @@ __all__ = ["KINDS", "Call", "Identity", "Kind", "KubeAPI", "LargeBodyServer", "V
 HISTORY_EVENTS = 20_000  # watch events kept for resuming from a resourceVersion
 MAX_BODY_BYTES = 3 * 1024 * 1024  # kube-apiserver's request body limit (3 MiB)
 FOREGROUND = "foregroundDeletion"
+PVC_PROTECTION = "kubernetes.io/pvc-protection"  # a claim in use by a pod stays until the pod ends
 
 
 @dataclass(frozen=True)
@@ -316,6 +317,7 @@ class KubeAPI(kmock.KubernetesEmulator):
             obj.setdefault("status", {"phase": "Pending", "qosClass": "BestEffort"})
         elif kind is PVC:
             obj["status"] = {"phase": "Pending"}
+            meta["finalizers"] = [*(meta.get("finalizers") or []), PVC_PROTECTION]
         self._store(kind, obj)
         self._notify(kind, "ADDED", obj, None)
         return copy.deepcopy(obj)

@@ -26,7 +26,7 @@ from corral.executor import safefs
 from corral.executor.runtimes.docker import pause
 from corral.executor.runtimes.docker.api import DockerAPI, FrameDecoder
 from tests.kubekit import scheduler
-from tests.kubekit.apiserver import POD, PVC, SECRET, Kind, KubeAPI, StatusError, now
+from tests.kubekit.apiserver import POD, PVC, PVC_PROTECTION, SECRET, Kind, KubeAPI, StatusError, now
 from tests.kubekit.netns import Forwarder
 from tests.kubekit.selectors import quantity
 
@@ -36,6 +36,8 @@ LABEL = "dev.corral.kubekit"  # the cluster id, on every docker object the kubel
 LABEL_PID = "dev.corral.kubekit.pid"  # the test process: a sweep removes objects of dead processes
 LABEL_POD = "dev.corral.kubekit.pod"
 PULL_BACKOFF_S = (1.0, 2.0, 4.0, 8.0)  # seconds between looks for a missing image (ImagePullBackOff)
+USAGE_PERIOD_S = 1.0  # seconds between emptyDir usage checks (the kubelet's housekeeping is 10 s)
+USAGE_MAX_ENTRIES = 1_000_000  # files counted per check at most
 RETRY_S = 1.0  # seconds between attempts of a pod whose Secret/PVC is missing
 LOG_CHUNK_LIMIT = 1 << 20
 CONTAINER_LOG_MAX = "64m"  # json-file max-size per container (docker rotates, one file)
@@ -106,6 +108,7 @@ class PodRun:
     initialized: bool = False
     finished: bool = False
     deadline: asyncio.TimerHandle | None = None
+    monitor: asyncio.Task[None] | None = None  # the emptyDir sizeLimit check
     cleaned: bool = False
 
 
@@ -123,6 +126,24 @@ def _unmount(target: str) -> None:
     if _libc().umount2(target.encode(), MNT_DETACH) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"umount {target}: {os.strerror(err)}")
+
+
+def _usage(top: Path, limit: int) -> int:
+    """Bytes allocated below `top` (st_blocks, symlinks not followed); stops counting past `limit`."""
+    total, stack, seen = 0, [str(top)], 0
+    while stack and total <= limit and seen < USAGE_MAX_ENTRIES:
+        path = stack.pop()
+        try:
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    seen += 1
+                    st = entry.stat(follow_symlinks=False)
+                    total += st.st_blocks * 512
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+        except OSError:
+            continue
+    return total
 
 
 def _decode(value: str) -> str:
@@ -169,6 +190,9 @@ class Kubelet:
         if kind is PVC and type_ == "DELETED":
             loop.call_soon(self._release_pvc, meta["namespace"], meta["name"])
             return
+        if kind is PVC and meta.get("deletionTimestamp"):
+            loop.call_soon(self._protect_pvcs)
+            return
         if kind is not POD:
             return
         uid = meta["uid"]
@@ -178,6 +202,7 @@ class Kubelet:
             if uid in self.runs:
                 self._spawn(self._terminate(uid, remove=False))
             loop.call_soon(self._retry_unschedulable)
+            loop.call_soon(self._protect_pvcs)
             return
         if meta.get("deletionTimestamp"):
             self._unschedulable.pop(uid, None)
@@ -202,6 +227,7 @@ class Kubelet:
             run.task = loop.create_task(self._run(run))
         if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
             loop.call_soon(self._retry_unschedulable)
+            loop.call_soon(self._protect_pvcs)
 
     # --- scheduling -------------------------------------------------------------------------------
 
@@ -301,6 +327,25 @@ class Kubelet:
         pvc["spec"]["volumeName"] = f"pv-{pvc['metadata']['uid']}"
         self.api.replace(PVC, pvc)
 
+    def _protect_pvcs(self) -> None:
+        """The pvc-protection controller: a deleted claim keeps its finalizer while a pod that has
+        not ended uses it, then goes (and its directory with it)."""
+        in_use = set()
+        for pod in self.api.list_objects(POD):
+            if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                continue
+            for vol in (pod.get("spec") or {}).get("volumes") or []:
+                claim = (vol.get("persistentVolumeClaim") or {}).get("claimName")
+                if claim:
+                    in_use.add((pod["metadata"]["namespace"], claim))
+        for pvc in self.api.list_objects(PVC):
+            meta = pvc["metadata"]
+            if not meta.get("deletionTimestamp") or (meta["namespace"], meta["name"]) in in_use:
+                continue
+            if PVC_PROTECTION in (meta.get("finalizers") or []):
+                meta["finalizers"] = [f for f in meta["finalizers"] if f != PVC_PROTECTION]
+                self.api.replace(PVC, pvc)
+
     def _release_pvc(self, namespace: str, name: str) -> None:
         shutil.rmtree(self._pvc_dir(namespace, name), ignore_errors=True)
 
@@ -391,6 +436,14 @@ class Kubelet:
                     fresh = self.api.get(POD, run.namespace, run.name)
                     if fresh is None:
                         return
+            limits = {
+                v["name"]: (v["emptyDir"] or {})["sizeLimit"]
+                for v in spec.get("volumes") or []
+                if "emptyDir" in v and (v["emptyDir"] or {}).get("sizeLimit")
+            }
+            if limits:
+                sizes = {name: int(quantity(text)) for name, text in limits.items()}
+                run.monitor = asyncio.get_running_loop().create_task(self._watch_usage(run, sizes, limits))
             deadline = spec.get("activeDeadlineSeconds")
             if deadline:
                 run.deadline = asyncio.get_running_loop().call_later(
@@ -415,17 +468,21 @@ class Kubelet:
         finally:
             if run.deadline is not None:
                 run.deadline.cancel()
+            if run.monitor is not None and run.monitor is not asyncio.current_task():
+                run.monitor.cancel()
 
     def _deadline_exceeded(self, run: PodRun) -> None:
+        self._fail(run, "DeadlineExceeded", "Pod was active on the node longer than the specified deadline")
+
+    def _fail(self, run: PodRun, reason: str, message: str) -> None:
+        """Stop a running pod for the kubelet's own reason (deadline, eviction): phase Failed, its
+        containers killed (exit code 137), the reason and message in the pod's status and an event."""
         if run.finished or run.task is None:
             return
         run.task.cancel()
         run.phase, run.finished = "Failed", True
-        run.reason, run.message = (
-            "DeadlineExceeded",
-            "Pod was active on the node longer than the specified deadline",
-        )
-        self._event(run, "DeadlineExceeded", run.message, warning=True)
+        run.reason, run.message = reason, message
+        self._event(run, reason, message, warning=True)
 
         async def stop() -> None:
             if run.task is not None:
@@ -448,6 +505,21 @@ class Kubelet:
             self._publish(run)
 
         self._spawn(stop())
+
+    async def _watch_usage(self, run: PodRun, limits: dict[str, int], texts: dict[str, str]) -> None:
+        """The eviction manager for emptyDir sizeLimit: usage (allocated blocks, as du counts them,
+        never following symlinks) checked every USAGE_PERIOD_S; over the limit evicts the pod."""
+        while not run.finished:
+            await asyncio.sleep(USAGE_PERIOD_S)
+            for name, limit in limits.items():
+                used = await asyncio.to_thread(_usage, run.dir / "volumes" / name, limit)
+                if used > limit:
+                    self._fail(
+                        run,
+                        "Evicted",
+                        f'Usage of EmptyDir volume "{name}" exceeds the limit "{texts[name]}". ',
+                    )
+                    return
 
     async def _setup(self, run: PodRun, pod: dict[str, Any]) -> None:
         """The pod's directories, volumes, sandbox (pause container) and forwarders."""
@@ -928,6 +1000,8 @@ class Kubelet:
             await self.docker.container_stop(cid, stop_s)
 
     async def _cleanup(self, run: PodRun) -> None:
+        if run.monitor is not None:
+            run.monitor.cancel()
         for fwd in run.forwarders:
             await fwd.close()
         run.forwarders.clear()
