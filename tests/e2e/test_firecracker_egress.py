@@ -63,6 +63,7 @@ def _start(server: Server, tmp_path: Path, topo: netkit.Topology) -> str:
         "firecracker",
         EXECUTOR_VM_PREFIX=prefix,
         EXECUTOR_JOB_MEMORY="256M",
+        EXECUTOR_FIRECRACKER_WARM_POOL="0",  # a job with network never takes a warm VM: no boot wasted
         EXECUTOR_NETWORK="deny-private",
         EXECUTOR_NETWORK_ALLOW=f"{netkit.ALLOWED}:8080",
         EXECUTOR_NETWORK_UPLINK_NETNS=topo.gw,
