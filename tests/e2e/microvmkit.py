@@ -1,5 +1,6 @@
 """What the firecracker end-to-end tests share: the capabilities a microVM job needs, and where a
-job's VM leaves traces on the host (qemu processes by name, VM directories under the workspace root)."""
+job's VM leaves traces on the host (qemu processes by name in /proc, the VM's directory, found from
+its qemu's command line, job directories under the workspace root, mounts)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from corral.executor.runtimes.firecracker.assets import DEFAULT_ASSETS_DIR
 from corral.executor.runtimes.firecracker.vm import qemu_processes
 from tests.conftest import bwrap_ok, docker_ok, require
 
-__all__ = ["pid_alive", "qemu_left", "require_microvms", "vm_dirs"]
+__all__ = ["mounts_below", "pid_alive", "qemu_left", "require_microvms", "vm_dir_of", "vm_dirs"]
 
 
 def require_microvms() -> None:
@@ -28,6 +29,26 @@ def require_microvms() -> None:
 def qemu_left(prefix: str) -> dict[int, str]:
     """pid -> VM name of the qemu processes of the executor whose EXECUTOR_VM_PREFIX is `prefix`."""
     return qemu_processes(f"corral-fc.{prefix}.")
+
+
+def vm_dir_of(pid: int) -> Path | None:
+    """The directory of a running VM: where its scratch disk is (qemu's -drive file=.../scratch.ext4)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for arg in argv:
+        for part in arg.decode(errors="replace").split(","):
+            if part.startswith("file=") and part.endswith("/scratch.ext4"):
+                return Path(part.removeprefix("file=")).parent
+    return None
+
+
+def mounts_below(*roots: Path) -> list[str]:
+    """Mount points at or below any of `roots` (a workspace's loop mount, a VM share's bind mount)."""
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1] for line in f]
+    return [p for p in points for r in roots if p == str(r) or p.startswith(f"{r}/")]
 
 
 def vm_dirs(workspace_root: Path) -> list[Path]:

@@ -22,8 +22,8 @@ import pytest
 
 from tests import imagekit
 from tests.conftest import bwrap_ok, docker_ok, require
-from tests.e2e.fckit import qemu_left, require_microvms, vm_dirs
 from tests.e2e.kit import Server, logs_text, run_server, start_executor, wait_job
+from tests.e2e.microvmkit import qemu_left, require_microvms, vm_dirs
 
 # what the step runs: the system bundle, then OpenSSL's default store (/usr/lib/ssl/certs, the
 # hashed directory update-ca-certificates rehashes), each with its exit status (steps run with set -e)

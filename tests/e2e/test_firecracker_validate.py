@@ -19,8 +19,8 @@ import pytest
 from corral.executor.runtimes.firecracker.assets import load_assets
 from corral.executor.runtimes.firecracker.vm import accelerator
 from tests.conftest import require
-from tests.e2e.fckit import require_microvms
 from tests.e2e.kit import CORRAL, Server, executor_env, run_server
+from tests.e2e.microvmkit import require_microvms
 
 VALIDATE_TIMEOUT_S = 120.0  # a first KVM probe may take 10 s; docker and the server answer at once
 

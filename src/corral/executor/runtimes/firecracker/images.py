@@ -233,7 +233,8 @@ class ImageDisks:
     async def _make(self, image_id: str, path: Path) -> None:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         started = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix=".make-", dir=self.dir) as tmp_name:
+        # .make-<pid>-: clear_leftovers tells a dead executor's half-made disk from a live one's
+        with tempfile.TemporaryDirectory(prefix=f".make-{os.getpid()}-", dir=self.dir) as tmp_name:
             tmp = Path(tmp_name)
             tar = tmp / "export.tar"
             await self._export(image_id, tar)
@@ -311,7 +312,23 @@ class ImageDisks:
         return removed
 
     def clear_leftovers(self) -> None:
-        """Remove half-made disks a killed executor left (.make-* directories)."""
-        if self.dir.exists():
-            for p in self.dir.glob(".make-*"):
-                shutil.rmtree(p, ignore_errors=True)
+        """Remove half-made disks killed executors left: .make-<pid>-* directories whose process is
+        gone. The cache is shared by every executor of the host, and the janitor runs while jobs
+        do, so a conversion still under way (this executor's or another's) is left alone."""
+        if not self.dir.exists():
+            return
+        for p in self.dir.glob(".make-*"):
+            pid = p.name.split("-")[1]
+            if pid.isdigit() and _alive(int(pid)):
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
