@@ -584,6 +584,27 @@ async def test_api_bounds_secrets_tokens_and_selectors(tmp_path: Path) -> None:
             with pytest.raises(ApiException) as err:
                 await core.list_namespaced_pod(NS, label_selector="a in (b")
             assert err.value.status == 400
+            greedy = sh(
+                "main", "true", resources={"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}}
+            )
+            invalid = {
+                "too-long-" + "x" * 60: [sh("main", "true")],
+                "badlimits": [greedy],
+                "badquantity": [sh("main", "true", resources={"limits": {"cpu": "lots"}})],
+                "badname": [sh("Main_1", "true")],
+            }
+            messages = {}
+            for name, containers in invalid.items():
+                with pytest.raises(ApiException) as err:
+                    await client.BatchV1Api(api).create_namespaced_job(NS, job(name, containers))
+                assert err.value.status == 422, name
+                body = json.loads(err.value.body)
+                assert body["reason"] == "Invalid"
+                messages[name] = body["message"]
+            assert "must be no more than 63 characters" in messages["too-long-" + "x" * 60]
+            assert "must be less than or equal to memory limit of 1Gi" in messages["badlimits"]
+            assert "spec.template.spec.containers[0].resources.limits[cpu]" in messages["badquantity"]
+            assert "spec.template.spec.containers[0].name" in messages["badname"]
         async with cluster.client(admin=True) as api:
             core = client.CoreV1Api(api)
             for i in range(5):

@@ -87,6 +87,7 @@ JOB = KINDS[("batch", "jobs")]
 SECRET = KINDS[("", "secrets")]
 PVC = KINDS[("", "persistentvolumeclaims")]
 EVENT = KINDS[("", "events")]
+NODE = KINDS[("", "nodes")]
 
 
 def rules_of(role: Mapping[str, Any]) -> list[Rule]:

@@ -26,7 +26,7 @@ from corral.executor import safefs
 from corral.executor.runtimes.docker import pause
 from corral.executor.runtimes.docker.api import DockerAPI, FrameDecoder
 from tests.kubekit import scheduler
-from tests.kubekit.apiserver import POD, PVC, PVC_PROTECTION, SECRET, Kind, KubeAPI, StatusError, now
+from tests.kubekit.apiserver import NODE, POD, PVC, PVC_PROTECTION, SECRET, Kind, KubeAPI, StatusError, now
 from tests.kubekit.netns import Forwarder
 from tests.kubekit.selectors import quantity
 
@@ -173,6 +173,20 @@ class Kubelet:
         api.log_server = self.serve_log
         (config.root / "pods").mkdir(parents=True, exist_ok=True)
         (config.root / "pvcs").mkdir(parents=True, exist_ok=True)
+        node = config.node
+        api.create(
+            NODE,
+            None,
+            {
+                "metadata": {"name": node.name, "labels": node.all_labels()},
+                "spec": {"taints": [dict(t) for t in node.taints]},
+                "status": {
+                    "capacity": {"cpu": node.cpu, "memory": node.memory, "pods": str(node.pods)},
+                    "allocatable": {"cpu": node.cpu, "memory": node.memory, "pods": str(node.pods)},
+                    "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+                },
+            },
+        )
 
     # --- reacting to the API ----------------------------------------------------------------------
 
@@ -538,6 +552,7 @@ class Kubelet:
                 "Image": pause.PAUSE_IMAGE,
                 "Entrypoint": ["/busybox", "sleep", pause.PAUSE_SECONDS],
                 "User": "65534:65534",
+                "Hostname": run.name[:63].rstrip("-."),  # the pod's containers share it, as in a pod
                 "Labels": labels,
                 "HostConfig": {
                     "NetworkMode": "none",

@@ -10,6 +10,8 @@ import re
 import secrets
 from typing import Any
 
+from tests.kubekit.selectors import SelectorError, quantity
+
 __all__ = [
     "SECRET_MAX_BYTES",
     "Invalid",
@@ -87,6 +89,25 @@ def _check_metadata(meta: dict[str, Any], kind: str) -> None:
         raise Invalid("metadata.annotations", "must be a map of strings")
 
 
+def _check_resources(resources: dict[str, Any], field: str) -> None:
+    """Quantities must parse, and a request may not exceed its limit."""
+    parsed: dict[str, dict[str, Any]] = {}
+    for group in ("requests", "limits"):
+        for name, value in (resources.get(group) or {}).items():
+            try:
+                parsed.setdefault(group, {})[name] = quantity(value)
+            except SelectorError as exc:
+                raise Invalid(f"{field}.{group}[{name}]", f"Invalid value: {value!r}: {exc}") from exc
+    for name, request in (parsed.get("requests") or {}).items():
+        limit = (parsed.get("limits") or {}).get(name)
+        if limit is not None and request > limit:
+            raise Invalid(
+                f"{field}.requests",
+                f"Invalid value: {resources['requests'][name]!r}: must be less than or "
+                f"equal to {name} limit of {resources['limits'][name]}",
+            )
+
+
 def _check_pod_spec(spec: Any, field: str, *, job: bool) -> None:
     if not isinstance(spec, dict):
         raise Invalid(field, "Required value")
@@ -118,6 +139,7 @@ def _check_pod_spec(spec: Any, field: str, *, job: bool) -> None:
             seen.add(cname)
             if not c.get("image"):
                 raise Invalid(f"{at}.image", "Required value")
+            _check_resources(c.get("resources") or {}, f"{at}.resources")
             for j, env in enumerate(c.get("env") or []):
                 if not _ENV_NAME.match(env.get("name", "")):
                     raise Invalid(
