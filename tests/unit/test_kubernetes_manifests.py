@@ -16,7 +16,7 @@ from kubernetes_asyncio.client import models
 
 from corral.executor.plan import CloneSpec, JobPlan
 from corral.executor.runtimes.base import LABEL_JOB, LABEL_MANAGED, LABEL_OWNER, META_MOUNT, JobSpace, Step
-from corral.executor.runtimes.kubernetes import manifests
+from corral.executor.runtimes.kubernetes import manifests, podside
 from corral.executor.runtimes.kubernetes.manifests import (
     MAX_SECRET,
     JobObjects,
@@ -83,17 +83,14 @@ STEPS = (
 
 
 def plan(steps: tuple[Step, ...] = STEPS, **kw: Any) -> JobPlan:
-    return JobPlan(
-        job_id=42,
-        queue="batches",
-        steps=steps,
-        scripts={"step-0.sh": "", "step-1.sh": ""},
-        repository="acme/api",
-        commit="deadbeef",
-        clone=CloneSpec("acme/api", "deadbeef"),
-        outputs=("out/report.json",),
-        **kw,
-    )
+    fields: dict[str, Any] = {
+        "scripts": {"step-0.sh": "", "step-1.sh": ""},
+        "repository": "acme/api",
+        "commit": "deadbeef",
+        "clone": CloneSpec("acme/api", "deadbeef", shallow_clone=True),
+        "outputs": ("out/report.json",),
+    }
+    return JobPlan(job_id=42, queue="batches", steps=steps, **{**fields, **kw})
 
 
 def build(env: dict[str, str] | None = None, staged: Staged | None = None, **kw: Any) -> JobObjects:
@@ -209,13 +206,14 @@ def test_the_secret_holds_token_config_files_scripts_and_env() -> None:
     assert secret["metadata"]["name"] == f"{objects.names.job}-secrets"
     assert secret["type"] == "Opaque" and secret["immutable"] is True
     data = secret_data(objects)
-    config = json.loads(data["job.json"])
-    assert config["frontendUrl"] == "http://127.0.0.1:3080"
-    assert (config["repository"], config["commit"], config["shallowClone"]) == ("acme/api", "deadbeef", True)
-    assert config["outputs"] == ["out/report.json"]
-    assert config["files"] == [{"path": "conf/app.json", "key": "file-0"}]
-    assert config["gitCACert"] is None
-    assert (config["jobId"], config["queue"], config["executorName"]) == (42, "batches", "exec-host-1")
+    spec = podside.PodJob.from_json(data["job.json"])  # what podside clone and collect read
+    assert spec.frontend_url == "http://127.0.0.1:3080"
+    assert (spec.repository, spec.commit, spec.shallow_clone) == ("acme/api", "deadbeef", True)
+    assert spec.outputs == ("out/report.json",)
+    assert [(path, src.secret_key) for path, src in spec.files.items()] == [("conf/app.json", "file-0")]
+    assert spec.git_ca_cert is None
+    assert (spec.job_id, spec.queue, spec.executor_name) == (42, "batches", "exec-host-1")
+    assert spec.log_nonce == objects.log_nonce
     assert data["file-0"] == FILE_SECRET
     assert data["step-0.sh"] == b"set -x\nmake\n"
     assert TOKEN not in data["job.json"].decode()
@@ -223,12 +221,15 @@ def test_the_secret_holds_token_config_files_scripts_and_env() -> None:
 
 def test_the_frontend_url_for_pods_overrides_the_executors() -> None:
     objects = build({"EXECUTOR_KUBERNETES_FRONTEND_URL": "http://corral.corral.svc:3080"})
-    assert json.loads(secret_data(objects)["job.json"])["frontendUrl"] == "http://corral.corral.svc:3080"
+    spec = podside.PodJob.from_json(secret_data(objects)["job.json"])
+    assert spec.frontend_url == "http://corral.corral.svc:3080"
 
 
-def test_a_job_without_a_job_token_is_refused() -> None:
+def test_a_clone_without_a_job_token_is_refused() -> None:
     with pytest.raises(ManifestError, match="never gives the executor's own secret to a pod"):
         build(staged=Staged(token=""))
+    objects = build(staged=Staged(token="", clone=None), plan=plan(clone=None))  # nothing to fetch
+    assert GOOD["EXECUTOR_FRONTEND_PASSWORD"].encode() not in b"".join(secret_data(objects).values())
 
 
 def test_the_secret_is_bounded() -> None:
@@ -265,10 +266,11 @@ def test_volumes_and_who_mounts_what() -> None:
     assert sorted(i["key"] for i in volumes["job-scripts"]["secret"]["items"]) == ["step-0.sh", "step-1.sh"]
     by_name = {c["name"]: c for c in containers(p)}
     setup, main = mounts(by_name["setup-workspace"]), mounts(by_name["main"])
-    assert setup["/data"]["subPath"] == main["/data"]["subPath"] == "workspace"
-    assert setup[META_MOUNT]["subPath"] == main[META_MOUNT]["subPath"] == "meta.git"
+    # podside clone makes workspace/ and meta.git/ in the volume's root (owned by the pod's user)
+    assert setup[podside.SETUP_ROOT] == {"name": "job-data", "mountPath": podside.SETUP_ROOT}
+    assert main["/data"]["subPath"] == "workspace" and main[META_MOUNT]["subPath"] == "meta.git"
     assert setup["/.corral-secrets"]["name"] == "job-secrets" and setup["/.corral-secrets"]["readOnly"]
-    assert main["/.corral-job"]["name"] == "job-config"
+    assert {m["name"] for m in main.values()} == {"job-data", "job-config", "job-tmp"}  # no token
     for name in ("step-docker-0", "step-docker-fmt", "step-src-2"):
         step = mounts(by_name[name])
         assert step["/data"]["subPath"] == "workspace"
@@ -306,7 +308,8 @@ def test_the_git_ca_goes_into_the_secret_for_the_setup_container(tmp_path: Path)
     ca = tmp_path / "ca.crt"
     ca.write_bytes(CA)
     objects = build({"KUBERNETES_GIT_CA_CERT": str(ca)})
-    assert json.loads(secret_data(objects)["job.json"])["gitCACert"] == "git-ca.crt"
+    spec = podside.PodJob.from_json(secret_data(objects)["job.json"])
+    assert spec.git_ca_cert == "/.corral-secrets/git-ca.crt"  # where the setup container finds it
     volumes = {v["name"]: v for v in pod(objects)["volumes"]}
     assert "git-ca.crt" in [i["key"] for i in volumes["job-secrets"]["secret"]["items"]]
 
@@ -433,7 +436,10 @@ def test_multi_pod_mode_runs_one_job_per_step_on_the_shared_claim() -> None:
         data = {v["name"]: v for v in p["volumes"]}["job-data"]
         assert data == {"name": "job-data", "persistentVolumeClaim": {"claimName": "sg-executor-pvc"}}
         for c in containers(p):
-            assert mounts(c)["/data"]["subPath"] == f"{base}/workspace"  # this job's part of the claim
+            if c["name"] == "setup-workspace":  # only this job's part of the claim
+                assert mounts(c)[podside.SETUP_ROOT]["subPath"] == base
+            else:
+                assert mounts(c)["/data"]["subPath"] == f"{base}/workspace"
         assert objects.jobs[i]["metadata"]["labels"][manifests.LABEL_STEP] == str(i)
     assert [k for k, _ in objects.first] == ["secrets"]
     order = ["setup-workspace", "step-docker-0", "step-docker-fmt", "step-src-2", "main"]

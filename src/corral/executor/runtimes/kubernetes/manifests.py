@@ -14,10 +14,12 @@ that is not a valid label value is cut and hashed the same way; the janitor must
 `label_value(x)`, not x).
 
 The pod (single-pod mode):
-- volumes: `job-data` (emptyDir with sizeLimit KUBERNETES_JOB_VOLUME_SIZE, or the per-job PVC) with
-  subPaths `workspace` (mounted at /data in every container) and `meta.git` (the diff's git dir, at
-  META_MOUNT in setup and main only, never in a step); `job-secrets` (the Secret's token, job.json,
-  files and CA, in the setup container only); `job-config` (job.json alone, for main);
+- volumes: `job-data` (emptyDir with sizeLimit KUBERNETES_JOB_VOLUME_SIZE, or the per-job PVC):
+  setup mounts its root at podside.SETUP_ROOT and makes `workspace` and `meta.git` in it (so both
+  belong to the pod's user: git's ownership check needs no safe.directory); later containers mount
+  the subPaths `workspace` (at /data, every container) and `meta.git` (the diff's git dir, at
+  META_MOUNT in main only, never in a step); `job-secrets` (the Secret's token, job.json, files and
+  CA, in the setup container only); `job-config` (job.json alone, for main);
   `job-scripts` (the step scripts alone, read-only at SCRIPTS_MOUNT in the steps); `job-tmp` (an
   emptyDir at /tmp of setup, main and CLI steps, whose root filesystems are read-only); then
   KUBERNETES_ADDITIONAL_JOB_VOLUMES (their mounts go into every step container);
@@ -31,20 +33,19 @@ read-only root for setup, main and CLI steps, no service account token, no servi
 runtimeClassName when set.
 
 Multi-pod mode: the workspace is a PVC shared by the step Jobs (the per-job PVC in pvc mode, else
-EXECUTOR_KUBERNETES_PERSISTENCE_VOLUME_NAME with subPaths under `<job>/`); Job 0 runs setup as an
-init container, every Job runs its step, and the last one runs its step as an init container
+EXECUTOR_KUBERNETES_PERSISTENCE_VOLUME_NAME, of which each job sees only `<job>/`); Job 0 runs
+setup as an init container, every Job runs its step, and the last one runs its step as an init container
 followed by `main`.
 
-The Secret (keys `token`, `job.json`, `file-<n>`, `git-ca.crt`, the script names, `env-<step>-<n>`)
-is bounded at MAX_SECRET bytes (keys + values, as the API counts them): a larger job is a
-ManifestError before anything is created.
+The Secret (keys `token`, `job.json`, `file-<n>`: podside.pod_secret's layout; `git-ca.crt`, the
+script names, `env-<step>-<n>`) is bounded at MAX_SECRET bytes (keys + values, as the API counts
+them): a larger job is a ManifestError before anything is created.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import posixpath
 import re
 from collections.abc import Mapping
@@ -149,6 +150,7 @@ class JobObjects:
     jobs: list[dict[str, Any]] = field(default_factory=list)  # in order
     # container name -> the step it runs (setup and main: None), in the order they run
     containers: list[tuple[str, Step | None]] = field(default_factory=list)
+    log_nonce: str = ""  # podside's clone log marks each git command's section with it (CloneLog)
 
 
 # -- names and labels -------------------------------------------------------------------------------
@@ -245,7 +247,7 @@ def job_objects(
     staged: StagedLike,
 ) -> JobObjects:
     """Everything the runtime creates for one job attempt (see the module docstring)."""
-    if not staged.token:
+    if not staged.token and staged.clone is not None:  # only the clone needs it
         raise ManifestError(
             "the server issued no job token for this job: the kubernetes runtime never gives the "
             "executor's own secret to a pod (use a server that issues job tokens)"
@@ -253,8 +255,8 @@ def job_objects(
     names = job_names(space.owner, space.queue, space.job_id, space.attempt)
     labels = job_labels(space)
     ns = settings.namespace
-    data, env_keys = _secret_data(settings, executor, space, plan, staged)
-    objects = JobObjects(names=names)
+    data, env_keys, nonce = _secret_data(settings, executor, space, plan, staged)
+    objects = JobObjects(names=names, log_nonce=nonce)
     objects.first.append(("secrets", secret_manifest(names, ns, labels, data)))
     if settings.job_volume_type == "pvc":
         pvc = pvc_manifest(names, ns, labels, settings.job_volume_size)
@@ -289,14 +291,21 @@ def _secret_data(
     space: JobSpace,
     plan: JobPlan,
     staged: StagedLike,
-) -> tuple[dict[str, bytes], dict[tuple[int, str], str]]:
-    """The Secret's data, and which key holds each (step index, env name)'s value."""
-    data: dict[str, bytes] = {KEY_TOKEN: staged.token.encode()}
-    files = []
-    for n, (rel, content) in enumerate(sorted(staged.files.items())):
-        key = f"file-{n}"
-        data[key] = content
-        files.append({"path": rel, "key": key})
+) -> tuple[dict[str, bytes], dict[tuple[int, str], str], str]:
+    """The Secret's data, which key holds each (step index, env name)'s value, and the clone log's
+    nonce. The token, job.json and the files are podside's (`podside.pod_secret`)."""
+    from corral.executor.runtimes.kubernetes import podside  # token, job.json and files: podside's layout
+
+    ca_path = f"{SECRETS_MOUNT}/{KEY_CA}" if settings.git_ca_pem else None
+    spec, items = podside.pod_secret(
+        plan,
+        token=staged.token,
+        executor_name=space.executor_name,
+        frontend_url=settings.frontend_url or executor.frontend_url,
+        files=dict(sorted(staged.files.items())),
+        git_ca_cert=ca_path,
+    )
+    data: dict[str, bytes] = dict(items)
     if settings.git_ca_pem:
         data[KEY_CA] = settings.git_ca_pem
     for script, text in staged.scripts.items():
@@ -314,24 +323,7 @@ def _secret_data(
             key = f"env-{step.index}-{n}"
             data[key] = value.encode()
             env_keys[(step.index, name)] = key
-    clone = staged.clone
-    config = {
-        "jobId": space.job_id,
-        "queue": space.queue,
-        "executorName": space.executor_name,
-        "frontendUrl": settings.frontend_url or executor.frontend_url,
-        "repository": clone.repository_name if clone else "",
-        "commit": clone.commit if clone else "",
-        "fetchTags": bool(clone and clone.fetch_tags),
-        "shallowClone": bool(clone and clone.shallow_clone),
-        "sparseCheckout": list(clone.sparse_checkout) if clone and clone.sparse_checkout else None,
-        "repositoryDirectory": staged.repository_directory,
-        "outputs": list(plan.outputs),
-        "files": files,
-        "gitCACert": KEY_CA if KEY_CA in data else None,
-    }
-    data[KEY_CONFIG] = json.dumps(config, sort_keys=True).encode()
-    return data, env_keys
+    return data, env_keys, spec.log_nonce
 
 
 @dataclass
@@ -351,6 +343,14 @@ class _PodParts:
     def _sub(self, path: str) -> str:
         shared = not self.settings.single_job_pod and self.settings.job_volume_type != "pvc"
         return f"{self.names.job}/{path}" if shared else path
+
+    def _root(self) -> dict[str, Any]:
+        """The job volume's root (setup only: podside makes `workspace` and `meta.git` in it)."""
+        from corral.executor.runtimes.kubernetes.podside import SETUP_ROOT
+
+        shared = not self.settings.single_job_pod and self.settings.job_volume_type != "pvc"
+        mount = {"name": "job-data", "mountPath": SETUP_ROOT}
+        return {**mount, "subPath": self.names.job} if shared else mount
 
     def _workspace(self) -> dict[str, Any]:
         return {"name": "job-data", "mountPath": WORKSPACE_MOUNT, "subPath": self._sub("workspace")}
@@ -392,19 +392,16 @@ class _PodParts:
         return {
             "name": SETUP_CONTAINER,
             "image": self.settings.step_image,
+            # podside makes workspace/ and meta.git/ in the volume's root itself (at SETUP_ROOT), so
+            # both belong to the pod's user: git's ownership check then needs no safe.directory
             "command": self._podside(
-                "clone",
-                "--config", f"{SECRETS_MOUNT}/{KEY_CONFIG}",
-                "--secrets", SECRETS_MOUNT,
-                "--workspace", WORKSPACE_MOUNT,
-                "--git-dir", META_MOUNT,
+                "clone", "--config", f"{SECRETS_MOUNT}/{KEY_CONFIG}", "--secrets", SECRETS_MOUNT
             ),
             "env": [{"name": "HOME", "value": "/tmp"}],
             "resources": self._resources(),
             "securityContext": self._security(read_only_root=True),
             "volumeMounts": [
-                self._workspace(),
-                self._meta(),
+                self._root(),
                 {"name": "job-secrets", "mountPath": SECRETS_MOUNT, "readOnly": True},
                 self._tmp(),
             ],
