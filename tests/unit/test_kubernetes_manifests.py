@@ -22,9 +22,12 @@ from corral.executor.runtimes.kubernetes.manifests import (
     JobObjects,
     ManifestError,
     companions,
+    job_labels,
     job_names,
     job_objects,
     label_value,
+    live_labels,
+    owner_selector,
 )
 from corral.executor.runtimes.kubernetes.shapes import check_shape
 from corral.executor.settings import ExecutorSettings
@@ -535,3 +538,19 @@ def test_container_names_are_unique_dns_labels() -> None:
     assert all(DNS_LABEL.fullmatch(n) and len(n) <= 63 for n in names)
     volumes = {v["name"]: v for v in pod(objects)["volumes"]}
     assert "emptyDir" in volumes["job-scripts"]  # no scripts: the mount still has its volume
+
+
+@pytest.mark.parametrize("queue", ["batches", "q" * 64, "_under_", "-dash"])
+def test_the_janitor_finds_a_running_jobs_label_among_the_live_labels(queue: str) -> None:
+    s = space(queue=queue, job_id=123456789)
+    label = job_labels(s)[LABEL_JOB]
+    assert label in live_labels({f"{queue}-123456789", "other-1"})
+    assert label not in live_labels({f"{queue}-12345678"})
+
+
+@pytest.mark.parametrize("owner", ["executor", "exec-", "a_b_", "x" * 32])
+def test_the_owner_selector_matches_the_owner_label(owner: str) -> None:
+    labels = job_labels(space(owner=owner))
+    selector = dict(part.split("=") for part in owner_selector(owner).split(","))
+    assert selector == {LABEL_MANAGED: "true", LABEL_OWNER: labels[LABEL_OWNER]}
+    assert LABEL_VALUE.fullmatch(labels[LABEL_OWNER])

@@ -48,12 +48,14 @@ import base64
 import hashlib
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from corral.errors import CorralError
 from corral.executor.runtimes.base import (
+    LABEL_MANAGED,
+    LABEL_OWNER,
     META_MOUNT,
     SCRIPTS_MOUNT,
     WORKSPACE_MOUNT,
@@ -87,6 +89,8 @@ __all__ = [
     "job_names",
     "job_objects",
     "label_value",
+    "live_labels",
+    "owner_selector",
     "pvc_manifest",
     "secret_manifest",
 ]
@@ -182,6 +186,17 @@ def label_value(value: str) -> str:
     clean = re.sub(r"[^A-Za-z0-9_.-]", "-", value)[: 63 - HASH_CHARS - 1]
     clean = re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", clean)
     return f"{clean}-{tail}" if clean else tail
+
+
+def owner_selector(owner: str) -> str:
+    """The label selector of everything executors with EXECUTOR_VM_PREFIX `owner` created."""
+    return f"{LABEL_MANAGED}=true,{LABEL_OWNER}={label_value(owner)}"
+
+
+def live_labels(live: Iterable[str]) -> set[str]:
+    """The LABEL_JOB values of the running jobs `live` (JobSpace.labels' "<queue>-<id>") as they
+    appear on the objects: what the janitor compares the objects' labels with."""
+    return {label_value(v) for v in live}
 
 
 def job_labels(space: JobSpace) -> dict[str, str]:
