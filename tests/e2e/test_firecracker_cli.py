@@ -1,14 +1,15 @@
 """CLI steps inside the firecracker runtime's microVM, end to end: a real server, a real executor
 (EXECUTOR_RUNTIME=firecracker, its own EXECUTOR_VM_PREFIX) whose EXECUTOR_CLI_PATH is a script this
-test makes; one job of two docker steps in two images and three CLI steps, all in one VM (qemu, TCG
-here). The CLI step runs in the guest's kernel, as the job's uid, in the job's workspace, and sees
-neither the host's /etc/shadow, /root, the workspace root (other jobs), nor the executor's
-environment; a failing CLI step stops the job with its exit code."""
+test makes; one job of two docker steps in two images and four CLI steps (one runs corral's own
+CLI), all in one VM (qemu, TCG here). A CLI step runs in the guest's kernel, as the job's uid, in
+the job's workspace, and sees neither the host's /etc/shadow, /root, /home, the workspace root
+(other jobs), nor the executor's environment; a failing CLI step stops the job with its exit code."""
 
 from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import shutil
 import sys
 from collections.abc import Iterator
@@ -39,6 +40,10 @@ fail)
     echo "failing with $2"
     exit "$2"
     ;;
+corral)
+    shift
+    exec "$CORRAL" "$@"
+    ;;
 esac
 """
 
@@ -60,7 +65,8 @@ def test_cli_steps_run_inside_the_microvm_and_a_failing_one_stops_the_job(
 ) -> None:
     cli = tmp_path / "clibin" / "fakecli"
     cli.parent.mkdir()
-    cli.write_text(FAKE_CLI)
+    # corral's own CLI too: its virtualenv and Python are bound into every CLI step (registry.cli_binds)
+    cli.write_text(FAKE_CLI.replace('"$CORRAL"', shlex.quote(str(Path(sys.executable).with_name("corral")))))
     cli.chmod(0o755)
     ws_root = tmp_path / "ws"
     (ws_root / "other-job").mkdir(parents=True)
@@ -83,6 +89,7 @@ def test_cli_steps_run_inside_the_microvm_and_a_failing_one_stops_the_job(
             ],
             "cliSteps": [
                 {"key": "probe", "command": ["probe", str(ws_root)], "env": ["GREETING=hello from cli"]},
+                {"key": "version", "command": ["corral", "version", "--json"]},
                 {"key": "fail", "command": ["fail", "5"]},
                 {"key": "never", "command": ["probe", "/"]},
             ],
@@ -99,6 +106,8 @@ def test_cli_steps_run_inside_the_microvm_and_a_failing_one_stops_the_job(
     assert probe["exitCode"] == 0, probe
     assert fail["exitCode"] == 5 and "failing with 5" in fail["out"], fail
     assert "step.src.never" not in entries
+    version = entries["step.src.version"]
+    assert version["exitCode"] == 0 and f'"version": "{corral.__version__}"' in version["out"], version
     out = probe["out"]
     # the guest's kernel (the one the docker step saw), not the host's
     guest = next(line for line in entries["step.docker.0"]["out"].split("\n") if line.endswith("-amd64"))
