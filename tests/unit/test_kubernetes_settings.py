@@ -545,3 +545,22 @@ def test_wildcards_and_subresources_follow_kubernetes_rules() -> None:
     assert rule.allows("get", "", "pods", "log") and not rule.allows("get", "", "pods")
     rule = rbac.Rule(api_groups=("",), resources=("pods",), verbs=("*",), resource_names=("a",))
     assert rule.allows("delete", "", "pods", name="a") and not rule.allows("delete", "", "pods", name="b")
+
+
+# -- start-up checks of the executor's host ------------------------------------------------------------
+async def test_the_host_checks_do_not_hold_pod_jobs_to_this_hosts_limits(tmp_path: Path) -> None:
+    from corral.executor.hostcheck import HostFacts, check_host
+
+    small = HostFacts(cpus=1, memory=1024**3)
+    env = {
+        "EXECUTOR_JOB_MEMORY": "64G",  # far above this host's 1G: the pods' nodes hold it
+        "EXECUTOR_WORKSPACE_ROOT": str(tmp_path / "nowhere" / "file" / "x"),
+        "EXECUTOR_JOB_UID_LOCK_DIR": str(tmp_path / "locks"),
+    }
+    (tmp_path / "nowhere").mkdir()
+    (tmp_path / "nowhere" / "file").write_text("not a directory")
+    found = await check_host(settings(**env), small)
+    assert found.problems == [] and not any("EXECUTOR_JOB" in w for w in found.warnings)
+    docker = await check_host(settings(EXECUTOR_RUNTIME="docker", **env), small)
+    assert any("EXECUTOR_JOB_MEMORY=64G is more than this host's memory" in p for p in docker.problems)
+    assert any("EXECUTOR_WORKSPACE_ROOT" in p for p in docker.problems)

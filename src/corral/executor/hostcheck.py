@@ -228,10 +228,15 @@ def _bind_sources(s: ExecutorSettings) -> list[str]:
 
 
 async def check_host(s: ExecutorSettings, facts: HostFacts | None = None) -> Findings:
-    """Everything above, in order; a workspace root that cannot be used stops the checks about it."""
+    """Everything above, in order; a workspace root that cannot be used stops the checks about it.
+    The kubernetes runtime's jobs run in pods on the cluster's nodes, their workspace in the pod's
+    volume: this host's memory, CPUs, disk and workspace root are none of theirs, and not checked."""
     out = Findings()
     free: int | None = None
-    if problem := _workspace_root(s.workspace_root):
+    in_pods = s.runtime == "kubernetes"
+    if in_pods:
+        pass  # see the docstring
+    elif problem := _workspace_root(s.workspace_root):
         out.problems.append(problem)
     else:
         free = shutil.disk_usage(s.workspace_root).free
@@ -242,7 +247,8 @@ async def check_host(s: ExecutorSettings, facts: HostFacts | None = None) -> Fin
             ]
         elif quota and (problem := await _loop_probe(s.workspace_root)):
             out.problems.append(problem)
-    out.extend(limit_findings(s, facts or HostFacts.read(), free))
+    if not in_pods:
+        out.extend(limit_findings(s, facts or HostFacts.read(), free))
     if problem := _lock_dir(s):
         out.problems.append(problem)
     out.problems += _bind_sources(s)
