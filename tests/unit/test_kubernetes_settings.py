@@ -564,3 +564,12 @@ async def test_the_host_checks_do_not_hold_pod_jobs_to_this_hosts_limits(tmp_pat
     docker = await check_host(settings(EXECUTOR_RUNTIME="docker", **env), small)
     assert any("EXECUTOR_JOB_MEMORY=64G is more than this host's memory" in p for p in docker.problems)
     assert any("EXECUTOR_WORKSPACE_ROOT" in p for p in docker.problems)
+
+
+@pytest.mark.parametrize("name", ["KUBERNETES_KEEP_JOBS", "KUBERNETES_SINGLE_JOB_POD"])
+def test_kubernetes_booleans_take_gos_forms_only(name: str) -> None:
+    field = {"KUBERNETES_KEEP_JOBS": "keep_jobs", "KUBERNETES_SINGLE_JOB_POD": "single_job_pod"}[name]
+    for value in ("1", "T", "True", "0", "f", "FALSE"):
+        assert getattr(k8s(**{name: value}), field) is (value in ("1", "T", "True"))
+    for value in ("yes", "on", "tRuE", " true", "false\t"):
+        assert f"{name}: {value!r} is not a boolean" in problem(**{name: value})
