@@ -14,7 +14,8 @@ ENFORCED (a wrong runtime fails against the stand-in as it would against a clust
   with `admin_kubeconfig` (not RBAC-checked, recorded under its own user);
 * validation the runtime's manifests must pass on a real cluster: names (DNS-1123, Job names <= 63),
   label keys/values, container names, env names, volume mounts naming volumes, subPath without '..',
-  restartPolicy (Never/OnFailure in Jobs), Secret keys and the 1 MiB Secret size; 3 MiB request bodies;
+  restartPolicy (Never/OnFailure in Jobs), resource quantities (parsable, requests <= limits), Secret
+  keys and the 1 MiB Secret size (stringData folded into data); 3 MiB request bodies;
 * resourceVersions, list + watch from a resourceVersion with label/field selectors, 404/409/410;
 * DELETE propagation (Foreground/Background/Orphan, Orphan being the default for Jobs) and graceful
   pod deletion (containers stopped and removed, then the pod object goes);
@@ -35,7 +36,10 @@ ENFORCED (a wrong runtime fails against the stand-in as it would against a clust
   following symlinks and mounted through /proc/<pid>/fd), Secret/projected/configMap volumes as
   read-only files (items, defaultMode/mode, gid fsGroup and g+r as the kubelet does);
   exit codes and reasons (Completed, Error, OOMKilled) in initContainerStatuses/containerStatuses,
-  phases Pending -> Running -> Succeeded/Failed, the pod's activeDeadlineSeconds;
+  phases Pending -> Running -> Succeeded/Failed, the pod's activeDeadlineSeconds, emptyDir sizeLimit
+  (allocated blocks checked every second; over it the pod is Evicted with the kubelet's message);
+* PVCs: bound at once to a host directory shared by every pod naming the claim (multi-pod jobs), with
+  the kubernetes.io/pvc-protection finalizer (a deleted claim stays while a pod using it runs);
 * networking: each pod has its own network namespace (a `--network none` pause container all its
   containers join) and, for each port in `forward_ports`, a forwarder listening on 127.0.0.1:<port>
   inside it that relays to the host's 127.0.0.1:<port> (the test's corral server), like a Service;
@@ -46,7 +50,7 @@ ENFORCED (a wrong runtime fails against the stand-in as it would against a clust
 
 ONLY RECORDED (in the stored pod spec, for tests to assert; the stand-in cannot enforce them):
 runtimeClassName (no gVisor handler behind it), imagePullSecrets and imagePullPolicy (nothing is ever
-pulled), emptyDir sizeLimit and medium, PVC storage size and storageClassName, seccompProfile
+pulled), emptyDir medium (always a directory), PVC storage size and storageClassName, seccompProfile
 RuntimeDefault (docker's default profile applies anyway; Unconfined is honoured), pod (anti-)affinity
 (one node), automountServiceAccountToken/enableServiceLinks (no tokens or services are injected),
 ttlSecondsAfterFinished, priority/preemption, probes, restartPolicy Always/OnFailure (containers are

@@ -227,7 +227,7 @@ class FirecrackerRuntime:
             for i, s in enumerate(plan.steps)
         ]
         try:
-            preamble = cli_root.preamble if cli_root else ()
+            preamble = [f"pids_max {max(0, space.limits.pids)}", *(cli_root.preamble if cli_root else ())]
             await asyncio.to_thread(write_control, vmdir / "ctl", vm.nonce, guest_steps, preamble)
         except ValueError as exc:
             raise RuntimeFailure(f"cannot run the job's steps: {exc}", reason=Reason.FILES) from exc
@@ -259,7 +259,8 @@ class FirecrackerRuntime:
             elif kind == "end" and current is not None and len(words) >= 4:
                 rc, oom = int(words[2]), int(words[3]) > 0
                 full = len(words) > 4 and words[4] == "1"
-                result = _result(current, rc, oom, full, space)
+                refused = int(words[5]) if len(words) > 5 and words[5].isdigit() else 0
+                result = _result(current, rc, oom, full, space, refused)
                 out, step, current = None, current, None
                 await sink.finished(step, result)  # raises StepFailed when the job stops here
             elif kind == "error":
@@ -380,10 +381,15 @@ def _merged_env(image_env: tuple[str, ...], step_env: Mapping[str, str]) -> dict
     return env
 
 
-def _result(step: Step, rc: int, oom: bool, full: bool, space: JobSpace) -> StepResult:
+def _result(step: Step, rc: int, oom: bool, full: bool, space: JobSpace, refused: int = 0) -> StepResult:
+    """`refused`: forks the step's process limit (EXECUTOR_JOB_PIDS, its cgroup in the guest) refused."""
     if full:
         gib = (space.limits.disk_bytes or DEFAULT_DISK_BYTES) / 1024**3
         return StepResult(rc, reason=Reason.DISK, message=f"{step.key} filled the job's disk ({gib:g} GiB)")
     if oom:
         return StepResult(137 if rc == 0 else rc, oom_killed=True)
+    if refused:
+        limit = f"{space.limits.pids} processes, EXECUTOR_JOB_PIDS"
+        why = f"{step.key} hit the job's process limit ({limit}): {refused} forks refused"
+        return StepResult(rc, reason=Reason.EXIT, message=why)
     return StepResult(rc)

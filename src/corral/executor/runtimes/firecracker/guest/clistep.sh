@@ -13,9 +13,16 @@
 # the workspace, /.corral-steps, a fresh /dev and /proc.
 #
 # Also the parts of a step that `step` (init.sh) and `clistep` share: root_dev, root_job, run_root,
-# end_root (they use init's mark, die, oom_kills and its /ws, /steps and /corral).
+# end_root (they use init's mark, die, oom_kills and its /ws, /steps and /corral). Each step runs in
+# a cgroup of its own (v2, the pids controller: `pids_max N` in job.sh's preamble is the job's
+# EXECUTOR_JOB_PIDS, 0 unbounded), so a fork bomb hits the limit instead of the guest, the step ends
+# when its main process does (what it left running is killed with the group: a background process
+# holding the output pipe no longer keeps the step open), and `end` reports the forks refused.
 
 CLI_SHARES= CLI_FILES= CLI_LINKS= CLI_UP=
+PIDS_MAX=0 CG=
+
+pids_max() { case "$1" in "" | *[!0-9]*) die "bad process limit $1" ;; esac; PIDS_MAX=$1; }
 P9_RO="trans=virtio,version=9p2000.L,msize=262144,ro,nosuid,nodev,cache=loose"
 
 cli_share() { CLI_SHARES="$CLI_SHARES$1 $2
@@ -53,20 +60,40 @@ root_job() {  # ROOT: /proc, the workspace at /data, the step scripts, corral's 
     mount -o bind,ro /corral "$1/.corral" || die "cannot mount corral's tools"
 }
 
+cg_step() {  # IDX: a fresh cgroup for the step, bounded by PIDS_MAX; sets _cg
+    if [ -z "$CG" ]; then
+        mkdir -p /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup \
+            && echo +pids > /sys/fs/cgroup/cgroup.subtree_control || die "no pids cgroup (cgroup v2)"
+        CG=/sys/fs/cgroup
+    fi
+    _cg=$CG/s$1
+    mkdir "$_cg" || die "cannot make the cgroup of step $1"
+    [ "$PIDS_MAX" = 0 ] || echo "$PIDS_MAX" > "$_cg/pids.max" || die "cannot set the process limit"
+}
+
 # run_root IDX ROOT UID GID DIR ENV... ARGV...: the step chrooted in ROOT, in /data/DIR, as
-# UID:GID with no capabilities and no new privileges, with only ENV; its output to the job's
-# channel; sets rc (and oom0, for end_root)
+# UID:GID with no capabilities and no new privileges, with only ENV, in its cgroup; its output to
+# the job's channel; sets rc (and oom0, for end_root). The step ends when its main process does:
+# then the whole group is killed, so nothing it left holds the pipe open.
 run_root() {
     _idx=$1 _root=$2 _uid=$3 _gid=$4 _dir=$5
     shift 5
+    cg_step "$_idx"
     oom0=$(oom_kills)
     mark "start $_idx"
     set -o pipefail
-    chroot "$_root" /.corral/busybox sh -c 'echo 0 > /proc/self/oom_score_adj; exec "$@"' - \
-        /.corral/ld.so --library-path /.corral /.corral/setpriv \
-        --reuid="$_uid" --regid="$_gid" --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all -- \
-        /.corral/busybox sh -c 'cd "/data/$1" || exit 126; shift; exec /.corral/busybox env -i "$@"' - \
-        "$_dir" "$@" < /dev/null 9>&- 2>&1 | cat >&9
+    {
+        /bin/busybox sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$_cg" \
+            chroot "$_root" /.corral/busybox sh -c 'echo 0 > /proc/self/oom_score_adj; exec "$@"' - \
+            /.corral/ld.so --library-path /.corral /.corral/setpriv \
+            --reuid="$_uid" --regid="$_gid" --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all -- \
+            /.corral/busybox sh -c 'cd "/data/$1" || exit 126; shift; exec /.corral/busybox env -i "$@"' - \
+            "$_dir" "$@" &
+        wait $!
+        _rc=$?
+        echo 1 > "$_cg/cgroup.kill"
+        exit $_rc
+    } < /dev/null 9>&- 2>&1 | cat >&9
     rc=$?
     set +o pipefail
 }
@@ -83,13 +110,16 @@ umount_tree() {  # every mount at or below $1, the deepest first
 end_root() {
     kill -9 -1 2>/dev/null  # whatever the step left running (init itself survives)
     sleep 0.05
+    pids=0  # forks the process limit refused
+    while read -r k v; do [ "$k" = max ] && pids=$v; done < "$_cg/pids.events"
+    for _ in 1 2 3 4 5 6 7 8 9 10; do rmdir "$_cg" 2>/dev/null && break; sleep 0.05; done
     oom=$(( $(oom_kills) - oom0 ))
     full=0  # the scratch disk (the job's disk limit) is full: under 256 KiB left
     avail=$(df -k /scratch | tail -n 1 | awk '{print $4}')
     [ "${avail:-0}" -lt 256 ] && full=1
     umount_tree "$2"
     rm -rf "$3"
-    mark "end $1 $rc $oom $full"
+    mark "end $1 $rc $oom $full $pids"
     [ "$rc" = 0 ] || { mark done; sync; poweroff -f; sleep 10; }
 }
 
