@@ -66,6 +66,8 @@ def test_the_cli_roots_etc_holds_no_host_secret_and_no_host_accounts(tmp_path: P
 @pytest.mark.parametrize("path", ["/data/cli", "/proc/x", "/etc/corral", "/sys/x", "/opt/with space"])
 def test_a_cli_path_the_guest_root_cannot_take_is_a_config_error(tmp_path: Path, path: str) -> None:
     with pytest.raises(ConfigError, match=path.split("/")[1]):
+        CliSteps([path], tmp_path / "state")  # at the executor's start, before any job
+    with pytest.raises(ConfigError, match=path.split("/")[1]):
         CliRoot.build(tmp_path / "state", [path])
 
 

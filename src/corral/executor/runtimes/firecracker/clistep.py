@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.errors import ConfigError
+from corral.errors import ConfigError, Reason, RuntimeFailure
 from corral.executor.runtimes.base import WORKSPACE_MOUNT, JobSpace, Step
 from corral.executor.runtimes.firecracker.guestjob import GuestStep
 from corral.executor.runtimes.firecracker.vm import Share
@@ -96,10 +96,7 @@ class CliRoot:
             elif os.path.isdir(host):
                 lines.append(_line("cli_share", f"cli{len(shares) - 2}", host))
                 shares.append(Share(f"cli{len(shares) - 2}", Path(host)))
-        for path in _outermost(binds):
-            if path == "/usr" or path.startswith("/usr/") or os.path.realpath(path).startswith("/usr/"):
-                continue  # visible through the usr share already
-            _check_guest_path(path)
+        for path in _mounted(binds):
             if os.path.isdir(path):
                 tag = f"cli{len(shares) - 2}"
                 shares.append(Share(tag, Path(path)))
@@ -125,12 +122,17 @@ def _line(*words: str) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
-def _outermost(binds: Sequence[str]) -> list[str]:
-    """The binds in path order, without those inside another (visible through it already)."""
+def _mounted(binds: Sequence[str]) -> list[str]:
+    """The binds the guest mounts, in path order: not those inside another (visible through it
+    already) nor those under /usr (the usr share). ConfigError for a path the guest cannot take."""
     out: list[str] = []
     for path in sorted({posixpath.normpath(p) for p in binds}):
-        if not any(path.startswith(o.rstrip("/") + "/") for o in out):
-            out.append(path)
+        if any(path.startswith(o.rstrip("/") + "/") for o in out):
+            continue
+        if path == "/usr" or path.startswith("/usr/") or os.path.realpath(path).startswith("/usr/"):
+            continue
+        _check_guest_path(path)
+        out.append(path)
     return out
 
 
@@ -184,6 +186,8 @@ class CliSteps:
     `directory`) and each CLI step's `GuestStep`."""
 
     def __init__(self, binds: Sequence[str], directory: Path) -> None:
+        """ConfigError (at the executor's start) for a CLI path the guest cannot mount."""
+        _mounted(binds)
         self.binds = tuple(binds)
         self.directory = directory
         self._root: CliRoot | None = None
@@ -192,7 +196,12 @@ class CliSteps:
     async def root(self) -> CliRoot:
         async with self._lock:
             if self._root is None:
-                self._root = await asyncio.to_thread(CliRoot.build, self.directory, self.binds)
+                try:
+                    self._root = await asyncio.to_thread(CliRoot.build, self.directory, self.binds)
+                except OSError as exc:
+                    raise RuntimeFailure(
+                        f"cannot make the CLI steps' root in {self.directory}: {exc}", reason=Reason.SANDBOX
+                    ) from exc
             return self._root
 
     @staticmethod
