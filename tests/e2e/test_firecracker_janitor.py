@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from corral.executor.runtimes.firecracker.images import ImageDisks
+from corral.executor.runtimes.firecracker.vm import qemu_processes
 from tests.e2e.kit import Server, docker_job, run_server, start_executor, wait_job, wait_log
 from tests.e2e.microvmkit import mounts_below, pid_alive, qemu_left, require_microvms, vm_dir_of, vm_dirs
 
@@ -48,7 +49,8 @@ def _traces(prefix: str, ws: Path) -> tuple[dict[int, str], set[Path], Path]:
 
 def _left(vms: dict[int, str], dirs: set[Path], root: Path) -> list[str]:
     left = [f"qemu {pid}" for pid in vms if pid_alive(pid)]
-    left += [name for name in vms.values() if name in qemu_left("").values()]
+    running = set(qemu_processes("").values())  # every qemu's -name
+    left += [name for name in vms.values() if name in running]
     left += [str(p) for p in (*dirs, root) if p.exists()]
     return left + [f"mount {m}" for m in mounts_below(*dirs, root)]
 
