@@ -352,9 +352,11 @@ def _text(out: bytes) -> str:
     return out.decode(errors="replace").strip()[:2000]
 
 
-async def prepare_meta_git(root: Path, repo: Path, commit: str, meta: Path | None = None) -> Path:
+async def prepare_meta_git(
+    root: Path, repo: Path, commit: str, meta: Path | None = None, *, sparse: bool = False
+) -> Path:
     """Our own git dir for the diff (`meta`, default root/meta.git), made right after checkout
-    (before any step runs)."""
+    (before any step runs); `sparse`: the checkout was sparse (see _skip_worktree)."""
     meta = root / "meta.git" if meta is None else meta
     env = git_env()
     rc, out = await capture(["git", "init", "--quiet", "--bare", str(meta)], cwd=root, env=env)
@@ -385,7 +387,33 @@ async def prepare_meta_git(root: Path, repo: Path, commit: str, meta: Path | Non
     )
     if rc != 0:
         raise RuntimeFailure(f"git read-tree failed: {out.decode(errors='replace')}", reason=Reason.GIT)
+    if sparse:
+        await _skip_worktree(root, repo, meta, env)
     return meta
+
+
+SKIP_WORKTREE_BATCH = 128 * 1024  # bytes of paths per `git update-index` command line
+
+
+async def _skip_worktree(root: Path, repo: Path, meta: Path, env: Mapping[str, str]) -> None:
+    """A sparse checkout leaves the paths outside its patterns out of the work tree, marked
+    skip-worktree in the clone's index; our index gets the same marks, or the diff would delete every
+    one of them. Runs right after the checkout, before any step (the clone's .git is still ours)."""
+    rc, out = await capture(["git", "ls-files", "-t", "-z"], cwd=repo, env=env)
+    if rc != 0:
+        raise RuntimeFailure(f"git ls-files failed: {_text(out)}", reason=Reason.GIT)
+    entries = out.split(b"\0")
+    skipped = [e[2:].decode("utf-8", "surrogateescape") for e in entries if e[:2] == b"S "]
+    git = ["git", "--git-dir", str(meta), "--work-tree", str(repo), "update-index", "--skip-worktree", "--"]
+    while skipped:
+        batch: list[str] = []
+        size = 0
+        while skipped and (not batch or size + len(skipped[-1]) < SKIP_WORKTREE_BATCH):
+            batch.append(skipped.pop())
+            size += len(batch[-1]) + 1
+        rc, out = await capture([*git, *batch], cwd=root, env=env)
+        if rc != 0:
+            raise RuntimeFailure(f"git update-index failed: {_text(out)}", reason=Reason.GIT)
 
 
 SandboxRun = Callable[[Sequence[str], Mapping[str, str], Writer], Awaitable[int]]
@@ -525,7 +553,7 @@ async def clone_repository(
             entry.exit_code = rc
         if rc != 0:
             raise RuntimeFailure(f"clone failed: {key} exited with {rc} (see its log)", reason=Reason.CLONE)
-    return await prepare_meta_git(root, repo, plan.commit, meta)
+    return await prepare_meta_git(root, repo, plan.commit, meta, sparse=bool(plan.clone.sparse_checkout))
 
 
 async def collect_results(

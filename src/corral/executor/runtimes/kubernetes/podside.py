@@ -1,7 +1,9 @@
 """The program a job's pod runs (image corral/corral:1), and the executor's side of what it prints.
 
-    python3 -m corral.executor.runtimes.kubernetes.podside clone|collect \
-        [--secrets DIR] [--workspace DIR] [--meta DIR]
+    python3 -m corral.executor.runtimes.kubernetes.podside clone \
+        [--config JOB.JSON] [--secrets DIR] [--workspace DIR] [--git-dir DIR]
+    python3 -m corral.executor.runtimes.kubernetes.podside collect \
+        [--config JOB.JSON] [--workspace DIR] [--git-dir DIR]
 
 Both are the host workspace's own functions (corral.executor.workspace.host, corral.executor.jobfiles)
 run inside the pod: the same git commands and options, the same no-follow file writes and reads, the
@@ -18,14 +20,17 @@ What the pod gets (`pod_secret` builds it; every item is one key of the job's Se
   nonce of the clone log's section markers. Mounted into `setup-workspace` and `main`.
 - `file-0`, `file-1`, ...: the job's inline files (setup-workspace only).
 
-clone (the `setup-workspace` init container). Mount the job-data volume's ROOT at /job: podside
-makes /job/workspace (the workspace, work tree of the clone) and /job/meta.git (the diff's git dir,
-outside the workspace) itself, so both belong to the pod's user, which git's ownership check needs
-without safe.directory (a subPath directory made by the kubelet belongs to root). Later containers
-mount them as subPaths `workspace` (at /data) and `meta.git` (at META_MOUNT, main only). It prints
-git's output, one section per git command, between marker lines `##[corral <nonce>] start <key>` /
-`##[corral <nonce>] end <key> <exit code>`, and `##[corral <nonce>] done` or `... error <json>` last
-(`CloneLog` splits a followed log into those sections again). Exit 0 only after `done`.
+clone (the `setup-workspace` init container; defaults: --workspace /job/workspace, --git-dir
+/job/meta.git, --secrets and --config in SECRETS_MOUNT). The workspace and the git dir must belong to
+the pod's user: git refuses a repository (work tree or git dir) of another user unless told
+safe.directory, which corral never sets. A subPath directory the kubelet makes belongs to root, so
+mount the job-data volume's ROOT in setup-workspace (at /job) and let podside make `workspace` and
+`meta.git` (and any missing parent, e.g. `<job>/` on a shared PVC) as the pod's user; later
+containers mount those as subPaths (`workspace` at /data, `meta.git` at META_MOUNT in main only).
+A directory that exists and belongs to another uid is refused with that explanation. It prints git's
+output, one section per git command, between marker lines `##[corral <nonce>] start <key>` and
+`##[corral <nonce>] end <key> <exit code>`, then `##[corral <nonce>] done`, or `... error <json>`
+(`CloneLog` splits a followed log into these sections again). Exit 0 only after `done`.
 
 collect (the `main` container): the diff (git dir meta.git, work tree /data) and the declared outputs,
 printed to stdout as framed records (format below) that `decode_results` (or `ResultsDecoder` fed
@@ -322,8 +327,10 @@ class _Entry:
 
 
 def _own_dir(path: Path, mode: int) -> Path:
-    """`path` as a directory this process's user owns (made if missing): git refuses a repository
-    (work tree or git dir) of another user unless told safe.directory, which corral never sets."""
+    """`path` as a directory this process's user owns (made if missing, with its missing parents):
+    git refuses a repository (work tree or git dir) of another user unless told safe.directory,
+    which corral never sets."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, mode)
     st = os.lstat(path)
@@ -339,11 +346,11 @@ def _own_dir(path: Path, mode: int) -> Path:
     return path
 
 
-async def clone(secrets: Path, workspace: Path, meta: Path, out: IO[bytes]) -> int:
+async def clone(config: Path, secrets: Path, workspace: Path, meta: Path, out: IO[bytes]) -> int:
     """podside clone: check out the job's commit in `workspace`, make the diff's git dir `meta`, write
     the job's files; the log on `out` (see the module docstring). Returns the exit code."""
     try:
-        spec = PodJob.from_json(_read_secret(secrets / SPEC_KEY, MAX_SPEC))
+        spec = PodJob.from_json(_read_secret(config, MAX_SPEC))
     except (OSError, ValueError) as exc:
         out.write(f"podside: cannot read the job: {exc}\n".encode())
         return 2
@@ -362,7 +369,8 @@ async def _clone(spec: PodJob, secrets: Path, workspace: Path, meta: Path, log: 
     from corral.protocol import Job
 
     token = _read_secret(secrets / TOKEN_KEY, MAX_TOKEN).decode("utf-8", "replace").strip()
-    if not token:
+    needs_token = bool(spec.repository) or any(s.secret_key is None for s in spec.files.values())
+    if not token and needs_token:  # only the clone and fetched files use it
         raise RuntimeFailure(
             "the job has no token: the kubernetes runtime never gives a pod the executor's secret"
         )
@@ -743,7 +751,10 @@ class ResultsDecoder:
         except binascii.Error:
             raise MalformedResults(f"a {body.kind} record's body is not base64") from None
         room = body.size - len(body.data)
-        out = body.inflate.decompress(packed, room + 1)
+        try:
+            out = body.inflate.decompress(packed, room + 1)
+        except zlib.error:
+            raise MalformedResults(f"a {body.kind} record's body is not a zlib stream") from None
         if len(out) > room or body.inflate.unconsumed_tail:
             raise MalformedResults(f"a {body.kind} record's body is longer than its {body.size} bytes")
         body.data += out
@@ -782,23 +793,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("collect", WORKSPACE_MOUNT, META_MOUNT),
     ):
         p = sub.add_parser(name)
-        p.add_argument("--secrets", type=Path, default=Path(SECRETS_MOUNT))
+        p.add_argument("--config", type=Path, default=Path(SECRETS_MOUNT, SPEC_KEY), help="job.json")
         p.add_argument("--workspace", type=Path, default=Path(workspace))
-        p.add_argument("--meta", type=Path, default=Path(meta))
+        p.add_argument("--git-dir", type=Path, default=Path(meta), help="the diff's git dir (meta.git)")
+        if name == "clone":
+            p.add_argument("--secrets", type=Path, default=Path(SECRETS_MOUNT), help="token, file-N")
     args = parser.parse_args(argv)
     out = sys.stdout.buffer
 
     def write(data: bytes) -> None:
         out.write(data)
+
     if args.command == "clone":
-        return asyncio.run(clone(args.secrets, args.workspace, args.meta, out))
+        return asyncio.run(clone(args.config, args.secrets, args.workspace, args.git_dir, out))
     try:
-        spec = PodJob.from_json(_read_secret(args.secrets / SPEC_KEY, MAX_SPEC))
+        spec = PodJob.from_json(_read_secret(args.config, MAX_SPEC))
     except (OSError, ValueError, RuntimeFailure) as exc:
         encode_results(write, error=OSError(f"podside: cannot read the job: {exc}"))
         out.flush()
         return 0
-    asyncio.run(collect(spec, args.workspace, args.meta, write))
+    asyncio.run(collect(spec, args.workspace, args.git_dir, write))
     out.flush()
     return 0
 
