@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import json
 import os
 import socket
@@ -669,3 +670,48 @@ def test_sweep_removes_the_containers_of_dead_test_processes(docker_available: N
         assert cid not in left and live in left
     finally:
         subprocess.run(["docker", "rm", "-f", cid, live], capture_output=True, timeout=60)
+
+
+async def test_log_options_and_the_container_name_rule(kube_cluster: KubeCluster) -> None:
+    two = job("logopts", [sh("main", "echo a; echo b; echo c"), sh("side", "true")])
+    async with kube_cluster.client() as api:
+        core = client.CoreV1Api(api)
+        await client.BatchV1Api(api).create_namespaced_job(NS, two)
+        name = (await job_pod(core, "logopts")).metadata.name
+        await pod_where(core, name, terminated, "the end")
+        with pytest.raises(ApiException) as err:
+            await core.read_namespaced_pod_log(name, NS)
+        assert err.value.status == 400
+        assert "a container name must be specified" in json.loads(err.value.body)["message"]
+        assert await core.read_namespaced_pod_log(name, NS, container="main", tail_lines=2) == "b\nc\n"
+        assert await core.read_namespaced_pod_log(name, NS, container="main", limit_bytes=3) == "a\nb"
+        stamped = await core.read_namespaced_pod_log(name, NS, container="main", timestamps=True)
+        assert [line.split(" ", 1)[1] for line in stamped.splitlines()] == ["a", "b", "c"]
+        assert all(line.split(" ", 1)[0].endswith("Z") for line in stamped.splitlines())
+
+
+async def test_a_watch_from_a_forgotten_resource_version_is_410(tmp_path: Path) -> None:
+    with run_cluster(tmp_path / "kube", kubelet=False) as cluster:
+        assert cluster.api is not None
+        cluster.call(setattr, cluster.api, "_history", collections.deque(maxlen=3))
+        async with cluster.client(admin=True) as api:
+            core = client.CoreV1Api(api)
+            start = (await core.list_namespaced_config_map(NS)).metadata.resource_version
+            for i in range(5):
+                await core.create_namespaced_config_map(NS, {"metadata": {"name": f"cm{i}"}})
+            w = watch.Watch()
+            with pytest.raises(ApiException) as err:
+                async for _ in w.stream(
+                    core.list_namespaced_config_map, NS, resource_version=start, timeout_seconds=10
+                ):
+                    pass
+            assert err.value.status == 410
+            recent = (await core.list_namespaced_config_map(NS)).metadata.resource_version
+            await core.create_namespaced_config_map(NS, {"metadata": {"name": "late"}})
+            names = []
+            async for event in watch.Watch().stream(
+                core.list_namespaced_config_map, NS, resource_version=recent, timeout_seconds=1
+            ):
+                names.append((event["type"], event["object"].metadata.name))
+            assert names == [("ADDED", "late")]
+        cluster.check_clean()
