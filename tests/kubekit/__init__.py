@@ -234,6 +234,8 @@ class KubeCluster:
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(STOP_TIMEOUT_S)
+            if not self._thread.is_alive():
+                self._loop.close()
             if self._with_kubelet:
                 sweep_leftovers(self.cluster_id)
 
@@ -361,8 +363,8 @@ class KubeCluster:
 @contextlib.contextmanager
 def run_cluster(root: Path, **kwargs: Any) -> Iterator[KubeCluster]:
     cluster = KubeCluster(root, **kwargs)
-    cluster.start()
     try:
+        cluster.start()
         yield cluster
     finally:
-        cluster.close()
+        cluster.close()  # also after a start that failed half-way: whatever was made goes
