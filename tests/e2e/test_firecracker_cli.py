@@ -33,6 +33,9 @@ probe)
         if ls -d "$p" > /dev/null 2>&1; then echo "visible $p"; else echo "absent $p"; fi
     done
     cat /proc/1/environ > /dev/null 2>&1 && echo "init-env readable" || echo "init-env unreadable"
+    for p in /usr/planted /planted /etc/planted "${0%/*}/planted"; do
+        if touch "$p" 2> /dev/null; then echo "wrote $p"; else echo "read-only $p"; fi
+    done
     env | sort | sed 's/^/env: /'
     echo "$GREETING" > from-cli.txt && echo "owner=$(stat -c %u from-cli.txt) $(cat from-cli.txt)"
     ;;
@@ -125,6 +128,10 @@ def test_cli_steps_run_inside_the_microvm_and_a_failing_one_stops_the_job(
     ours = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, corral.__file__)}
     assert shown <= {p.split("/")[2] for p in ours if p.startswith("/root/")}, (shown, ours)
     assert "init-env unreadable" in out  # init's environment is root's
+    # the root, /usr and /etc are read-only; next to the CLI is the step's own /tmp, not the host's
+    for path in ("/usr/planted", "/planted", "/etc/planted"):
+        assert f"read-only {path}\n" in out, (path, out)
+    assert not (cli.parent / "planted").exists()
     env = [line.removeprefix("env: ") for line in out.split("\n") if line.startswith("env: ")]
     names = {e.partition("=")[0] for e in env}
     assert names <= {"PATH", "HOME", "USER", "PWD", "GREETING", "SHLVL", "_", "OLDPWD"}, env
