@@ -12,6 +12,7 @@ corral/corral:1 it runs in.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -552,8 +553,6 @@ def test_clone_on_the_host_keeps_the_token_out_of_argv_and_files(kit: Kit, tmp_p
     rc, remote = _run_git(ws, "remote", "get-url", "origin")
     assert rc == 0 and remote.strip() == b"github.com/acme/app"
     # the diff's git dir holds the commit, and the host's diff reads it
-    import asyncio
-
     (ws / "src" / "app.py").write_text("x = 3\n")
     host = asyncio.run(_host_results(ws, meta, plan))
     assert "-x = 2\n+x = 3" in host.diff and "diff --git a/fetched/data.bin" in host.diff
@@ -561,32 +560,43 @@ def test_clone_on_the_host_keeps_the_token_out_of_argv_and_files(kit: Kit, tmp_p
 
 
 def _run_git(cwd: Path, *args: str) -> tuple[int, bytes]:
-    import asyncio
-
     from corral.executor.workspace.host import git_env
 
     return asyncio.run(capture(["git", *args], cwd=cwd, env=git_env()))
 
 
-def test_clone_refuses_a_workspace_of_another_user(tmp_path: Path) -> None:
-    """What a subPath directory made by a kubelet (root's) would meet: a clear refusal, no
-    safe.directory."""
-    plan = _plan("0" * 40)
-    spec, items = pod_secret(plan, token="t0ken", executor_name=EXECUTOR, frontend_url="http://127.0.0.1:9")
+def test_clone_into_volume_directories_of_another_user(kit: Kit, tmp_path: Path) -> None:
+    """What a pod meets: the workspace and meta.git are subPath directories the kubelet made (another
+    uid's, mode 0777). git is told its git dir and work tree, so its ownership check (which would
+    ask for safe.directory) never applies, and none is set."""
+    origin = tmp_path / "origin"
+    commit = make_git_repo(origin, {"README.md": "hello\n"})
+    assert kit.add_repo("github.com/acme/lib", origin).status_code in (200, 201)
+    kit.submit(repositoryName="github.com/acme/lib", commit=commit, shallowClone=True)
+    wire = kit.take()
+    plan = plan_job(Job.model_validate(wire), cli_path="corral")
+    spec, items = pod_secret(plan, token=wire["token"], executor_name=EXECUTOR, frontend_url=kit.url)
     secrets = tmp_path / "secrets"
     secrets.mkdir()
     for key, value in items.items():
         (secrets / key).write_bytes(value)
-    ws = tmp_path / "workspace"
-    ws.mkdir()
-    os.chown(ws, 4242, 4242)
+    ws, meta = tmp_path / "workspace", tmp_path / "meta.git"
+    for d in (ws, meta):
+        d.mkdir(mode=0o777)
+        os.chmod(d, 0o777)
+        os.chown(d, 4242, 4242)
     done = subprocess.run(
         [sys.executable, "-m", podside.MODULE, "clone", "--config", str(secrets / "job.json"),
-         "--secrets", str(secrets), "--workspace", str(ws), "--git-dir", str(tmp_path / "meta.git")],
+         "--secrets", str(secrets), "--workspace", str(ws), "--git-dir", str(meta)],
         capture_output=True, timeout=CLONE_TIMEOUT,
     )
-    assert done.returncode == 1
     events = CloneLog(spec.log_nonce).feed(done.stdout)
-    err = events[-1].error
-    assert isinstance(err, RuntimeFailure) and err.reason is Reason.CLONE
-    assert "belongs to uid 4242" in err.message and "safe.directory" in err.message
+    assert done.returncode == 0 and events[-1].kind == "done", done.stdout.decode(errors="replace")
+    assert (ws / "README.md").read_text() == "hello\n" and (meta / "HEAD").exists()
+    assert (meta / "shallow").exists()  # a shallow clone: our git dir ends its history there too
+    for path in _files_under(tmp_path / "workspace" / ".git"):
+        if path.name == "config":
+            assert b"safe" not in path.read_bytes().lower()
+    (ws / "README.md").write_text("changed\n")
+    host = asyncio.run(_host_results(ws, meta, plan))
+    assert "-hello\n+changed" in host.diff

@@ -395,11 +395,16 @@ async def prepare_meta_git(
 SKIP_WORKTREE_BATCH = 128 * 1024  # bytes of paths per `git update-index` command line
 
 
+def _explicit(repo: Path) -> list[str]:
+    """git on the clone in `repo`, its git dir named (no discovery: see clone_repository)."""
+    return ["git", f"--git-dir={repo / '.git'}", f"--work-tree={repo}"]
+
+
 async def _skip_worktree(root: Path, repo: Path, meta: Path, env: Mapping[str, str]) -> None:
     """A sparse checkout leaves the paths outside its patterns out of the work tree, marked
     skip-worktree in the clone's index; our index gets the same marks, or the diff would delete every
     one of them. Runs right after the checkout, before any step (the clone's .git is still ours)."""
-    rc, out = await capture(["git", "ls-files", "-t", "-z"], cwd=repo, env=env)
+    rc, out = await capture([*_explicit(repo), "ls-files", "-t", "-z"], cwd=repo, env=env)
     if rc != 0:
         raise RuntimeFailure(f"git ls-files failed: {_text(out)}", reason=Reason.GIT)
     entries = out.split(b"\0")
@@ -545,7 +550,11 @@ async def clone_repository(
             raise StepFailed(f"repositoryDirectory: {exc}", Reason.FILES) from None
         if rel != ".":
             repo = make_dirs(workspace, rel)
-    env = git_env(auth_env(headers, git_config))
+    # The git dir is named (GIT_DIR, GIT_WORK_TREE), never discovered: a repository found by
+    # discovery must belong to git's user (safe.directory), and in a pod the workspace is a volume
+    # directory the kubelet made as root while git runs as the pod's user.
+    explicit = {"GIT_DIR": str(repo / ".git"), "GIT_WORK_TREE": str(repo)}
+    env = git_env({**auth_env(headers, git_config), **explicit})
     assert plan.clone is not None
     for key, argv in clone_commands(plan.clone, url):
         async with open_log(key, argv) as entry:

@@ -21,13 +21,11 @@ What the pod gets (`pod_secret` builds it; every item is one key of the job's Se
 - `file-0`, `file-1`, ...: the job's inline files (setup-workspace only).
 
 clone (the `setup-workspace` init container; defaults: --workspace /job/workspace, --git-dir
-/job/meta.git, --secrets and --config in SECRETS_MOUNT). The workspace and the git dir must belong to
-the pod's user: git refuses a repository (work tree or git dir) of another user unless told
-safe.directory, which corral never sets. A subPath directory the kubelet makes belongs to root, so
-mount the job-data volume's ROOT in setup-workspace (at /job) and let podside make `workspace` and
-`meta.git` (and any missing parent, e.g. `<job>/` on a shared PVC) as the pod's user; later
-containers mount those as subPaths (`workspace` at /data, `meta.git` at META_MOUNT in main only).
-A directory that exists and belongs to another uid is refused with that explanation. It prints git's
+/job/meta.git, --secrets and --config in SECRETS_MOUNT). Any layout works: the workspace and the git
+dir are made when missing, and may be subPath directories the kubelet made as root, since every git
+command is told its git dir and work tree (git's ownership check is for discovered repositories:
+no safe.directory is ever set). The clone's own .git stays in the workspace, as on the host (steps
+may use it); the diff's git dir is the separate one, never mounted into a step. It prints git's
 output, one section per git command, between marker lines `##[corral <nonce>] start <key>` and
 `##[corral <nonce>] end <key> <exit code>`, then `##[corral <nonce>] done`, or `... error <json>`
 (`CloneLog` splits a followed log into these sections again). Exit 0 only after `done`.
@@ -326,23 +324,15 @@ class _Entry:
     exit_code: int | None = None
 
 
-def _own_dir(path: Path, mode: int) -> Path:
-    """`path` as a directory this process's user owns (made if missing, with its missing parents):
-    git refuses a repository (work tree or git dir) of another user unless told safe.directory,
-    which corral never sets."""
+def _directory(path: Path, mode: int) -> Path:
+    """`path` as a directory (made, with missing parents, when it does not exist). It may belong to
+    another user (a subPath directory the kubelet made as root): git is always told its git dir and
+    work tree, so its ownership check of discovered repositories never applies."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, mode)
-    st = os.lstat(path)
-    if not os.path.isdir(path) or os.path.islink(path):
+    if os.path.islink(path) or not os.path.isdir(path):
         raise RuntimeFailure(f"{path} is not a directory", reason=Reason.CLONE)
-    if st.st_uid != os.geteuid():
-        raise RuntimeFailure(
-            f"{path} belongs to uid {st.st_uid}, not to this container's user {os.geteuid()}: git refuses "
-            f"it (corral sets no safe.directory). Mount the job volume's root at {SETUP_ROOT} in "
-            "setup-workspace; podside makes the workspace and meta.git directories itself",
-            reason=Reason.CLONE,
-        )
     return path
 
 
@@ -374,11 +364,11 @@ async def _clone(spec: PodJob, secrets: Path, workspace: Path, meta: Path, log: 
         raise RuntimeFailure(
             "the job has no token: the kubernetes runtime never gives a pod the executor's secret"
         )
-    _own_dir(workspace, 0o755)
+    _directory(workspace, 0o755)
     plan = spec.plan()
     ca = spec.git_ca_cert
     if plan.clone is not None:
-        _own_dir(meta, 0o700)
+        _directory(meta, 0o700)
         headers = clone_headers(token, "", spec.job_id, spec.executor_name)
         config = [("http.sslCAInfo", ca)] if ca else []
         await clone_repository(
