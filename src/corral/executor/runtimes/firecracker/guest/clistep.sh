@@ -91,7 +91,7 @@ run_root() {
             "$_dir" "$@" &
         wait $!
         _rc=$?
-        echo 1 > "$_cg/cgroup.kill"
+        echo 1 > "$_cg/cgroup.kill" 2>/dev/null || kill -9 $(cat "$_cg/cgroup.procs") 2>/dev/null
         exit $_rc
     } < /dev/null 9>&- 2>&1 | cat >&9
     rc=$?
