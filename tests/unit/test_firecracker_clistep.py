@@ -48,6 +48,7 @@ def test_the_cli_roots_etc_holds_no_host_secret_and_no_host_accounts(tmp_path: P
     names = set(os.listdir(etc))
     assert "shadow" not in names and "gshadow" not in names and "sudoers" not in names
     assert (etc / "passwd").read_text() == "" and (etc / "group").read_text() == ""  # the guest's
+    assert (etc / "resolv.conf").is_file()  # a networked job's resolver is bound over it
     assert "localhost" in (etc / "hosts").read_text()
     assert "passwd: files" in (etc / "nsswitch.conf").read_text()
     assert sorted(os.listdir(etc / "ssl")) == sorted(

@@ -173,6 +173,8 @@ def _make_etc(etc: Path) -> None:
     _write(etc / "nsswitch.conf", _NSSWITCH)
     for name in ("passwd", "group"):  # mount points: the guest binds the job's files over them
         _write(etc / name, "")
+    if not (etc / "resolv.conf").exists():  # a job with network gets its resolver bound over it (net.sh)
+        _write(etc / "resolv.conf", "")
 
 
 def _write(path: Path, text: str) -> None:
