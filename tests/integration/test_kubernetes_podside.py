@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from corral import __version__
-from corral.errors import Reason, RuntimeFailure
+from corral.errors import Reason, RuntimeFailure, StepFailed
 from corral.executor.plan import JobPlan, plan_job
 from corral.executor.runtimes.kubernetes import podside
 from corral.executor.runtimes.kubernetes.podside import (
@@ -600,3 +600,42 @@ def test_clone_into_volume_directories_of_another_user(kit: Kit, tmp_path: Path)
     (ws / "README.md").write_text("changed\n")
     host = asyncio.run(_host_results(ws, meta, plan))
     assert "-hello\n+changed" in host.diff
+
+
+def test_clone_refuses_a_file_through_a_committed_symlink(kit: Kit, tmp_path: Path) -> None:
+    """The repository commits `conf -> <a directory outside>`; the job's file conf/evil must not land
+    there. podside writes files with the host's no-follow write_files: the job fails (StepFailed,
+    reason files) with the host's message, reported in the clone log's error marker."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    origin = tmp_path / "origin"
+    make_git_repo(origin, {"README.md": "hello\n"})
+    os.symlink(str(outside), origin / "conf")
+    git(origin, "add", "-A")
+    git(origin, "commit", "--quiet", "-m", "link")
+    commit = git(origin, "rev-parse", "HEAD").stdout.strip()
+    assert kit.add_repo("github.com/acme/linked", origin).status_code in (200, 201)
+    kit.submit(repositoryName="github.com/acme/linked", commit=commit)
+    wire = kit.take()
+    plan = plan_job(Job.model_validate(wire), cli_path="corral")
+    spec, items = pod_secret(
+        plan, token=wire["token"], executor_name=EXECUTOR, frontend_url=kit.url, files={"conf/evil": b"x"}
+    )
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    for key, value in items.items():
+        (secrets / key).write_bytes(value)
+    ws, meta = tmp_path / "job" / "workspace", tmp_path / "job" / "meta.git"
+    done = subprocess.run(
+        [sys.executable, "-m", podside.MODULE, "clone", "--config", str(secrets / "job.json"),
+         "--secrets", str(secrets), "--workspace", str(ws), "--git-dir", str(meta)],
+        capture_output=True, timeout=CLONE_TIMEOUT,
+    )
+    assert done.returncode == 1
+    events = CloneLog(spec.log_nonce).feed(done.stdout)
+    assert [e.kind for e in events if e.kind in ("done", "error")] == ["error"]
+    err = events[-1].error
+    assert isinstance(err, StepFailed) and err.reason is Reason.FILES
+    assert "conf/evil" in err.message and "symlink" in err.message
+    assert list(outside.iterdir()) == []
+    assert os.path.islink(ws / "conf")
