@@ -45,6 +45,10 @@ The frame (ASCII lines, each ending in "\\n"):
     {"record": "error", "kind": "runtime"|"retry", "reason": R, "message": M}
     {"record": "end", "records": K}                               K = records before it; nothing after
 Lines before the first one (an interpreter's warning) are ignored, up to MAX_PREAMBLE bytes.
+Read the log without timestamps (a timestamped line is malformed). Bodies are zlib-compressed, yet a
+large result can pass a real kubelet's container log rotation (containerLogMaxSize, 10 MiB by
+default): pods/log then serves the newest file only, and the decoder says the stream is truncated
+(no start, or no end record) instead of returning partial results.
 """
 
 from __future__ import annotations
