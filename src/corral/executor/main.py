@@ -11,6 +11,7 @@ so it never shows up in the server's executor list.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import platform
@@ -70,6 +71,16 @@ async def run_executor(settings: ExecutorSettings, *, install_signals: bool = Tr
         await worker.run(install_signals=install_signals)
     finally:
         await worker.client.aclose()
+        for runtime in worker.handler.runtimes.distinct():
+            await _close(runtime)
+
+
+async def _close(runtime: Runtime | None) -> None:
+    """Close a runtime's own client (its API session) when it has one."""
+    close = getattr(runtime, "aclose", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            await close()
 
 
 # -- validate ------------------------------------------------------------------------------------
@@ -177,6 +188,8 @@ async def validate(settings: ExecutorSettings) -> Validation:
             described = await runtime.describe()
     except CorralError as exc:
         out.problems.append(exc.message)
+    finally:
+        await _close(runtime)
     kind, problem = await probe_server(settings)
     if problem:
         out.problems.append(f"server {settings.frontend_url}: {problem}")

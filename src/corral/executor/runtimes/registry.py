@@ -57,10 +57,17 @@ def _firecracker(s: ExecutorSettings) -> Runtime:
     return FirecrackerRuntime.from_settings(s, docker)
 
 
+def _kubernetes(s: ExecutorSettings) -> Runtime:
+    from corral.executor.runtimes.kubernetes.runtime import KubernetesRuntime
+
+    return KubernetesRuntime.from_settings(s)  # jobs, their CLI steps and the diff run in pods
+
+
 RUNTIMES: dict[str, Callable[[ExecutorSettings], Runtime]] = {
     "shell": _shell,
     "docker": _docker,
     "firecracker": _firecracker,
+    "kubernetes": _kubernetes,
     "fake": lambda s: __import__("corral.testing", fromlist=["fake_from_settings"]).fake_from_settings(s),
 }
 

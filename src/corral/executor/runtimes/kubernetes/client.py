@@ -39,7 +39,6 @@ __all__ = [
     "Kind",
     "KubeClient",
     "WatchEvent",
-    "in_cluster",
     "load_configuration",
 ]
 
@@ -86,43 +85,30 @@ def _segment(part: str) -> str:
     return part
 
 
-def in_cluster(environ: Mapping[str, str]) -> bool:
-    """Sourcegraph's rule: the executor runs inside a cluster when KUBERNETES_SERVICE_HOST and
-    KUBERNETES_SERVICE_PORT are both set."""
-    return bool(environ.get("KUBERNETES_SERVICE_HOST")) and bool(environ.get("KUBERNETES_SERVICE_PORT"))
-
-
-async def load_configuration(
-    config_path: str | None, environ: Mapping[str, str] | None = None
-) -> kclient.Configuration:
-    """The API's address and credentials: a kubeconfig at `config_path` when one is named (or
-    ~/.kube/config exists outside a cluster), else the pod's service account (in a cluster).
-    ConfigError in plain words when neither is there or the kubeconfig cannot be used."""
-    env = os.environ if environ is None else environ
+async def load_configuration(config_path: str, *, in_cluster: bool) -> kclient.Configuration:
+    """The API's address and credentials: the pod's service account inside a cluster (Sourcegraph's
+    rule: KUBERNETES_SERVICE_HOST and _PORT set, KubernetesSettings.in_cluster), else the kubeconfig
+    at `config_path` (EXECUTOR_KUBERNETES_CONFIG_PATH). ConfigError in plain words when there is none
+    or it cannot be used."""
     configuration = kclient.Configuration()
-    path = os.path.expanduser(config_path) if config_path else ""
-    if not path and not in_cluster(env):
-        default = os.path.expanduser("~/.kube/config")
-        path = default if os.path.isfile(default) else ""
-    if path:
-        if not os.path.isfile(path):
-            raise ConfigError(f"EXECUTOR_KUBERNETES_CONFIG_PATH={path}: no kubeconfig file there")
+    if in_cluster:
         try:
-            await kconfig.load_kube_config(config_file=path, client_configuration=configuration)
-        except (ConfigException, OSError, ValueError, TypeError, KeyError) as exc:
-            raise ConfigError(
-                f"EXECUTOR_KUBERNETES_CONFIG_PATH={path}: cannot use this kubeconfig: {exc}"
-            ) from None
+            kconfig.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except ConfigException as exc:
+            raise ConfigError(f"in-cluster Kubernetes configuration (service account): {exc}") from None
         return configuration
-    if not in_cluster(env):
+    path = os.path.expanduser(config_path)
+    if not os.path.isfile(path):
         raise ConfigError(
-            "no Kubernetes configuration: set EXECUTOR_KUBERNETES_CONFIG_PATH to a kubeconfig, or run the "
-            "executor in a pod (KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT set)"
+            f"no kubeconfig at {path} (EXECUTOR_KUBERNETES_CONFIG_PATH): point it at one, or run the "
+            "executor in a pod of the cluster (its service account is used there)"
         )
     try:
-        kconfig.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except ConfigException as exc:
-        raise ConfigError(f"in-cluster Kubernetes configuration: {exc}") from None
+        await kconfig.load_kube_config(config_file=path, client_configuration=configuration)
+    except (ConfigException, OSError, ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(
+            f"EXECUTOR_KUBERNETES_CONFIG_PATH={path}: cannot use this kubeconfig: {exc}"
+        ) from None
     return configuration
 
 
@@ -136,10 +122,8 @@ class KubeClient:
         self.calls: Counter[str] = Counter()
 
     @classmethod
-    async def connect(
-        cls, config_path: str | None, namespace: str, environ: Mapping[str, str] | None = None
-    ) -> KubeClient:
-        configuration = await load_configuration(config_path, environ)
+    async def connect(cls, config_path: str, namespace: str, *, in_cluster: bool) -> KubeClient:
+        configuration = await load_configuration(config_path, in_cluster=in_cluster)
         return cls(kclient.ApiClient(configuration), namespace)
 
     @property

@@ -1,0 +1,362 @@
+"""End to end, the kubernetes runtime: a real corral server, a real `corral executor run` process
+with EXECUTOR_RUNTIME=kubernetes, and the stand-in cluster (tests/kubekit: the API server enforcing
+the shipped Role, a Job controller, a scheduler and a kubelet running each pod's containers in the
+Docker Engine, each pod in its own network namespace with a forwarder to the corral server).
+
+Every test fails on any call outside the Role (the `kube` fixture checks the stand-in's violations
+at teardown). A real-cluster test runs when CORRAL_TEST_KUBECONFIG names a kubeconfig."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral.executor.runtimes.base import LABEL_JOB, LABEL_MANAGED, LABEL_OWNER
+from tests.conftest import docker_ok, require
+from tests.e2e.kit import (
+    CORRAL,
+    Server,
+    executor_env,
+    logs_text,
+    make_repo,
+    run_server,
+    start_executor,
+    stop_executor,
+    wait_job,
+    wait_log,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+BUSYBOX, TOOLS, CORRAL_IMAGE = "corral/busybox:1", "corral/tools:1", "corral/corral:1"
+JOB_TIMEOUT = 120  # seconds for one job (pods start containers in the Docker Engine, under load)
+
+
+@dataclass
+class Kube:
+    server: Server
+    cluster: Any  # tests.kubekit.KubeCluster
+    tmp: Path
+    repo: str
+
+    def env(self, **extra: str) -> dict[str, str]:
+        base = {
+            "EXECUTOR_KUBERNETES_CONFIG_PATH": str(self.cluster.executor_kubeconfig),
+            "EXECUTOR_KUBERNETES_NAMESPACE": self.cluster.namespace,
+            "EXECUTOR_KUBERNETES_SCHEDULING_TIMEOUT": "20s",
+            "EXECUTOR_KUBERNETES_IMAGE_PULL_TIMEOUT": "20s",
+            "KUBERNETES_JOB_DEADLINE": "300",
+        }
+        base.update(extra)
+        return base
+
+    def start(self, **extra: str) -> subprocess.Popen[bytes]:
+        return start_executor(self.server, self.tmp, "kubernetes", **self.env(**extra))
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return list(self.cluster.objects("jobs", "batch"))
+
+    def pods(self) -> list[dict[str, Any]]:
+        return list(self.cluster.objects("pods"))
+
+
+def _image_label() -> str:
+    done = subprocess.run(
+        ["docker", "image", "inspect", "-f", '{{index .Config.Labels "dev.corral.image.inputs"}}',
+         CORRAL_IMAGE],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+@pytest.fixture(scope="module")
+def images() -> None:
+    """The local images, with corral/corral:1 built from the current tree (its podside runs the pods'
+    setup and main containers; build-images.sh rebuilds it only when its inputs changed)."""
+    require(docker_ok(), "Docker Engine is not reachable (run scripts/setup.sh)")
+    digest = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "corral-image.py"), "digest"],
+        check=True, capture_output=True, text=True, timeout=120,
+    ).stdout.strip()  # fmt: skip
+    if _image_label() != digest:
+        build = ["bash", str(ROOT / "scripts" / "build-images.sh")]
+        done = subprocess.run(build, cwd=ROOT, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stdout + done.stderr
+    found = subprocess.run(
+        ["docker", "image", "inspect", BUSYBOX, TOOLS, CORRAL_IMAGE], capture_output=True, timeout=60
+    )
+    require(found.returncode == 0, f"images {BUSYBOX}, {TOOLS}, {CORRAL_IMAGE} (scripts/build-images.sh)")
+
+
+@pytest.fixture
+def kube(tmp_path: Path, images: None) -> Iterator[Kube]:
+    from tests.kubekit import run_cluster
+
+    with run_server(tmp_path) as server:
+        port = int(server.url.rsplit(":", 1)[-1])
+        make_repo(tmp_path / "src", {"README.md": "hello\n", "src/app.txt": "one\n"})
+        server.client.add_repo("acme/app", str(tmp_path / "src"))
+        with run_cluster(tmp_path / "cluster", forward_ports=[port]) as cluster:
+            yield Kube(server, cluster, tmp_path, "acme/app")
+            for p in server.executors:
+                stop_executor(p)
+            violations = cluster.violations()
+            assert not violations, f"calls outside the shipped Role: {violations}"
+            assert not cluster.server_errors(), cluster.server_errors()
+
+
+def _entries(kube: Kube, job_id: int) -> dict[str, dict[str, Any]]:
+    return {e["key"]: e for e in kube.server.client.logs(job_id)["entries"]}
+
+
+def _gone(kube: Kube, label: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        objects = [*kube.jobs(), *kube.pods()]
+        left = [o["metadata"]["name"] for o in objects if o["metadata"]["labels"].get(LABEL_JOB) == label]
+        if not left:
+            return
+        assert time.monotonic() < deadline, f"still there after {timeout}s: {left}"
+        time.sleep(0.2)
+
+
+def _two_images_and_a_cli_step(repo: str) -> dict[str, Any]:
+    return {
+        "repositoryName": repo,
+        "dockerSteps": [
+            {"image": BUSYBOX, "commands": ["echo from-busybox > a.txt", "cat README.md"], "env": ["G=hi"]},
+            {"image": TOOLS, "commands": ['echo "$G from-tools" >> a.txt', "cat a.txt"], "env": ["G=yo"]},
+        ],
+        "cliSteps": [{"key": "ver", "command": ["version"]}],
+        "outputs": ["a.txt"],
+    }
+
+
+def _check_two_images_job(kube: Kube, job_id: int) -> None:
+    done = wait_job(kube.server, job_id, timeout=JOB_TIMEOUT)
+    assert done["state"] == "completed", (done, logs_text(kube.server, job_id))
+    assert done["exitCodes"] == [0, 0, 0]
+    entries = _entries(kube, job_id)
+    # the clone's entries are the host's (podside runs the host's git commands in the pod)
+    wanted = {"setup.kubernetes.pod", "setup.git.fetch", "setup.git.checkout", "step.docker.0"}
+    assert {*wanted, "step.src.ver"} <= set(entries), list(entries)
+    assert entries["setup.git.fetch"]["exitCode"] == 0
+    assert "hello" in entries["step.docker.0"]["out"]  # the clone reached the step's /data
+    assert "yo from-tools" in entries["step.docker.1"]["out"]
+    assert "0.1.0" in entries["step.src.ver"]["out"]  # corral's CLI ran in the pod
+    assert all(entries[k]["exitCode"] == 0 for k in ("step.docker.0", "step.docker.1", "step.src.ver"))
+    assert "phases: queued" in entries["setup.kubernetes.pod"]["out"]
+    result = kube.server.client.result(job_id)
+    assert "a.txt" in result["diff"] and "+from-busybox" in result["diff"]
+    assert base64.b64decode(result["files"]["a.txt"]) == b"from-busybox\nyo from-tools\n"
+
+
+def test_single_pod_job_two_images_and_a_cli_step(kube: Kube) -> None:
+    kube.start()
+    job = kube.server.client.submit("batches", _two_images_and_a_cli_step(kube.repo))
+    _check_two_images_job(kube, job["id"])
+    _gone(kube, f"batches-{job['id']}")  # the Job and its pod are deleted after completion
+    # one pod for the whole job, watched, never polled
+    calls = kube.cluster.calls(kube.cluster.executor_user)
+    creates = [c for c in calls if c.verb == "create" and c.resource == "jobs"]
+    assert len(creates) == 1
+    assert not [c for c in kube.cluster.objects("secrets") if c["metadata"]["labels"].get(LABEL_MANAGED)]
+
+
+def test_multi_pod_job_on_a_pvc(kube: Kube) -> None:
+    kube.start(KUBERNETES_SINGLE_JOB_POD="false", KUBERNETES_JOB_VOLUME_TYPE="pvc")
+    job = kube.server.client.submit("batches", _two_images_and_a_cli_step(kube.repo))
+    _check_two_images_job(kube, job["id"])
+    calls = kube.cluster.calls(kube.cluster.executor_user)
+    assert len([c for c in calls if c.verb == "create" and c.resource == "jobs"]) == 3  # one per step
+    assert [c for c in calls if c.verb == "create" and c.resource == "persistentvolumeclaims"]
+    _gone(kube, f"batches-{job['id']}")
+    assert not kube.cluster.objects("persistentvolumeclaims")
+
+
+def test_a_failing_step_stops_the_job_with_its_exit_code(kube: Kube) -> None:
+    kube.start()
+    job = kube.server.client.submit(
+        "batches",
+        {
+            "repositoryName": kube.repo,
+            "dockerSteps": [
+                {"image": BUSYBOX, "commands": ["echo before", "exit 3"]},
+                {"image": BUSYBOX, "commands": ["echo never"]},
+            ],
+        },
+    )
+    done = wait_job(kube.server, job["id"], timeout=JOB_TIMEOUT)
+    assert done["state"] == "failed", done
+    assert "step.docker.0 failed with exit code 3" in (done.get("error") or ""), done
+    assert done["exitCodes"] == [3]
+    entries = _entries(kube, job["id"])
+    assert entries["step.docker.0"]["exitCode"] == 3 and "before" in entries["step.docker.0"]["out"]
+    assert "step.docker.1" not in entries
+    _gone(kube, f"batches-{job['id']}")
+
+
+def test_scheduling_settings_reach_the_pod_spec(kube: Kube) -> None:
+    toleration = {"key": "dedicated", "operator": "Equal", "value": "corral", "effect": "NoSchedule"}
+    expression = {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}
+    kube.start(
+        EXECUTOR_KUBERNETES_NODE_SELECTOR="kubernetes.io/os=linux",
+        EXECUTOR_KUBERNETES_NODE_REQUIRED_AFFINITY_MATCH_EXPRESSIONS=json.dumps([expression]),
+        EXECUTOR_KUBERNETES_NODE_TOLERATIONS=json.dumps([toleration]),
+        EXECUTOR_KUBERNETES_RUNTIME_CLASS_NAME="gvisor",
+        KUBERNETES_KEEP_JOBS="true",
+    )
+    step = {"image": BUSYBOX, "commands": ["echo ok"], "env": ["SECRET_ENV=s3cr3t-v4lue"]}
+    job = kube.server.client.submit("batches", {"dockerSteps": [step]})
+    done = wait_job(kube.server, job["id"], timeout=JOB_TIMEOUT)
+    assert done["state"] == "completed", (done, logs_text(kube.server, job["id"]))
+    pods = [p for p in kube.pods() if p["metadata"]["labels"].get(LABEL_JOB) == f"batches-{job['id']}"]
+    assert len(pods) == 1  # kept (KUBERNETES_KEEP_JOBS), read back from the API
+    spec = pods[0]["spec"]
+    assert spec["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    required = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert required["nodeSelectorTerms"] == [{"matchExpressions": [expression]}]
+    assert toleration in spec["tolerations"]
+    assert spec["runtimeClassName"] == "gvisor"
+    assert spec["securityContext"]["runAsNonRoot"] is True and spec["automountServiceAccountToken"] is False
+    labels = pods[0]["metadata"]["labels"]
+    assert labels[LABEL_OWNER] == executor_env(kube.server, kube.tmp, "kubernetes")["EXECUTOR_VM_PREFIX"]
+    assert "s3cr3t-v4lue" not in json.dumps(pods[0])  # step env only by secretKeyRef
+    for c in spec["initContainers"] + spec["containers"]:
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+        assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+
+
+def test_an_invalid_setting_stops_the_executor_at_start(tmp_path: Path) -> None:
+    with run_server(tmp_path) as server:
+        env = executor_env(
+            server,
+            tmp_path,
+            "kubernetes",
+            EXECUTOR_KUBERNETES_NODE_TOLERATIONS='[{"key": "a", "operator": "Sometimes"}]',
+            EXECUTOR_KUBERNETES_CONFIG_PATH=str(tmp_path / "none.yaml"),
+        )
+        done = subprocess.run([CORRAL, "executor", "run"], env=env, capture_output=True, timeout=60)
+        assert done.returncode != 0
+        out = (done.stdout + done.stderr).decode()
+        assert "EXECUTOR_KUBERNETES_NODE_TOLERATIONS" in out, out
+
+
+def test_validate_says_what_is_wrong(tmp_path: Path) -> None:
+    with run_server(tmp_path) as server:
+        missing = str(tmp_path / "no.yaml")
+        env = executor_env(server, tmp_path, "kubernetes", EXECUTOR_KUBERNETES_CONFIG_PATH=missing)
+        done = subprocess.run([CORRAL, "executor", "validate"], env=env, capture_output=True, timeout=60)
+        out = (done.stdout + done.stderr).decode()
+        assert done.returncode != 0 and "no kubeconfig at" in out, out
+
+
+def test_an_unschedulable_pod_fails_the_job_with_the_schedulers_reason(kube: Kube) -> None:
+    kube.start(EXECUTOR_JOB_MEMORY="64G", EXECUTOR_KUBERNETES_SCHEDULING_TIMEOUT="3s")
+    job = kube.server.client.submit("batches", {"dockerSteps": [{"image": BUSYBOX, "commands": ["echo hi"]}]})
+    done = wait_job(kube.server, job["id"], timeout=JOB_TIMEOUT)
+    assert done["state"] == "failed", done
+    message = done.get("error") or ""
+    assert "could not be scheduled within 3s" in message and "Insufficient memory" in message, message
+    assert "Insufficient memory" in _entries(kube, job["id"])["setup.kubernetes.pod"]["out"]
+    _gone(kube, f"batches-{job['id']}")
+
+
+def test_an_image_that_cannot_be_pulled_fails_the_job_with_the_reason(kube: Kube) -> None:
+    kube.start(EXECUTOR_KUBERNETES_IMAGE_PULL_TIMEOUT="3s")
+    job = kube.server.client.submit(
+        "batches", {"dockerSteps": [{"image": "corral/no-such-image:1", "commands": ["echo hi"]}]}
+    )
+    done = wait_job(kube.server, job["id"], timeout=JOB_TIMEOUT)
+    assert done["state"] == "failed", done
+    message = done.get("error") or ""
+    assert "corral/no-such-image:1" in message and "not found" in message, message
+    assert "EXECUTOR_KUBERNETES_IMAGE_PULL_TIMEOUT" in message
+    assert _entries(kube, job["id"])["step.docker.0"]["exitCode"] == -1
+    _gone(kube, f"batches-{job['id']}")
+
+
+def test_cancel_deletes_the_job_and_its_pod(kube: Kube) -> None:
+    kube.start()
+    step = {"image": BUSYBOX, "commands": ["echo started", "sleep 120"]}
+    job = kube.server.client.submit("batches", {"dockerSteps": [step]})
+    wait_log(kube.server, job["id"], "started", timeout=JOB_TIMEOUT)
+    label = f"batches-{job['id']}"
+    assert [j for j in kube.jobs() if j["metadata"]["labels"].get(LABEL_JOB) == label]
+    kube.server.client.cancel(job["id"])
+    done = wait_job(kube.server, job["id"], timeout=30)
+    assert done["state"] == "canceled", done
+    _gone(kube, label, timeout=30)
+    calls = kube.cluster.calls(kube.cluster.executor_user)
+    assert [c for c in calls if c.verb == "delete" and c.resource == "jobs"]
+
+
+def test_janitor_deletes_jobs_of_no_live_lease_and_only_its_owners(kube: Kube) -> None:
+    from tests.kubekit.apiserver import KINDS
+
+    owner = executor_env(kube.server, kube.tmp, "kubernetes")["EXECUTOR_VM_PREFIX"]
+
+    def orphan(name: str, owner: str) -> dict[str, Any]:
+        labels = {LABEL_MANAGED: "true", LABEL_OWNER: owner, LABEL_JOB: "batches-999"}
+        container = {"name": "c", "image": BUSYBOX, "command": ["sleep", "300"]}
+        return {
+            "metadata": {"name": name, "labels": labels},
+            "spec": {
+                "backoffLimit": 0,
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"restartPolicy": "Never", "containers": [container]},
+                },
+            },
+        }
+
+    ns, jobs = kube.cluster.namespace, KINDS[("batch", "jobs")]
+    kube.cluster.call(kube.cluster.api.create, jobs, ns, orphan("corral-left-behind", owner))
+    kube.cluster.call(kube.cluster.api.create, jobs, ns, orphan("someone-elses", "other-owner"))
+    kube.start()
+    deadline = time.monotonic() + 30
+    while "corral-left-behind" in {j["metadata"]["name"] for j in kube.jobs()}:
+        assert time.monotonic() < deadline, "the janitor left the orphaned Job"
+        time.sleep(0.2)
+    assert "someone-elses" in {j["metadata"]["name"] for j in kube.jobs()}
+    # a live job's Job is never swept
+    job = kube.server.client.submit("batches", {"dockerSteps": [{"image": BUSYBOX, "commands": ["echo ok"]}]})
+    assert wait_job(kube.server, job["id"], timeout=JOB_TIMEOUT)["state"] == "completed"
+
+
+def test_a_real_cluster_when_one_is_configured(tmp_path: Path) -> None:
+    """A job with a clone, a step and a diff on the cluster of CORRAL_TEST_KUBECONFIG. Its pods must
+    reach this test's server at CORRAL_TEST_FRONTEND_URL (e.g. through `kubectl port-forward` or a
+    tunnel to 127.0.0.1), and pull CORRAL_TEST_STEP_IMAGE (a shell image) and CORRAL_TEST_CORRAL_IMAGE
+    (corral/corral:1 pushed where the cluster pulls from). Skipped when no cluster is configured, in
+    CI too: none can run on these machines."""
+    config = os.environ.get("CORRAL_TEST_KUBECONFIG", "")
+    if not config:
+        pytest.skip("no real cluster configured (CORRAL_TEST_KUBECONFIG, CORRAL_TEST_FRONTEND_URL, ...)")
+    image = os.environ["CORRAL_TEST_STEP_IMAGE"]
+    with run_server(tmp_path) as server:
+        make_repo(tmp_path / "src", {"README.md": "hello\n"})
+        server.client.add_repo("acme/app", str(tmp_path / "src"))
+        start_executor(
+            server,
+            tmp_path,
+            "kubernetes",
+            EXECUTOR_KUBERNETES_CONFIG_PATH=config,
+            EXECUTOR_KUBERNETES_NAMESPACE=os.environ.get("CORRAL_TEST_NAMESPACE", "default"),
+            EXECUTOR_KUBERNETES_FRONTEND_URL=os.environ["CORRAL_TEST_FRONTEND_URL"],
+            KUBERNETES_SINGLE_JOB_STEP_IMAGE=os.environ["CORRAL_TEST_CORRAL_IMAGE"],
+        )
+        steps = [{"image": image, "commands": ["echo real >> README.md"]}]
+        job = server.client.submit("batches", {"repositoryName": "acme/app", "dockerSteps": steps})
+        done = wait_job(server, job["id"], timeout=600)
+        assert done["state"] == "completed", (done, logs_text(server, job["id"]))
+        assert "+real" in server.client.result(job["id"])["diff"]
