@@ -20,6 +20,7 @@ from bench import (
     executor_rss,
     firecracker_boot,
     job_overhead,
+    kubernetes_overhead,
     pickup_latency,
     queue_throughput,
     redact_throughput,
@@ -38,6 +39,7 @@ MODULES: list[ModuleType] = [
     egress_overhead,
     secret_handoff,
     firecracker_boot,
+    kubernetes_overhead,
 ]
 BUSY_SHARE = 0.10  # other processes using more than this share of the machine make numbers unreliable
 
