@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from corral.embedded import free_port
 from corral.executor.runtimes.base import LABEL_JOB, LABEL_MANAGED, LABEL_OWNER
 from tests.conftest import docker_ok, require
 from tests.e2e.kit import (
@@ -298,6 +299,72 @@ def test_cancel_deletes_the_job_and_its_pod(kube: Kube) -> None:
     _gone(kube, label, timeout=30)
     calls = kube.cluster.calls(kube.cluster.executor_user)
     assert [c for c in calls if c.verb == "delete" and c.resource == "jobs"]
+
+
+def test_the_jobs_timeout_deletes_the_job(kube: Kube) -> None:
+    kube.start(EXECUTOR_MAXIMUM_RUNTIME_PER_JOB="8s")
+    step = {"image": BUSYBOX, "commands": ["echo started", "sleep 120"]}
+    job = kube.server.client.submit("batches", {"dockerSteps": [step]})
+    done = wait_job(kube.server, job["id"], timeout=JOB_TIMEOUT)
+    assert done["state"] == "failed", done
+    assert done["error"] == "job exceeded maximum execution time of 8s", done
+    _gone(kube, f"batches-{job['id']}", timeout=30)
+
+
+def test_kubernetes_job_deadline_fails_the_job_as_a_timeout(kube: Kube) -> None:
+    kube.start(KUBERNETES_JOB_DEADLINE="6")
+    step = {"image": BUSYBOX, "commands": ["echo started", "sleep 120"]}
+    job = kube.server.client.submit("batches", {"dockerSteps": [step]})
+    done = wait_job(kube.server, job["id"], timeout=JOB_TIMEOUT)
+    assert done["state"] == "failed", done
+    assert "ran past KUBERNETES_JOB_DEADLINE (6s)" in (done.get("error") or ""), done
+    _gone(kube, f"batches-{job['id']}", timeout=30)
+
+
+def test_validate_names_a_namespace_the_executor_may_not_use(tmp_path: Path, images: None) -> None:
+    from corral.executor.runtimes.kubernetes import rbac
+    from tests.kubekit import run_cluster
+
+    role = rbac.role_manifest()
+    for rule in role["rules"]:
+        if "jobs" in rule["resources"]:
+            rule["verbs"] = [v for v in rule["verbs"] if v != "list"]
+    with run_server(tmp_path) as server, run_cluster(tmp_path / "cluster", role=role) as cluster:
+        env = executor_env(
+            server,
+            tmp_path,
+            "kubernetes",
+            EXECUTOR_KUBERNETES_CONFIG_PATH=str(cluster.executor_kubeconfig),
+            EXECUTOR_KUBERNETES_NAMESPACE=cluster.namespace,
+        )
+        done = subprocess.run([CORRAL, "executor", "validate"], env=env, capture_output=True, timeout=60)
+        out = (done.stdout + done.stderr).decode()
+        assert done.returncode != 0, out
+        assert f"may not list batch/v1 Jobs in namespace {cluster.namespace}" in out, out
+        assert "role.yaml" in out
+        assert [v for v in cluster.take_violations() if v.call.resource == "jobs"]  # the 403 was real
+
+
+def test_validate_says_when_the_api_cannot_be_reached(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "c",
+                "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+            }
+        )
+    )
+    with run_server(tmp_path) as server:
+        env = executor_env(server, tmp_path, "kubernetes", EXECUTOR_KUBERNETES_CONFIG_PATH=str(config))
+        done = subprocess.run([CORRAL, "executor", "validate"], env=env, capture_output=True, timeout=60)
+        out = (done.stdout + done.stderr).decode()
+        assert done.returncode != 0 and f"127.0.0.1:{port} cannot be reached" in out, out
 
 
 def test_janitor_deletes_jobs_of_no_live_lease_and_only_its_owners(kube: Kube) -> None:
