@@ -219,8 +219,8 @@ class KubernetesRuntime:
 
     async def _create(self, api: KubeClient, run: _Run, kind: str, body: Mapping[str, Any]) -> None:
         name = str(body["metadata"]["name"])
+        run.created.append((kind, name))  # first: cleanup (a 404 is fine) and the janitor know it at once
         await api.create(kind, body)
-        run.created.append((kind, name))
 
     async def _follow(
         self,
@@ -550,8 +550,11 @@ class KubernetesRuntime:
             for j in jobs
             if isinstance(j.get("metadata"), dict) and j["metadata"].get("name")
         }
+        # What this process created and has not cleaned up yet is never an orphan, even when its
+        # job started after `live` was taken (the janitor and a new job may interleave).
+        ours = {name for run in self._runs.values() for _kind, name in run.created}
         removed = []
-        for name in orphans(found, manifests.live_labels(live)):
+        for name in orphans({k: v for k, v in found.items() if k not in ours}, manifests.live_labels(live)):
             await api.delete("jobs", name, propagation="Foreground")
             for kind, obj in manifests.companions(name):
                 with contextlib.suppress(KubernetesAPIError):
