@@ -161,8 +161,11 @@ def test_containers_run_podside_the_steps_and_corrals_cli() -> None:
     by_name = {c["name"]: c for c in containers(pod(build()))}
     setup, main = by_name["setup-workspace"], by_name["main"]
     assert setup["image"] == main["image"] == "corral/corral:1"
-    assert setup["command"][:4] == ["python3", "-m", "corral.executor.runtimes.kubernetes.podside", "clone"]
-    assert main["command"][:4] == ["python3", "-m", "corral.executor.runtimes.kubernetes.podside", "collect"]
+    # -P -s and workingDir "/": nothing imported from the workspace or HOME (test_kubernetes_hostile)
+    module = "corral.executor.runtimes.kubernetes.podside"
+    assert setup["command"][:6] == ["python3", "-P", "-s", "-m", module, "clone"]
+    assert main["command"][:6] == ["python3", "-P", "-s", "-m", module, "collect"]
+    assert setup["workingDir"] == main["workingDir"] == "/"
     docker = by_name["step-docker-0"]
     assert docker["image"] == "corral/tools:1"
     assert docker["command"] == ["/bin/sh", "/.corral-steps/step-0.sh"]

@@ -26,6 +26,8 @@ The pod (single-pod mode):
 - init containers: `setup-workspace` (KUBERNETES_SINGLE_JOB_STEP_IMAGE, `podside clone`), then one
   per step in order (docker steps in their image, CLI steps in the step image running `corral`);
 - the container `main` (the step image, `podside collect`: the Results on its stdout).
+setup and main run podside with workingDir "/" and `python3 -P -s` (podside.CLONE_COMMAND): nothing
+is imported from the workspace (the image's WORKDIR) or from HOME=/tmp, which CLI steps share.
 Every step's environment value is a secretKeyRef into the Secret: no value of a step's env, the
 token or a file is ever in the Job. Pod security: non-root (KUBERNETES_RUN_AS_USER/GROUP, else
 1000), fsGroup, no privilege escalation, all capabilities dropped, seccomp RuntimeDefault,
@@ -106,7 +108,6 @@ MAIN_CONTAINER = "main"
 SECRETS_MOUNT = "/.corral-secrets"  # setup: token, job.json, files, CA
 CONFIG_MOUNT = "/.corral-job"  # main: job.json
 TMP_SIZE = "256Mi"  # the /tmp emptyDir of containers with a read-only root
-POD_PYTHON = "python3"  # in KUBERNETES_SINGLE_JOB_STEP_IMAGE
 PODSIDE = "corral.executor.runtimes.kubernetes.podside"
 POD_CLI = "corral"  # corral's CLI in the step image: what CLI steps run
 SECRET_FILE_MODE = 0o440  # owner root, group fsGroup
@@ -401,7 +402,18 @@ class _PodParts:
         return {k: v for k, v in r.items() if v}
 
     def _podside(self, command: str, *args: str) -> list[str]:
-        return [POD_PYTHON, "-m", PODSIDE, command, *args]
+        """podside's command line (podside.CLONE_COMMAND / COLLECT_COMMAND: an interpreter that
+        imports nothing from the current directory or HOME, which steps write)."""
+        from corral.executor.runtimes.kubernetes import podside
+
+        base = podside.CLONE_COMMAND if command == "clone" else podside.COLLECT_COMMAND
+        return [*base, *args]
+
+    def _podside_dir(self) -> str:
+        """Not the image's WORKDIR (/data, the workspace a step may have filled)."""
+        from corral.executor.runtimes.kubernetes.podside import WORKDIR
+
+        return WORKDIR
 
     def setup(self) -> dict[str, Any]:
         return {
@@ -412,6 +424,7 @@ class _PodParts:
             "command": self._podside(
                 "clone", "--config", f"{SECRETS_MOUNT}/{KEY_CONFIG}", "--secrets", SECRETS_MOUNT
             ),
+            "workingDir": self._podside_dir(),
             "env": [{"name": "HOME", "value": "/tmp"}],
             "resources": self._resources(),
             "securityContext": self._security(read_only_root=True),
@@ -432,6 +445,7 @@ class _PodParts:
                 "--workspace", WORKSPACE_MOUNT,
                 "--git-dir", META_MOUNT,
             ),
+            "workingDir": self._podside_dir(),
             "env": [{"name": "HOME", "value": "/tmp"}],
             "resources": self._resources(),
             "securityContext": self._security(read_only_root=True),

@@ -105,6 +105,7 @@ __all__ = [
     "SETUP_WORKSPACE",
     "SPEC_KEY",
     "TOKEN_KEY",
+    "WORKDIR",
     "CloneEvent",
     "CloneLog",
     "MalformedResults",
@@ -123,8 +124,13 @@ SETUP_ROOT = "/job"  # setup-workspace: the job-data volume's root
 SETUP_WORKSPACE = f"{SETUP_ROOT}/workspace"  # made by podside clone; the subPath `workspace` (/data)
 SETUP_META = f"{SETUP_ROOT}/meta.git"  # made by podside clone; the subPath `meta.git` (META_MOUNT)
 MODULE = "corral.executor.runtimes.kubernetes.podside"
-CLONE_COMMAND = ("python3", "-m", MODULE, "clone")
-COLLECT_COMMAND = ("python3", "-m", MODULE, "collect")
+# -P: no current directory on sys.path (`python -m` puts it first, before the standard library, and a
+# container's directory may be the workspace: a step's json.py would be imported); -s: no user site
+# ($HOME/.local, HOME=/tmp is a volume CLI steps write). Only the image's PYTHONPATH and stdlib.
+PYTHON = ("python3", "-P", "-s")
+WORKDIR = "/"  # the setup and main containers' workingDir: never the image's WORKDIR (/data)
+CLONE_COMMAND = (*PYTHON, "-m", MODULE, "clone")
+COLLECT_COMMAND = (*PYTHON, "-m", MODULE, "collect")
 
 MAX_SPEC = 1024 * 1024  # bytes of job.json (a Secret holds at most 1 MiB)
 MAX_TOKEN = 64 * 1024  # bytes of the token file
