@@ -237,6 +237,27 @@ def test_scheduling_settings_reach_the_pod_spec(kube: Kube) -> None:
         assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
 
 
+def test_the_jobs_registry_credentials_become_the_pods_pull_secret(kube: Kube) -> None:
+    password = "pull-pa55word-for-the-registry"
+    auth = {"auths": {"127.0.0.1:5999": {"auth": base64.b64encode(f"puller:{password}".encode()).decode()}}}
+    kube.start()
+    step = {"image": BUSYBOX, "commands": ["echo started", "sleep 4"]}
+    job = kube.server.client.submit("batches", {"dockerSteps": [step], "dockerAuthConfig": auth})
+    wait_log(kube.server, job["id"], "started", timeout=JOB_TIMEOUT)
+    label = f"batches-{job['id']}"
+    pod = next(p for p in kube.pods() if p["metadata"]["labels"].get(LABEL_JOB) == label)
+    names = [s["name"] for s in pod["spec"].get("imagePullSecrets") or []]
+    assert len(names) == 1 and names[0].endswith("-registry"), names
+    secret = next(s for s in kube.cluster.objects("secrets") if s["metadata"]["name"] == names[0])
+    assert secret["type"] == "kubernetes.io/dockerconfigjson"
+    assert json.loads(base64.b64decode(secret["data"][".dockerconfigjson"])) == auth
+    assert password not in json.dumps(pod)  # only the kubelet's pull reads it
+    done = wait_job(kube.server, job["id"], timeout=JOB_TIMEOUT)
+    assert done["state"] == "completed", (done, logs_text(kube.server, job["id"]))
+    _gone(kube, label)
+    assert names[0] not in {s["metadata"]["name"] for s in kube.cluster.objects("secrets")}
+
+
 def test_an_invalid_setting_stops_the_executor_at_start(tmp_path: Path) -> None:
     with run_server(tmp_path) as server:
         env = executor_env(

@@ -92,8 +92,9 @@ async def test_janitor_removes_only_its_owners_jobs_of_no_live_job(cluster: Any,
         assert _names(cluster) == kept
         api = await rt.api()
         assert api.calls["list jobs"] == 1 and api.calls["delete jobs"] == 1
-        # its Secret and PVC are deleted by name (a 404 when there is none): no get or list of Secrets
-        assert api.calls["delete secrets"] == 1 and api.calls["delete persistentvolumeclaims"] == 1
+        # its Secrets (the job's, its registry credentials') and PVC are deleted by name (a 404 when
+        # there is none): no get or list of Secrets
+        assert api.calls["delete secrets"] == 2 and api.calls["delete persistentvolumeclaims"] == 1
         await rt.cleanup(space)  # the runtime's own job: deleted by its cleanup, not by the janitor
         assert "corral-itest-batches-3-1" not in _names(cluster)
     finally:

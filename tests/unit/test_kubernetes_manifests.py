@@ -498,10 +498,13 @@ def test_distinct_jobs_never_share_a_name() -> None:
 
 def test_companions_name_the_secret_and_pvc_of_any_of_the_attempts_jobs() -> None:
     names = job_names("executor", "batches", 42, 2)
-    expected = [("secrets", names.secret), ("persistentvolumeclaims", names.pvc)]
+    registry = ("secrets", f"{names.job}-registry")  # the job's own pull credentials, when it has some
+    expected = [("secrets", names.secret), registry, ("persistentvolumeclaims", names.pvc)]
     assert companions(names.job) == expected == companions(names.step_job(3))
     long = job_names("executor", "q" * 64, 42, 2)
-    assert companions(long.step_job(12)) == [("secrets", long.secret), ("persistentvolumeclaims", long.pvc)]
+    long_registry = ("secrets", f"{long.job}-registry")
+    expected = [("secrets", long.secret), long_registry, ("persistentvolumeclaims", long.pvc)]
+    assert companions(long.step_job(12)) == expected
 
 
 def test_labels_name_the_executor_queue_job_and_attempt() -> None:

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import posixpath
 import re
 from collections.abc import Iterable, Mapping
@@ -94,6 +95,7 @@ __all__ = [
     "live_labels",
     "owner_selector",
     "pvc_manifest",
+    "registry_secret_manifest",
     "secret_manifest",
 ]
 
@@ -114,6 +116,7 @@ SECRET_FILE_MODE = 0o440  # owner root, group fsGroup
 OPEN_FILE_MODE = 0o444  # scripts; the Secret's files when there is no fsGroup
 # keys of the Secret
 KEY_TOKEN = "token"
+REGISTRY_SUFFIX = "-registry"  # the job's registry credentials Secret: <job>-registry
 KEY_CONFIG = "job.json"
 KEY_CA = "git-ca.crt"
 _ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")  # what every API version takes (C_IDENTIFIER+)
@@ -176,7 +179,11 @@ def job_names(owner: str, queue: str, job_id: int, attempt: int) -> JobNames:
 def companions(job: str) -> list[tuple[str, str]]:
     """The objects that go with Job `job` (any of one attempt's Jobs): (kind, name), for the janitor."""
     base = re.sub(r"-s\d+$", "", job)
-    return [("secrets", f"{base}-secrets"), ("persistentvolumeclaims", f"{base}-pvc")]
+    return [
+        ("secrets", f"{base}-secrets"),
+        ("secrets", f"{base}{REGISTRY_SUFFIX}"),
+        ("persistentvolumeclaims", f"{base}-pvc"),
+    ]
 
 
 def label_value(value: str) -> str:
@@ -251,6 +258,25 @@ def pvc_manifest(names: JobNames, namespace: str, labels: Mapping[str, str], siz
         "kind": "PersistentVolumeClaim",
         "metadata": {"name": names.pvc, "namespace": namespace, "labels": dict(labels)},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}},
+    }
+
+
+def registry_secret_manifest(
+    names: JobNames, namespace: str, labels: Mapping[str, str], auths: Mapping[str, Mapping[str, str]]
+) -> dict[str, Any]:
+    """The job's own registry credentials (its dockerAuthConfig, one docker config "auths" entry per
+    registry) as a kubernetes.io/dockerconfigjson Secret `<job>-registry`, for the pods'
+    imagePullSecrets: the kubelet pulls the job's images with them; no container ever sees them."""
+    config = json.dumps({"auths": {r: dict(e) for r, e in auths.items()}}, sort_keys=True).encode()
+    if len(config) > MAX_SECRET:
+        raise ManifestError(f"the job's registry credentials are larger than {MAX_SECRET} bytes")
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": f"{names.job}{REGISTRY_SUFFIX}", "namespace": namespace, "labels": dict(labels)},
+        "type": "kubernetes.io/dockerconfigjson",
+        "immutable": True,
+        "data": {".dockerconfigjson": base64.b64encode(config).decode("ascii")},
     }
 
 

@@ -57,6 +57,7 @@ from corral.executor.runtimes.base import (
     Step,
     StepResult,
 )
+from corral.executor.runtimes.docker import credentials
 from corral.executor.runtimes.kubernetes import manifests
 from corral.executor.runtimes.kubernetes.client import KubeClient
 from corral.executor.runtimes.kubernetes.settings import KubernetesSettings
@@ -95,6 +96,8 @@ class _Run:
     """One job's objects in the API (what cleanup deletes) and its phase clock."""
 
     created: list[tuple[str, str]] = field(default_factory=list)  # (kind, name), in creation order
+    # the job's own registry credentials (dockerAuthConfig), per registry: the pods' imagePullSecret
+    registry: dict[str, Mapping[str, str]] = field(default_factory=dict)
     phases: dict[str, float] = field(default_factory=dict)  # queued, scheduling, pulling, running
 
     def add(self, name: str, seconds: float) -> None:
@@ -176,8 +179,20 @@ class KubernetesRuntime:
     def telemetry(self) -> dict[str, str]:
         return dict(self._telemetry)
 
+    def secrets(self, plan: JobPlan) -> list[str]:
+        """The job's registry credentials, for its redactor (CredentialStager)."""
+        return credentials.auth_values(plan.registry_auth)
+
+    async def stage(self, space: JobSpace, plan: JobPlan) -> None:
+        """Keep the job's own registry credentials (dockerAuthConfig) for its pods' pulls: they
+        become the Secret `<job>-registry` the pods name in imagePullSecrets (the operator's
+        registries: KUBERNETES_IMAGE_PULL_SECRETS)."""
+        creds = credentials.job_credentials(plan.registry_auth, None, user_config=False)
+        run = self._runs.setdefault(str(space.root), _Run())
+        run.registry = {r: c.entry for r, c in creds.items()}
+
     async def prepare(self, space: JobSpace) -> None:
-        self._runs[str(space.root)] = _Run()
+        self._runs.setdefault(str(space.root), _Run())
 
     async def run_step(self, space: JobSpace, step: Step, output: OutputSink) -> StepResult:
         raise RuntimeFailure("the kubernetes runtime runs whole jobs (run_plan), not single steps")
@@ -192,7 +207,7 @@ class KubernetesRuntime:
             )
         staged = self.workspace.staged(space)
         run = self._runs.setdefault(str(space.root), _Run())
-        objects = self._objects(space, plan, staged)
+        objects = self._objects(space, plan, staged, run)
         staged.log_nonce = objects.log_nonce
         api = await self.api()
         steps = dict(objects.containers)
@@ -211,11 +226,19 @@ class KubernetesRuntime:
             finally:
                 pod_log.write(f"{run.summary()}\n".encode())
 
-    def _objects(self, space: JobSpace, plan: JobPlan, staged: Staged) -> manifests.JobObjects:
+    def _objects(self, space: JobSpace, plan: JobPlan, staged: Staged, run: _Run) -> manifests.JobObjects:
         try:
-            return manifests.job_objects(self.settings, self.executor, space, plan, staged)
+            objects = manifests.job_objects(self.settings, self.executor, space, plan, staged)
+            if run.registry:
+                ns, labels = self.settings.namespace, manifests.job_labels(space)
+                secret = manifests.registry_secret_manifest(objects.names, ns, labels, run.registry)
+                objects.first.append(("secrets", secret))
+                for job in objects.jobs:
+                    pod = job["spec"]["template"]["spec"]
+                    pod.setdefault("imagePullSecrets", []).append({"name": secret["metadata"]["name"]})
         except manifests.ManifestError as exc:
             raise StepFailed(exc.message, Reason.FILES) from None
+        return objects
 
     async def _create(self, api: KubeClient, run: _Run, kind: str, body: Mapping[str, Any]) -> None:
         name = str(body["metadata"]["name"])
