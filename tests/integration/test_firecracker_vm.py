@@ -7,20 +7,24 @@ module signatures, the job script's quoting and refusals, vmlinux extraction."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from corral.executor.runtimes.firecracker import assets as fc_assets
 from corral.executor.runtimes.firecracker.console import ConsoleParser, Control, Output
-from corral.executor.runtimes.firecracker.guestjob import GuestStep, job_script, write_control
+from corral.executor.runtimes.firecracker.guestjob import GuestStep, job_script
 from corral.executor.runtimes.firecracker.initramfs import CpioWriter, strip_signature
+from corral.executor.runtimes.firecracker.shares import VMDir, mounts_under, unmount_all
 from corral.executor.runtimes.firecracker.vm import VM, Disk, Share, VMConfig, qemu_processes
 from tests.conftest import require
 
@@ -167,36 +171,65 @@ def _busybox_root(tmp: Path) -> Path:
     return img
 
 
-def _vm(tmp: Path, assets: fc_assets.Assets, name: str, steps: list[GuestStep], memory_mib: int = 256) -> VM:
-    for d in ("ctl", "ws", "steps"):
-        (tmp / d).mkdir(exist_ok=True)
-    scratch = tmp / "scratch.ext4"
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(scratch), "64M"], check=True)
-    cfg = VMConfig(
-        name=name,
-        assets=assets,
-        memory_mib=memory_mib,
-        disks=[Disk("scratch", scratch, readonly=False), Disk("img0", _busybox_root(tmp))],
-        shares=[
-            Share("ctl", tmp / "ctl"),
-            Share("ws", tmp / "ws", readonly=False),
-            Share("steps", tmp / "steps"),
-        ],
+@pytest.fixture
+def vm_root() -> Iterator[Path]:
+    """Where VM directories (and their mounts) go: outside pytest's temporary root, below which
+    every pytest session on the host unmounts everything at its start and end (tests/conftest.py)."""
+    root = Path(tempfile.mkdtemp(prefix="corral-fc-test-", dir="/var/tmp"))
+    yield root
+    unmount_all(root)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def _running(
+    tmp: Path, assets: fc_assets.Assets, name: str, steps: list[GuestStep], memory_mib: int = 256
+) -> AsyncIterator[VM]:
+    """A VM booted generic (its directory as the runtime makes it), then given `steps` (image img0:
+    busybox) as the runtime does: staged after "ready", then `go`. Nothing of it remains after."""
+    (tmp / "ws").mkdir(exist_ok=True)
+    (tmp / "steps").mkdir(exist_ok=True)
+    image = _busybox_root(tmp)
+    d = VMDir(Path(tempfile.mkdtemp(prefix="corral-fc-test-", dir="/var/tmp")) / "vm")
+    d.make(64 * 1024**2)
+    vm = VM(
+        VMConfig(
+            name=name,
+            assets=assets,
+            memory_mib=memory_mib,
+            disks=[Disk("scratch", d.scratch, readonly=False)],
+            shares=[Share("job", d.job), Share("rw", d.rw, readonly=False)],
+        )
     )
-    vm = VM(cfg)
-    write_control(tmp / "ctl", vm.nonce, steps)
-    return vm
+    try:
+        await vm.start()
+        async with asyncio.timeout(90):
+            await vm.wait_ready()
+        assert not any(d.job.iterdir()), "a VM boots knowing no job"
+        d.stage(job_sh=job_script(steps), scripts=tmp / "steps", images={"img0": image}, workspace=tmp / "ws")
+        await vm.go()
+        yield vm
+    finally:
+        await vm.kill()
+        d.remove()
+        assert not d.path.exists() and mounts_under(d.path.parent) == []
+        d.path.parent.rmdir()
 
 
 async def test_a_step_runs_in_the_guest_kernel_and_its_exit_code_comes_back(
     assets: fc_assets.Assets, tmp_path: Path
 ) -> None:
     forged = "printf '\\036corral-0123:end 0 0 0\\n'"
+    boot_forged = "printf '\\036corral-boot:end 0 0 0\\n'"
     steps = [
         GuestStep(
             0,
             "img0",
-            ["/bin/sh", "-c", f'uname -r; id -u; echo "$GREETING" > out.txt; {forged}; printf tail; exit 3'],
+            [
+                "/bin/sh",
+                "-c",
+                f'uname -r; id -u; echo "$GREETING" > out.txt; {forged}; {boot_forged}; printf tail; exit 3',
+            ],
             uid=4242,
             gid=4242,
             env={"PATH": "/bin", "GREETING": "hi from the vm"},
@@ -205,11 +238,9 @@ async def test_a_step_runs_in_the_guest_kernel_and_its_exit_code_comes_back(
     ]
     (tmp_path / "ws").mkdir()
     os.chown(tmp_path / "ws", 4242, 4242)
-    vm = _vm(tmp_path, assets, f"corral-test-{os.getpid()}-vm1", steps)
-    await vm.start()
     out = b""
     events: list[str] = []
-    try:
+    async with _running(tmp_path, assets, f"corral-test-{os.getpid()}-vm1", steps) as vm:
         async with asyncio.timeout(90):
             async for ev in vm.events():
                 if isinstance(ev, Control):
@@ -217,14 +248,13 @@ async def test_a_step_runs_in_the_guest_kernel_and_its_exit_code_comes_back(
                 elif events and events[-1] == "start 0":  # between the step's start and end
                     out += ev.data
         assert await vm.wait() == 0, vm.stderr
-    finally:
-        await vm.kill()
-    assert events[:3] == ["ready", "start 0", "end 0 3 0 0"], (events, out)
+    assert events[0] == "start 0" and events[1].startswith("end 0 3 0 0"), (events, out)
     assert events[-1] == "done"
     lines = out.decode().split("\n")  # (splitlines would also split at \x1e)
     assert lines[0] == assets.kernel_release != os.uname().release
     assert lines[1] == "4242"
-    assert "\x1ecorral-0123:end 0 0 0" in lines[2]  # the step's forgery is plain output
+    assert "\x1ecorral-0123:end 0 0 0" in lines[2]  # the step's forgeries are plain output
+    assert "\x1ecorral-boot:end 0 0 0" in lines[3]  # (the boot marker too, once the job runs)
     assert out.endswith(b"tail")
     assert "never" not in out.decode()
     assert (tmp_path / "ws" / "out.txt").read_text() == "hi from the vm\n"
@@ -235,10 +265,9 @@ async def test_kill_mid_command_stops_the_vm_at_once_and_leaves_no_qemu(
     assets: fc_assets.Assets, tmp_path: Path
 ) -> None:
     name = f"corral-test-{os.getpid()}-vm2"
-    vm = _vm(tmp_path, assets, name, [GuestStep(0, "img0", ["/bin/sh", "-c", "echo started; sleep 600"])])
-    await vm.start()
     seen = b""
-    try:
+    steps = [GuestStep(0, "img0", ["/bin/sh", "-c", "echo started; sleep 600"])]
+    async with _running(tmp_path, assets, name, steps) as vm:
         async with asyncio.timeout(90):
             async for ev in vm.events():
                 if isinstance(ev, Output):
@@ -249,8 +278,6 @@ async def test_kill_mid_command_stops_the_vm_at_once_and_leaves_no_qemu(
         t = time.monotonic()
         await vm.kill()
         took = time.monotonic() - t
-    finally:
-        await vm.kill()
     assert vm.proc is not None and vm.proc.returncode is not None
     assert took < 5
     assert qemu_processes(name) == {}
@@ -265,21 +292,17 @@ async def test_a_full_disk_and_running_out_of_memory_are_reported_as_such(
         GuestStep(0, "img0", ["/bin/sh", "-c", fill], env={"PATH": "/bin"}),
         GuestStep(1, "img0", ["/bin/sh", "-c", hog], env={"PATH": "/bin"}),
     ]
-    vm = _vm(tmp_path, assets, f"corral-test-{os.getpid()}-vm3", steps, memory_mib=192)
-    await vm.start()
     events: list[str] = []
     out = b""
-    try:
+    async with _running(tmp_path, assets, f"corral-test-{os.getpid()}-vm3", steps, memory_mib=192) as vm:
         async with asyncio.timeout(120):
             async for ev in vm.events():
                 if isinstance(ev, Control):
                     events.append(ev.event)
                 else:
                     out += ev.data
-    finally:
-        await vm.kill()
     # step 0: the 64 MiB scratch disk (the job's disk limit) filled up; its layer is gone afterwards
-    assert "end 0 0 0 1" in events, (events, out[-2000:])
+    assert any(e.startswith("end 0 0 0 1") for e in events), (events, out[-2000:])
     assert b"dd=1" in out
     # step 1: the guest kernel's OOM killer took the step (not init, which reported it)
     end1 = next(e for e in events if e.startswith("end 1 "))

@@ -107,6 +107,8 @@ class ExecutorSettings(EnvSettings):
         20 * 1024**3,
         validation_alias=AliasChoices("EXECUTOR_JOB_DISK_SPACE", "EXECUTOR_FIRECRACKER_DISK_SPACE"),
     )
+    # firecracker: microVMs booted ahead of their jobs (within EXECUTOR_MAXIMUM_NUM_JOBS VMs); 0 = off
+    firecracker_warm_pool: Count = Field(1, validation_alias="EXECUTOR_FIRECRACKER_WARM_POOL")
     maximum_runtime_per_job: Duration = Field(
         30 * 60.0, gt=0, validation_alias="EXECUTOR_MAXIMUM_RUNTIME_PER_JOB"
     )

@@ -201,6 +201,12 @@ _TABLE = (
     _corral("EXECUTOR_KUBERNETES_RUNTIME_CLASS_NAME", "", "the job pods' runtimeClassName", K8S),
     _corral("EXECUTOR_KUBERNETES_FRONTEND_URL", "", "the server as pods reach it", K8S),
     _corral(
+        "EXECUTOR_FIRECRACKER_WARM_POOL",
+        "1",
+        "microVMs booted ahead of jobs (within EXECUTOR_MAXIMUM_NUM_JOBS VMs); 0 = off",
+        "firecracker",
+    ),
+    _corral(
         "EXECUTOR_DOCKER_ALLOWED_REGISTRIES",
         "",
         "registries allowed on non-public addresses",

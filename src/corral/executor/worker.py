@@ -26,7 +26,7 @@ from corral.errors import CorralError, ServerError, VersionSkew
 from corral.executor.client import QueueClient, job_key
 from corral.executor.handler import JobHandler, src_cli_path
 from corral.executor.janitor import sweep_once
-from corral.executor.runtimes.base import Runtime
+from corral.executor.runtimes.base import Lifecycle, Runtime
 from corral.executor.settings import ExecutorSettings
 from corral.executor.telemetry import executor_telemetry, prometheus_metrics, src_cli_version, tool_version
 from corral.protocol import Job
@@ -112,11 +112,16 @@ class Worker:
     async def run(self, *, install_signals: bool = True) -> None:
         if install_signals:
             self._install_signals()
-        await self._wait_for_server()
-        bg = [asyncio.create_task(self._heartbeat_loop()), asyncio.create_task(self._janitor_loop())]
-        if self.client.has("cancelwatch"):
-            bg.append(asyncio.create_task(self._cancel_watch_loop()))
+        # runtimes with work of their own (the firecracker warm pool boots while we connect)
+        started = [r for r in self.handler.runtimes.distinct() if isinstance(r, Lifecycle)]
+        bg: list[asyncio.Task[None]] = []
         try:
+            for r in started:
+                await r.start()
+            await self._wait_for_server()
+            bg += [asyncio.create_task(self._heartbeat_loop()), asyncio.create_task(self._janitor_loop())]
+            if self.client.has("cancelwatch"):
+                bg.append(asyncio.create_task(self._cancel_watch_loop()))
             await self._dequeue_loop()
             await self._drain()
         finally:
@@ -125,8 +130,14 @@ class Worker:
             for t in bg:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
-            with contextlib.suppress(Exception):
-                await self.client.heartbeat([], self.telemetry)
+            for r in started:
+                try:
+                    await r.stop()
+                except Exception:
+                    log.exception("runtime %s did not stop cleanly", r.name)
+            if bg:
+                with contextlib.suppress(Exception):
+                    await self.client.heartbeat([], self.telemetry)
 
     def stop(self) -> None:
         """First call: stop taking jobs. Second call: cancel the running ones."""

@@ -35,6 +35,9 @@ Optional capabilities, found with isinstance() on these runtime-checkable Protoc
   handler never handles them itself (it only asks which values the redactor must hide).
 - `Describer.describe`: facts `corral executor validate` adds to its summary (e.g. the microVMs'
   accelerator), asked only when `check()` found no problem.
+- `Lifecycle.start` / `stop`: a runtime with work of its own besides jobs (the firecracker warm
+  pool): the worker calls start() once before it takes jobs and stop() once after the last job's
+  cleanup, also when it ends by an error.
 And an optional class attribute `cli_runtime`: the registry name of the runtime that runs this
 runtime's CLI steps and the diff (absent: the shell sandbox, `registry.DEFAULT_CLI_RUNTIME`).
 """
@@ -65,6 +68,7 @@ __all__ = [
     "CredentialStager",
     "Describer",
     "JobSpace",
+    "Lifecycle",
     "Limits",
     "OutputSink",
     "PlanRunner",
@@ -231,4 +235,18 @@ class Describer(Protocol):
 
     async def describe(self) -> list[tuple[str, str]]:
         """(what, value) lines in plain words, e.g. ("microVMs", "... accelerator TCG ...")."""
+        ...
+
+
+@runtime_checkable
+class Lifecycle(Protocol):
+    """A runtime that runs something of its own while the executor does (e.g. VMs booted ahead)."""
+
+    async def start(self) -> None:
+        """Begin (returns at once; background work runs in tasks of its own). May remove what a
+        killed executor of the same owner left first."""
+        ...
+
+    async def stop(self) -> None:
+        """End it: nothing it made remains (running jobs have been cleaned up before)."""
         ...

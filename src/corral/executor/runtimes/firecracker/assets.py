@@ -56,7 +56,8 @@ PACKAGES = {  # Debian package -> a file it provides that we use
     "e2fsprogs": "/sbin/mkfs.ext4",
 }
 # virtio transport, console (the job's output and control lines) and disks, ext4 (image and scratch
-# disks), 9p (workspace, control), overlay (a step's writable root), virtio_net (jobs with network);
+# disks), 9p (workspace, control), overlay (a step's writable root), loop (image disks: files in
+# the read-only 9p share), virtio_net (jobs with network);
 # crc32c_generic: ext4 needs it, though no module names it in depends=.
 GUEST_MODULES = (
     "virtio_mmio",
@@ -65,6 +66,7 @@ GUEST_MODULES = (
     "crc32c_generic",
     "ext4",
     "overlay",
+    "loop",
     "9p",
     "9pnet_virtio",
     "virtio_net",

@@ -5,6 +5,8 @@ output (through a pipe, so a step never holds the tty) and init's control lines,
 ``\\x1ecorral-<nonce>:<event>\\n``. One stream keeps them in order: a step's last bytes always come
 before its "end" line, which two channels could not promise. The nonce is new for each VM and known
 to the host and to init only (see guest/init.sh), so output that imitates a control line is output.
+Until its job is known a VM marks its lines with BOOT_NONCE (only init and the kernel run then); the
+host's `go` line hands init the job's nonce, and the parser is `rekey`ed to it at the same moment.
 
 `ConsoleParser.feed` splits the stream: bytes go out as soon as they cannot be the start of a
 control line (a partial line is not held back), control lines come out as `Control` events.
@@ -15,9 +17,10 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-__all__ = ["MAX_CONTROL_LINE", "ConsoleParser", "Control", "Output", "new_nonce"]
+__all__ = ["BOOT_NONCE", "MAX_CONTROL_LINE", "ConsoleParser", "Control", "Output", "new_nonce"]
 
 MAX_CONTROL_LINE = 4096  # bytes: a longer "control line" is not one (output, passed on)
+BOOT_NONCE = "boot"  # init's marker before its job's `go` line (no step has run yet)
 
 
 def new_nonce() -> str:
@@ -42,6 +45,10 @@ class ConsoleParser:
     def __init__(self, nonce: str) -> None:
         self.marker = b"\x1ecorral-" + nonce.encode() + b":"
         self._buf = b""
+
+    def rekey(self, nonce: str) -> None:
+        """Control lines carry `nonce` from now on (the boot marker's are output from here)."""
+        self.marker = b"\x1ecorral-" + nonce.encode() + b":"
 
     def feed(self, data: bytes) -> list[Output | Control]:
         self._buf += data

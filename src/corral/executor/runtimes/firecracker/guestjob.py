@@ -1,4 +1,4 @@
-"""What the host tells the guest init to run: the control share's `nonce` and `job.sh`.
+"""What the host tells the guest init to run: `job.sh`, staged into the VM's read-only "job" share.
 
 `job.sh` is sourced by init (root in the guest, see guest/init.sh): one line per step,
 ``step INDEX IMAGE-SERIAL UID GID DIR NAME=VALUE... ARGV...`` for a docker step, ``clistep INDEX UID
@@ -11,15 +11,13 @@ take it for a variable), a working directory that leaves the workspace.
 
 from __future__ import annotations
 
-import os
 import posixpath
 import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-__all__ = ["GuestStep", "job_script", "write_control"]
+__all__ = ["GuestStep", "job_script"]
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_JOB_SCRIPT = 4 * 1024**2  # bytes: job.sh as a whole (argv and env of every step)
@@ -73,12 +71,3 @@ def job_script(steps: Sequence[GuestStep], preamble: Sequence[str] = ()) -> str:
     if len(text.encode()) > MAX_JOB_SCRIPT:
         raise ValueError(f"the job's commands and environment exceed {MAX_JOB_SCRIPT} bytes")
     return text
-
-
-def write_control(ctl: Path, nonce: str, steps: Sequence[GuestStep], preamble: Sequence[str] = ()) -> None:
-    """Write the control share (an executor-owned directory): nonce, then job.sh."""
-    script = job_script(steps, preamble)
-    for name, data in (("nonce", nonce + "\n"), ("job.sh", script)):
-        fd = os.open(ctl / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(data)

@@ -1,33 +1,47 @@
-"""The `firecracker` runtime: the whole job in one microVM, booted for it and never reused.
+"""The `firecracker` runtime: the whole job in one microVM, never reused; a warm pool boots them ahead.
 
 On these machines the VMM is qemu `-M microvm` (TCG; KVM where a guest really boots with it, see
 `vm.accelerator`): Firecracker proper is not obtainable here (no package, and /dev/kvm is PVM).
 The VM is Firecracker-shaped: an uncompressed kernel booted directly, no firmware, no PCI, virtio-mmio
-disks, a serial console.
+devices, a serial console for the kernel and a virtio console for the job.
 
-A job (`run_plan`, PlanRunner): every image its docker steps name is pulled on the host by the
-docker runtime's code (registry checks, the job's own credentials, which never enter the VM),
-turned once per image id into a read-only ext4 disk (`images`), and attached to the VM as its own
-virtio disk. The VM boots from the initramfs; its init (guest/init.sh) runs each step, in order, in
-a fresh overlay of that step's image (writable layer on the job's scratch disk, whose size is the
-job's disk limit: EXECUTOR_FIRECRACKER_DISK_SPACE / EXECUTOR_JOB_DISK_SPACE), chrooted, with the
-workspace (9p, the host's workspace directory) at /data, as the job's uid without capabilities.
-vCPUs and RAM are the job's (EXECUTOR_JOB_NUM_CPUS, EXECUTOR_JOB_MEMORY; the older FIRECRACKER
-names too): a step that runs the guest out of memory is killed by the guest kernel and reported
-as such (the guest's oom_kill counter), a step that fills the scratch disk as a disk failure.
+Every VM boots generic, before or without knowing its job (`_boot`): the kernel, the initramfs, its
+scratch disk (virtio-blk, as large as the job's disk limit: EXECUTOR_JOB_DISK_SPACE /
+EXECUTOR_FIRECRACKER_DISK_SPACE; vCPUs and RAM from EXECUTOR_JOB_NUM_CPUS / EXECUTOR_JOB_MEMORY:
+limits are executor-wide, so every VM has the same shape) and two empty 9p shares of its own
+directory (`shares.VMDir`): "job" (read-only) and "rw". Its init mounts them, says "ready" and
+waits for a `go` line on the console's input. The job is attached late (`VMDir.stage`): job.sh and
+the step scripts, each image's cached ext4 disk HARD-LINKED into the read-only share (the VM sees
+its job's images and no other; the guest loop-mounts them read-only), and the workspace bound
+(mount --bind) into "rw". Then `go <nonce>`: init takes the job's nonce from it (never written to
+a file) and runs each step, in order, in a fresh overlay of its image (writable layer on the
+scratch disk), chrooted, with the workspace at /data, as the job's uid without capabilities. A step
+that runs the guest out of memory is killed by the guest kernel and reported as such (the guest's
+oom_kill counter), a step that fills the scratch disk as a disk failure.
 
-Several images per job, the choice made here: one disk per image, attached at boot. It costs one
-conversion per image id (cached; measured in the README) and nothing per step. It needs the images
-known when the VM boots, which a cold VM per job has; a warm pool (a VM booted before its job is
-known) needs images attached later: the read-only 9p image store is the candidate for that (next).
+Warm and cold are one code path: a cold job boots a generic VM and says `go` as soon as it is
+ready, and it boots it while the job's images are pulled and converted (so the boot hides behind
+them). The warm pool (`pool.WarmPool`, EXECUTOR_FIRECRACKER_WARM_POOL VMs, default 1) keeps VMs
+booted before their jobs are dequeued, within EXECUTOR_MAXIMUM_NUM_JOBS VMs in all; a VM serves one
+job and is killed after it (qemu, mounts, directory: nothing remains). A job with network never gets
+a warm VM: its VM boots cold with a NIC in the job's namespace (`vmnet`).
+
+Several images per job, the choice made here: each image is converted once per image id into a
+read-only ext4 disk (`images`, cached), attached as a loop device over the read-only 9p share, one
+overlay per step. Before the warm pool, each image was its own virtio disk attached at boot, which
+a VM booted before its job cannot have (measured against this design in the README).
 
 Network (`vmnet`): none by default (no NIC at all); a deny-private job's VM runs qemu with a
 user-mode NIC inside the job's namespace behind the egress firewall, an open job's in the host's.
 
 CLI steps run in the VM too, never on the host (`clistep`): in a root of the host's /usr and the
-CLIs' installations, read-only 9p shares, with the workspace at /data, as the job's uid.
+CLIs' installations, read-only 9p shares (static per executor: every VM carries them from boot),
+with the workspace at /data, as the job's uid.
 
-Not yet (say so rather than pretend): the warm pool, skip.json between steps.
+Measured (bench/firecracker_boot.py; figures in the README): see there for cold vs a bare boot,
+warm vs cold, and the host memory of an idle warm VM.
+
+Not yet (say so rather than pretend): skip.json between steps.
 """
 
 from __future__ import annotations
@@ -37,9 +51,9 @@ import contextlib
 import logging
 import math
 import os
+import secrets
 import shutil
-import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -47,16 +61,19 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from corral.errors import ConfigError, Reason, RuntimeFailure
 from corral.executor import safefs
 from corral.executor.plan import JobPlan
-from corral.executor.runtimes.base import LABEL_JOB, JobSpace, OutputSink, PlanSink, Step, StepResult
+from corral.executor.runtimes.base import JobSpace, Limits, OutputSink, PlanSink, Step, StepResult
 from corral.executor.runtimes.firecracker import fcapi, vmnet
 from corral.executor.runtimes.firecracker.assets import DEFAULT_ASSETS_DIR, Assets, find_qemu, load_assets
 from corral.executor.runtimes.firecracker.clistep import CliSteps
 from corral.executor.runtimes.firecracker.console import Output
-from corral.executor.runtimes.firecracker.guestjob import GuestStep, write_control
+from corral.executor.runtimes.firecracker.guestjob import GuestStep, job_script
 from corral.executor.runtimes.firecracker.images import DEFAULT_CACHE_BYTES, ImageDisk, ImageDisks
+from corral.executor.runtimes.firecracker.pool import WarmPool
+from corral.executor.runtimes.firecracker.shares import VMDir, mounts_under, unmount_all
 from corral.executor.runtimes.firecracker.vm import (
     VM,
     Disk,
+    Nic,
     Share,
     VMConfig,
     accel_words,
@@ -75,13 +92,45 @@ log = logging.getLogger("corral.executor.runtimes.firecracker")
 
 DEFAULT_DISK_BYTES = 20 * 1024**3  # scratch disk when the job's disk limit is 0 (unbounded)
 DEFAULT_MEMORY_MIB = 2048  # VM RAM when the job's memory limit is 0 (unbounded)
-BOOT_LOG_MAX = 64 * 1024  # bytes of console kept from before "ready", for errors
-MAX_IMAGES = 16  # distinct images in one job (each is a virtio disk)
+MAX_IMAGES = 16  # distinct images in one job (each a loop device in the guest)
+BOOT_TIMEOUT_S = 120.0  # seconds from qemu's start to init's "ready" (TCG on a busy host: 2-6 s)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What every VM of an executor has (limits are executor-wide): a warm VM fits a job of the same."""
+
+    cpus: int
+    memory_mib: int
+    disk_bytes: int
+
+    @classmethod
+    def of(cls, limits: Limits) -> Shape:
+        return cls(
+            _cpus(limits.cpus),
+            limits.memory_bytes // 1024**2 or DEFAULT_MEMORY_MIB,
+            limits.disk_bytes or DEFAULT_DISK_BYTES,
+        )
+
+
+@dataclass(eq=False)
+class Guest:
+    """A booted VM and its directory; `warm`: it was booted before its job was dequeued."""
+
+    name: str
+    dir: VMDir
+    vm: VM
+    warm: bool = False
+
+    def __str__(self) -> str:
+        return self.name
 
 
 @dataclass
 class _Job:
-    vm: VM | None = None
+    guest_task: asyncio.Task[Guest] | None = None
+    guest: Guest | None = None
+    slot: bool = False  # holds one of the pool's EXECUTOR_MAXIMUM_NUM_JOBS slots
     disks: list[ImageDisk] = field(default_factory=list)
 
 
@@ -99,6 +148,10 @@ class FirecrackerRuntime:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         cli_binds: Sequence[str] = (),
         cli_dir: Path | None = None,
+        limits: Limits | None = None,
+        warm_pool: int = 0,
+        max_vms: int = 1,
+        vm_dir: Path | None = None,
     ) -> None:
         self.docker = docker
         self.owner = owner
@@ -108,24 +161,61 @@ class FirecrackerRuntime:
         # CLI steps run in the VM (clistep.py): the host's /usr and these CLI installations, read-only
         self.cli = CliSteps(cli_binds, cli_dir or self.disks.dir.parent / f"cli-{owner}")
         self._telemetry: dict[str, str] | None = None
+        # the VMs' directories: next to the image cache (same filesystem: its disks are hard-linked)
+        self.vm_dir = vm_dir or self.disks.dir.parent / "vms" / owner
+        self.shape = Shape.of(limits or Limits())
+        self._known: set[str] = set()  # this process's VMs (booting, warm, running): the janitor's
+        self._seq = 0
+        self.pool: WarmPool[Guest] = WarmPool(
+            size=warm_pool,
+            capacity=max_vms,
+            boot=lambda: self._boot(self.shape),
+            discard=self._discard,
+            exited=lambda g: g.vm.wait(),
+            alive=lambda g: g.vm.alive,
+        )
 
     @classmethod
     def from_settings(cls, s: ExecutorSettings, docker: DockerRuntime) -> FirecrackerRuntime:
         from corral.executor.runtimes.registry import cli_binds
 
         cli_dir = s.workspace_root.parent / f"firecracker-cli-{s.vm_prefix}"  # outside the workspace root
-        return cls(docker, owner=s.vm_prefix, cli_binds=cli_binds(s), cli_dir=cli_dir)
+        limits = Limits(cpus=s.job_num_cpus, memory_bytes=s.job_memory, disk_bytes=s.job_disk_space)
+        return cls(
+            docker,
+            owner=s.vm_prefix,
+            cli_binds=cli_binds(s),
+            cli_dir=cli_dir,
+            limits=limits,
+            warm_pool=s.firecracker_warm_pool,
+            max_vms=s.maximum_num_jobs,
+        )
 
     def _assets(self) -> Assets:
         return load_assets(self.assets_dir)
 
-    def vm_name(self, space: JobSpace) -> str:
-        """corral-fc.<owner>.<queue>-<job id>: "." is in neither an owner (EXECUTOR_VM_PREFIX) nor a
-        queue name, so one owner's janitor never takes another owner's VM for its own."""
-        return f"{self._name_prefix()}{space.labels[LABEL_JOB]}"
-
     def _name_prefix(self) -> str:
+        """corral-fc.<owner>.: "." is in no owner (EXECUTOR_VM_PREFIX), so one owner's janitor never
+        takes another owner's VM for its own."""
         return f"corral-fc.{self.owner}."
+
+    def _new_name(self) -> str:
+        """corral-fc.<owner>.vm.<pid>-<n>-<random>: no job label has a "." (queue names have none)."""
+        self._seq += 1
+        return f"{self._name_prefix()}vm.{os.getpid()}-{self._seq}-{secrets.token_hex(3)}"
+
+    # --- the runtime's own lifecycle (base.Lifecycle) -------------------------------------------
+
+    async def start(self) -> None:
+        """Remove what a killed executor of this owner left, then fill the warm pool."""
+        removed = await self.janitor(set())
+        for what in removed:
+            log.warning("janitor (owner %s): removed %s: left by an earlier executor", self.owner, what)
+        self.pool.start()
+
+    async def stop(self) -> None:
+        """Drain the warm pool: its VMs killed, their directories removed."""
+        await self.pool.drain()
 
     # --- Runtime ----------------------------------------------------------------------------------
 
@@ -187,31 +277,10 @@ class FirecrackerRuntime:
 
     async def run_plan(self, space: JobSpace, plan: JobPlan, sink: PlanSink) -> None:
         job = self._jobs.setdefault(space.root, _Job())
-        assets = await asyncio.to_thread(self._assets)
+        # the VM (warm, or booting cold) while the images are pulled and converted
+        job.guest_task = asyncio.ensure_future(self._guest(space, job))
         serials = await self._image_disks(space, plan.steps, job)
         cli_root = await self.cli.root() if plan.has_cli_steps else None
-        vmdir = space.root / "vm"
-        await asyncio.to_thread(self._make_vmdir, vmdir, space)
-        cfg = VMConfig(
-            name=self.vm_name(space),
-            assets=assets,
-            cpus=_cpus(space.limits.cpus),
-            memory_mib=space.limits.memory_bytes // 1024**2 or DEFAULT_MEMORY_MIB,
-            disks=[
-                Disk("scratch", vmdir / "scratch.ext4", readonly=False),
-                *(Disk(serial, d.path) for serial, d in serials.values()),
-            ],
-            shares=[
-                Share("ctl", vmdir / "ctl"),
-                Share("ws", space.workspace, readonly=False),
-                Share("steps", space.scripts),
-                *(cli_root.shares if cli_root else ()),
-            ],
-            accel=await accelerator(assets),
-            nic=vmnet.nic(space),  # a job with network: its own cold VM with a NIC (vmnet)
-            console_log=vmdir / "console.log",
-        )
-        vm = VM(cfg)
         guest_steps = [
             self.cli.guest_step(i, space, s)
             if s.kind == "cli"
@@ -228,32 +297,114 @@ class FirecrackerRuntime:
         ]
         try:
             preamble = [f"pids_max {max(0, space.limits.pids)}", *(cli_root.preamble if cli_root else ())]
-            await asyncio.to_thread(write_control, vmdir / "ctl", vm.nonce, guest_steps, preamble)
+            script = job_script(guest_steps, preamble)
         except ValueError as exc:
             raise RuntimeFailure(f"cannot run the job's steps: {exc}", reason=Reason.FILES) from exc
-        job.vm = vm
+        guest = await job.guest_task
+        images = {serial: d.path for serial, d in serials.values()}
         try:
-            await vm.start()
-            await self._follow(vm, plan.steps, sink, space)
+            await asyncio.to_thread(
+                guest.dir.stage,
+                job_sh=script,
+                scripts=space.scripts,
+                images=images,
+                workspace=space.workspace,
+            )
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot attach the job to its VM: {exc}", reason=Reason.SANDBOX) from exc
+        log.info(
+            "job %s: runs in %s VM %s", space.job_id, "warm" if guest.warm else "a freshly booted", guest.name
+        )
+        try:
+            await guest.vm.go()
+            await self._follow(guest.vm, plan.steps, sink, space)
         finally:
+            await guest.vm.kill()
+
+    async def _guest(self, space: JobSpace, job: _Job) -> Guest:
+        """The job's VM: a warm one when the pool has one that fits, else one booted now."""
+        nic = vmnet.nic(space)
+        # A job with network never gets a warm VM: its VM boots with a NIC in the job's namespace.
+        warm_fits = nic is None and Shape.of(space.limits) == self.shape
+        taken = await self.pool.acquire(take=warm_fits)
+        job.slot = True
+        if taken is not None:
+            taken.warm = True
+            job.guest = taken
+            return taken
+        job.guest = await self._boot(Shape.of(space.limits), nic=nic)
+        return job.guest
+
+    async def _boot(self, shape: Shape, nic: Nic | None = None) -> Guest:
+        """Boot a generic VM (no job data) up to init's "ready"; on failure or cancellation nothing
+        of it remains."""
+        name = self._new_name()
+        self._known.add(name)  # before anything exists: the janitor never takes it for a leftover
+        vmdir, vm = VMDir(self.vm_dir / name), None
+        try:
+            assets = await asyncio.to_thread(self._assets)
+            cli_root = await self.cli.root()
+            try:
+                await _unabandoned(asyncio.to_thread(self._make_dir, vmdir, shape.disk_bytes))
+            except OSError as exc:
+                raise RuntimeFailure(f"cannot make the VM's directory: {exc}", reason=Reason.DISK) from exc
+            vm = VM(
+                VMConfig(
+                    name=name,
+                    assets=assets,
+                    cpus=shape.cpus,
+                    memory_mib=shape.memory_mib,
+                    disks=[Disk("scratch", vmdir.scratch, readonly=False)],
+                    shares=[Share("job", vmdir.job), Share("rw", vmdir.rw, readonly=False), *cli_root.shares],
+                    accel=await accelerator(assets),
+                    nic=nic,
+                    console_log=vmdir.console_log,
+                )
+            )
+            await vm.start()
+            try:
+                async with asyncio.timeout(BOOT_TIMEOUT_S):
+                    await vm.wait_ready()
+            except TimeoutError:
+                raise RuntimeFailure(
+                    f"the VM did not boot within {BOOT_TIMEOUT_S:g} s: {vm.why()}", reason=Reason.SANDBOX
+                ) from None
+            return Guest(name, vmdir, vm)
+        except BaseException:
+            await asyncio.shield(self._remove(name, vmdir, vm))
+            raise
+
+    def _make_dir(self, vmdir: VMDir, disk_bytes: int) -> None:
+        self.vm_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        vmdir.make(disk_bytes)
+
+    async def _discard(self, guest: Guest) -> None:
+        """Kill the VM, unmount and remove its directory (idempotent)."""
+        await self._remove(guest.name, guest.dir, guest.vm)
+
+    async def _remove(self, name: str, vmdir: VMDir, vm: VM | None) -> None:
+        self._known.discard(name)
+        if vm is not None:
             await vm.kill()
+        try:
+            await asyncio.to_thread(vmdir.remove)
+        except OSError as exc:
+            log.warning("cannot remove the VM directory %s: %s (the janitor will retry)", vmdir.path, exc)
 
     async def _follow(self, vm: VM, steps: tuple[Step, ...], sink: PlanSink, space: JobSpace) -> None:
         out: OutputSink | None = None
         current: Step | None = None
-        ready = done = False
+        done = False
         async for ev in vm.events():
             if isinstance(ev, Output):
                 if out is not None:
                     out(ev.data)
-                elif not ready and len(vm.boot_log) < BOOT_LOG_MAX:
-                    vm.boot_log += ev.data
+                else:
+                    vm.keep_boot_log(ev.data)
                 continue
             words = ev.words
             kind = words[0] if words else ""
-            if kind == "ready":
-                ready = True
-            elif kind == "start" and len(words) == 2 and words[1].isdigit() and int(words[1]) < len(steps):
+            if kind == "start" and len(words) == 2 and words[1].isdigit() and int(words[1]) < len(steps):
                 current = steps[int(words[1])]
                 out = await sink.started(current)
             elif kind == "end" and current is not None and len(words) >= 4:
@@ -270,11 +421,9 @@ class FirecrackerRuntime:
                 break
         if not done:
             rc = await vm.wait()
-            tail = (bytes(vm.boot_log[-1000:]) + _tail(vm.cfg.console_log)).decode(errors="replace").strip()
-            why = vm.stderr or tail or "no output"
-            phase = "while a step ran" if ready else "before its init was ready"
+            phase = "while a step ran" if current is not None else "between steps"
             raise RuntimeFailure(
-                f"the job's VM stopped {phase} (qemu exit {rc}): {why}", reason=Reason.SANDBOX
+                f"the job's VM stopped {phase} (qemu exit {rc}): {vm.why()}", reason=Reason.SANDBOX
             )
 
     async def _image_disks(
@@ -303,64 +452,68 @@ class FirecrackerRuntime:
             out[s.image] = (f"img{len(by_id) - 1}", disk)
         return out
 
-    @staticmethod
-    def _make_vmdir(vmdir: Path, space: JobSpace) -> None:
-        (vmdir / "ctl").mkdir(parents=True, mode=0o700, exist_ok=True)
-        scratch = vmdir / "scratch.ext4"
-        size = space.limits.disk_bytes or DEFAULT_DISK_BYTES
-        with scratch.open("wb") as f:
-            f.truncate(size)
-        argv = [
-            "mkfs.ext4",
-            "-q",
-            "-F",
-            "-m",
-            "0",
-            "-E",
-            "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0",
-        ]
-        proc = subprocess.run([*argv, str(scratch)], capture_output=True, text=True, timeout=120, check=False)
-        if proc.returncode != 0:
-            raise RuntimeFailure(
-                f"cannot make the job's scratch disk: {proc.stderr.strip()}", reason=Reason.DISK
-            )
-
     async def cleanup(self, space: JobSpace) -> None:
         job = self._jobs.pop(space.root, None)
         if job is not None:
-            if job.vm is not None:
-                await job.vm.kill()
+            task = job.guest_task
+            if task is not None and not task.done():
+                task.cancel()  # a boot cancelled removes what it made
+            if task is not None:
+                await asyncio.wait({task})
+                if not task.cancelled() and task.exception() is None:
+                    job.guest = task.result()
+            if job.guest is not None:
+                await self._discard(job.guest)
+            if job.slot:
+                self.pool.release()
             for d in job.disks:
                 self.disks.release(d.image_id)
-        for pid in qemu_processes(self.vm_name(space)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
-        await asyncio.to_thread(shutil.rmtree, space.root / "vm", True)
         await vmnet.down(space)
         await self.docker.cleanup(space)
 
     async def janitor(self, live: set[str]) -> list[str]:
+        """Kill this owner's qemu processes and remove its VM directories (and their mounts) that
+        belong to no VM of this process: a killed executor's. A VM named after a live job (older
+        executors named VMs corral-fc.<owner>.<queue>-<id>) is left alone."""
         prefix = self._name_prefix()
         removed = []
         for pid, name in qemu_processes(prefix).items():
-            if name.removeprefix(prefix) not in live:
+            if name not in self._known and name.removeprefix(prefix) not in live:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, 9)
                     removed.append(f"qemu {pid} ({name})")
+        removed += await asyncio.to_thread(self._sweep_dirs)
         await asyncio.to_thread(self.disks.clear_leftovers)
         return removed
 
+    def _sweep_dirs(self) -> list[str]:
+        removed = []
+        try:
+            entries = list(os.scandir(self.vm_dir))
+        except OSError:
+            return []
+        for e in entries:
+            if e.name in self._known or not e.name.startswith(self._name_prefix()):
+                continue
+            path = Path(e.path)
+            for m in unmount_all(path):
+                removed.append(f"mount {m}")
+            if mounts_under(path):
+                continue  # rmtree would walk into it: left for the next sweep
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(f"VM directory {path}")
+        return removed
 
-def _tail(path: Path | None, n: int = 2000) -> bytes:
-    """The last n bytes of the kernel's console log (why a VM died before or while running)."""
-    if path is None:
-        return b""
+
+async def _unabandoned(work: Awaitable[None]) -> None:
+    """Await `work` (a thread); when cancelled, still wait for it to end before re-raising, so that
+    what it makes exists before the caller's cleanup removes it."""
+    fut = asyncio.ensure_future(work)
     try:
-        with path.open("rb") as f:
-            f.seek(max(0, path.stat().st_size - n))
-            return f.read(n)
-    except OSError:
-        return b""
+        await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        await asyncio.wait({fut})
+        raise
 
 
 def _cpus(limit: float) -> int:

@@ -1,11 +1,12 @@
 """Boot one job microVM with qemu `-M microvm`, read its console, kill it.
 
 A VM gets (see `VMConfig`): the kernel and initramfs of `assets`, vCPUs and RAM, virtio-blk disks
-(each with a virtio serial the guest finds it by: "scratch", "img0", ...), 9p shares ("ctl" with the
-nonce and the job's steps, "ws" the workspace, "steps" the step scripts), and no network device
-unless `nic` asks for one (see `Nic`: qemu's user-mode stack, run inside the job's network
-namespace, whose firewall its sockets then pass). The job's channel is a virtio console on qemu's stdout
-(see `console`); the kernel's serial console goes to `console_log` or nowhere.
+(each with a virtio serial the guest finds it by: "scratch"), 9p shares (a list: the runtime's are
+"job", read-only, and "rw", whose `ws` holds the workspace once the job is known; see runtime.py),
+and no network device unless `nic` asks for one (see `Nic`: qemu's user-mode stack, run inside the
+job's network namespace, whose firewall its sockets then pass). The job's channel is a virtio
+console on qemu's stdout (see `console`), and its input on qemu's stdin carries the `go` line; the
+kernel's serial console goes to `console_log` or nowhere.
 
 The accelerator: KVM only where a tiny guest really boots with it (probed once per process and
 cached on disk next to the assets, keyed by kernel and qemu); else TCG, which works everywhere.
@@ -20,12 +21,12 @@ shares are files the caller owns and removes).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
 import os
 import signal
-import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from pathlib import Path
 
 from corral.errors import Reason, RuntimeFailure
 from corral.executor.runtimes.firecracker.assets import Assets
-from corral.executor.runtimes.firecracker.console import ConsoleParser, Control, Output, new_nonce
+from corral.executor.runtimes.firecracker.console import BOOT_NONCE, ConsoleParser, Control, Output, new_nonce
 
 __all__ = [
     "VM",
@@ -53,6 +54,8 @@ READ_CHUNK = 65536  # bytes read from the console at once
 PROBE_TIMEOUT_S = 10.0  # seconds for a KVM probe boot to reach init (a working KVM: well under 1 s)
 MIN_MEMORY_MIB = 128  # the guest kernel and init need this much
 KILL_WAIT_S = 5.0  # seconds to wait for a SIGKILLed qemu to be reaped
+BOOT_LOG_MAX = 64 * 1024  # bytes of console kept from outside steps, for errors
+IDLE_TIMEOUT_S = 6 * 3600  # a VM whose job never comes powers itself off (init's bounded wait for go)
 NSENTER = "/usr/bin/nsenter"  # util-linux: runs qemu in a job's network namespace
 NETNS_DIR = Path("/run/netns")  # named network namespaces (iproute2's)
 GUEST_ADDRESS = "10.0.3.15/24"  # a NIC's guest side (`Nic`)
@@ -104,6 +107,7 @@ class VMConfig:
     accel: str = "tcg"
     console_log: Path | None = None  # where the kernel's serial console goes (None: discarded)
     extra_cmdline: Sequence[str] = field(default_factory=tuple)
+    idle_timeout_s: int = IDLE_TIMEOUT_S  # how long init waits for `go` before it powers off
 
 
 def host_khz() -> int:
@@ -123,6 +127,7 @@ def qemu_argv(cfg: VMConfig) -> list[str]:
         f"tsc_early_khz={host_khz()}",
         "tsc=reliable",
         "rdinit=/init",
+        f"corral.idle={max(1, cfg.idle_timeout_s)}",
         *cfg.extra_cmdline,
     ]
     if cfg.nic is not None:
@@ -177,7 +182,9 @@ def qemu_argv(cfg: VMConfig) -> list[str]:
         ro = ",readonly=on" if s.readonly else ""
         argv += [
             "-fsdev",
-            f"local,id=f{i},path={s.path},security_model=passthrough{ro}",
+            # remap: a share may span mounts (the workspace bound into it), whose inode numbers
+            # would otherwise collide in the guest
+            f"local,id=f{i},path={s.path},security_model=passthrough,multidevs=remap{ro}",
             "-device",
             f"virtio-9p-device,fsdev=f{i},mount_tag={s.tag}",
         ]
@@ -189,15 +196,26 @@ def qemu_argv(cfg: VMConfig) -> list[str]:
 
 
 class VM:
-    """One running microVM. Use `start()`, iterate `events()`, and always `kill()` at the end."""
+    """One running microVM: `start()`, `wait_ready()` (init is up, the VM knows no job yet), `go()`
+    (the job is staged: init may run it), iterate `events()`, and always `kill()` at the end.
+
+    `go` writes ``go <nonce>`` to the virtio console's input (qemu's stdin, read by init alone: no
+    step has the console) and switches the console parser from BOOT_NONCE to the VM's nonce, which
+    thus never touches a file or an argv. A VM serves one job: `go` works once."""
 
     def __init__(self, cfg: VMConfig, nonce: str | None = None) -> None:
         self.cfg = cfg
         self.nonce = nonce or new_nonce()
         self.proc: asyncio.subprocess.Process | None = None
         self.started_at = 0.0
-        self.boot_log = bytearray()  # console bytes before "ready" (kernel messages), bounded
+        self.ready_at = 0.0  # when init said "ready" (0: not yet)
+        self.gone = False  # go() was called
+        self.boot_log = bytearray()  # console bytes outside steps (init's and the kernel's), bounded
         self._stderr = b""
+        self._parser = ConsoleParser(BOOT_NONCE)
+        self._pending: collections.deque[Output | Control] = collections.deque()
+        self._eof = False
+        self._err_task: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         argv = qemu_argv(self.cfg)
@@ -206,31 +224,67 @@ class VM:
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *argv,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
             )
         except OSError as exc:
             raise RuntimeFailure(f"cannot start qemu: {exc}", reason=Reason.SANDBOX) from exc
+        self._err_task = asyncio.ensure_future(self._read_stderr())
+
+    async def _read(self) -> bool:
+        """Read one chunk of the console into the pending events; False at its end (the VM is off)."""
+        assert self.proc is not None and self.proc.stdout is not None
+        if self._eof:
+            return False
+        data = await self.proc.stdout.read(READ_CHUNK)
+        self._pending.extend(self._parser.feed(data) if data else self._parser.flush())
+        self._eof = not data
+        return bool(data)
+
+    def keep_boot_log(self, data: bytes) -> None:
+        if len(self.boot_log) < BOOT_LOG_MAX:
+            self.boot_log += data[: BOOT_LOG_MAX - len(self.boot_log)]
+
+    async def wait_ready(self) -> None:
+        """Until init announces "ready" (its shares and scratch disk mounted); RuntimeFailure when it
+        reports an error or qemu ends first. The caller bounds the wait."""
+        while True:
+            while self._pending:
+                ev = self._pending.popleft()
+                if isinstance(ev, Output):
+                    self.keep_boot_log(ev.data)
+                elif ev.words[:1] == ["ready"]:
+                    self.ready_at = time.monotonic()
+                    return
+                elif ev.words[:1] == ["error"]:
+                    raise RuntimeFailure(f"the VM's init failed: {ev.event[6:]}", reason=Reason.SANDBOX)
+            if not await self._read():
+                rc = await self.wait()
+                raise RuntimeFailure(
+                    f"the VM stopped before its init was ready (qemu exit {rc}): {self.why()}",
+                    reason=Reason.SANDBOX,
+                )
+
+    async def go(self) -> None:
+        """Let init run its job (staged in its shares by now)."""
+        assert self.proc is not None and self.proc.stdin is not None and self.ready_at and not self.gone
+        self.gone = True
+        self._parser.rekey(self.nonce)
+        try:
+            self.proc.stdin.write(f"go {self.nonce}\n".encode())
+            await self.proc.stdin.drain()
+        except (ConnectionError, RuntimeError) as exc:  # qemu is gone
+            raise RuntimeFailure(f"the job's VM is gone: {exc}", reason=Reason.SANDBOX) from exc
 
     async def events(self) -> AsyncIterator[Output | Control]:
         """The console's output and control events until qemu closes it (the VM is off)."""
-        assert self.proc is not None and self.proc.stdout is not None
-        parser = ConsoleParser(self.nonce)
-        err_task = asyncio.ensure_future(self._read_stderr())
-        try:
-            while True:
-                data = await self.proc.stdout.read(READ_CHUNK)
-                if not data:
-                    break
-                for ev in parser.feed(data):
-                    yield ev
-            for ev in parser.flush():
-                yield ev
-        finally:
-            await asyncio.wait({err_task}, timeout=1.0)
-            err_task.cancel()
+        while True:
+            while self._pending:
+                yield self._pending.popleft()
+            if not await self._read() and not self._pending:
+                return
 
     async def _read_stderr(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
@@ -241,21 +295,48 @@ class VM:
     def stderr(self) -> str:
         return self._stderr.decode(errors="replace").strip()
 
+    def why(self) -> str:
+        """What qemu and the guest said last (for an error: why the VM stopped)."""
+        tail = (bytes(self.boot_log[-1000:]) + _tail(self.cfg.console_log)).decode(errors="replace").strip()
+        return self.stderr or tail or "no output"
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
     async def wait(self) -> int:
         assert self.proc is not None
-        return await self.proc.wait()
+        rc = await self.proc.wait()
+        if self._err_task is not None:  # qemu's last words
+            await asyncio.wait({self._err_task}, timeout=1.0)
+        return rc
 
     async def kill(self) -> None:
         """SIGKILL qemu (its whole process group) and reap it; safe to call more than once."""
         proc = self.proc
-        if proc is None or proc.returncode is not None:
+        if proc is None:
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(proc.wait()), KILL_WAIT_S)
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(proc.wait()), KILL_WAIT_S)
+        if self._err_task is not None:
+            self._err_task.cancel()
+
+
+def _tail(path: Path | None, n: int = 2000) -> bytes:
+    """The last n bytes of the kernel's console log (why a VM died before or while running)."""
+    if path is None:
+        return b""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - n))
+            return f.read(n)
+    except OSError:
+        return b""
 
 
 def qemu_processes(prefix: str) -> dict[int, str]:
@@ -287,29 +368,17 @@ def _probe_key(assets: Assets) -> str:
 
 
 async def _boots_with(assets: Assets, accel: str) -> bool:
-    with tempfile.TemporaryDirectory(prefix="corral-probe-") as tmp:
-        ctl = Path(tmp)
-        vm = VM(
-            VMConfig(
-                name=f"corral-probe-{os.getpid()}",
-                assets=assets,
-                accel=accel,
-                memory_mib=192,
-                shares=[Share("ctl", ctl)],
-            )
-        )
-        (ctl / "nonce").write_text(vm.nonce + "\n")
-        (ctl / "job.sh").write_text("")
-        await vm.start()
-        try:
-            async with asyncio.timeout(PROBE_TIMEOUT_S):
-                async for ev in vm.events():
-                    if isinstance(ev, Control) and ev.words and ev.words[0] in ("error", "ready"):
-                        return True  # init ran (it reports "error": no scratch disk in a probe)
-        except TimeoutError:
-            return False
-        finally:
-            await vm.kill()
+    vm = VM(VMConfig(name=f"corral-probe-{os.getpid()}", assets=assets, accel=accel, memory_mib=192))
+    await vm.start()
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            async for ev in vm.events():
+                if isinstance(ev, Control) and ev.words and ev.words[0] in ("error", "ready"):
+                    return True  # init ran (it reports "error": a probe has no shares or disks)
+    except TimeoutError:
+        return False
+    finally:
+        await vm.kill()
     return False
 
 

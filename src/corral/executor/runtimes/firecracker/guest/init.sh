@@ -1,17 +1,23 @@
 #!/bin/busybox sh
 # corral's guest init: PID 1 of every job microVM (built into the initramfs by assets.py).
 #
-# It sets the VM up (modules, the control share, the scratch disk, the workspace), announces
-# "ready", then sources /ctl/job.sh, which the host wrote: one `step` line per step. Each step runs
-# in a fresh overlay of its image's disk (read-only ext4) with a writable layer on the scratch disk,
-# chrooted, as the job's unprivileged uid with no capabilities; its output goes through a pipe to
-# the job's channel, a virtio console (hvc0; the serial port ttyS0 is the kernel's and ran at about
-# 0.4 MB/s under TCG, hvc0 at memory speed). Control lines (`RS corral-<nonce>:<event>`) are written by init alone: the
-# nonce is in /ctl/nonce, which a step cannot read (it is outside its chroot, and init's memory and
-# environment are root's), so a step cannot forge the end of a step or its exit code.
-# After the last step, or at the first that fails, init powers the VM off.
+# It sets the VM up knowing no job yet (modules, the console, its two 9p shares "job" (read-only)
+# and "rw", both empty, the scratch disk), announces "ready", and waits, at most corral.idle=
+# seconds, for the host's `go <nonce>` line on the console's input. By then the host has staged the
+# job (runtime.py, shares.py): /job/ctl/job.sh (one `step` line per step), /job/steps (the step
+# scripts), /job/img/<serial>.ext4 (its images' disks) and the workspace at /rw/ws; init binds
+# them at /ctl, /steps and /ws and sources /ctl/job.sh. Each step runs in a fresh overlay of its
+# image's disk (read-only ext4, loop-mounted from the share) with a writable layer on the scratch
+# disk, chrooted, as the job's unprivileged uid with no capabilities; its output goes through a pipe
+# to the job's channel, a virtio console (hvc0; the serial port ttyS0 is the kernel's and ran at
+# about 0.4 MB/s under TCG, hvc0 at memory speed). Control lines (`RS corral-<nonce>:<event>`) are
+# written by init alone: before `go` with the nonce "boot" (nothing but init has run), then with the
+# job's, which init read from the console: no file holds it, no step can read the console (it is
+# not in a step's /dev, and init's memory and environment are root's), so a step cannot forge the
+# end of a step or its exit code. After the last step, or at the first that fails, init powers the
+# VM off.
 export PATH=/bin
-/bin/busybox mkdir -p /bin /proc /sys /dev /tmp /ctl /ws /steps /scratch /img
+/bin/busybox mkdir -p /bin /proc /sys /dev /tmp /ctl /ws /steps /scratch /img /job /rw
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
@@ -19,7 +25,7 @@ mount -t devtmpfs dev /dev
 echo -1000 > /proc/self/oom_score_adj  # the guest's OOM killer takes a step, never init
 
 CON=/dev/ttyS0  # until the virtio console is there
-NONCE=
+NONCE=boot  # until the job's `go` line
 mark() { printf '\036corral-%s:%s\n' "$NONCE" "$*" >&9; }
 die() { mark "error $*"; sync; poweroff -f; sleep 10; }
 
@@ -34,8 +40,8 @@ port && [ -c /dev/hvc0 ] || { echo "corral-init: no virtio console" > $CON; powe
 CON=/dev/hvc0
 exec 9> $CON  # held open by init (and by nothing a step runs): the tty keeps its raw mode
 P9="trans=virtio,version=9p2000.L,msize=262144"
-mount -t 9p -o "$P9,ro" ctl /ctl || { echo "corral-init: no control share" > $CON; poweroff -f; }
-read -r NONCE < /ctl/nonce
+mount -t 9p -o "$P9,ro" job /job || die "no job share"
+mount -t 9p -o "$P9" rw /rw || die "no workspace share"
 
 disk() {  # the block device whose virtio serial is $1
     for s in /sys/block/vd*/serial; do
@@ -46,12 +52,20 @@ disk() {  # the block device whose virtio serial is $1
 
 dev=$(disk scratch) || die "no scratch disk"
 mount -t ext4 -o noinit_itable "$dev" /scratch || die "cannot mount the scratch disk"
-mount -t 9p -o "$P9" ws /ws || die "cannot mount the workspace"
-mount -t 9p -o "$P9,ro" steps /steps || die "cannot mount the step scripts"
 stty -F $CON raw -echo 2>/dev/null || die "cannot set the console to raw mode"
 echo 1 > /proc/sys/kernel/printk  # kernel messages stay off the job's log
 . /lib/corral/net.sh  # the NIC of a job with network (none: only lo); defines net_root
 mark ready
+
+# the job: `go <nonce>` once the host has staged it (a warm VM waits here for its job, bounded)
+IDLE=3600
+for w in $(cat /proc/cmdline); do case "$w" in corral.idle=*) IDLE=${w#corral.idle=} ;; esac; done
+read -r -t "$IDLE" verb nonce < $CON || { sync; poweroff -f; sleep 10; }
+case "$nonce" in "" | *[!0-9a-f]*) verb= ;; esac
+[ "$verb" = go ] || { poweroff -f; sleep 10; }
+NONCE=$nonce
+mount -o bind /rw/ws /ws && mount -o bind,ro /job/steps /steps && mount -o bind,ro /job/ctl /ctl \
+    || die "cannot attach the job's files"
 
 MOUNTED=" "
 oom_kills() { while read -r k v; do [ "$k" = oom_kill ] && { echo "$v"; return; }; done < /proc/vmstat; echo 0; }
@@ -62,8 +76,8 @@ step() {
     shift 5
     lower=/img/$img
     case "$MOUNTED" in *" $img "*) ;; *)
-        d=$(disk "$img") || die "no disk for image $img"
-        mkdir -p "$lower" && mount -t ext4 -o ro,noload "$d" "$lower" || die "cannot mount image $img"
+        mkdir -p "$lower" && mount -t ext4 -o ro,noload,loop "/job/img/$img.ext4" "$lower" \
+            || die "cannot mount image $img"
         MOUNTED="$MOUNTED $img " ;;
     esac
     w=/scratch/s$idx root=/tmp/root$idx
