@@ -254,14 +254,21 @@ class ExecutorSettings(EnvSettings):
         # fields checked in _composite are passed as values; the rest come from env by their aliases
         rest = {k: v for k, v in env.items() if k not in _COMPOSITE}
         settings, own = from_env(
-            cls, rest, **values, docker=docker or DockerSettings(), shell=shell, kubernetes=kubernetes
+            cls,
+            rest,
+            **values,
+            docker=docker or DockerSettings(),
+            shell=shell,
+            # refused KubernetesSettings: its problems name the variables; None would add pydantic's
+            # "kubernetes: Input should be a valid dictionary", which names none
+            kubernetes=kubernetes or KubernetesSettings(),
         )
         problems += own + docker_problems + shell_problems + kubernetes_problems
         models: list[type[EnvSettings]] = [cls, DockerSettings, ShellSettings]
         if values["runtime"] == "kubernetes":
             models.append(KubernetesSettings)
         problems += padded_booleans(raw, models, ["EXECUTOR_USE_FIRECRACKER"])
-        if settings is not None and settings.runtime == "kubernetes":
+        if settings is not None and settings.runtime == "kubernetes" and not kubernetes_problems:
             problems += settings.kubernetes.problems(settings.job_num_cpus, settings.job_memory)
         if settings is not None and "job_uid_range" in values:
             first, last = settings.job_uid_range

@@ -603,9 +603,12 @@ class ResultsDecoder:
     record over the host's bounds (declared up front, checked before its body is read), a body whose
     length, zlib stream or SHA-256 does not match, a missing or extra record, a truncated stream.
     Raises the host's error (RuntimeFailure, or OSError for one that errors the job) when collect
-    failed. Holds the decoded data (within the host's bounds) plus at most one line."""
+    failed. Holds the decoded data (within the host's bounds) plus at most one line. `outputs`: the
+    job's declared outputs (plan.outputs); an output record of any other path is refused (None: any
+    path in the workspace)."""
 
-    def __init__(self) -> None:
+    def __init__(self, outputs: Iterable[str] | None = None) -> None:
+        self.outputs = frozenset(outputs) if outputs is not None else None
         self.pending = bytearray()
         self.seen = 0
         self.started = False
@@ -732,6 +735,8 @@ class ResultsDecoder:
                 check_workspace_path(path)
             except ValueError:
                 raise MalformedResults(f"an output's path {path[:80]!r} leaves the workspace") from None
+            if self.outputs is not None and path not in self.outputs:
+                raise MalformedResults(f"output {path[:80]!r} is not a declared output of the job")
             if path in self.files or len(self.files) >= MAX_OUTPUTS or self.problems:
                 raise MalformedResults(f"output {path[:80]!r}: a duplicate, or over {MAX_OUTPUTS} outputs")
             if size > MAX_OUTPUT_FILE or self.outputs_total + size > MAX_OUTPUTS_TOTAL:
@@ -774,9 +779,9 @@ class ResultsDecoder:
             self.outputs_total += body.size
 
 
-def decode_results(stream: bytes | Iterable[bytes]) -> Results:
+def decode_results(stream: bytes | Iterable[bytes], *, outputs: Iterable[str] | None = None) -> Results:
     """The Results of a main container's whole log (bytes, or chunks): see ResultsDecoder."""
-    decoder = ResultsDecoder()
+    decoder = ResultsDecoder(outputs)
     for chunk in [stream] if isinstance(stream, bytes | bytearray) else stream:
         decoder.feed(bytes(chunk))
     return decoder.finish()

@@ -69,8 +69,9 @@ _LABEL_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 _TOLERATION_OPERATORS = ("Exists", "Equal")
 _TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 _PROPAGATIONS = ("None", "HostToContainer", "Bidirectional")
-# Volumes and mounts the executor makes itself: an additional one may not take their names or paths.
-RESERVED_VOLUMES = ("job-data", "job-secrets", "job-scripts", "job-tmp")
+# Volumes and mounts the executor makes itself (manifests.py): an additional one may not take their
+# names (the API refuses a pod with two volumes of one name) or paths.
+RESERVED_VOLUMES = ("job-data", "job-secrets", "job-config", "job-scripts", "job-tmp")
 RESERVED_MOUNTS = ("/data", "/.corral-steps", "/.corral-meta.git", "/.corral-secrets", "/tmp")
 
 
