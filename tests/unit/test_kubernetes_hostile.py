@@ -101,3 +101,16 @@ def test_no_secret_reaches_a_step_container_through_a_mount() -> None:
             secret = volumes[m["name"]].get("secret")
             if secret is not None:
                 assert all(item["key"].startswith("step-") for item in secret["items"]), c["name"]
+
+
+def test_corrals_default_image_is_never_pulled_from_a_public_registry() -> None:
+    """corral/corral:1 is on no registry: pulled, the short name is docker.io's, and whoever owns it
+    there would run setup-workspace with the job token. A configured image is pulled as usual."""
+    spec = pod(build())
+    ours = {c["name"]: c.get("imagePullPolicy") for c in containers(spec) if c["image"] == "corral/corral:1"}
+    assert ours == {"setup-workspace": "Never", "step-src-2": "Never", "main": "Never"}
+    own = "registry.example.com/corral/corral:1"
+    spec = pod(build({"KUBERNETES_SINGLE_JOB_STEP_IMAGE": own}))
+    names = [c["name"] for c in containers(spec) if c["image"] == own]
+    assert names == ["setup-workspace", "step-src-2", "main"]
+    assert not [c for c in containers(spec) if "imagePullPolicy" in c]

@@ -65,7 +65,7 @@ from corral.executor.runtimes.base import (
     JobSpace,
     Step,
 )
-from corral.executor.runtimes.kubernetes.settings import KubernetesSettings
+from corral.executor.runtimes.kubernetes.settings import DEFAULT_STEP_IMAGE, KubernetesSettings
 from corral.protocol import check_workspace_dir
 
 if TYPE_CHECKING:
@@ -435,6 +435,15 @@ class _PodParts:
         base = podside.CLONE_COMMAND if command == "clone" else podside.COLLECT_COMMAND
         return [*base, *args]
 
+    def _image(self, image: str) -> dict[str, str]:
+        """`image`, with imagePullPolicy Never for corral's default step image: corral/corral:1 is
+        published on no registry (README: build images/corral.Dockerfile, push it, set
+        KUBERNETES_SINGLE_JOB_STEP_IMAGE), so no kubelet may pull that short name from the registry
+        it resolves to (docker.io), whose owner would get the setup container and its job token."""
+        if image == DEFAULT_STEP_IMAGE:
+            return {"image": image, "imagePullPolicy": "Never"}
+        return {"image": image}
+
     def _podside_dir(self) -> str:
         """Not the image's WORKDIR (/data, the workspace a step may have filled)."""
         from corral.executor.runtimes.kubernetes.podside import WORKDIR
@@ -444,7 +453,7 @@ class _PodParts:
     def setup(self) -> dict[str, Any]:
         return {
             "name": SETUP_CONTAINER,
-            "image": self.settings.step_image,
+            **self._image(self.settings.step_image),
             # podside makes workspace/ and meta.git/ in the volume's root itself (at SETUP_ROOT), so
             # both belong to the pod's user: git's ownership check then needs no safe.directory
             "command": self._podside(
@@ -464,7 +473,7 @@ class _PodParts:
     def main(self) -> dict[str, Any]:
         return {
             "name": MAIN_CONTAINER,
-            "image": self.settings.step_image,
+            **self._image(self.settings.step_image),
             "command": self._podside(
                 "collect",
                 "--config", f"{CONFIG_MOUNT}/{KEY_CONFIG}",
@@ -509,7 +518,7 @@ class _PodParts:
             image, command = step.image, list(step.argv)
         return {
             "name": name,
-            "image": image,
+            **self._image(image),
             "command": command,
             "workingDir": self._workdir(step),
             "env": env,
