@@ -211,7 +211,7 @@ class KubernetesRuntime:
         staged.log_nonce = objects.log_nonce
         api = await self.api()
         steps = dict(objects.containers)
-        command = ["kubectl", "create", "job", objects.names.job]
+        command = ["batch/v1", "Job", objects.names.job, "-n", self.settings.namespace]
         async with sink.open_log("setup.kubernetes.pod", command) as pod_log:
             pod_log.exit_code = 1
             try:
