@@ -53,6 +53,7 @@ import math
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,12 +116,13 @@ class Shape:
 
 @dataclass(eq=False)
 class Guest:
-    """A booted VM and its directory; `warm`: it was booted before its job was dequeued."""
+    """A booted VM and its directory. `origin`: "warm" (ready before its job asked for it), "pooled"
+    (the pool's boot under way when its job asked), "cold" (booted for its job)."""
 
     name: str
     dir: VMDir
     vm: VM
-    warm: bool = False
+    origin: str = "cold"
 
     def __str__(self) -> str:
         return self.name
@@ -312,9 +314,7 @@ class FirecrackerRuntime:
             )
         except OSError as exc:
             raise RuntimeFailure(f"cannot attach the job to its VM: {exc}", reason=Reason.SANDBOX) from exc
-        log.info(
-            "job %s: runs in %s VM %s", space.job_id, "warm" if guest.warm else "a freshly booted", guest.name
-        )
+        log.info("job %s: runs in %s VM %s", space.job_id, guest.origin, guest.name)
         try:
             await guest.vm.go()
             await self._follow(guest.vm, plan.steps, sink, space)
@@ -326,10 +326,11 @@ class FirecrackerRuntime:
         nic = vmnet.nic(space)
         # A job with network never gets a warm VM: its VM boots with a NIC in the job's namespace.
         warm_fits = nic is None and Shape.of(space.limits) == self.shape
+        asked = time.monotonic()
         taken = await self.pool.acquire(take=warm_fits)
         job.slot = True
         if taken is not None:
-            taken.warm = True
+            taken.origin = "warm" if taken.vm.ready_at <= asked else "pooled"
             job.guest = taken
             return taken
         job.guest = await self._boot(Shape.of(space.limits), nic=nic)
