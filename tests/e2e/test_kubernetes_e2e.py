@@ -206,6 +206,16 @@ def test_a_failing_step_stops_the_job_with_its_exit_code(kube: Kube) -> None:
     _gone(kube, f"batches-{job['id']}")
 
 
+def test_a_step_out_of_memory_is_reported_as_such(kube: Kube) -> None:
+    kube.start(EXECUTOR_JOB_MEMORY="128M")  # every container's limit (setup and main run Python)
+    hog = "x=$(head -c 400000000 /dev/zero | tr '\\0' a); echo ${#x}"
+    job = kube.server.client.submit("batches", {"dockerSteps": [{"image": BUSYBOX, "commands": [hog]}]})
+    done = wait_job(kube.server, job["id"], timeout=JOB_TIMEOUT)
+    assert done["state"] == "failed", (done, logs_text(kube.server, job["id"]))
+    assert "out of memory (limit 128 MiB)" in done["error"] and done["outcome"] == "oom", done
+    _gone(kube, f"batches-{job['id']}")
+
+
 def test_scheduling_settings_reach_the_pod_spec(kube: Kube) -> None:
     toleration = {"key": "dedicated", "operator": "Equal", "value": "corral", "effect": "NoSchedule"}
     expression = {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}
