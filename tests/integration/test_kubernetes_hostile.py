@@ -12,15 +12,22 @@ job's results.
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from corral.executor.plan import CloneSpec, JobPlan
+import pytest
+
+from corral.errors import Reason, RuntimeFailure
+from corral.executor.plan import CloneSpec, JobPlan, plan_job
 from corral.executor.runtimes.base import JobSpace, Step
 from corral.executor.runtimes.kubernetes.manifests import MAIN_CONTAINER, job_objects
-from corral.executor.runtimes.kubernetes.podside import decode_results
+from corral.executor.runtimes.kubernetes.podside import collect, decode_results, pod_secret
 from corral.executor.settings import ExecutorSettings
+from corral.executor.workspace.host import prepare_meta_git
+from corral.protocol import Job
 from tests.integration.test_kubernetes_podside import (  # the image fixture and podside's helpers
     RUN_TIMEOUT,
     UID,
@@ -30,6 +37,7 @@ from tests.integration.test_kubernetes_podside import (  # the image fixture and
     _workspace,
     image,  # noqa: F401 - a fixture
 )
+from tests.serverkit import git, make_git_repo
 
 ENV = {
     "EXECUTOR_FRONTEND_URL": "http://127.0.0.1:3080",
@@ -119,3 +127,33 @@ async def test_main_runs_no_module_a_step_plants_in_the_workspace_or_home(image:
     results = decode_results(out)
     assert results.files == {"out.txt": "cmVzdWx0Cg=="}
     assert "+++ b/argparse.py" in results.diff and "+++ b/corral/__init__.py" in results.diff
+
+
+async def test_collect_refuses_a_repository_directory_a_step_replaced_with_a_link(tmp_path: Path) -> None:
+    """With repositoryDirectory set, git's work tree is /data/<dir>: a step that replaces <dir> with a
+    symlink would make main's git add and diff what the link points to, outside the workspace (main
+    also mounts job.json and meta.git, which no step sees). Run on the host: the same git, no image."""
+    origin = tmp_path / "origin"
+    commit = make_git_repo(origin, {"README.md": "hello\n"})
+    job = tmp_path / "job"
+    ws = job / "workspace"
+    (ws / "repo").mkdir(parents=True)
+    git(tmp_path, "clone", "--quiet", str(origin), str(ws / "repo"))
+    await prepare_meta_git(job, ws / "repo", commit)
+    outside = tmp_path / "outside"  # stands for /.corral-job in the pod
+    outside.mkdir()
+    (outside / "job.json").write_text('{"logNonce": "0123456789abcdef"}\n')
+    shutil.rmtree(ws / "repo")
+    os.symlink(outside, ws / "repo")
+    plan = plan_job(
+        Job(id=7, queue="batches", repositoryName="acme/app", commit=commit, repositoryDirectory="repo"),
+        cli_path="corral",
+    )
+    spec, _ = pod_secret(plan, token="unused", executor_name="exec-review-1", frontend_url="http://127.0.0.1:9")
+    out = bytearray()
+    await collect(spec, ws, job / "meta.git", out.extend)
+    with pytest.raises(RuntimeFailure) as caught:
+        decode_results(bytes(out))
+    assert caught.value.reason is Reason.DIFF
+    assert "repositoryDirectory repo" in caught.value.message and "not a directory" in caught.value.message
+    assert b"logNonce" not in out

@@ -65,6 +65,7 @@ import os
 import re
 import secrets as secrets_module
 import ssl
+import stat
 import sys
 import zlib
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -522,6 +523,7 @@ async def collect(spec: PodJob, workspace: Path, meta: Path, write: Writer) -> N
     raw: bytes | None = None
     try:
         if spec.repository:
+            _check_worktree(workspace, spec.repository_directory)
             raw = await diff_bytes(
                 _local, spec.repository_directory, spec.commit, workspace=str(workspace), meta=str(meta)
             )
@@ -530,6 +532,28 @@ async def collect(spec: PodJob, workspace: Path, meta: Path, write: Writer) -> N
         encode_results(write, error=exc)
         return
     encode_results(write, raw or b"", results)
+
+
+def _check_worktree(workspace: Path, repo_dir: str) -> None:
+    """The diff's work tree, workspace/repositoryDirectory, still a directory at every component: a
+    step may have replaced one with a symlink, and git would then add and diff what it points to,
+    outside the workspace (main mounts job.json and meta.git, which no step sees). No step runs any
+    more, so nothing changes it between this check and git."""
+    path = workspace
+    for part in (p for p in repo_dir.split("/") if p and p != "."):
+        path = path / part
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError as exc:
+            mode, why = 0, exc.strerror or str(exc)
+        else:
+            why = "a symlink" if stat.S_ISLNK(mode) else "not a directory"
+        if not stat.S_ISDIR(mode):
+            raise RuntimeFailure(
+                f"repositoryDirectory {repo_dir[:200]}: {part[:80]!r} is not a directory in the workspace "
+                f"any more ({why}): a step replaced it, the diff is not made",
+                reason=Reason.DIFF,
+            )
 
 
 async def _local(argv: Sequence[str], env: Mapping[str, str], out: Writer) -> int:
