@@ -11,6 +11,7 @@ import contextlib
 import gzip
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -20,13 +21,18 @@ from pathlib import Path
 
 import pytest
 
+from corral.executor.plan import JobPlan
+from corral.executor.runtimes.base import JobSpace, Limits, OutputSink, Step, StepResult
+from corral.executor.runtimes.docker import DockerRuntime
 from corral.executor.runtimes.firecracker import assets as fc_assets
 from corral.executor.runtimes.firecracker.console import ConsoleParser, Control, Output
 from corral.executor.runtimes.firecracker.guestjob import GuestStep, job_script
 from corral.executor.runtimes.firecracker.initramfs import CpioWriter, strip_signature
+from corral.executor.runtimes.firecracker.runtime import FirecrackerRuntime, Guest
 from corral.executor.runtimes.firecracker.shares import VMDir, mounts_under, unmount_all
 from corral.executor.runtimes.firecracker.vm import VM, Disk, Share, VMConfig, qemu_processes
-from tests.conftest import require
+from tests.conftest import docker_ok, require
+from tests.e2e.microvmkit import pid_alive
 
 BUSYBOX = "/bin/busybox"
 
@@ -353,3 +359,156 @@ def test_the_install_command_reports_what_is_in_place_and_refuses_unknown_target
     assert assets.kernel_release in done.stdout and "accelerator " in done.stdout
     bad = subprocess.run([corral, "executor", "install", "kubernetes"], capture_output=True, text=True)
     assert bad.returncode == 2 and "firecracker" in bad.stderr
+
+
+# --- the runtime's warm pool, with real VMs ------------------------------------------------------------
+
+POOL_LIMITS = Limits(cpus=1.0, memory_bytes=256 * 1024**2, disk_bytes=256 * 1024**2)
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.out: dict[str, bytes] = {}
+        self.results: list[StepResult] = []
+
+    async def started(self, step: Step) -> OutputSink:
+        self.out[step.key] = b""
+
+        def out(data: bytes) -> None:
+            self.out[step.key] += data
+
+        return out
+
+    async def finished(self, step: Step, result: StepResult) -> None:
+        self.results.append(result)
+
+
+def _space(tmp: Path, n: int) -> JobSpace:
+    root = tmp / f"job-{n}"
+    (root / "workspace").mkdir(parents=True)
+    (root / "scripts").mkdir()
+    return JobSpace(n, "q", root, root / "workspace", uid=4242, gid=4242, limits=POOL_LIMITS, owner="t")
+
+
+async def _ready(rt: FirecrackerRuntime, other_than: object = None) -> Guest:
+    """The pool's ready VM (once it has one, and not `other_than`)."""
+    async with asyncio.timeout(180):
+        while not rt.pool.ready or rt.pool.ready[0] is other_than:
+            await asyncio.sleep(0.05)
+    return rt.pool.ready[0]
+
+
+async def test_the_warm_pool_serves_each_job_a_fresh_vm_booted_before_it_replaces_a_dead_one_and_drains(
+    assets: fc_assets.Assets, tmp_path: Path, vm_root: Path
+) -> None:
+    require(docker_ok(), "Docker Engine is not reachable (run scripts/setup.sh)")
+    owner = f"t{os.getpid()}-pool"
+    docker = DockerRuntime(pull=False, owner=owner)
+    vms = vm_root / owner
+    rt = FirecrackerRuntime(
+        docker, owner=owner, cache_dir=tmp_path / "c", vm_dir=vms, limits=POOL_LIMITS, warm_pool=1, max_vms=2
+    )
+    one = ("/bin/sh", "-c", "echo one; ls /bin/corral-fmt || true")
+    busybox = Step("step.docker.0", "docker", 0, "corral/busybox:1", one)
+    two = ("/bin/sh", "-c", "ls /bin/corral-fmt && echo two")
+    tools = Step("step.docker.1", "docker", 1, "corral/tools:1", two)
+    served: list[tuple[int, str, str]] = []  # (qemu pid, nonce, name) of each job's VM
+    await rt.start()
+    try:
+        for n, steps in enumerate([(busybox,), (busybox, tools)]):
+            warm = await _ready(rt)  # booted before the job exists
+            assert warm.vm.proc is not None
+            pid = warm.vm.proc.pid
+            space = _space(tmp_path, n)
+            sink = _Sink()
+            await rt.prepare(space)
+            try:
+                await rt.run_plan(space, JobPlan(n, "q", steps), sink)
+                assert rt._jobs[space.root].guest is warm and warm.origin == "warm"
+            finally:
+                await rt.cleanup(space)
+            assert [r.exit_code for r in sink.results] == [0] * len(steps), sink.out
+            assert sink.out["step.docker.0"].startswith(b"one\n")
+            if n == 1:  # two images in one VM, attached after it booted
+                assert b"No such file" in sink.out["step.docker.0"] and b"two" in sink.out["step.docker.1"]
+            # the job's VM is gone: no qemu, no directory, no mount
+            assert not pid_alive(pid) and not warm.dir.path.exists() and mounts_under(warm.dir.path) == []
+            assert warm.name not in qemu_processes(f"corral-fc.{owner}.").values()
+            served.append((pid, warm.vm.nonce, warm.name))
+        assert len({s[0] for s in served}) == len({s[1] for s in served}) == len({s[2] for s in served}) == 2
+        assert rt.pool.stats.warm == 2 and rt.pool.stats.missed == 0
+        # a warm VM that dies is discarded (its directory too) and replaced
+        victim = await _ready(rt)
+        assert victim.vm.proc is not None
+        os.kill(victim.vm.proc.pid, signal.SIGKILL)
+        replacement = await _ready(rt, other_than=victim)
+        assert replacement.name != victim.name and not victim.dir.path.exists()
+        assert rt.pool.stats.died == 1
+    finally:
+        await rt.stop()
+        await docker.aclose()
+    assert qemu_processes(f"corral-fc.{owner}.") == {}  # drained
+    assert list(vms.iterdir()) == [] and mounts_under(vm_root) == []
+
+
+# A killed executor: its warm VM (qemu runs on in its own session), with a workspace bound into it
+# as a job's staging leaves it, printed, then the process waits to be SIGKILLed.
+_KILLED_EXECUTOR = """
+import asyncio, sys
+from pathlib import Path
+from corral.executor.runtimes.base import Limits
+from corral.executor.runtimes.docker import DockerRuntime
+from corral.executor.runtimes.firecracker.runtime import FirecrackerRuntime
+from corral.executor.runtimes.firecracker.shares import bind
+
+async def main():
+    owner, vms, cache, ws = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+    limits = Limits(cpus=1.0, memory_bytes=256 * 1024**2, disk_bytes=256 * 1024**2)
+    rt = FirecrackerRuntime(DockerRuntime(pull=False, owner=owner), owner=owner, cache_dir=cache,
+                            vm_dir=vms, limits=limits, warm_pool=1, max_vms=1)
+    await rt.start()
+    while not rt.pool.ready:
+        await asyncio.sleep(0.05)
+    guest = rt.pool.ready[0]
+    bind(ws, guest.dir.rw / "ws", readonly=False)
+    print(guest.name, guest.vm.proc.pid, flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_new_executors_janitor_removes_a_killed_ones_warm_vm_its_mounts_and_directory(
+    assets: fc_assets.Assets, tmp_path: Path, vm_root: Path
+) -> None:
+    owner = f"t{os.getpid()}-killed"
+    vms = vm_root / owner
+    (tmp_path / "ws").mkdir()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _KILLED_EXECUTOR, owner, str(vms), str(tmp_path / "c"), str(tmp_path / "ws"),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(180):
+            line = (await proc.stdout.readline()).decode().split()
+        assert len(line) == 2, "the executor did not get a warm VM ready"
+        name, pid = line[0], int(line[1])
+        proc.kill()
+        await proc.wait()
+        assert pid_alive(pid) and (vms / name).is_dir() and len(mounts_under(vms / name)) == 2
+        docker = DockerRuntime(pull=False, owner=owner)
+        rt = FirecrackerRuntime(docker, owner=owner, cache_dir=tmp_path / "c", vm_dir=vms)
+        await rt.start()  # the janitor of its start, before any VM of its own
+        await rt.stop()
+        await docker.aclose()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    deadline = time.monotonic() + 10
+    while pid_alive(pid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not pid_alive(pid) and qemu_processes(f"corral-fc.{owner}.") == {}
+    assert not (vms / name).exists() and mounts_under(vm_root) == []
+    assert (tmp_path / "ws").is_dir()  # the workspace itself is never touched
