@@ -114,3 +114,12 @@ def test_corrals_default_image_is_never_pulled_from_a_public_registry() -> None:
     names = [c["name"] for c in containers(spec) if c["image"] == own]
     assert names == ["setup-workspace", "step-src-2", "main"]
     assert not [c for c in containers(spec) if "imagePullPolicy" in c]
+
+
+def test_fs_group_changes_only_a_volume_root_that_is_not_its_group() -> None:
+    """fsGroup's default policy (Always) makes the kubelet chgrp every file of the volume at each pod:
+    on the shared PVC of multi-pod mode, every job's directory, again for each step of each job."""
+    spec = pod(build({"KUBERNETES_SINGLE_JOB_POD": "false"}))
+    assert spec["securityContext"]["fsGroup"] == 1000
+    assert spec["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+    assert "fsGroupChangePolicy" not in pod(build({"KUBERNETES_FS_GROUP": "-1"}))["securityContext"]

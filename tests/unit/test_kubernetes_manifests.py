@@ -329,6 +329,7 @@ def test_the_pod_is_locked_down() -> None:
         "runAsUser": 1000,
         "runAsGroup": 1000,
         "fsGroup": 1000,
+        "fsGroupChangePolicy": "OnRootMismatch",
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     assert "hostNetwork" not in p and "hostPID" not in p and "serviceAccountName" not in p

@@ -585,6 +585,9 @@ class _PodParts:
         }
         if s.fs_group_id is not None:
             security["fsGroup"] = s.fs_group_id
+            # the kubelet changes the volume's group only when its root's is not fsGroup already:
+            # else every pod of a multi-pod job walks the whole shared PVC (every job's directory)
+            security["fsGroupChangePolicy"] = "OnRootMismatch"
         spec: dict[str, Any] = {
             "restartPolicy": "Never",
             "automountServiceAccountToken": False,
