@@ -1,5 +1,5 @@
-"""The kubernetes runtime's pure parts: readings of a pod's status (watch.py) and the pod-side
-workspace's staging bounds (workspace.py)."""
+"""The kubernetes runtime's parts without a cluster: readings of a pod's status (watch.py), the
+pod-side workspace's staging bounds (workspace.py), a broken log stream followed again (runtime.py)."""
 
 from __future__ import annotations
 
@@ -94,3 +94,44 @@ async def test_workspace_stages_files_within_the_secret_bound(tmp_path: Path) ->
         await ws.take_file(space, "skip.json", 1024)
     await ws.cleanup(space)
     assert ws.jobs == {}
+
+
+class _FlakyLogs:
+    """pods/log that breaks off after `cut` bytes the first time, then serves the whole log."""
+
+    def __init__(self, data: bytes, cut: int) -> None:
+        self.data, self.cut, self.follows = data, cut, 0
+
+    async def log(
+        self, pod: str, container: str, *, follow: bool, limit_bytes: int = 0
+    ) -> AsyncIterator[bytes]:
+        from corral.errors import KubernetesAPIError
+
+        self.follows += 1
+        if self.follows == 1:
+            yield self.data[: self.cut // 2]
+            yield self.data[self.cut // 2 : self.cut]
+            raise KubernetesAPIError(0, "connection reset")
+        for i in range(0, len(self.data), 7):
+            yield self.data[i : i + 7]
+
+
+async def test_a_broken_log_stream_is_followed_again_without_loss_or_repeat(tmp_path: Path) -> None:
+    from corral.executor.runtimes.kubernetes import runtime as rt_module
+    from corral.executor.runtimes.kubernetes.runtime import KubernetesRuntime
+    from corral.executor.runtimes.kubernetes.watch import PodWatch
+
+    data = b"".join(b"line %d\n" % i for i in range(100))
+    api = _FlakyLogs(data, cut=123)
+    watch = PodWatch(api, "job")  # type: ignore[arg-type]
+    watch.pod = {
+        "metadata": {"name": "job-abcde"},
+        "status": {"containerStatuses": [{"name": "c", "state": {"terminated": {"exitCode": 0}}}]},
+    }
+    runtime = KubernetesRuntime.__new__(KubernetesRuntime)
+    rt_module.LOG_RETRY_S, saved = 0.01, rt_module.LOG_RETRY_S
+    try:
+        got = b"".join([c async for c in runtime._log_chunks(api, watch, "c")])  # type: ignore[arg-type]
+    finally:
+        rt_module.LOG_RETRY_S = saved
+    assert got == data and api.follows == 2

@@ -89,6 +89,8 @@ WAIT_SLICE_S = 1.0  # seconds between checks of a budget while nothing changes
 MAX_EVENT_MESSAGE = 1000  # characters of the pod's events quoted in the job's error
 MAX_EVENTS = 3  # distinct Warning events quoted, newest first
 SETUP_OUTPUT_MAX = 64 * 1024  # bytes kept of setup-workspace's output outside its git sections
+LOG_FOLLOWS = 5  # streams of one container's log before a broken one is given up
+LOG_RETRY_S = 1.0  # seconds before a broken log stream is followed again
 
 
 @dataclass
@@ -319,7 +321,7 @@ class KubernetesRuntime:
         began = time.monotonic()
         if step is not None:
             out = await sink.started(step)
-            await self._logs(api, watch.name, name, out, 0)
+            await self._logs(api, watch, name, out, 0)
             state = await self._terminated(watch, name)
             run.add("running", time.monotonic() - began)
             await sink.finished(step, self._result(watch, name, state))
@@ -332,7 +334,7 @@ class KubernetesRuntime:
 
         buf = bytearray()
         limit = podside.MAX_RESULTS_BYTES
-        await self._logs(api, watch.name, name, buf.extend, limit + 1)
+        await self._logs(api, watch, name, buf.extend, limit + 1)
         state = await self._terminated(watch, name)
         run.add("running", time.monotonic() - began)
         if len(buf) > limit:
@@ -384,7 +386,7 @@ class KubernetesRuntime:
                     done = True
 
         try:
-            async for chunk in self._log_chunks(api, watch.name, SETUP):
+            async for chunk in self._log_chunks(api, watch, SETUP):
                 await take(splitter.feed(chunk))
             await take(splitter.close())
         finally:
@@ -462,25 +464,50 @@ class KubernetesRuntime:
             await sink.finished(step, StepResult(-1, reason=Reason.IMAGE, message=message))
         raise StepFailed(f"{name}: {message}", Reason.IMAGE)
 
-    async def _logs(self, api: KubeClient, pod: str, container: str, out: OutputSink, limit: int) -> None:
-        async for chunk in self._log_chunks(api, pod, container, limit):
+    async def _logs(
+        self, api: KubeClient, watch: PodWatch, container: str, out: OutputSink, limit: int
+    ) -> None:
+        async for chunk in self._log_chunks(api, watch, container, limit):
             out(chunk)
 
     async def _log_chunks(
-        self, api: KubeClient, pod: str, container: str, limit: int = 0
+        self, api: KubeClient, watch: PodWatch, container: str, limit: int = 0
     ) -> AsyncIterator[bytes]:
-        """The container's log as it comes (follow), at most `limit` bytes when > 0; a stream that
-        breaks off ends with a line saying so."""
-        got = 0
-        try:
-            async for chunk in api.log(pod, container, follow=True, limit_bytes=limit):
-                got += len(chunk)
-                yield chunk
-                if limit and got >= limit:
-                    return
-        except KubernetesAPIError as exc:
-            log.warning("pod %s: the log of %s broke off: %s", pod, container, exc)
-            yield f"\n[corral] the log stream from the Kubernetes API broke off: {exc.message}\n".encode()
+        """The container's log as it comes (follow), at most `limit` bytes when > 0.
+
+        A stream that breaks off (an error, or its end while the pod still says the container runs)
+        is followed again from the start, skipping the bytes already given: the kubelet's log of a
+        container is the same bytes each time (until the kubelet rotates it), so nothing is lost or
+        repeated. After LOG_FOLLOWS streams it gives up with a line saying so."""
+        pod, got = watch.name, 0
+        for attempt in range(1, LOG_FOLLOWS + 1):
+            skip = got
+            problem = ""
+            try:
+                async for chunk in api.log(pod, container, follow=True, limit_bytes=limit):
+                    if skip:
+                        if len(chunk) <= skip:
+                            skip -= len(chunk)
+                            continue
+                        chunk, skip = chunk[skip:], 0
+                    got += len(chunk)
+                    yield chunk
+                    if limit and got >= limit:
+                        return
+            except KubernetesAPIError as exc:
+                problem = exc.message
+            if not problem:
+
+                def ended() -> bool:
+                    return container_state(watch.pod, container).state != "running" or watch.deleted
+
+                if await watch.wait(ended, LOG_RETRY_S):  # at once when the pod says so (status lags)
+                    return  # the container ended: so did its log
+                problem = "the stream ended while the container still runs"
+            elif attempt < LOG_FOLLOWS:
+                await asyncio.sleep(LOG_RETRY_S)
+            log.warning("pod %s: the log of %s broke off (%s); following it again", pod, container, problem)
+        yield f"\n[corral] the log stream from the Kubernetes API broke off: {problem}\n".encode()
 
     async def _terminated(self, watch: PodWatch, name: str) -> ContainerState:
         def ended() -> bool:
