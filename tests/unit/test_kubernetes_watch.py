@@ -117,21 +117,28 @@ class _FlakyLogs:
 
 
 async def test_a_broken_log_stream_is_followed_again_without_loss_or_repeat(tmp_path: Path) -> None:
-    from corral.executor.runtimes.kubernetes import runtime as rt_module
-    from corral.executor.runtimes.kubernetes.runtime import KubernetesRuntime
-    from corral.executor.runtimes.kubernetes.watch import PodWatch
+    from corral.executor.runtimes.kubernetes import follow
+    from corral.executor.runtimes.kubernetes.settings import KubernetesSettings
 
     data = b"".join(b"line %d\n" % i for i in range(100))
     api = _FlakyLogs(data, cut=123)
-    watch = PodWatch(api, "job")  # type: ignore[arg-type]
-    watch.pod = {
+    follower = follow.PodFollower(
+        api,  # type: ignore[arg-type]
+        KubernetesSettings(),
+        "job",
+        frontend_url="http://127.0.0.1:1",
+        staged=None,  # type: ignore[arg-type]
+        sink=None,  # type: ignore[arg-type]
+        pod_log=None,  # type: ignore[arg-type]
+        phases=follow.Phases(),
+    )
+    follower.watch.pod = {
         "metadata": {"name": "job-abcde"},
         "status": {"containerStatuses": [{"name": "c", "state": {"terminated": {"exitCode": 0}}}]},
     }
-    runtime = KubernetesRuntime.__new__(KubernetesRuntime)
-    rt_module.LOG_RETRY_S, saved = 0.01, rt_module.LOG_RETRY_S
+    follow.LOG_RETRY_S, saved = 0.01, follow.LOG_RETRY_S
     try:
-        got = b"".join([c async for c in runtime._log_chunks(api, watch, "c")])  # type: ignore[arg-type]
+        got = b"".join([c async for c in follower._log_chunks("c")])
     finally:
-        rt_module.LOG_RETRY_S = saved
+        follow.LOG_RETRY_S = saved
     assert got == data and api.follows == 2
