@@ -184,6 +184,30 @@ def test_multi_pod_job_on_a_pvc(kube: Kube) -> None:
     assert not kube.cluster.objects("persistentvolumeclaims")
 
 
+def test_step_output_is_redacted_and_secrets_stay_out_of_the_pod_spec(kube: Kube) -> None:
+    secret = "hunter2-very-secret-value"
+    b64 = base64.b64encode(secret.encode()).decode()
+    kube.start(KUBERNETES_KEEP_JOBS="true")  # the pod stays, to read its spec back
+    commands = [
+        "set +x",
+        f"printf '{secret[:9]}'; sleep 0.7; printf '{secret[9:]}\\n'",  # split across two reads
+        f"echo {b64}",
+        'echo "env: $MY_SECRET"',
+    ]
+    step = {"image": BUSYBOX, "commands": commands, "env": [f"MY_SECRET={secret}"]}
+    spec = {"dockerSteps": [step], "redactedValues": {secret: "[SECRET]"}}
+    job = kube.server.client.submit("batches", spec)
+    done = wait_job(kube.server, job["id"], timeout=JOB_TIMEOUT)
+    assert done["state"] == "completed", (done, logs_text(kube.server, job["id"]))
+    text = logs_text(kube.server, job["id"])
+    assert text.count("[SECRET]") >= 3, text
+    assert secret not in text and secret[9:] not in text and b64[:20] not in text
+    pods = [p for p in kube.pods() if p["metadata"]["labels"].get(LABEL_JOB) == f"batches-{job['id']}"]
+    assert pods and all(secret not in json.dumps(p) for p in pods)
+    jobs = [j for j in kube.jobs() if j["metadata"]["labels"].get(LABEL_JOB) == f"batches-{job['id']}"]
+    assert jobs and all(secret not in json.dumps(j) for j in jobs)
+
+
 def test_a_failing_step_stops_the_job_with_its_exit_code(kube: Kube) -> None:
     kube.start()
     job = kube.server.client.submit(
