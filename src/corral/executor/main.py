@@ -170,7 +170,7 @@ async def validate(settings: ExecutorSettings) -> Validation:
     """Everything that would keep this executor from working, in plain words, plus what it would
     run with (Validation.summary)."""
     out = Validation(warnings=settings.warnings)
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 and settings.runtime != "kubernetes":  # pods are the cluster's to make
         out.problems.append("the executor runs as root (it creates sandboxes, cgroups and workspaces)")
     git = tool_version(["git", "version"], prefix="git version ")
     if problem := _git_problem(git):
