@@ -9,8 +9,10 @@ at teardown). A real-cluster test runs when CORRAL_TEST_KUBECONFIG names a kubec
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -100,9 +102,15 @@ def images() -> None:
 
 @pytest.fixture
 def kube(tmp_path: Path, images: None) -> Iterator[Kube]:
+    with _kube(tmp_path) as k:
+        yield k
+
+
+@contextlib.contextmanager
+def _kube(tmp_path: Path, **server: Any) -> Iterator[Kube]:
     from tests.kubekit import run_cluster
 
-    with run_server(tmp_path) as server:
+    with run_server(tmp_path, **server) as server:
         port = int(server.url.rsplit(":", 1)[-1])
         make_repo(tmp_path / "src", {"README.md": "hello\n", "src/app.txt": "one\n"})
         server.client.add_repo("acme/app", str(tmp_path / "src"))
@@ -453,6 +461,40 @@ def test_janitor_deletes_jobs_of_no_live_lease_and_only_its_owners(kube: Kube) -
     # a live job's Job is never swept
     job = kube.server.client.submit("batches", {"dockerSteps": [{"image": BUSYBOX, "commands": ["echo ok"]}]})
     assert wait_job(kube.server, job["id"], timeout=JOB_TIMEOUT)["state"] == "completed"
+
+
+def test_after_kill_9_the_next_executor_deletes_the_old_job_and_the_job_runs_again(
+    tmp_path: Path, images: None
+) -> None:
+    """No reattach (see the README): a killed executor's Job is deleted by the janitor of the
+    executor that starts after it (same EXECUTOR_VM_PREFIX), and the server requeues the job."""
+    with _kube(tmp_path, stalled_after=3.0) as kube:
+        first = kube.start()
+        step = {"image": BUSYBOX, "commands": ["echo started", "sleep 600"]}
+        job = kube.server.client.submit("batches", {"dockerSteps": [step]})
+        wait_log(kube.server, job["id"], "started", timeout=JOB_TIMEOUT)
+        label = f"batches-{job['id']}"
+        old = {j["metadata"]["name"] for j in kube.jobs() if j["metadata"]["labels"][LABEL_JOB] == label}
+        assert len(old) == 1
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+        kube.start()  # its janitor runs at start, before any job of its own
+        deadline = time.monotonic() + 60
+        while old & {j["metadata"]["name"] for j in kube.jobs()}:
+            assert time.monotonic() < deadline, "the old Job is still there"
+            time.sleep(0.2)
+        # the server requeues the stalled job: the new executor takes it as attempt 2, in a Job of its own
+        deadline = time.monotonic() + JOB_TIMEOUT
+        while True:
+            jobs = kube.jobs()
+            names = {j["metadata"]["name"] for j in jobs if j["metadata"]["labels"][LABEL_JOB] == label}
+            if names - old:
+                break
+            assert time.monotonic() < deadline, "the job never ran again"
+            time.sleep(0.2)
+        assert kube.server.client.get(job["id"])["state"] == "processing"
+        kube.server.client.cancel(job["id"])
+        assert wait_job(kube.server, job["id"], timeout=30)["state"] == "canceled"
 
 
 def test_a_real_cluster_when_one_is_configured(tmp_path: Path) -> None:

@@ -77,7 +77,7 @@ async def test_check_passes_and_reports_the_version(cluster: Any, tmp_path: Path
 
 
 async def test_janitor_removes_only_its_owners_jobs_of_no_live_job(cluster: Any, tmp_path: Path) -> None:
-    _job(cluster, "corral-itest-batches-1-1", OWNER, "batches-1")  # live
+    _job(cluster, "corral-itest-batches-1-1", OWNER, "batches-1")  # live here, but not this attempt
     _job(cluster, "corral-itest-batches-2-1", OWNER, "batches-2")  # orphan
     _job(cluster, "corral-itest-batches-3-1", OWNER, "batches-3")  # just created by this runtime
     _job(cluster, "corral-other-batches-2-1", "other", "batches-2")  # another owner's
@@ -86,15 +86,16 @@ async def test_janitor_removes_only_its_owners_jobs_of_no_live_job(cluster: Any,
     space = JobSpace(job_id=3, queue="batches", root=root, workspace=root / "w", owner=OWNER)
     rt._runs[str(space.root)] = _Run(created=[("jobs", "corral-itest-batches-3-1")])
     try:
-        removed = await rt.janitor({"batches-1"})
-        assert removed == ["corral-itest-batches-2-1"]
-        kept = {"corral-itest-batches-1-1", "corral-itest-batches-3-1", "corral-other-batches-2-1"}
-        assert _names(cluster) == kept
+        removed = await rt.janitor({"batches-1", "batches-3"})
+        # a Job this process did not create is a killed executor's: of a job that does not run here,
+        # or of another attempt of one that does (this process runs attempt 2 of batches-1)
+        assert removed == ["corral-itest-batches-1-1", "corral-itest-batches-2-1"]
+        assert _names(cluster) == {"corral-itest-batches-3-1", "corral-other-batches-2-1"}
         api = await rt.api()
-        assert api.calls["list jobs"] == 1 and api.calls["delete jobs"] == 1
+        assert api.calls["list jobs"] == 1 and api.calls["delete jobs"] == 2
         # its Secrets (the job's, its registry credentials') and PVC are deleted by name (a 404 when
         # there is none): no get or list of Secrets
-        assert api.calls["delete secrets"] == 2 and api.calls["delete persistentvolumeclaims"] == 1
+        assert api.calls["delete secrets"] == 4 and api.calls["delete persistentvolumeclaims"] == 2
         await rt.cleanup(space)  # the runtime's own job: deleted by its cleanup, not by the janitor
         assert "corral-itest-batches-3-1" not in _names(cluster)
     finally:

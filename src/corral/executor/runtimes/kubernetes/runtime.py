@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from corral.errors import ConfigError, KubernetesAPIError, Reason, RuntimeFailure, StepFailed
-from corral.executor.janitor import orphans
 from corral.executor.plan import JobPlan, is_pre_step
 from corral.executor.runtimes.base import (
     LABEL_JOB,
@@ -240,18 +239,29 @@ class KubernetesRuntime:
             raise RuntimeFailure("; ".join(problems))
 
     async def janitor(self, live: set[str]) -> list[str]:
+        """Delete this owner's Jobs (and their Secrets and PVC) that no job of this process holds:
+        those of jobs that do not run here (`live`), and any other attempt's (a killed executor's
+        Job of a job this process has taken again). What this process created and has not cleaned
+        up yet is never touched, even when its job started after `live` was taken. With
+        KUBERNETES_KEEP_JOBS finished Jobs stay (keeping them is the point); running ones go."""
         api = await self.api()
         jobs, _ = await api.list_all("jobs", label_selector=self._selector())
-        found = {
-            str(j["metadata"]["name"]): (j["metadata"].get("labels") or {}).get(LABEL_JOB)
-            for j in jobs
-            if isinstance(j.get("metadata"), dict) and j["metadata"].get("name")
-        }
-        # What this process created and has not cleaned up yet is never an orphan, even when its
-        # job started after `live` was taken (the janitor and a new job may interleave).
         ours = {name for run in self._runs.values() for _kind, name in run.created}
+        running = manifests.live_labels(live)
+        stale = []
+        for j in jobs:
+            meta = j.get("metadata") or {}
+            name = str(meta.get("name") or "")
+            if not name or name in ours or meta.get("deletionTimestamp"):
+                continue  # ours, or already going
+            if self.settings.keep_jobs and _finished(j):
+                continue
+            # not this process's: a job that does not run here, or another attempt of one that does
+            label = (meta.get("labels") or {}).get(LABEL_JOB)
+            log.debug("janitor: %s (job %s, %s)", name, label, "live" if label in running else "not live")
+            stale.append(name)
         removed = []
-        for name in orphans({k: v for k, v in found.items() if k not in ours}, manifests.live_labels(live)):
+        for name in sorted(stale):
             await api.delete("jobs", name, propagation="Foreground")
             for kind, obj in manifests.companions(name):
                 with contextlib.suppress(KubernetesAPIError):
@@ -261,3 +271,9 @@ class KubernetesRuntime:
 
     def _selector(self) -> str:
         return manifests.owner_selector(self.owner)
+
+
+def _finished(job: Mapping[str, Any]) -> bool:
+    """A Job whose Complete or Failed condition is True."""
+    conditions = (job.get("status") or {}).get("conditions") or []
+    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions)
