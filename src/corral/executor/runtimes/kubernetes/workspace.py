@@ -3,9 +3,8 @@ the executor host.
 
 Nothing here touches a file system. The handler's calls stage what the pod needs, kept per job
 (`Staged`, keyed by space.root) until the runtime builds the job's Secret and Job from it:
-- clone: the repository, commit and fetch options, the job token and the handler's log opener; the
-  `setup-workspace` init container clones inside the pod (podside clone), its log becomes the
-  entry `setup.kubernetes.clone`;
+- clone: the repository, commit and fetch options and the job token; the `setup-workspace` init
+  container clones inside the pod (podside clone), its log becomes the host's setup.git.* entries;
 - write_files / write_stream: the job's files (inline ones, and those the executor fetched from the
   files API), checked as the host checks them (check_workspace_path, MAX_FILES) and bounded by what a
   Secret holds (MAX_STAGED_FILES: the whole Secret must stay under the API's 1 MiB); the setup
@@ -47,7 +46,6 @@ class Staged:
     token: str = ""
     clone: CloneSpec | None = None
     repository_directory: str = ""  # normalised; "" = the workspace itself
-    open_log: LogOpener | None = None
     files: dict[str, bytes] = field(default_factory=dict)
     scripts: dict[str, str] = field(default_factory=dict)
     size: int = 0  # bytes of `files`
@@ -76,7 +74,7 @@ class PodWorkspace:
             except ValueError as exc:
                 raise StepFailed(f"repositoryDirectory: {exc}", Reason.FILES) from None
             job.repository_directory = "" if rel == "." else rel
-        job.clone, job.token, job.open_log = plan.clone, token, open_log
+        job.clone, job.token = plan.clone, token  # the git commands' entries come from the pod's log
 
     async def write_files(self, space: JobSpace, files: Mapping[str, bytes]) -> None:
         job = self.staged(space)
