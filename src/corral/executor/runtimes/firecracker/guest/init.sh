@@ -5,8 +5,8 @@
 # and "rw", both empty, the scratch disk), announces "ready", and waits, at most corral.idle=
 # seconds, for the host's `go <nonce>` line on the console's input. By then the host has staged the
 # job (runtime.py, shares.py): /job/ctl/job.sh (one `step` line per step), /job/steps (the step
-# scripts), /job/img/<serial>.ext4 (its images' disks) and the workspace at /rw/ws; init binds
-# them at /ctl, /steps and /ws and sources /ctl/job.sh. Each step runs in a fresh overlay of its
+# scripts), /job/img/<serial>.ext4 (its images' disks) and the workspace at /rw/ws (/ctl, /steps
+# and /ws link to them), and init sources /ctl/job.sh. Each step runs in a fresh overlay of its
 # image's disk (read-only ext4, loop-mounted from the share) with a writable layer on the scratch
 # disk, chrooted, as the job's unprivileged uid with no capabilities; its output goes through a pipe
 # to the job's channel, a virtio console (hvc0; the serial port ttyS0 is the kernel's and ran at
@@ -17,12 +17,18 @@
 # end of a step or its exit code. After the last step, or at the first that fails, init powers the
 # VM off.
 export PATH=/bin
-/bin/busybox mkdir -p /bin /proc /sys /dev /tmp /ctl /ws /steps /scratch /img /job /rw
+/bin/busybox mkdir -p /bin /proc /sys /dev /tmp /scratch /img /job /rw
 /bin/busybox --install -s /bin
+# where the job's files are once it is staged (links: nothing to mount after `go`)
+ln -s /rw/ws /ws && ln -s /job/steps /steps && ln -s /job/ctl /ctl
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 echo -1000 > /proc/self/oom_score_adj  # the guest's OOM killer takes a step, never init
+# No address-space randomisation in the guest: under TCG a program's translated code is found
+# again only at the same addresses, so each step then reuses what earlier ones (and a warm VM's
+# rehearsal) translated. The VM runs one job's processes and nothing else of value to them.
+echo 0 > /proc/sys/kernel/randomize_va_space
 
 CON=/dev/ttyS0  # until the virtio console is there
 NONCE=boot  # until the job's `go` line
@@ -55,6 +61,26 @@ mount -t ext4 -o noinit_itable "$dev" /scratch || die "cannot mount the scratch 
 stty -F $CON raw -echo 2>/dev/null || die "cannot set the console to raw mode"
 echo 1 > /proc/sys/kernel/printk  # kernel messages stay off the job's log
 . /lib/corral/net.sh  # the NIC of a job with network (none: only lo); defines net_root
+. /lib/corral/clistep.sh  # clistep (CLI steps) and the parts of a step it shares with step
+
+# corral.rehearse (warm-pool VMs): run a step's path once before the job (overlay, /dev, /proc,
+# binds, cgroup, chroot, setpriv, as nobody, `true` from /corral), so that TCG has translated that
+# code, the kernel's and the tools', before a job waits for it
+case " $(cat /proc/cmdline) " in *" corral.rehearse "*)
+    w=/scratch/.rehearsal root=/tmp/.rehearsal
+    mkdir -p "$w/upper" "$w/work" "$root" /tmp/.rehearsal-lower
+    if mount -t overlay overlay -o "lowerdir=/tmp/.rehearsal-lower,upperdir=$w/upper,workdir=$w/work" "$root"
+    then
+        for p in dev proc data .corral-steps .corral; do mkdir -p "$root/$p"; done
+        # (root_job's own binds need the job's files: /proc and /corral, bound the same way)
+        mount -t proc proc "$root/proc" && mount -o bind,ro /corral "$root/.corral" \
+            && { root_dev "$root"; run_root R "$root" 65534 65534 "" /.corral/busybox true; } 9>/dev/null
+        rmdir "$_cg" 2>/dev/null
+        umount_tree "$root"
+    fi
+    rm -rf "$w" "$root" /tmp/.rehearsal-lower
+    ;;
+esac
 mark ready
 
 # the job: `go <nonce>` once the host has staged it (a warm VM waits here for its job, bounded)
@@ -64,8 +90,6 @@ read -r -t "$IDLE" verb nonce < $CON || { sync; poweroff -f; sleep 10; }
 case "$nonce" in "" | *[!0-9a-f]*) verb= ;; esac
 [ "$verb" = go ] || { poweroff -f; sleep 10; }
 NONCE=$nonce
-mount -o bind /rw/ws /ws && mount -o bind,ro /job/steps /steps && mount -o bind,ro /job/ctl /ctl \
-    || die "cannot attach the job's files"
 
 MOUNTED=" "
 oom_kills() { while read -r k v; do [ "$k" = oom_kill ] && { echo "$v"; return; }; done < /proc/vmstat; echo 0; }
@@ -96,7 +120,6 @@ step() {
     end_root "$idx" "$root" "$w"
 }
 
-. /lib/corral/clistep.sh  # clistep (CLI steps) and the parts of a step it shares with step
 . /ctl/job.sh
 mark done
 sync
