@@ -124,6 +124,8 @@ async def test_a_real_image_becomes_a_cached_ext4_disk_and_the_cache_is_bounded(
     assert disk.path.exists()
     disks.release(found["Id"])
     disks.release(found["Id"])
-    assert disks._evict() == [disk.path.stem]  # nothing holds it now: over the bound, removed
-    assert not disk.path.exists()
+    cached = tmp_path / "cache" / f"{found['Id'].removeprefix('sha256:')}.ext4"
+    assert not disk.path.exists() and cached.stat().st_nlink == 1  # the held link went with the last user
+    assert disks._evict() == [cached.stem]  # nothing holds it now: over the bound, removed
+    assert not cached.exists()
     await api.aclose()

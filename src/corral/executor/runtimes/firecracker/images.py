@@ -14,7 +14,13 @@ credentials: they never enter a VM). `ImageDisks.disk(image_id)` then turns it i
 
 The cache is a directory of `<id>.ext4` files plus `<id>.json` (the image's Env), bounded by
 `max_bytes`: after each new disk, the least recently used disks that no running VM holds are
-removed until the total fits.
+removed until the total fits. The cache is shared by every executor of the host (each
+EXECUTOR_VM_PREFIX), so "held" is said on the filesystem, not only in one process's memory: while
+an executor holds a disk (from `disk` until `release`) it keeps a hard link of it in
+`.held/<pid>-<id>`, and a VM's directory links the disk too (shares.py); a disk with more than one
+link is never evicted, by any executor (before, another executor's eviction could remove a disk this
+one had just handed to a job, whose staging then failed, and counted a disk a running VM still
+linked as freed). Links of executors that are gone are cleared by the janitor (`clear_leftovers`).
 """
 
 from __future__ import annotations
@@ -48,13 +54,14 @@ MAX_IMAGE_BYTES = 16 * 1024**3  # one image's exported filesystem
 MAX_ENTRIES = 1_000_000  # files, directories and links in one image
 EXPORT_CHUNK = 1 << 20
 MKFS_TIMEOUT_S = 600.0
+HELD_DIR = ".held"  # <cache>/.held/<pid>-<id>: a hard link per disk an executor holds
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
 class ImageDisk:
     image_id: str
-    path: Path
+    path: Path  # the disk (this executor's .held link of it: valid until `release`)
     env: tuple[str, ...]  # the image's Env, NAME=VALUE
 
 
@@ -203,34 +210,65 @@ class ImageDisks:
             raise RuntimeFailure(f"unexpected image id {image_id!r}", reason=Reason.IMAGE)
         return key
 
+    def _held_link(self, key: str) -> Path:
+        return self.dir / HELD_DIR / f"{os.getpid()}-{key}"
+
     def hold(self, image_id: str) -> None:
-        self._in_use[image_id] = self._in_use.get(image_id, 0) + 1
+        """Count one more user of the disk; the first one links it into .held (FileNotFoundError
+        when the disk is not in the cache)."""
+        n = self._in_use.get(image_id, 0)
+        if n == 0:
+            key = self._key(image_id)
+            (self.dir / HELD_DIR).mkdir(mode=0o700, exist_ok=True)
+            link = self._held_link(key)
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()  # a link of an earlier process of this pid
+            os.link(self.dir / f"{key}.ext4", link, follow_symlinks=False)
+        self._in_use[image_id] = n + 1
 
     def release(self, image_id: str) -> None:
         n = self._in_use.get(image_id, 0) - 1
         if n > 0:
             self._in_use[image_id] = n
-        else:
-            self._in_use.pop(image_id, None)
+            return
+        self._in_use.pop(image_id, None)
+        with contextlib.suppress(OSError, RuntimeFailure):
+            self._held_link(self._key(image_id)).unlink()
 
     async def disk(self, image_id: str, found: dict[str, Any]) -> ImageDisk:
         """The disk of the image `found` (the Engine's image inspect); held until `release`."""
         key = self._key(image_id)
         lock = self._locks.setdefault(key, asyncio.Lock())
+        env = [e for e in list((found.get("Config") or {}).get("Env") or []) if isinstance(e, str)]
         async with lock:
             path, meta = self.dir / f"{key}.ext4", self.dir / f"{key}.json"
-            if not (path.exists() and meta.exists()):
-                await self._make(image_id, path)
-                env = list((found.get("Config") or {}).get("Env") or [])
-                meta.write_text(json.dumps({"env": [e for e in env if isinstance(e, str)]}))
-            self.hold(image_id)
+            env_list = self._hold_cached(image_id, meta)  # held first: then no executor evicts it
+            if env_list is None:
+                await self._make(image_id, path, env)
+                env_list = self._hold_cached(image_id, meta)
+                if env_list is None:
+                    why = f"the disk of image {image_id[:19]} left the cache as it was made"
+                    raise RuntimeFailure(why, reason=Reason.IMAGE)
             with contextlib.suppress(OSError):
                 os.utime(path)  # last use, for the LRU
-            env_list = json.loads(meta.read_text()).get("env", [])
         await asyncio.to_thread(self._evict)
-        return ImageDisk(image_id, path, tuple(env_list))
+        # the held link, not the cache's name: an executor that evicted the name in the instant
+        # between its check of the link count and our link leaves the link (the same file) intact
+        return ImageDisk(image_id, self._held_link(key), tuple(env_list))
 
-    async def _make(self, image_id: str, path: Path) -> None:
+    def _hold_cached(self, image_id: str, meta: Path) -> list[str] | None:
+        """Hold the cached disk and return its Env; None (nothing held) when it is not in the cache."""
+        try:
+            self.hold(image_id)
+        except FileNotFoundError:
+            return None
+        try:
+            return [str(e) for e in json.loads(meta.read_text()).get("env", [])]
+        except (OSError, ValueError, AttributeError):
+            self.release(image_id)  # half a cache entry: made again
+            return None
+
+    async def _make(self, image_id: str, path: Path, env: list[str]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         started = time.monotonic()
         # .make-<pid>-: clear_leftovers tells a dead executor's half-made disk from a live one's
@@ -249,6 +287,10 @@ class ImageDisks:
                 raise RuntimeFailure(
                     f"cannot convert image {image_id[:19]} to a VM disk: {exc}", reason=Reason.IMAGE
                 ) from exc
+            # the Env first, whole (another executor may read it as soon as the disk is there)
+            meta = tmp / "meta.json"
+            meta.write_text(json.dumps({"env": env}))
+            os.replace(meta, path.with_suffix(".json"))
             os.replace(part, path)
         log.info(
             "firecracker: made the disk of image %s in %.1f s", image_id[:19], time.monotonic() - started
@@ -284,19 +326,21 @@ class ImageDisks:
                 await self.api.container_remove(cid)
 
     def _evict(self) -> list[str]:
-        """Remove least recently used disks not in use until the cache fits max_bytes."""
+        """Remove least recently used disks not in use until the cache fits max_bytes. In use: held
+        by this process, or linked elsewhere (another executor's .held link, a VM's directory)."""
         held = {self._key(i) for i in self._in_use}
         disks = []
         for p in self.dir.glob("*.ext4"):
             with contextlib.suppress(OSError):
-                st = p.stat()
-                disks.append((st.st_mtime, p, st.st_blocks * 512))
+                st = p.stat(follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode):
+                    disks.append((st.st_mtime, p, st.st_blocks * 512, st.st_nlink))
         total = sum(d[2] for d in disks)
         removed = []
-        for _, p, size in sorted(disks):
+        for _, p, size, links in sorted(disks):
             if total <= self.max_bytes:
                 break
-            if p.stem in held:
+            if p.stem in held or links > 1:
                 continue
             with contextlib.suppress(OSError):
                 p.unlink()
@@ -313,8 +357,9 @@ class ImageDisks:
 
     def clear_leftovers(self) -> None:
         """Remove half-made disks killed executors left: .make-<pid>-* directories whose process is
-        gone. The cache is shared by every executor of the host, and the janitor runs while jobs
-        do, so a conversion still under way (this executor's or another's) is left alone."""
+        gone, and the .held links of processes that are gone (or of this one, not held any more).
+        The cache is shared by every executor of the host, and the janitor runs while jobs do, so a
+        conversion still under way (this executor's or another's) is left alone."""
         if not self.dir.exists():
             return
         for p in self.dir.glob(".make-*"):
@@ -322,6 +367,19 @@ class ImageDisks:
             if pid.isdigit() and _alive(int(pid)):
                 continue
             shutil.rmtree(p, ignore_errors=True)
+        held = self.dir / HELD_DIR
+        with contextlib.suppress(OSError):
+            for e in os.scandir(held):
+                pid = e.name.split("-")[0]
+                if pid.isdigit() and (_alive(int(pid)) if int(pid) != os.getpid() else self._holds(e.name)):
+                    continue
+                with contextlib.suppress(OSError):
+                    os.unlink(e.path)
+
+    def _holds(self, name: str) -> bool:
+        """Whether this process holds the disk of .held/<name> (<pid>-<key>)."""
+        key = name.partition("-")[2]
+        return any(self._key(i) == key for i in self._in_use)
 
 
 def _alive(pid: int) -> bool:
