@@ -20,7 +20,11 @@ Why the image links sit in a read-only share: a hard link IS the cache's file. I
 the guest's root (init, or a step that broke the guest kernel) could rewrite an image every later
 job runs from; qemu refuses every write to a `readonly=on` share, whoever asks. The workspace's bind
 is the only thing the guest can write besides its scratch disk, and both are bounded by the job's
-disk limit (the workspace's quota filesystem, the scratch disk's size).
+disk limit (the workspace's quota filesystem, the scratch disk's size). qemu serves the shares as
+root with security_model=passthrough: what the guest's root asks for in `rw/ws` (a setuid-root file,
+a device node where qemu allows one, any owner) is made on the host. So every bind here is nosuid,
+nodev and noexec: nothing the guest made works through the path qemu serves, also for a job
+without a disk limit, whose workspace has no nosuid/nodev filesystem of its own.
 
 After the job `remove` unmounts every mount under the directory (found in /proc/self/mountinfo,
 deepest first, lazily, never following a link) and deletes it without following links; the janitor
@@ -47,7 +51,11 @@ __all__ = [
 
 MOUNTINFO = "/proc/self/mountinfo"
 MKFS_TIMEOUT_S = 120.0
-_MS_RDONLY, _MS_REMOUNT, _MS_BIND = 1, 32, 4096
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REMOUNT, _MS_BIND = 1, 2, 4, 8, 32, 4096
+# every bind into a VM's directory: qemu (root on the host) creates what the guest asks for in a
+# passthrough share, device nodes and setuid files included; on these mounts none of them works
+# on the host, whatever filesystem the workspace is on (a job without a disk limit has no own one)
+_INERT = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
 _MNT_DETACH, _UMOUNT_NOFOLLOW = 2, 8
 _PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -62,7 +70,8 @@ def _mount(source: str | None, target: str, flags: int) -> None:
 
 def bind(source: Path, target: Path, *, readonly: bool, directory: bool = True) -> None:
     """Bind `source` on `target` (both executor-made or executor-checked paths), opened with
-    O_NOFOLLOW and mounted through /proc/self/fd, so a link swapped in is never followed."""
+    O_NOFOLLOW and mounted through /proc/self/fd, so a link swapped in is never followed; the bind
+    is nosuid, nodev and noexec (see _INERT), and read-only with `readonly`."""
     kind = os.O_DIRECTORY if directory else 0
     src = os.open(source, _PATH | kind)
     try:
@@ -73,12 +82,13 @@ def bind(source: Path, target: Path, *, readonly: bool, directory: bool = True) 
             os.close(dst)
     finally:
         os.close(src)
-    if readonly:  # a bind takes no flags: remount the new mount (target resolves to it now)
-        dst = os.open(target, _PATH | kind)
-        try:
-            _mount(None, f"/proc/self/fd/{dst}", _MS_BIND | _MS_REMOUNT | _MS_RDONLY)
-        finally:
-            os.close(dst)
+    # a bind takes no flags: remount the new mount (target resolves to it now)
+    dst = os.open(target, _PATH | kind)
+    try:
+        flags = _MS_BIND | _MS_REMOUNT | _INERT | (_MS_RDONLY if readonly else 0)
+        _mount(None, f"/proc/self/fd/{dst}", flags)
+    finally:
+        os.close(dst)
 
 
 def _unescape(field: str) -> str:

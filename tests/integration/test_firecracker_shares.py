@@ -1,0 +1,141 @@
+"""What a job microVM's guest root can make of its workspace share, seen from the host (review R2).
+
+qemu serves the shares as root with security_model=passthrough, so whatever the guest's root asks
+for in its writable share happens on the host: device nodes (mknod), setuid files, any owner. The
+workspace of a job without a disk limit has no filesystem of its own (no nosuid/nodev quota mount),
+so the VM's binds (shares.bind) are nosuid, nodev and noexec themselves: what the guest made there
+is inert on every path qemu uses. One VM boot: the guest's root makes a setuid-root copy of
+busybox in /ws (and tries a device node), and a step still runs a script from its workspace
+(noexec on the host does not reach the guest, which reads the file over 9p)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.executor.runtimes.firecracker import assets as fc_assets
+from corral.executor.runtimes.firecracker.console import Control, Output
+from corral.executor.runtimes.firecracker.guestjob import GuestStep, job_script
+from corral.executor.runtimes.firecracker.shares import VMDir, mounts_under, unmount_all
+from corral.executor.runtimes.firecracker.vm import VM, Disk, Share, VMConfig
+from tests.conftest import require
+
+BUSYBOX = "/bin/busybox"
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    """Outside pytest's temporary root (every pytest session unmounts below it) and on the host's
+    root filesystem (no nosuid or nodev of its own: as a workspace without a disk limit)."""
+    require(os.geteuid() == 0, "bind mounts need root")
+    top = Path(tempfile.mkdtemp(prefix="corral-fc-shares-", dir="/var/tmp"))
+    yield top
+    unmount_all(top)
+    shutil.rmtree(top, ignore_errors=True)
+
+
+def _flags(path: Path) -> set[str]:
+    f = os.statvfs(path).f_flag
+    return {n for n, bit in (("ro", os.ST_RDONLY), ("nosuid", os.ST_NOSUID), ("nodev", os.ST_NODEV),
+                              ("noexec", os.ST_NOEXEC)) if f & bit}
+
+
+def _workspace(top: Path) -> Path:
+    ws = top / "job" / "workspace"
+    ws.mkdir(parents=True)
+    (top / "job" / "scripts").mkdir()
+    assert "nodev" not in _flags(ws) and "nosuid" not in _flags(ws)  # the hole this test is about
+    return ws
+
+
+def test_the_workspace_bound_into_a_vm_is_nosuid_nodev_noexec(root: Path) -> None:
+    ws = _workspace(root)
+    d = VMDir(root / "vm")
+    d.make(8 * 1024**2)
+    d.stage(job_sh="", scripts=root / "job" / "scripts", images={}, workspace=ws)
+    assert _flags(d.rw) == {"ro", "nosuid", "nodev", "noexec"}
+    assert _flags(d.rw / "ws") == {"nosuid", "nodev", "noexec"}
+    # what a guest's root gets qemu to make in the share (qemu: root, passthrough), made here directly
+    os.mknod(ws / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    shutil.copy(BUSYBOX, ws / "suid")
+    os.chmod(ws / "suid", 0o4755)
+    with pytest.raises(PermissionError):
+        os.open(d.rw / "ws" / "null", os.O_RDONLY)  # nodev: qemu cannot open the host's device
+    with pytest.raises(PermissionError):
+        subprocess.run([str(d.rw / "ws" / "suid"), "true"], check=False)
+    (d.rw / "ws" / "written").write_text("ok")  # still the job's writable workspace
+    d.remove()
+    assert not d.path.exists() and mounts_under(root) == []
+    assert (ws / "written").read_text() == "ok"
+
+
+async def test_a_guest_root_makes_devices_and_setuid_files_that_stay_inert_and_steps_still_exec(
+    root: Path,
+) -> None:
+    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86 is not installed")
+    assets = fc_assets.ensure_assets().assets
+    ws = _workspace(root)
+    (ws / "run.sh").write_text("#!/bin/sh\necho ran from the workspace\n")
+    os.chmod(ws / "run.sh", 0o755)
+    image_root = root / "rootfs"
+    (image_root / "bin").mkdir(parents=True)
+    shutil.copy(BUSYBOX, image_root / "bin" / "busybox")
+    (image_root / "bin" / "sh").symlink_to("busybox")
+    image = root / "root.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(image_root), str(image), "16M"], check=True)
+    d = VMDir(root / "vm")
+    d.make(64 * 1024**2)
+    vm = VM(
+        VMConfig(
+            name=f"corral-test-{os.getpid()}-shares",
+            assets=assets,
+            memory_mib=256,
+            disks=[Disk("scratch", d.scratch, readonly=False)],
+            shares=[Share("job", d.job), Share("rw", d.rw, readonly=False)],
+        )
+    )
+    # job.sh is sourced by init, as the guest's root: the part a step that broke the kernel controls
+    # (qemu 7.2 with the fix of CVE-2023-2861 removes a device node the guest makes at once: it
+    # cannot set its mode without opening it; an older qemu keeps it: then it must be inert)
+    guest_root = (
+        "mknod -m 666 /ws/null c 1 3 2>/dev/null\n"
+        "cp /bin/busybox /ws/suid && chown 0:0 /ws/suid && chmod 4755 /ws/suid || die 'no setuid file'\n"
+    )
+    steps = [GuestStep(0, "img0", ["/data/run.sh"], uid=4242, gid=4242, env={"PATH": "/bin"})]
+    out, events = b"", []
+    try:
+        await vm.start()
+        async with asyncio.timeout(120):
+            await vm.wait_ready()
+            d.stage(job_sh=guest_root + job_script(steps), scripts=root / "job" / "scripts",
+                    images={"img0": image}, workspace=ws)
+            await vm.go()
+            async for ev in vm.events():
+                if isinstance(ev, Control):
+                    events.append(ev.event)
+                elif isinstance(ev, Output) and events and events[-1] == "start 0":
+                    out += ev.data
+            assert await vm.wait() == 0, vm.stderr
+        assert events[:2] == ["start 0", "end 0 0 0 0 0"], (events, out, vm.why())
+        assert out == b"ran from the workspace\n"
+        # on the host: qemu made what the guest asked for (a setuid-root file)...
+        suid = (ws / "suid").stat()
+        assert suid.st_mode & 0o4000 and suid.st_uid == 0
+        # ...and none of it works through the share qemu serves
+        if (ws / "null").exists():
+            with pytest.raises(PermissionError):
+                os.open(d.rw / "ws" / "null", os.O_RDONLY)
+        with pytest.raises(PermissionError):
+            subprocess.run([str(d.rw / "ws" / "suid"), "true"], check=False)
+    finally:
+        await vm.kill()
+        d.remove()
+    assert not d.path.exists() and mounts_under(root) == []
