@@ -8,7 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
-from corral.executor.runtimes.firecracker.assets import DEFAULT_ASSETS_DIR
+from corral.executor.runtimes.firecracker.assets import DEFAULT_ASSETS_DIR, ensure_assets
 from corral.executor.runtimes.firecracker.vm import qemu_processes
 from tests.conftest import bwrap_ok, docker_ok, require
 
@@ -24,6 +24,14 @@ def require_microvms() -> None:
         (DEFAULT_ASSETS_DIR / "manifest.json").exists(),
         "the microVM assets are not installed (corral executor install firecracker; scripts/setup.sh)",
     )
+    if not _assets_checked:
+        # the initramfs of this tree's guest scripts (the executor refuses another): a no-op when
+        # in place, a rebuild after guest/*.sh changed
+        ensure_assets(install_packages=False)
+        _assets_checked.append(True)
+
+
+_assets_checked: list[bool] = []
 
 
 def qemu_left(prefix: str) -> dict[int, str]:

@@ -16,6 +16,10 @@
 
 The result is recorded in `manifest.json` (the kernel package, the hash of every input that shapes
 the initramfs, the sha256 of each output). A re-run checks those and does nothing when they hold.
+The executor checks the inputs too (`load_assets`): guest scripts that are not those the initramfs
+was built from (corral was upgraded, the install not re-run) speak another protocol than the host
+(the `go` handshake, control lines), so it refuses to boot them, naming the install command, rather
+than boot VMs that never become ready.
 """
 
 from __future__ import annotations
@@ -166,18 +170,28 @@ def extract_vmlinux(bzimage: bytes) -> bytes:
     raise ValueError("no XZ-compressed ELF kernel found in the bzImage")
 
 
+_INPUTS = (GUEST_INIT, GUEST_NET, GUEST_CLISTEP, Path(BUSYBOX), Path(SETPRIV))
+_inputs_cache: dict[tuple[tuple[int, int, int], ...], str] = {}
+
+
 def _inputs_hash() -> str:
-    """What shapes the initramfs besides the kernel: the init script, busybox, setpriv, the list."""
+    """What shapes the initramfs besides the kernel: the init script, busybox, setpriv, the list
+    (hashed again only when one of the files changed: `load_assets` asks at every VM's boot)."""
+    key = tuple((st.st_ino, st.st_size, st.st_mtime_ns) for st in (os.stat(p) for p in _INPUTS))
+    if key in _inputs_cache:
+        return _inputs_cache[key]
     h = hashlib.sha256()
-    for part in (GUEST_INIT, GUEST_NET, GUEST_CLISTEP, Path(BUSYBOX), Path(SETPRIV)):
+    for part in _INPUTS:
         h.update(part.read_bytes())
     h.update(",".join(GUEST_MODULES).encode())
     h.update(str(MANIFEST_VERSION).encode())
-    return h.hexdigest()
+    _inputs_cache[key] = digest = h.hexdigest()
+    return digest
 
 
 def load_assets(directory: Path = DEFAULT_ASSETS_DIR, *, verify: bool = False) -> Assets:
-    """The installed assets; ConfigError naming the install command when they are missing."""
+    """The installed assets; ConfigError naming the install command when they are missing, or were
+    built from other guest scripts than this corral's (see the module docstring)."""
     manifest = directory / "manifest.json"
     try:
         data = json.loads(manifest.read_text())
@@ -191,6 +205,16 @@ def load_assets(directory: Path = DEFAULT_ASSETS_DIR, *, verify: bool = False) -
             f"the microVM kernel and initramfs are not installed in {directory} ({exc}): "
             "run `corral executor install firecracker`"
         ) from None
+    try:
+        current = data.get("inputs") == _inputs_hash()
+    except OSError as exc:
+        raise ConfigError(f"cannot check the microVM initramfs in {directory}: {exc}") from None
+    if not current:
+        raise ConfigError(
+            f"the microVM initramfs in {directory} was built from other guest scripts (guest/*.sh), "
+            "busybox or setpriv than this corral's (an upgrade without a new install?), so its VMs "
+            "would not understand this executor: run `corral executor install firecracker`"
+        )
     return assets
 
 
@@ -249,7 +273,7 @@ def build_initramfs(modules_root: Path) -> bytes:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # two installs at once: each its own
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
