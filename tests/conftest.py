@@ -46,11 +46,32 @@ def bwrap_available() -> None:
 
 def _unmount_below(root: str) -> None:
     """Unmount job workspace filesystems left below root: an executor a test killed with SIGKILL
-    leaves its loop mounts (its janitor would remove them on its next start, which never comes)."""
+    leaves its loop mounts (its janitor would remove them on its next start, which never comes).
+    The mounts of another pytest session that still runs on this host are its own: left alone."""
     with open("/proc/self/mounts") as f:
         points = [line.split()[1] for line in f]
     for point in sorted((p for p in points if p.startswith(root + "/")), key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True, timeout=30)
+        if not _in_live_session(root, point):
+            subprocess.run(["umount", "-l", point], capture_output=True, timeout=30)
+
+
+def _in_live_session(root: str, point: str) -> bool:
+    """Whether `point` is in the pytest-N directory of another pytest process still running (pytest
+    keeps its pid in pytest-N/.lock while the session runs)."""
+    numbered = point[len(root) + 1 :].split("/", 1)[0]
+    try:
+        pid = int((Path(root) / numbered / ".lock").read_text().strip())
+    except (OSError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @pytest.fixture(scope="session", autouse=True)
