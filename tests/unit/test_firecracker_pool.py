@@ -9,6 +9,7 @@ import asyncio
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -220,3 +221,20 @@ async def test_size_zero_never_boots() -> None:
     await asyncio.sleep(0.02)
     assert f.boots_started == 0
     await p.drain()
+
+
+def test_validate_says_how_large_the_warm_pool_is(tmp_path: Path) -> None:
+    from corral.executor.runtimes.docker import DockerRuntime
+    from corral.executor.runtimes.firecracker.runtime import FirecrackerRuntime
+
+    def words(size: int, vms: int) -> str:
+        docker = DockerRuntime(pull=False, owner="t")
+        rt = FirecrackerRuntime(docker, owner="t", cache_dir=tmp_path, warm_pool=size, max_vms=vms)
+        return rt._pool_words()
+
+    assert words(2, 3) == (
+        "2 VMs booted ahead of jobs (EXECUTOR_FIRECRACKER_WARM_POOL), at most 3 VMs in all "
+        "(EXECUTOR_MAXIMUM_NUM_JOBS)"
+    )
+    assert words(1, 1).startswith("1 VM booted ahead") and "at most 1 VM in all" in words(1, 1)
+    assert words(0, 4) == "off (EXECUTOR_FIRECRACKER_WARM_POOL=0): every job boots its VM"

@@ -251,7 +251,17 @@ class FirecrackerRuntime:
         return [
             ("microVMs", f"{vmm}, accelerator {accel}, guest kernel {assets.kernel_release}"),
             ("engine", fcapi.engine(probed).words()),  # Firecracker proper: found, and how far it goes
+            ("warm pool", self._pool_words()),
         ]
+
+    def _pool_words(self) -> str:
+        size, cap = self.pool.size, self.pool.capacity
+        if size == 0:
+            return "off (EXECUTOR_FIRECRACKER_WARM_POOL=0): every job boots its VM"
+        return (
+            f"{size} VM{'s' * (size > 1)} booted ahead of jobs (EXECUTOR_FIRECRACKER_WARM_POOL), "
+            f"at most {cap} VM{'s' * (cap > 1)} in all (EXECUTOR_MAXIMUM_NUM_JOBS)"
+        )
 
     def telemetry(self) -> dict[str, str]:
         if self._telemetry is None:
