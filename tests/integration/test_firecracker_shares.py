@@ -16,7 +16,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -56,6 +56,62 @@ def _workspace(top: Path) -> Path:
     return ws
 
 
+def _image(top: Path) -> Path:
+    """An image disk holding busybox as /bin/sh (no Docker needed)."""
+    image_root = top / "rootfs"
+    (image_root / "bin").mkdir(parents=True)
+    shutil.copy(BUSYBOX, image_root / "bin" / "busybox")
+    (image_root / "bin" / "sh").symlink_to("busybox")
+    image = top / "root.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(image_root), str(image), "16M"], check=True)
+    return image
+
+
+async def _run(
+    top: Path,
+    assets: fc_assets.Assets,
+    name: str,
+    job_sh: str,
+    image: Path,
+    ws: Path,
+    on_host: Callable[[VMDir], Awaitable[None]] | None = None,
+) -> tuple[list[str], bytes]:
+    """Boot a generic VM as the runtime does, stage `job_sh` with the image as img0 and `ws`, say go;
+    the control events and the steps' output. `on_host` runs once the VM is off, its directory still
+    staged. Nothing of the VM remains after."""
+    d = VMDir(top / f"vm-{name}")
+    d.make(64 * 1024**2)
+    vm = VM(
+        VMConfig(
+            name=f"corral-test-{os.getpid()}-{name}",
+            assets=assets,
+            memory_mib=256,
+            disks=[Disk("scratch", d.scratch, readonly=False)],
+            shares=[Share("job", d.job), Share("rw", d.rw, readonly=False)],
+        )
+    )
+    out, events = b"", []
+    try:
+        await vm.start()
+        async with asyncio.timeout(120):
+            await vm.wait_ready()
+            d.stage(job_sh=job_sh, scripts=top / "job" / "scripts", images={"img0": image}, workspace=ws)
+            await vm.go()
+            async for ev in vm.events():
+                if isinstance(ev, Control):
+                    events.append(ev.event)
+                elif isinstance(ev, Output) and events and events[-1].startswith("start "):
+                    out += ev.data
+            assert await vm.wait() == 0, vm.stderr
+        if on_host is not None:
+            await on_host(d)
+    finally:
+        await vm.kill()
+        d.remove()
+    assert not d.path.exists() and not mounts_under(d.path)
+    return events, out
+
+
 def test_the_workspace_bound_into_a_vm_is_nosuid_nodev_noexec(root: Path) -> None:
     ws = _workspace(root)
     d = VMDir(root / "vm")
@@ -85,23 +141,7 @@ async def test_a_guest_root_makes_devices_and_setuid_files_that_stay_inert_and_s
     ws = _workspace(root)
     (ws / "run.sh").write_text("#!/bin/sh\necho ran from the workspace\n")
     os.chmod(ws / "run.sh", 0o755)
-    image_root = root / "rootfs"
-    (image_root / "bin").mkdir(parents=True)
-    shutil.copy(BUSYBOX, image_root / "bin" / "busybox")
-    (image_root / "bin" / "sh").symlink_to("busybox")
-    image = root / "root.ext4"
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(image_root), str(image), "16M"], check=True)
-    d = VMDir(root / "vm")
-    d.make(64 * 1024**2)
-    vm = VM(
-        VMConfig(
-            name=f"corral-test-{os.getpid()}-shares",
-            assets=assets,
-            memory_mib=256,
-            disks=[Disk("scratch", d.scratch, readonly=False)],
-            shares=[Share("job", d.job), Share("rw", d.rw, readonly=False)],
-        )
-    )
+    image = _image(root)
     # job.sh is sourced by init, as the guest's root: the part a step that broke the kernel controls
     # (qemu 7.2 with the fix of CVE-2023-2861 removes a device node the guest makes at once: it
     # cannot set its mode without opening it; an older qemu keeps it: then it must be inert)
@@ -110,22 +150,8 @@ async def test_a_guest_root_makes_devices_and_setuid_files_that_stay_inert_and_s
         "cp /bin/busybox /ws/suid && chown 0:0 /ws/suid && chmod 4755 /ws/suid || die 'no setuid file'\n"
     )
     steps = [GuestStep(0, "img0", ["/data/run.sh"], uid=4242, gid=4242, env={"PATH": "/bin"})]
-    out, events = b"", []
-    try:
-        await vm.start()
-        async with asyncio.timeout(120):
-            await vm.wait_ready()
-            d.stage(job_sh=guest_root + job_script(steps), scripts=root / "job" / "scripts",
-                    images={"img0": image}, workspace=ws)
-            await vm.go()
-            async for ev in vm.events():
-                if isinstance(ev, Control):
-                    events.append(ev.event)
-                elif isinstance(ev, Output) and events and events[-1] == "start 0":
-                    out += ev.data
-            assert await vm.wait() == 0, vm.stderr
-        assert events[:2] == ["start 0", "end 0 0 0 0 0"], (events, out, vm.why())
-        assert out == b"ran from the workspace\n"
+
+    async def on_host(d: VMDir) -> None:
         # on the host: qemu made what the guest asked for (a setuid-root file)...
         suid = (ws / "suid").stat()
         assert suid.st_mode & 0o4000 and suid.st_uid == 0
@@ -135,7 +161,27 @@ async def test_a_guest_root_makes_devices_and_setuid_files_that_stay_inert_and_s
                 os.open(d.rw / "ws" / "null", os.O_RDONLY)
         with pytest.raises(PermissionError):
             subprocess.run([str(d.rw / "ws" / "suid"), "true"], check=False)
-    finally:
-        await vm.kill()
-        d.remove()
-    assert not d.path.exists() and mounts_under(root) == []
+
+    events, out = await _run(root, assets, "suid", guest_root + job_script(steps), image, ws, on_host)
+    assert events[:2] == ["start 0", "end 0 0 0 0 0"], (events, out)
+    assert out == b"ran from the workspace\n"
+
+
+async def test_a_step_that_fills_the_workspace_is_reported_as_a_full_disk(root: Path) -> None:
+    """The workspace is the host's quota filesystem (EXECUTOR_FIRECRACKER_DISK_SPACE) seen over 9p:
+    a step that fills it, not its scratch disk, is a full disk too (before: only its exit code)."""
+    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86 is not installed")
+    assets = fc_assets.ensure_assets().assets  # this tree's guest scripts
+    ws = _workspace(root)
+    quota = root / "job" / "disk.img"
+    with quota.open("wb") as f:
+        f.truncate(8 * 1024**2)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(quota)], check=True)
+    subprocess.run(["mount", "-o", "loop,nosuid,nodev", str(quota), str(ws)], check=True)
+    os.chown(ws, 4242, 4242)
+    image = _image(root)
+    fill = "dd if=/dev/zero of=/data/big bs=1M count=64 2>/dev/null; echo dd=$?; true"
+    steps = [GuestStep(0, "img0", ["/bin/sh", "-c", fill], uid=4242, gid=4242, env={"PATH": "/bin"})]
+    events, out = await _run(root, assets, "fill", job_script(steps), image, ws)
+    assert events[0] == "start 0" and events[1].startswith("end 0 0 0 1"), (events, out)
+    assert b"dd=1" in out

@@ -105,8 +105,8 @@ umount_tree() {  # every mount at or below $1, the deepest first
 }
 
 # end_root IDX ROOT SCRATCH-DIR: after the step: what it left running killed, its OOM kills and a
-# full scratch disk measured, its root unmounted, its scratch dir removed, `end` marked; a failed
-# step powers the VM off (the job stops there)
+# full disk (scratch or workspace) measured, its root unmounted, its scratch dir removed, `end`
+# marked; a failed step powers the VM off (the job stops there)
 end_root() {
     kill -9 -1 2>/dev/null  # whatever the step left running (init itself survives)
     sleep 0.05
@@ -114,9 +114,14 @@ end_root() {
     while read -r k v; do [ "$k" = max ] && pids=$v; done < "$_cg/pids.events"
     for _ in 1 2 3 4 5 6 7 8 9 10; do rmdir "$_cg" 2>/dev/null && break; sleep 0.05; done
     oom=$(( $(oom_kills) - oom0 ))
-    full=0  # the scratch disk (the job's disk limit) is full: under 256 KiB left
-    avail=$(df -k /scratch | tail -n 1 | awk '{print $4}')
-    [ "${avail:-0}" -lt 256 ] && full=1
+    # the job's disk limit: the scratch disk (the step's root and /tmp) or the workspace (the host's
+    # quota filesystem over 9p, whose statfs the guest sees; stat -f: df would ask the mount point,
+    # /rw) is full: under 256 KiB left
+    full=0
+    for d in /scratch /ws/; do
+        avail=$(stat -f -c '%a %S' "$d" 2>/dev/null)
+        case "$avail" in *[0-9]" "[0-9]*) [ $(( ${avail% *} * ${avail#* } )) -lt 262144 ] && full=1 ;; esac
+    done
     umount_tree "$2"
     rm -rf "$3"
     mark "end $1 $rc $oom $full $pids"
