@@ -65,3 +65,20 @@ async def test_held_links_go_with_the_last_release_and_with_a_dead_executor(tmp_
     mine = await disks.disk(A, {})
     disks.clear_leftovers()
     assert not left.exists() and mine.path.exists()  # this live process's hold stays
+
+
+async def test_two_caches_of_one_process_keep_their_holds_apart(tmp_path: Path) -> None:
+    # e.g. two runtimes in one process (the benchmark's cold and warm ones): one's janitor or
+    # release never takes the other's hold
+    cache = tmp_path / "images"
+    _cached(cache, A)
+    one, two = _disks(cache), _disks(cache)
+    held_one, held_two = await one.disk(A, {}), await two.disk(A, {})
+    assert held_one.path != held_two.path
+    two.release(A)
+    two.clear_leftovers()
+    assert held_one.path.exists() and not held_two.path.exists()
+    one.clear_leftovers()
+    assert held_one.path.exists()
+    one.release(A)
+    assert not held_one.path.exists()

@@ -17,7 +17,7 @@ The cache is a directory of `<id>.ext4` files plus `<id>.json` (the image's Env)
 removed until the total fits. The cache is shared by every executor of the host (each
 EXECUTOR_VM_PREFIX), so "held" is said on the filesystem, not only in one process's memory: while
 an executor holds a disk (from `disk` until `release`) it keeps a hard link of it in
-`.held/<pid>-<id>`, and a VM's directory links the disk too (shares.py); a disk with more than one
+`.held/<pid>-<instance>-<id>`, and a VM's directory links the disk too (shares.py); a disk with more than one
 link is never evicted, by any executor (before, another executor's eviction could remove a disk this
 one had just handed to a job, whose staging then failed, and counted a disk a running VM still
 linked as freed). Links of executors that are gone are cleared by the janitor (`clear_leftovers`).
@@ -30,6 +30,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import stat
 import subprocess
@@ -54,7 +55,7 @@ MAX_IMAGE_BYTES = 16 * 1024**3  # one image's exported filesystem
 MAX_ENTRIES = 1_000_000  # files, directories and links in one image
 EXPORT_CHUNK = 1 << 20
 MKFS_TIMEOUT_S = 600.0
-HELD_DIR = ".held"  # <cache>/.held/<pid>-<id>: a hard link per disk an executor holds
+HELD_DIR = ".held"  # <cache>/.held/<pid>-<instance>-<id>: a hard link per disk an executor holds
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -202,6 +203,7 @@ class ImageDisks:
         self.api, self.dir, self.max_bytes = api, cache_dir, max_bytes
         self._locks: dict[str, asyncio.Lock] = {}
         self._in_use: dict[str, int] = {}
+        self._token = secrets.token_hex(4)  # this cache among the caches of one process (.held names)
 
     @staticmethod
     def _key(image_id: str) -> str:
@@ -211,7 +213,8 @@ class ImageDisks:
         return key
 
     def _held_link(self, key: str) -> Path:
-        return self.dir / HELD_DIR / f"{os.getpid()}-{key}"
+        # <pid>-<instance>-<key>: two caches of one process (e.g. two runtimes) hold apart
+        return self.dir / HELD_DIR / f"{os.getpid()}-{self._token}-{key}"
 
     def hold(self, image_id: str) -> None:
         """Count one more user of the disk; the first one links it into .held (FileNotFoundError
@@ -370,15 +373,17 @@ class ImageDisks:
         held = self.dir / HELD_DIR
         with contextlib.suppress(OSError):
             for e in os.scandir(held):
-                pid = e.name.split("-")[0]
-                if pid.isdigit() and (_alive(int(pid)) if int(pid) != os.getpid() else self._holds(e.name)):
-                    continue
+                pid, _, rest = e.name.partition("-")
+                token, _, key = rest.partition("-")
+                if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+                    continue  # another executor's
+                if pid.isdigit() and int(pid) == os.getpid() and (token != self._token or self._holds(key)):
+                    continue  # another cache of this process, or held here
                 with contextlib.suppress(OSError):
                     os.unlink(e.path)
 
-    def _holds(self, name: str) -> bool:
-        """Whether this process holds the disk of .held/<name> (<pid>-<key>)."""
-        key = name.partition("-")[2]
+    def _holds(self, key: str) -> bool:
+        """Whether this cache holds the disk `key`."""
         return any(self._key(i) == key for i in self._in_use)
 
 
