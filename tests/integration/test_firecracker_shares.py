@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from corral.executor.runtimes.firecracker import assets as fc_assets
+from corral.executor.runtimes.firecracker import shares
 from corral.executor.runtimes.firecracker.console import Control, Output
 from corral.executor.runtimes.firecracker.guestjob import GuestStep, job_script
 from corral.executor.runtimes.firecracker.shares import VMDir, mounts_under, unmount_all
@@ -88,6 +89,7 @@ async def _run(
             memory_mib=256,
             disks=[Disk("scratch", d.scratch, readonly=False)],
             shares=[Share("job", d.job), Share("rw", d.rw, readonly=False)],
+            console_log=d.console_log,
         )
     )
     out, events = b"", []
@@ -185,3 +187,26 @@ async def test_a_step_that_fills_the_workspace_is_reported_as_a_full_disk(root: 
     events, out = await _run(root, assets, "fill", job_script(steps), image, ws)
     assert events[0] == "start 0" and events[1].startswith("end 0 0 0 1"), (events, out)
     assert b"dd=1" in out
+
+
+async def test_a_guest_flooding_the_kernel_console_fills_a_bounded_log_not_the_host_disk(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel's serial console goes to a file on the host (why a VM died): a guest's root writing
+    to ttyS0 without end filled the host's disk; now a tmpfs of CONSOLE_LOG_MAX bytes (64 KiB here:
+    the serial port is slow under TCG), and the VM still runs its job to the end."""
+    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86 is not installed")
+    assets = fc_assets.ensure_assets().assets
+    monkeypatch.setattr(shares, "CONSOLE_LOG_MAX", 64 * 1024, raising=False)
+    ws = _workspace(root)
+    image = _image(root)
+    flood = f"head -c {shares.CONSOLE_LOG_MAX * 2} /dev/zero | tr '\\0' x > /dev/ttyS0\n"
+    steps = [GuestStep(0, "img0", ["/bin/sh", "-c", "echo after"], env={"PATH": "/bin"})]
+    sizes: list[int] = []
+
+    async def on_host(d: VMDir) -> None:
+        sizes.append(d.console_log.stat().st_size)
+
+    events, out = await _run(root, assets, "flood", flood + job_script(steps), image, ws, on_host)
+    assert events[:2] == ["start 0", "end 0 0 0 0 0"] and out == b"after\n", (events, out)
+    assert 0 < sizes[0] <= shares.CONSOLE_LOG_MAX

@@ -4,7 +4,9 @@ Every VM (warm or cold: one code path) boots from an executor-made directory ``<
 (mode 0700; `<vms>` is next to the image cache, so its hard links work):
 
     scratch.ext4  the scratch disk (virtio-blk "scratch"), as large as the job's disk limit
-    console.log   the kernel's serial console
+    log/console.log  the kernel's serial console, on a tmpfs of CONSOLE_LOG_MAX bytes: a guest whose
+                  root writes to ttyS0 without end fills that, not the host's disk (qemu drops what
+                  no longer fits; the guest runs on)
     job/          the 9p share "job", READ-ONLY in qemu, empty at boot; `stage` puts in it
       ctl/job.sh    what init runs (guestjob.py)
       steps/        a copy of the job's step scripts
@@ -51,6 +53,7 @@ __all__ = [
 
 MOUNTINFO = "/proc/self/mountinfo"
 MKFS_TIMEOUT_S = 120.0
+CONSOLE_LOG_MAX = 1024 * 1024  # bytes of the kernel's serial console kept on the host per VM
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REMOUNT, _MS_BIND = 1, 2, 4, 8, 32, 4096
 # every bind into a VM's directory: qemu (root on the host) creates what the guest asks for in a
 # passthrough share, device nodes and setuid files included; on these mounts none of them works
@@ -61,9 +64,12 @@ _PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _mount(source: str | None, target: str, flags: int) -> None:
+def _mount(
+    source: str | None, target: str, flags: int, fstype: str | None = None, data: str | None = None
+) -> None:
     src = source.encode() if source is not None else None
-    if _libc.mount(src, target.encode(), None, ctypes.c_ulong(flags), None) != 0:
+    kind, opts = (v.encode() if v is not None else None for v in (fstype, data))
+    if _libc.mount(src, target.encode(), kind, ctypes.c_ulong(flags), opts) != 0:
         e = ctypes.get_errno()
         raise OSError(e, f"mount {source} on {target}: {os.strerror(e)}")
 
@@ -142,7 +148,7 @@ class VMDir:
 
     @property
     def console_log(self) -> Path:
-        return self.path / "console.log"
+        return self.path / "log" / "console.log"
 
     @property
     def job(self) -> Path:
@@ -155,6 +161,14 @@ class VMDir:
     def make(self, disk_bytes: int) -> None:
         """The generic part, before qemu starts: directories, the scratch disk, rw made read-only."""
         self.path.mkdir(mode=0o700)
+        log = self.console_log.parent
+        log.mkdir(mode=0o700)
+        fd = os.open(log, _PATH | os.O_DIRECTORY)
+        try:
+            size = f"size={CONSOLE_LOG_MAX},nr_inodes=16,mode=0700"
+            _mount("corral-console", f"/proc/self/fd/{fd}", _INERT, "tmpfs", size)
+        finally:
+            os.close(fd)
         self.job.mkdir(mode=0o700)
         (self.rw / "ws").mkdir(mode=0o755, parents=True)
         with self.scratch.open("wb") as f:
