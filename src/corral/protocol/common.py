@@ -28,7 +28,7 @@ __all__ = [
 QUEUE_NAME_RE = re.compile(r"^[a-z0-9_-]{1,64}\Z")
 EXTENSIONS_HEADER = "X-Corral-Extensions"
 # What a corral server offers beyond Sourcegraph's protocol; a client only uses what is advertised.
-EXTENSIONS = ("longpoll", "logappend", "fencing", "results", "cancelwatch")
+EXTENSIONS = ("longpoll", "logappend", "fencing", "results", "cancelwatch", "reattach")
 JOB_ID_HEADER = "X-Sourcegraph-Job-ID"
 # With the extensions: the most bytes of output the server stores for one log entry, so that an
 # executor caps (head, tail and the cut marked) within it instead of being refused.

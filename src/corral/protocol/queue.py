@@ -11,6 +11,7 @@ executor's client parses them: one contract for both sides.
     corral: appendExecutionLogEntry                      AppendLogRequest -> AppendLogResponse
     corral: uploadResult                                 JobResult -> 204
     corral: cancelWatch                                  CancelWatchRequest -> CancelWatchResponse
+    corral: reattach                                     ReattachRequest -> ReattachResponse (or 409/404)
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ __all__ = [
     "JobIdsByQueue",
     "JobOperation",
     "JobResult",
+    "KnownLogEntry",
     "MarkErrorRequest",
+    "ReattachRequest",
+    "ReattachResponse",
     "UpdateLogEntryRequest",
     "VirtualMachineFile",
     "go_job_id",
@@ -242,6 +246,29 @@ class CancelWatchRequest(Wire):
 
 class CancelWatchResponse(Wire):
     cancel_ids: list[int] = Field(default_factory=list, alias="cancelIds")
+
+
+class ReattachRequest(JobOperation):
+    """corral extension (executor-authenticated): an executor that restarted asks for a job attempt
+    it held before (`attempt` is required): granted only while that attempt is still leased to
+    `executorName` (processing, not canceled, heartbeat within the server's stall window)."""
+
+
+class KnownLogEntry(Wire):
+    """One log entry of the attempt as the server has it: where the executor's writes resume."""
+
+    entry_id: int = Field(alias="entryId")
+    key: str
+    out_len: int = Field(alias="outLen")  # bytes of output stored
+    exit_code: int | None = Field(default=None, alias="exitCode")  # None: the entry never finished
+
+
+class ReattachResponse(Wire):
+    """The job as dequeue gave it, with a fresh job token for the same attempt (the old one stops
+    working), and the attempt's log entries."""
+
+    job: Job
+    entries: list[KnownLogEntry] = Field(default_factory=list)
 
 
 class JobResult(JobOperation):

@@ -3,12 +3,14 @@
 Sourcegraph's: dequeue, heartbeat (one queue or several), add/update execution log entries,
 markComplete / markErrored / markFailed, and the auth check. corral's (advertised in the
 X-Corral-Extensions header; off with `extensions=false`): long-poll dequeue (`waitSeconds`),
-appendExecutionLogEntry (byte offsets), uploadResult, cancelWatch, and attempt fencing.
+appendExecutionLogEntry (byte offsets), uploadResult, cancelWatch, attempt fencing, and reattach
+(an executor that restarted takes back a job attempt still leased to it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import secrets
 import time
@@ -18,7 +20,17 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from corral import __version__
-from corral.errors import ApiError, BadRequest, Conflict, Forbidden, Gone, Invalid, TooLarge, VersionSkew
+from corral.errors import (
+    ApiError,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    Gone,
+    Invalid,
+    NotFound,
+    TooLarge,
+    VersionSkew,
+)
 from corral.protocol import (
     AddLogEntryRequest,
     AppendLogRequest,
@@ -31,7 +43,9 @@ from corral.protocol import (
     Job,
     JobOperation,
     JobResult,
+    KnownLogEntry,
     MarkErrorRequest,
+    ReattachRequest,
     UpdateLogEntryRequest,
 )
 from corral.protocol.versions import InvalidVersion, job_version_for, skew_problem, version_error
@@ -374,3 +388,42 @@ async def cancel_watch(request: Request, body: CancelWatchRequest, state: StateD
             await state.notifier.wait(fut, min(remaining, RECHECK * 5))
         finally:
             state.notifier.unregister(key, fut)
+
+
+@router.post("/queue/{queue}/reattach")
+async def reattach(queue: str, request: Request, body: ReattachRequest, state: StateDep) -> Response:
+    """An executor that restarted asks for a job attempt it held before (the kubernetes runtime's
+    Jobs outlive their executor): granted only while that attempt is still leased to this executor
+    name (processing on that attempt, not canceled, heartbeat within `stalled_after`; else 409, an
+    unknown job 404). The answer is the job as dequeue gave it, with a fresh job token for the same
+    attempt (the server keeps only tokens' hashes; the old token stops working), and the attempt's
+    log entries (their stored lengths and exit codes: where the executor's writes resume). The
+    lease is renewed with it; the executor's heartbeats carry it on."""
+    _extensions_on(state)
+    require_executor(request, state)
+    if not body.executor_name:
+        raise BadRequest("executorName is required")
+    if body.attempt is None:
+        raise BadRequest("attempt is required")
+    await state.require_queue(queue)
+    row = await state.db(state.store.get_job, body.job_id)
+    if row.queue != queue:
+        raise NotFound(f"unknown job {body.job_id} in queue {queue!r}")
+    token = secrets.token_urlsafe(32)
+    stalled = state.settings.stalled_after
+    row = await state.db(state.store.reattach, body.job_id, body.attempt, body.executor_name, token, stalled)
+    try:
+        job = executor_job(row, token, version=2, with_queue=True, corral=True)
+        job = await hand_off(state, row, job, body.executor_name)  # the job's executor secrets again
+    except SecretsUnavailable as exc:  # hand_off errored the attempt: there is nothing to reattach
+        raise Conflict(f"the job's secrets cannot be handed out: {exc}") from None
+    except Invalid as exc:
+        raise Conflict(f"the job cannot be handed out: {exc.message}") from None
+    heads = await state.db(state.store.log_heads, body.job_id, body.attempt)
+    entries = [
+        KnownLogEntry(entry_id=e.entry_id, key=e.key, out_len=e.out_len, exit_code=e.exit_code) for e in heads
+    ]
+    answer = {"job": job, "entries": [e.model_dump(by_alias=True) for e in entries]}
+    # ReattachResponse, written as dump_job writes the Job (the payload can be large: no model round trip)
+    body_out = json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode()
+    return Response(body_out, media_type="application/json")

@@ -282,6 +282,31 @@ class Jobs:
         q = select(jobs.c.id, jobs.c.queue, jobs.c.cancel).where(*owned)
         return [Lease(r.id, r.queue, bool(r.cancel)) for r in conn.execute(q)]
 
+    def reattach(
+        self, job_id: int, attempt: int, executor_name: str, token: str, stalled_after: float
+    ) -> JobRow:
+        """An executor that restarted takes back attempt `attempt` of the job it held (corral's
+        reattach): only while that attempt is still leased to `executor_name`, i.e. the job is
+        processing on that attempt for that executor, not canceled, and its last heartbeat is within
+        `stalled_after` (else Conflict; NotFound for an unknown job). The attempt gets the fresh job
+        token `token` (the old one, lost with the executor's memory, stops working) and its lease is
+        renewed, all in one transaction with the row locked, so the resetter cannot take it meanwhile."""
+        now = self.clock()
+        with self.db.write() as conn:
+            job = self.fence(conn, job_id, attempt, executor_name)
+            if job.cancel:
+                raise Conflict(f"job {job_id} is being canceled: its attempt {attempt} cannot be reattached")
+            beat = conn.execute(select(jobs.c.last_heartbeat_at).where(jobs.c.id == job_id)).scalar()
+            if beat is None or beat < now - stalled_after:
+                raise Conflict(f"the lease of attempt {attempt} of job {job_id} has expired")
+            conn.execute(
+                update(attempts)
+                .where(attempts.c.job_id == job_id, attempts.c.attempt == attempt)
+                .values(token_hash=hash_token(token))
+            )
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(last_heartbeat_at=now))
+            return JobRow.of(conn.execute(select(jobs).where(jobs.c.id == job_id)).one()._mapping)
+
     def cancel_requested(self, executor_name: str, job_ids: list[int]) -> list[int]:
         if not job_ids:
             return []

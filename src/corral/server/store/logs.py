@@ -194,6 +194,34 @@ class Logs:
             for e in entries
         ]
 
+    def heads(self, job_id: int, attempt: int) -> list[LogEntry]:
+        """The entries of one attempt without their output (out_len says how much is stored), in
+        order: where a reattached executor's writes resume. The store's own markers are left out."""
+        with self.db.read() as conn:
+            entries = conn.execute(
+                select(log_entries)
+                .where(
+                    log_entries.c.job_id == job_id,
+                    log_entries.c.attempt == attempt,
+                    log_entries.c.key != MARKER_KEY,
+                )
+                .order_by(log_entries.c.entry_id)
+            ).all()
+        return [
+            LogEntry(
+                job_id=e.job_id,
+                entry_id=e.entry_id,
+                attempt=e.attempt,
+                key=e.key,
+                command=e.command,
+                start_time=e.start_time,
+                exit_code=e.exit_code,
+                duration_ms=e.duration_ms,
+                out_len=e.out_len,
+            )
+            for e in entries
+        ]
+
     def read(self, job_id: int, entry_id: int, start: int = 0, end: int | None = None) -> bytes:
         """Bytes [start, end) of one entry's output (end: all there is)."""
         with self.db.read() as conn:

@@ -168,6 +168,11 @@ class SqlStore:
     def cancel_requested(self, executor_name: str, job_ids: list[int]) -> list[int]:
         return self.jobs.cancel_requested(executor_name, job_ids)
 
+    def reattach(
+        self, job_id: int, attempt: int, executor_name: str, token: str, stalled_after: float
+    ) -> JobRow:
+        return self.jobs.reattach(job_id, attempt, executor_name, token, stalled_after)
+
     # -- job-scoped calls -----------------------------------------------------------------------
     def job_auth(self, token: str) -> JobAuth | None:
         return self.jobs.auth(token)
@@ -227,6 +232,9 @@ class SqlStore:
     # -- reading logs and results ---------------------------------------------------------------
     def get_logs(self, job_id: int, *, offsets: Mapping[int, int] | None = None) -> list[LogEntry]:
         return self.logs.get(job_id, offsets=offsets)
+
+    def log_heads(self, job_id: int, attempt: int) -> list[LogEntry]:
+        return self.logs.heads(job_id, attempt)
 
     def read_log(self, job_id: int, entry_id: int, start: int = 0, end: int | None = None) -> bytes:
         return self.logs.read(job_id, entry_id, start, end)
