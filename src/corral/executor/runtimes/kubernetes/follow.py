@@ -11,7 +11,7 @@ run_plan makes one `PodFollower` per Job it creates).
   code (and OOMKilled) read from the pod status:
   - `setup-workspace`: the log split at podside's section markers into the host's clone entries;
   - a step: its own entry (sink.started / sink.finished, which stops the job on a failure);
-  - `main`: the framed Results, read bounded into the job's Staged, never shown;
+  - `main`: the framed Results, fed to podside's decoder as they come (bounded), never shown;
 - a pod the Job controller deleted for KUBERNETES_JOB_DEADLINE, or that says DeadlineExceeded,
   fails the job as a timeout.
 """
@@ -56,6 +56,7 @@ TERMINATED_WAIT_S = 60.0  # seconds from a container's log ending to its termina
 MAX_EVENT_MESSAGE = 1000  # characters of the pod's events quoted in the job's error
 MAX_EVENTS = 3  # distinct Warning events quoted, newest first
 SETUP_OUTPUT_MAX = 64 * 1024  # bytes kept of setup-workspace's output outside its git sections
+MAIN_TAIL = 2000  # bytes of main's log quoted when it fails
 LOG_FOLLOWS = 5  # streams of one container's log before a broken one is given up
 LOG_RETRY_S = 1.0  # seconds before a broken log stream is followed again
 PHASES = ("queued", "scheduling", "pulling", "running")
@@ -169,22 +170,30 @@ class PodFollower:
                 self.phases.add("running", time.monotonic() - began)
 
     async def _main(self, name: str) -> None:
+        """main's log fed to podside's ResultsDecoder chunk by chunk as it comes, never held whole:
+        the decoder keeps what it decoded (within the host's bounds) and at most one line; after a
+        chunk it refuses, the rest is only read to its end (a crash's traceback: its tail is kept)."""
         from corral.executor.runtimes.kubernetes import podside
 
-        buf = bytearray()
-        limit = podside.MAX_RESULTS_BYTES
-        await self._logs(name, buf.extend, limit + 1)
+        decoder = podside.ResultsDecoder(self.staged.outputs)
+        refused, tail = "", b""
+        async for chunk in self._log_chunks(name, podside.MAX_RESULTS_BYTES + 1):
+            tail = (tail + chunk)[-MAIN_TAIL:]
+            if not refused:
+                try:
+                    decoder.feed(chunk)
+                except podside.MalformedResults as exc:
+                    refused = str(exc)
         state = await self._terminated(name)
         staged = self.staged
-        if len(buf) > limit:
-            staged.results_problem = f"the job's results are larger than {limit} bytes"
-        elif state.exit_code != 0:
+        if state.exit_code != 0:
             self._check_deadline(name)
-            tail = bytes(buf[-2000:]).decode("utf-8", "replace").strip()
-            code = state.exit_code
-            staged.results_problem = f"collecting the results in the pod failed (exit {code}): {tail}"
+            text, code = tail.decode("utf-8", "replace").strip(), state.exit_code
+            staged.results_problem = f"collecting the results in the pod failed (exit {code}): {text}"
+        elif refused:
+            staged.results_problem = f"the results the job's pod printed are not usable: {refused}"
         else:
-            staged.results = bytes(buf)
+            staged.results = decoder
 
     async def _setup(self) -> None:
         """The setup-workspace container: its log split by podside's markers into the host's clone

@@ -172,7 +172,7 @@ class KubernetesRuntime:
         staged = self.workspace.staged(space)
         run = self._runs.setdefault(str(space.root), _Run())
         objects = self._objects(space, plan, staged, run)
-        staged.log_nonce = objects.log_nonce
+        staged.log_nonce, staged.outputs = objects.log_nonce, tuple(plan.outputs)
         api = await self.api()
         steps = dict(objects.containers)
         command = ["batch/v1", "Job", objects.names.job, "-n", self.settings.namespace]

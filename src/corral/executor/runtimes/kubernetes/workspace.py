@@ -14,8 +14,9 @@ Nothing here touches a file system. The handler's calls stage what the pod needs
   fixed when it is created, so a job that would skip is refused before its pod exists (see
   KubernetesRuntime.run_plan) and take_file says so if asked;
 - collect: the Results the `main` container printed (podside collect: the diff with meta.git, the
-  declared outputs read no-follow under the host's bounds), read back by the runtime from its log
-  through pods/log and decoded here with podside's bounded decoder.
+  declared outputs read no-follow under the host's bounds), fed chunk by chunk from its pods/log
+  stream into podside's bounded ResultsDecoder as it comes (the log is never held whole; only the
+  job's declared outputs are accepted) and finished here.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from corral.executor.runtimes.kubernetes.podside import ResultsDecoder
 
 from corral.errors import Reason, RuntimeFailure, StepFailed
 from corral.executor import safefs
@@ -49,7 +53,8 @@ class Staged:
     files: dict[str, bytes] = field(default_factory=dict)
     scripts: dict[str, str] = field(default_factory=dict)
     size: int = 0  # bytes of `files`
-    results: bytes | None = None  # what `main` printed (podside's framed records); None: it never ran
+    outputs: tuple[str, ...] = ()  # the job's declared outputs (plan.outputs): all main may report
+    results: ResultsDecoder | None = None  # what `main` printed, decoded as it came; None: it never ran
     results_problem: str = ""  # why `main` produced no usable results
     log_nonce: str = ""  # the markers of the setup container's log sections (podside.CloneLog)
 
@@ -125,15 +130,15 @@ class PodWorkspace:
         self.staged(space).scripts.update(scripts)
 
     async def collect(self, space: JobSpace, plan: JobPlan) -> Results:
-        from corral.executor.runtimes.kubernetes import podside
-
         job = self.staged(space)
+        if job.results_problem:
+            raise RuntimeFailure(job.results_problem, reason=Reason.DIFF)
         if job.results is None:
-            if job.results_problem:
-                raise RuntimeFailure(job.results_problem, reason=Reason.DIFF)
             return Results()  # the pod stopped before `main` (a step failed): nothing was collected
         try:
-            return podside.decode_results(job.results)
+            if job.results.outputs != frozenset(plan.outputs):
+                raise ValueError("they were decoded for other outputs than the job declares")
+            return job.results.finish()
         except ValueError as exc:
             message = f"the results the job's pod printed are not usable: {exc}"
             raise RuntimeFailure(message, reason=Reason.DIFF) from None
