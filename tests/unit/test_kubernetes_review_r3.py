@@ -99,3 +99,38 @@ async def test_mains_log_is_decoded_as_it_comes_not_held_whole(tmp_path: Path) -
     assert peak < 4 * 1024 * 1024, f"peak {peak} bytes while following a 40 MiB log"
     with pytest.raises(RuntimeFailure, match="unknown record 'bogus'"):
         await ws.collect(space, JobPlan(job_id=7, queue="batches", steps=()))
+
+
+class _NoEvents:
+    async def list_all(self, kind: str, **selectors: str) -> tuple[list[dict[str, Any]], str]:
+        return [], "1"
+
+
+async def test_the_default_image_missing_on_a_node_says_to_set_the_step_image(tmp_path: Path) -> None:
+    """R3-5: corral/corral:1 is never pulled (imagePullPolicy Never); a node without it answers
+    ErrImageNeverPull, and the job's error now tells the operator what to do (before: only the
+    kubelet's 'Container image ... is not present with pull policy of Never')."""
+    from corral.errors import StepFailed
+    from corral.executor.runtimes.kubernetes.settings import DEFAULT_STEP_IMAGE
+
+    follower = follow.PodFollower(
+        _NoEvents(),  # type: ignore[arg-type]
+        KubernetesSettings(),
+        "job",
+        frontend_url="http://127.0.0.1:1",
+        staged=None,  # type: ignore[arg-type]
+        sink=None,  # type: ignore[arg-type]
+        pod_log=type("Log", (), {"write": lambda self, data: None})(),  # type: ignore[arg-type]
+        phases=follow.Phases(),
+    )
+    never = {"reason": "ErrImageNeverPull", "message": "image is not present with pull policy of Never"}
+    follower.watch.pod = {
+        "metadata": {"name": "job-abcde"},
+        "status": {"initContainerStatuses": [{"name": "setup-workspace", "state": {"waiting": never}}]},
+    }
+    with pytest.raises(StepFailed, match="set KUBERNETES_SINGLE_JOB_STEP_IMAGE") as failed:
+        await follower._started("setup-workspace", DEFAULT_STEP_IMAGE, None)
+    assert "ErrImageNeverPull" in failed.value.message
+    with pytest.raises(StepFailed) as other:
+        await follower._started("setup-workspace", "registry.example/corral:1", None)
+    assert "KUBERNETES_SINGLE_JOB_STEP_IMAGE" not in other.value.message

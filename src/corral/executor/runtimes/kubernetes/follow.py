@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from corral.errors import KubernetesAPIError, Reason, RuntimeFailure, StepFailed
 from corral.executor.runtimes.base import OutputSink, PlanSink, Step, StepResult
 from corral.executor.runtimes.kubernetes.client import KubeClient
-from corral.executor.runtimes.kubernetes.settings import KubernetesSettings
+from corral.executor.runtimes.kubernetes.settings import DEFAULT_STEP_IMAGE, KubernetesSettings
 from corral.executor.runtimes.kubernetes.watch import (
     PERMANENT_WAITING,
     ContainerState,
@@ -289,6 +289,12 @@ class PodFollower:
         why = "; ".join([*reasons, event] if event else reasons) or "no reason given"
         if ok:
             message = f"image {image!r} cannot be pulled ({why})"
+            if s.reason == "ErrImageNeverPull" and image == DEFAULT_STEP_IMAGE:
+                message += (
+                    f": {DEFAULT_STEP_IMAGE} is published on no registry, so it is never pulled; build "
+                    "images/corral.Dockerfile, push it to a registry the cluster pulls from and set "
+                    "KUBERNETES_SINGLE_JOB_STEP_IMAGE to it (README, Kubernetes)"
+                )
         else:
             message = (
                 f"image {image!r} was not pulled within {format_duration(budget)} "
