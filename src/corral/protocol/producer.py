@@ -388,6 +388,7 @@ class ExecutorView(Wire):
     docker_version: str = Field(alias="dockerVersion")
     src_cli_version: str = Field(alias="srcCliVersion")
     qemu_version: str = Field(alias="qemuVersion")
+    kubernetes_version: str = Field(default="", alias="kubernetesVersion")
     running_job_ids: list[int] = Field(alias="runningJobIds")
     first_seen_at: str | None = Field(alias="firstSeenAt")
     last_seen_at: str | None = Field(alias="lastSeenAt")

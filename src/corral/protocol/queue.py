@@ -180,6 +180,7 @@ class HeartbeatRequest(Wire):
     # corral extensions
     hostname: str = ""
     qemu_version: str = Field(default="", alias="qemuVersion")
+    kubernetes_version: str = Field(default="", alias="kubernetesVersion")  # the kubernetes runtime's
 
     @field_validator("job_ids", mode="before")
     @classmethod

@@ -325,6 +325,7 @@ async def list_executors(state: StateDep) -> list[ExecutorView]:
             docker_version=r.docker_version,
             src_cli_version=r.src_cli_version,
             qemu_version=r.qemu_version,
+            kubernetes_version=r.kubernetes_version,
             running_job_ids=r.running_job_ids,
             first_seen_at=iso(r.first_seen_at),
             last_seen_at=iso(r.last_seen_at),

@@ -181,6 +181,7 @@ def _telemetry(body: HeartbeatRequest) -> Telemetry:
         "docker_version": body.docker_version,
         "src_cli_version": body.src_cli_version,
         "qemu_version": body.qemu_version,
+        "kubernetes_version": body.kubernetes_version,
         "hostname": body.hostname,
     }
 

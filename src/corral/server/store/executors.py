@@ -19,6 +19,7 @@ TEXT_FIELDS = (
     "docker_version",
     "src_cli_version",
     "qemu_version",
+    "kubernetes_version",
 )
 TEXT_MAX = 64  # characters
 HOSTNAME_MAX = 255  # characters

@@ -189,6 +189,7 @@ class Executor(_Record):
     running_job_ids: list[int]
     first_seen_at: float
     last_seen_at: float
+    kubernetes_version: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -165,6 +165,7 @@ executors = Table(
     Column("running_job_ids", JSON, nullable=False),
     Column("first_seen_at", Float, nullable=False),
     Column("last_seen_at", Float, nullable=False),
+    Column("kubernetes_version", Str(64), nullable=False, default=""),  # 0007: after the others
 )
 
 files = Table(
