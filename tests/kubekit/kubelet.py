@@ -200,6 +200,7 @@ class Kubelet:
         loop = asyncio.get_running_loop()
         if kind is PVC and type_ == "ADDED":
             loop.call_soon(self._bind_pvc, meta["namespace"], meta["name"])
+            loop.call_soon(self._retry_unschedulable)  # as the scheduler's queue moves on a claim's add
             return
         if kind is PVC and type_ == "DELETED":
             loop.call_soon(self._release_pvc, meta["namespace"], meta["name"])

@@ -1,8 +1,9 @@
 """The `kubernetes` runtime: each corral job attempt is one batch/v1 Job in the executor's namespace.
 
 A job (`run_plan`, PlanRunner; the workspace is the pod's, see workspace.py):
-1. the job's Secret `<job>-secrets` (token, step env values, scripts, inline files), then the PVC in
-   pvc mode, then the Job (manifests.py builds all of them from the settings, the plan and what the
+1. the (first) Job, then the job's Secret `<job>-secrets` (token, step env values, scripts, inline
+   files) and the PVC in pvc mode, each owned by that Job (ownerReferences: they go with it; its pod
+   waits for them) (manifests.py builds all of them from the settings, the plan and what the
    handler staged);
 2. each Job's pod followed by a `PodFollower` (follow.py): one watch, no polling; the phases timed
    in the entry `setup.kubernetes.pod`; each container in order, its log from pods/log?follow=true
@@ -179,10 +180,10 @@ class KubernetesRuntime:
         async with sink.open_log("setup.kubernetes.pod", command) as pod_log:
             pod_log.exit_code = 1
             try:
-                for kind, body in objects.first:
-                    await self._create(api, run, kind, body)
-                for job in objects.jobs:
-                    await self._create(api, run, "jobs", job)
+                for n, job in enumerate(objects.jobs):
+                    created = await self._create(api, run, "jobs", job)
+                    for kind, body in objects.first if n == 0 else ():
+                        await self._create(api, run, kind, _owned_by(body, created))
                     follower = PodFollower(
                         api,
                         self.settings,
@@ -214,10 +215,12 @@ class KubernetesRuntime:
             raise StepFailed(exc.message, Reason.FILES) from None
         return objects
 
-    async def _create(self, api: KubeClient, run: _Run, kind: str, body: Mapping[str, Any]) -> None:
+    async def _create(
+        self, api: KubeClient, run: _Run, kind: str, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
         name = str(body["metadata"]["name"])
         run.created.append((kind, name))  # first: cleanup (a 404 is fine) and the janitor know it at once
-        await api.create(kind, body)
+        return await api.create(kind, body)
 
     async def cleanup(self, space: JobSpace) -> None:
         run = self._runs.pop(str(space.root), None)
@@ -271,6 +274,18 @@ class KubernetesRuntime:
 
     def _selector(self) -> str:
         return manifests.owner_selector(self.owner)
+
+
+def _owned_by(body: Mapping[str, Any], job: Mapping[str, Any]) -> dict[str, Any]:
+    """`body` (the job's Secrets, its PVC) owned by the first Job as the API made it: created after
+    that Job, each goes with it (the garbage collector deletes it when the Job goes, whoever deletes
+    the Job: cleanup, the janitor, an operator), so an executor killed between two creations leaves
+    nothing the janitor cannot find (it lists Jobs; it may not list Secrets, whose data a list
+    returns). The pod waits for its Secret and claim. Not blockOwnerDeletion: that needs an update
+    of jobs/finalizers the Role does not grant."""
+    meta = job["metadata"]
+    ref = {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"]}
+    return {**body, "metadata": {**body["metadata"], "ownerReferences": [ref]}}
 
 
 def _finished(job: Mapping[str, Any]) -> bool:
