@@ -463,11 +463,86 @@ def test_janitor_deletes_jobs_of_no_live_lease_and_only_its_owners(kube: Kube) -
     assert wait_job(kube.server, job["id"], timeout=JOB_TIMEOUT)["state"] == "completed"
 
 
+LINES = 40  # lines the reattached step prints, one every 0.25 s
+
+
+def test_after_kill_9_an_executor_of_the_same_name_reattaches_the_job(tmp_path: Path, images: None) -> None:
+    """kill -9 of the executor mid-step; a new executor with the same EXECUTOR_NAME and
+    EXECUTOR_VM_PREFIX takes the attempt back from the server (reattach) and follows the same Job:
+    the job completes on attempt 1 with its whole log (each line once), one result, the Job gone."""
+    with _kube(tmp_path, stalled_after=20.0) as kube:
+        name = f"reattach-{os.getpid()}"
+        first = kube.start(EXECUTOR_NAME=name)
+        count = f"for i in $(seq 1 {LINES}); do echo line $i; sleep 0.25; done"
+        steps = [
+            {"image": BUSYBOX, "commands": ["echo first step; echo hunter2"]},
+            {"image": BUSYBOX, "commands": [count, "echo hunter2 > out.txt"]},
+        ]
+        spec = {"dockerSteps": steps, "redactedValues": {"hunter2": "PASSWORD"}, "outputs": ["out.txt"]}
+        job = kube.server.client.submit("batches", spec)
+        wait_log(kube.server, job["id"], "line 3\n", timeout=JOB_TIMEOUT)
+        label = f"batches-{job['id']}"
+        old = {j["metadata"]["name"] for j in kube.jobs() if j["metadata"]["labels"][LABEL_JOB] == label}
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+        assert f"line {LINES}\n" not in logs_text(kube.server, job["id"])  # killed mid-step
+        kube.start(EXECUTOR_NAME=name)
+        done = wait_job(kube.server, job["id"], timeout=JOB_TIMEOUT)
+        assert done["state"] == "completed", (done, logs_text(kube.server, job["id"]))
+        assert done["attempt"] == 1 and done["numResets"] == 0 and done["exitCodes"] == [0, 0]
+        entries = kube.server.client.logs(job["id"])["entries"]
+        by_key: dict[str, list[dict[str, Any]]] = {}
+        for e in entries:
+            by_key.setdefault(e["key"], []).append(e)
+        assert {k: len(v) for k, v in by_key.items() if k.startswith("step.")} == {
+            "step.docker.0": 1,
+            "step.docker.1": 1,
+        }, by_key.keys()
+        def printed(out: str) -> list[str]:  # the step's own lines, without the shell's xtrace
+            return [line for line in out.splitlines() if not line.startswith("+")]
+
+        assert printed(by_key["step.docker.0"][0]["out"]) == ["first step", "PASSWORD"]
+        counted = by_key["step.docker.1"][0]
+        out = counted["out"]
+        assert printed(out) == [f"line {i}" for i in range(1, LINES + 1)], out  # each once, in order
+        traced = [line for line in out.splitlines() if line.startswith("+ echo line")]
+        assert traced == [f"+ echo line {i}" for i in range(1, LINES + 1)], out
+        assert out.endswith("+ echo PASSWORD\n") and counted["exitCode"] == 0, out
+        pod = by_key["setup.kubernetes.pod"]
+        assert len(pod) == 1 and pod[0]["exitCode"] == 0 and "reattached to pod" in pod[0]["out"]
+        assert "corral.attempt" not in by_key  # no attempt was lost
+        result = kube.server.client.result(job["id"])
+        assert base64.b64decode(result["files"]["out.txt"]) == b"PASSWORD\n"  # the redactor has its secret
+        _gone(kube, label)
+        assert not old & {j["metadata"]["name"] for j in kube.jobs()}
+
+
+def test_a_job_whose_lease_is_gone_is_deleted_not_reattached(tmp_path: Path, images: None) -> None:
+    """The same executor name, but the job was canceled while no executor ran: the new executor's
+    reattach is refused (409) and its janitor deletes the Job."""
+    with _kube(tmp_path, stalled_after=20.0) as kube:
+        name = f"refused-{os.getpid()}"
+        first = kube.start(EXECUTOR_NAME=name)
+        step = {"image": BUSYBOX, "commands": ["echo started", "sleep 600"]}
+        job = kube.server.client.submit("batches", {"dockerSteps": [step]})
+        wait_log(kube.server, job["id"], "started", timeout=JOB_TIMEOUT)
+        label = f"batches-{job['id']}"
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+        kube.server.client.cancel(job["id"])  # its executor is gone: the lease ends canceled
+        kube.start(EXECUTOR_NAME=name)
+        _gone(kube, label, timeout=60)
+        log = (kube.tmp / f"executor-{len(kube.server.executors) - 1}.log").read_text()
+        assert "no longer gives job" in log, log
+        assert wait_job(kube.server, job["id"], timeout=60)["state"] == "canceled"
+
+
 def test_after_kill_9_the_next_executor_deletes_the_old_job_and_the_job_runs_again(
     tmp_path: Path, images: None
 ) -> None:
-    """No reattach (see the README): a killed executor's Job is deleted by the janitor of the
-    executor that starts after it (same EXECUTOR_VM_PREFIX), and the server requeues the job."""
+    """Another executor name (EXECUTOR_NAME unset: a new uuid each start), so no reattach: a
+    killed executor's Job is deleted by the janitor of the executor that starts after it (same
+    EXECUTOR_VM_PREFIX), and the server requeues the job."""
     with _kube(tmp_path, stalled_after=3.0) as kube:
         first = kube.start()
         step = {"image": BUSYBOX, "commands": ["echo started", "sleep 600"]}

@@ -650,3 +650,49 @@ async def test_a_send_larger_than_max_send_never_cuts_a_multibyte_character(ctx:
     assert len(appended(ctx.recorder.calls)) >= 2
     assert "\ufffd" not in out
     assert out == text
+
+
+async def test_a_reattached_entry_replays_its_output_and_sends_only_what_the_server_lacks(ctx: Ctx):
+    """After a restart (QueueClient.reattach: a fresh token, the entries' stored lengths) the same
+    output given again from its start, redacted the same way, goes on from the server's offset:
+    every byte once. An entry continued without replay gets what is written after what it has."""
+    redactor = Redactor({"hunter2": "PASSWORD"})
+    raw = b"".join(f"line {i} hunter2\n".encode() for i in range(200))
+    old = LogEntry(ctx.client, ctx.job, "step.docker.0", [], redactor, max_bytes=8 * 1024 * 1024)
+    own = LogEntry(ctx.client, ctx.job, "setup.kubernetes.pod", [], redactor, max_bytes=1 << 20)
+    async with own:
+        own.write(b"pod created\n")
+        await entry_shipped(ctx, own, "pod created\n")
+        own.lost = True  # the executor dies: nothing more of either entry is sent
+    await old.__aenter__()
+    old.write(raw[:1234])
+    expected = raw.decode().replace("hunter2", "PASSWORD")
+    await ctx.wait_out(old, lambda o: len(o) >= 1000 and expected.startswith(o))
+    old.lost = True
+    await old.finish(-1)
+
+    got = await ctx.client.reattach("batches", ctx.job.id, ctx.job.attempt or 0)
+    assert got is not None
+    job, entries = got
+    assert job.token != ctx.job.token and job.attempt == ctx.job.attempt
+    known = {e.key: e for e in entries}
+    assert known["step.docker.0"].exit_code is None and known["setup.kubernetes.pod"].out_len == 12
+    again = LogEntry(ctx.client, job, "step.docker.0", [], redactor, max_bytes=8 * 1024 * 1024)
+    again.resume(known["step.docker.0"].entry_id, known["step.docker.0"].out_len, replay=True)
+    async with again:
+        await write_in_pieces(again, raw, lambda: 77, lambda n: asyncio.sleep(0))
+        again.exit_code = 0
+    stored = await ctx.stored_entry(again)
+    assert stored["out"] == expected and stored["exitCode"] == 0
+    cont = LogEntry(ctx.client, job, "setup.kubernetes.pod", [], redactor, max_bytes=1 << 20)
+    cont.resume(known["setup.kubernetes.pod"].entry_id, 12, replay=False)
+    async with cont:
+        cont.write(b"reattached hunter2\n")
+        cont.exit_code = 0
+    stored = await ctx.stored_entry(cont)
+    assert stored["out"] == "pod created\nreattached PASSWORD\n" and stored["exitCode"] == 0
+    assert len([e for e in await ctx.stored() if e["key"] == "step.docker.0"]) == 1
+
+
+async def entry_shipped(ctx: Ctx, entry: LogEntry, out: str) -> None:
+    await ctx.wait_out(entry, lambda o: o == out)

@@ -33,7 +33,15 @@ from corral import __version__
 from corral.errors import ServerError, StaleAttempt, VersionSkew
 from corral.executor.settings import ExecutorSettings
 from corral.executor.telemetry import TELEMETRY_KEYS
-from corral.protocol import EXECUTOR_NAME_HEADER, EXTENSIONS_HEADER, JOB_ID_HEADER, LOG_MAX_BYTES_HEADER, Job
+from corral.protocol import (
+    EXECUTOR_NAME_HEADER,
+    EXTENSIONS_HEADER,
+    JOB_ID_HEADER,
+    LOG_MAX_BYTES_HEADER,
+    Job,
+    KnownLogEntry,
+    ReattachResponse,
+)
 from corral.protocol.versions import (
     MAX_VERSION_CHARS,
     SKEW_RULE,
@@ -79,6 +87,7 @@ CONNECT_TIMEOUT = 10.0  # seconds
 REQUEST_TIMEOUT = 30.0  # seconds, beyond any long-poll wait
 RETRY_FOR = 60.0  # seconds a job-scoped call keeps retrying a failing server
 RETRY_MAX_WAIT = 5.0  # seconds between two tries at most
+REATTACH_RETRY_FOR = 5.0  # seconds a reattach retries a failing server (the lease's stall window is short)
 
 
 @dataclass(frozen=True)
@@ -397,6 +406,32 @@ class QueueClient:
         )
         with self._answer("cancelWatch"):
             return {int(x) for x in (r.json().get("cancelIds") or [])}
+
+    async def reattach(self, queue: str, job_id: int, attempt: int) -> tuple[Job, list[KnownLogEntry]] | None:
+        """corral's reattach: the job attempt this executor (by name) held before it restarted, with
+        a fresh job token and the attempt's log entries as the server has them; None when the
+        server no longer gives it to us (409: canceled, requeued, another executor's; 404: unknown)."""
+        body = {"executorName": self.settings.name, "jobId": job_id, "attempt": attempt}
+        try:
+            r = await self._post(
+                f"/.executors/queue/{queue}/reattach",
+                body,
+                self._executor_headers(),
+                retry_for=REATTACH_RETRY_FOR,
+                limit=MAX_DEQUEUE_ANSWER,
+            )
+        except StaleAttempt:
+            return None
+        except ServerError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        with self._answer("reattach"):
+            answer = ReattachResponse.model_validate(r.json())
+        job = answer.job
+        if (job.id, job.attempt, job.queue) != (job_id, attempt, queue):
+            raise ServerError(f"the server answered the reattach of job {job_id} with another job attempt")
+        return job, answer.entries
 
     # -- job-scoped calls ---------------------------------------------------------------------
     @contextlib.asynccontextmanager

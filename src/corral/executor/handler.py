@@ -14,6 +14,11 @@ Outcomes (what the server is told):
 - dropped (the server no longer considers it ours, see Worker.drop): stopped, cleaned up, no mark.
 Cleanup (runtimes, workspace) always runs, also after a cancel, and its errors are logged.
 
+Reattached jobs (`handle(job, resume=entries)`: the worker took the attempt back from the server
+after a restart, see runtimes.base.Reattacher): nothing is cloned, staged or created again; the
+runtime follows its sandbox from where the server's log stands (`_ResumeSink`), then the results
+and the mark go as for any job, once.
+
 CLI steps follow the server: against corral's server they run corral's CLI (EXECUTOR_CLI_PATH);
 against a Sourcegraph server they run Sourcegraph's src-cli (`src`, which implements `batch-exec`,
 EXECUTOR_SRC_CLI_PATH), since that is what a Sourcegraph job's CLI steps are written for. A
@@ -61,6 +66,7 @@ from corral.executor.runtimes.base import (
     Limits,
     OutputSink,
     PlanRunner,
+    Reattacher,
     Runtime,
     Step,
     StepResult,
@@ -70,7 +76,7 @@ from corral.executor.runtimes.registry import RuntimeSet
 from corral.executor.settings import ExecutorSettings
 from corral.executor.workspace import HostWorkspace, Workspace
 from corral.executor.workspace.host import job_root_name
-from corral.protocol import Job
+from corral.protocol import Job, KnownLogEntry
 from corral.units import format_duration
 
 __all__ = ["SRC_CLI", "JobHandler", "Outcome", "StepFailed", "src_cli_path"]
@@ -216,8 +222,10 @@ class JobHandler:
             limit = min(limit, float(job.timeout_seconds))
         return limit
 
-    async def handle(self, job: Job) -> None:
-        """Run the job and report its outcome; raises CancelledError when canceled."""
+    async def handle(self, job: Job, resume: list[KnownLogEntry] | None = None) -> None:
+        """Run the job and report its outcome; raises CancelledError when canceled. With `resume`
+        (the attempt's log entries as the server has them) the job is a reattached one: the
+        runtime follows its sandbox again instead of running it."""
         s = self.settings
         try:
             name = job_root_name(
@@ -253,7 +261,10 @@ class JobHandler:
                     space.network = await self._network(job, plan)  # may fail the job (StepFailed)
                     redactor = await self._redactor(job, plan)  # in a thread; may fail the job (StepFailed)
                     token = records.use(redactor)  # the executor's own log lines about it: redacted
-                    await self._run(job, plan, space, redactor, exit_codes)
+                    if resume is not None:
+                        await self._reattached(job, plan, space, redactor, exit_codes, resume)
+                    else:
+                        await self._run(job, plan, space, redactor, exit_codes)
             except TimeoutError:
                 raise StepFailed(
                     f"job exceeded maximum execution time of {format_duration(limit)}", Reason.TIMEOUT
@@ -448,6 +459,27 @@ class JobHandler:
             if plan.skips and is_pre_step(step.key):
                 skip_to = await self._skip_to(space, step)
 
+    async def _reattached(
+        self,
+        job: Job,
+        plan: JobPlan,
+        space: JobSpace,
+        redactor: Redactor,
+        exit_codes: list[int],
+        entries: list[KnownLogEntry],
+    ) -> None:
+        """A job whose sandbox a previous process of this executor started (see the module docstring)."""
+        main = self.runtimes.main
+        if not isinstance(main, Reattacher):
+            raise RuntimeFailure(f"the {main.name} runtime cannot reattach a job")
+        await self.workspace.prepare(space)
+        await main.prepare(space)
+        sink = _ResumeSink(self, job, space, redactor, exit_codes, entries)
+        try:
+            await main.reattach(space, plan, sink)
+        finally:
+            await sink.close_open()
+
     async def _skip_to(self, space: JobSpace, step: Step) -> str:
         """The key of the step to skip to, from the skip.json the `.pre` step left ("" = none).
 
@@ -543,3 +575,37 @@ class _Sink:
         with contextlib.suppress(CorralError):
             await entry.__aexit__(None, None, None)
         JobHandler._check(self.space, step, result, self.exit_codes)
+
+
+class _ResumeSink(_Sink):
+    """The ResumeSink of a reattached job: entries the server has are continued, not added again."""
+
+    def __init__(
+        self,
+        handler: JobHandler,
+        job: Job,
+        space: JobSpace,
+        redactor: Redactor,
+        exit_codes: list[int],
+        known: list[KnownLogEntry],
+    ) -> None:
+        super().__init__(handler, job, space, redactor, exit_codes)
+        self._known = {e.key: e for e in known}  # the last entry of each key (they come in order)
+
+    def known(self, key: str) -> KnownLogEntry | None:
+        return self._known.get(key)
+
+    async def resume(self, step: Step) -> OutputSink:
+        known = self._known[step.key]
+        entry = self.handler._entry(self.job, self.redactor, step.key, JobHandler._command(step))
+        await entry.resume(known.entry_id, known.out_len, replay=True).__aenter__()
+        self.entries[step.key] = entry
+        return entry.write
+
+    async def skipped(self, step: Step, exit_code: int) -> None:
+        JobHandler._check(self.space, step, StepResult(exit_code), self.exit_codes)
+
+    def resume_log(self, key: str, command: list[str]) -> LogEntry:
+        entry = self.handler._entry(self.job, self.redactor, key, command)
+        known = self._known.get(key)
+        return entry.resume(known.entry_id, known.out_len, replay=False) if known is not None else entry

@@ -8,6 +8,11 @@
 - Heartbeat every heartbeat_interval with all running jobs; jobs missing from knownIds are dropped
   (see `drop`), keys the server names in cancelIds are canceled.
 - Cancel watch (extension): a held request that returns the moment a job is canceled.
+- Reattach (extension, a runtime that is a `Reattacher`: kubernetes): at start, before the janitor
+  and the first dequeue, the sandboxes a previous process of this executor left are offered back
+  to the server one by one; those whose attempt the server still leases to this executor's name
+  run again (in slots, heartbeated like any job), the rest are left to the janitor, which deletes
+  them. They are taken back within the server's stall window only if the executor restarts in it.
 - Shutdown: the first SIGTERM/SIGINT stops dequeuing and lets running jobs finish (at most
   shutdown_grace); the second cancels them. EXECUTOR_NUM_TOTAL_JOBS / EXECUTOR_MAX_ACTIVE_TIME end
   the loop the same way.
@@ -26,10 +31,10 @@ from corral.errors import CorralError, ServerError, VersionSkew
 from corral.executor.client import QueueClient, job_key
 from corral.executor.handler import JobHandler, src_cli_path
 from corral.executor.janitor import sweep_once
-from corral.executor.runtimes.base import Lifecycle, Runtime
+from corral.executor.runtimes.base import Lifecycle, Reattacher, Runtime
 from corral.executor.settings import ExecutorSettings
 from corral.executor.telemetry import executor_telemetry, prometheus_metrics, src_cli_version, tool_version
-from corral.protocol import Job
+from corral.protocol import Job, KnownLogEntry
 
 __all__ = ["Worker", "tool_version"]
 
@@ -119,6 +124,7 @@ class Worker:
             for r in started:
                 await r.start()
             await self._wait_for_server()
+            await self._reattach()  # before the janitor, which would delete what it takes back
             bg += [asyncio.create_task(self._heartbeat_loop()), asyncio.create_task(self._janitor_loop())]
             if self.client.has("cancelwatch"):
                 bg.append(asyncio.create_task(self._cancel_watch_loop()))
@@ -258,15 +264,48 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), seconds)
 
-    def _start(self, job: Job) -> None:
+    async def _reattach(self) -> None:
+        """Take back from the server what a previous process of this executor left running (see
+        the module docstring); at most as many as there are slots. Never raises: what is not taken
+        back is the janitor's."""
+        runtime = self.runtime
+        if not isinstance(runtime, Reattacher) or not self.client.has("reattach"):
+            return
+        try:
+            found = await runtime.orphans()
+        except Exception as exc:
+            log.warning("reattach: cannot list what a previous executor left: %s", exc)
+            return
+        for orphan in found:
+            if self.slots.locked():
+                log.warning("reattach: no slot free for job %s (%s); it goes", orphan.job_id, orphan.name)
+                continue
+            try:
+                got = await self.client.reattach(orphan.queue, orphan.job_id, orphan.attempt)
+            except CorralError as exc:
+                log.warning("reattach of job %s (%s) failed: %s; it goes", orphan.job_id, orphan.name, exc)
+                continue
+            if got is None:
+                log.info("reattach: the server no longer gives job %s attempt %s to us: %s goes",
+                         orphan.job_id, orphan.attempt, orphan.name)  # fmt: skip
+                continue
+            job, entries = got
+            runtime.claim(orphan)
+            await self.slots.acquire()  # free: checked above, nothing else takes slots yet
+            log.info("job %s (attempt %s): reattached to %s", job.id, job.attempt, orphan.name)
+            self._start(job, entries)
+
+    def _start(self, job: Job, resume: list[KnownLogEntry] | None = None) -> None:
         key = job_key(job)
         log.info("job %s (queue %s, attempt %s): starting", job.id, job.queue, job.attempt)
         stale = self.running.get(key) or self.dropped.get(key)
-        task = asyncio.create_task(self._guarded(job, stale[1] if stale else None))
+        task = asyncio.create_task(self._guarded(job, stale[1] if stale else None, resume))
         self.running[key] = (job, task)
         self.jobs_changed.set()
 
-    async def _guarded(self, job: Job, stale: asyncio.Task[None] | None) -> None:
+    async def _guarded(
+        self, job: Job, stale: asyncio.Task[None] | None, resume: list[KnownLogEntry] | None = None
+    ) -> None:
         try:
             if stale is not None and not stale.done():
                 # The server gave this job back to us as a new attempt while an old one still runs
@@ -274,7 +313,7 @@ class Worker:
                 log.warning("job %s: a stale attempt still runs here; stopping it first", job.id)
                 stale.cancel()
                 await asyncio.wait({stale})
-            await self.handler.handle(job)
+            await (self.handler.handle(job, resume) if resume is not None else self.handler.handle(job))
         except asyncio.CancelledError:
             log.info("job %s: canceled", job.id)
         except Exception:

@@ -8,6 +8,12 @@ server has it); it is sent about every FLUSH_INTERVAL while output flows:
 - against a plain Sourcegraph server: the whole output so far with updateExecutionLogEntry.
 Sending never blocks the step: `write()` is synchronous and cheap; a background task ships data.
 
+Resuming an entry the server already has (`resume`, after an executor restart: the kubernetes
+runtime's reattach; `logappend` only): either the command's output is given again from its start
+(`replay`: the kubelet keeps a container's log) and the first `offset` bytes of the redacted stream,
+which the server has, are not sent again, or what is written goes after them (the executor's own
+notes).
+
 One send at a time, and a send is never cut short: when the step ends while a send is on the wire,
 `finish` waits for its answer before it sends the rest (cancelling it would leave the executor not
 knowing whether the server applied it, and the same bytes went out again, to be refused with 409).
@@ -77,13 +83,28 @@ class LogEntry:
         self.on_lost = on_lost  # called when the server says this attempt is no longer live
         self.lost = False  # the server fenced this attempt off: nothing more is sent for it
         self.refused = False  # the server refused more output (413): only the exit code is sent
+        self.shift = 0  # the server's offset of the capture's first byte (a resumed entry's)
+        self.replay_to: int | None = None  # replay: the capture's bytes before this the server has
+        self.resumed = False
+
+    def resume(self, entry_id: int, offset: int, *, replay: bool) -> LogEntry:
+        """Continue the server's entry `entry_id`, which holds `offset` bytes, instead of adding one
+        (call before entering). replay: what is written is the whole output again, from its start
+        (its first `offset` bytes after redaction are not sent again); else it goes after them."""
+        self.entry_id, self.sent, self.resumed = entry_id, offset, True
+        if replay:
+            self.replay_to = offset
+        else:
+            self.shift = offset
+        return self
 
     def _cap(self) -> int:
         theirs = server_cap(self.client)
         return min(self.max_bytes, theirs) if theirs is not None else self.max_bytes
 
     async def __aenter__(self) -> LogEntry:
-        self.entry_id = await self.client.add_log_entry(self.job, self.key, self.command, self.start_time)
+        if not self.resumed:
+            self.entry_id = await self.client.add_log_entry(self.job, self.key, self.command, self.start_time)
         self.capture.set_max_bytes(self._cap())  # the add's answer may be the first to name the cap
         self._task = asyncio.create_task(self._pump())
         return self
@@ -128,6 +149,12 @@ class LogEntry:
             await self._update(exit_code, duration_ms)
 
     async def _append(self, exit_code: int | None, duration_ms: int | None) -> None:
+        if self.replay_to is not None:  # a replayed output: skip what the server has once it is here
+            if self.capture.end < self.replay_to and not self.capture.finished:
+                return
+            end = min(self.replay_to, self.capture.end)
+            self.capture.ack(end)
+            self.shift, self.replay_to = self.replay_to - end, None  # the server had more: go on after it
         while True:
             chunk = b"" if self.refused else self.capture.peek(MAX_SEND)
             last = self.refused or len(chunk) >= self.capture.remaining
@@ -143,7 +170,7 @@ class LogEntry:
                     duration_ms if last else None,
                 )
             except StaleAttempt as exc:
-                if exc.offset is None or not self.capture.ack(exc.offset):
+                if exc.offset is None or not self.capture.ack(exc.offset - self.shift):
                     raise
                 self.sent = exc.offset  # resync: the server tells us what it has
                 continue
@@ -152,7 +179,7 @@ class LogEntry:
                     raise
                 self._refuse(exc)
                 continue
-            if not self.capture.ack(offset):
+            if not self.capture.ack(offset - self.shift):
                 raise StaleAttempt(f"the server's log offset {offset} is not one of ours", offset=None)
             self.sent = offset
             if last:

@@ -38,6 +38,11 @@ Optional capabilities, found with isinstance() on these runtime-checkable Protoc
 - `Lifecycle.start` / `stop`: a runtime with work of its own besides jobs (the firecracker warm
   pool): the worker calls start() once before it takes jobs and stop() once after the last job's
   cleanup, also when it ends by an error.
+- `Reattacher`: a runtime whose sandboxes outlive the executor process (a pod's Job): at start the
+  worker asks it for the sandboxes a previous process of this owner and executor name left
+  (`orphans`), asks the server for each (reattach), `claim`s those the server gives back (the
+  janitor then leaves them alone) and runs them through the handler with `reattach` instead of
+  `run_plan`; the rest are the janitor's.
 And an optional class attribute `cli_runtime`: the registry name of the runtime that runs this
 runtime's CLI steps and the diff (absent: the shell sandbox, `registry.DEFAULT_CLI_RUNTIME`).
 """
@@ -57,6 +62,7 @@ if TYPE_CHECKING:
     from corral.executor.plan import JobPlan
     from corral.executor.settings import ExecutorSettings
     from corral.executor.workspace.base import CommandLog, Workspace
+    from corral.protocol import KnownLogEntry
 
 __all__ = [
     "LABEL_JOB",
@@ -70,9 +76,12 @@ __all__ = [
     "JobSpace",
     "Lifecycle",
     "Limits",
+    "Orphan",
     "OutputSink",
     "PlanRunner",
     "PlanSink",
+    "Reattacher",
+    "ResumeSink",
     "Runtime",
     "Step",
     "StepResult",
@@ -249,4 +258,54 @@ class Lifecycle(Protocol):
 
     async def stop(self) -> None:
         """End it: nothing it made remains (running jobs have been cleaned up before)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """A sandbox a previous process of this executor left running: which job attempt it runs."""
+
+    queue: str
+    job_id: int
+    attempt: int
+    name: str  # the runtime's name for it (e.g. the Job's)
+
+
+class ResumeSink(PlanSink, Protocol):
+    """The PlanSink of a reattached job: it knows the attempt's log entries as the server has them."""
+
+    def known(self, key: str) -> KnownLogEntry | None:
+        """The server's last entry with this key of the attempt, or None."""
+        ...
+
+    async def resume(self, step: Step) -> OutputSink:
+        """The step's entry continued (it exists, unfinished): its output is given again from its
+        start, what the server has is not sent twice. The step then ends with `finished`."""
+        ...
+
+    async def skipped(self, step: Step, exit_code: int) -> None:
+        """The step had finished before the restart (its entry has its exit code): counted as then;
+        raises StepFailed when the job must stop there."""
+        ...
+
+    def resume_log(self, key: str, command: list[str]) -> AbstractAsyncContextManager[CommandLog]:
+        """The runtime's own entry `key` continued after what the server has (a new one if none)."""
+        ...
+
+
+@runtime_checkable
+class Reattacher(Protocol):
+    """A runtime whose sandboxes outlive the executor process (see the module docstring)."""
+
+    async def orphans(self) -> list[Orphan]:
+        """The running sandboxes of this owner and executor name that no job of this process holds."""
+        ...
+
+    def claim(self, orphan: Orphan) -> None:
+        """The server gave the orphan's attempt back: the janitor must leave it alone from now on."""
+        ...
+
+    async def reattach(self, space: JobSpace, plan: JobPlan, sink: ResumeSink) -> None:
+        """Follow the claimed sandbox of space's job attempt to its end, as run_plan would have
+        (nothing is created again); cleanup(space) removes it afterwards."""
         ...

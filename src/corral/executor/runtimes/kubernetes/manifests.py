@@ -225,6 +225,12 @@ def container_name(step: Step, taken: set[str]) -> str:
     return name
 
 
+def step_containers(plan: JobPlan) -> list[tuple[str, Step]]:
+    """(container name, step) of the plan's steps, in order: the same names for the same plan."""
+    taken = {SETUP_CONTAINER, MAIN_CONTAINER}
+    return [(container_name(s, taken), s) for s in plan.steps]
+
+
 # -- the Secret and the PVC -------------------------------------------------------------------------
 def secret_manifest(
     names: JobNames, namespace: str, labels: Mapping[str, str], data: Mapping[str, bytes]
@@ -304,8 +310,7 @@ def job_objects(
         pvc = pvc_manifest(names, ns, labels, settings.job_volume_size)
         objects.first.append(("persistentvolumeclaims", pvc))
     pod = _PodParts(settings, executor, space, plan, staged, names, env_keys, data)
-    taken = {SETUP_CONTAINER, MAIN_CONTAINER}
-    steps = [(s, container_name(s, taken)) for s in plan.steps]
+    steps = [(s, c) for c, s in step_containers(plan)]
     if settings.single_job_pod:
         init = [pod.setup(), *(pod.step(s, c) for s, c in steps)]
         objects.jobs.append(pod.job(names.job, labels, init, [pod.main()]))

@@ -18,9 +18,9 @@ A job (`run_plan`, PlanRunner; the workspace is the pod's, see workspace.py):
    the job's kill grace), then the Secret and the PVC; nothing when KUBERNETES_KEEP_JOBS.
 
 The janitor lists Jobs carrying `dev.corral.managed=true,dev.corral.owner=<EXECUTOR_VM_PREFIX>` and
-deletes (with their Secret and PVC) those of no live job of this executor. Reattach after a restart
-is not built (see the README): the janitor deletes a restarted executor's Jobs, the server's
-resetter requeues their jobs.
+deletes (with their Secret and PVC) those of no live job of this executor. After a restart, the
+Jobs the server still gives this executor's name are reattached first (Reattacher: reattach.py);
+the janitor deletes the rest, and the server's resetter requeues their jobs.
 
 Network: a pod has the cluster's pod network (the setup container fetches the repository from the
 server); what it may reach is the cluster's NetworkPolicy, which the deploy manifests set, not
@@ -41,8 +41,10 @@ from corral.executor.plan import JobPlan, is_pre_step
 from corral.executor.runtimes.base import (
     LABEL_JOB,
     JobSpace,
+    Orphan,
     OutputSink,
     PlanSink,
+    ResumeSink,
     Step,
     StepResult,
 )
@@ -90,6 +92,7 @@ class KubernetesRuntime:
         self._client = client
         self._connecting = asyncio.Lock()
         self._runs: dict[str, _Run] = {}
+        self._claimed: set[str] = set()  # Jobs of a previous process the server gave back (reattach)
         self._telemetry: dict[str, str] = {}
 
     @classmethod
@@ -241,6 +244,25 @@ class KubernetesRuntime:
         if problems:
             raise RuntimeFailure("; ".join(problems))
 
+    # --- Reattacher (reattach.py) -----------------------------------------------------------------
+
+    async def orphans(self) -> list[Orphan]:
+        from corral.executor.runtimes.kubernetes import reattach
+
+        ours = {name for run in self._runs.values() for _kind, name in run.created} | self._claimed
+        return await reattach.orphans(self, ours)
+
+    def claim(self, orphan: Orphan) -> None:
+        self._claimed.add(orphan.name)
+
+    def unclaim(self, name: str) -> None:
+        self._claimed.discard(name)
+
+    async def reattach(self, space: JobSpace, plan: JobPlan, sink: ResumeSink) -> None:
+        from corral.executor.runtimes.kubernetes import reattach
+
+        await reattach.follow_again(self, space, plan, sink)
+
     async def janitor(self, live: set[str]) -> list[str]:
         """Delete this owner's Jobs (and their Secrets and PVC) that no job of this process holds:
         those of jobs that do not run here (`live`), and any other attempt's (a killed executor's
@@ -249,7 +271,7 @@ class KubernetesRuntime:
         KUBERNETES_KEEP_JOBS finished Jobs stay (keeping them is the point); running ones go."""
         api = await self.api()
         jobs, _ = await api.list_all("jobs", label_selector=self._selector())
-        ours = {name for run in self._runs.values() for _kind, name in run.created}
+        ours = {name for run in self._runs.values() for _kind, name in run.created} | self._claimed
         running = manifests.live_labels(live)
         stale = []
         for j in jobs:
