@@ -51,6 +51,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import secrets
 import shutil
 import time
@@ -66,7 +67,7 @@ from corral.executor.runtimes.base import JobSpace, Limits, OutputSink, PlanSink
 from corral.executor.runtimes.firecracker import fcapi, vmnet
 from corral.executor.runtimes.firecracker.assets import DEFAULT_ASSETS_DIR, Assets, find_qemu, load_assets
 from corral.executor.runtimes.firecracker.clistep import CliSteps
-from corral.executor.runtimes.firecracker.console import Output
+from corral.executor.runtimes.firecracker.console import Control, Output
 from corral.executor.runtimes.firecracker.guestjob import GuestStep, job_script
 from corral.executor.runtimes.firecracker.images import DEFAULT_CACHE_BYTES, ImageDisk, ImageDisks
 from corral.executor.runtimes.firecracker.pool import WarmPool
@@ -406,8 +407,13 @@ class FirecrackerRuntime:
             log.warning("cannot remove the VM directory %s: %s (the janitor will retry)", vmdir.path, exc)
 
     async def _follow(self, vm: VM, steps: tuple[Step, ...], sink: PlanSink, space: JobSpace) -> None:
+        """The steps' output and results from the console. Only init knows the nonce, but a step that
+        broke the guest's kernel can read it from init's memory: each step is started once, in
+        order, and ended once, so forged lines may lie about the job's own steps and nothing more
+        (a line out of that order fails the job, never opens another log entry)."""
         out: OutputSink | None = None
         current: Step | None = None
+        started = 0  # steps started so far: the next "start" must be of step `started`
         done = False
         async for ev in vm.events():
             if isinstance(ev, Output):
@@ -418,14 +424,22 @@ class FirecrackerRuntime:
                 continue
             words = ev.words
             kind = words[0] if words else ""
-            if kind == "start" and len(words) == 2 and words[1].isdigit() and int(words[1]) < len(steps):
-                current = steps[int(words[1])]
+            if kind == "start":
+                if len(words) != 2 or current is not None or _numbers(ev, words[1:]) != [started]:
+                    raise _broken(ev)
+                if started == len(steps):
+                    raise _broken(ev)
+                current = steps[started]
+                started += 1
                 out = await sink.started(current)
-            elif kind == "end" and current is not None and len(words) >= 4:
-                rc, oom = int(words[2]), int(words[3]) > 0
-                full = len(words) > 4 and words[4] == "1"
-                refused = int(words[5]) if len(words) > 5 and words[5].isdigit() else 0
-                result = _result(current, rc, oom, full, space, refused)
+            elif kind == "end":
+                if current is None or not 4 <= len(words) <= 6:
+                    raise _broken(ev)
+                index, rc, oom_kills, *rest = _numbers(ev, words[1:])
+                if index != started - 1:
+                    raise _broken(ev)
+                full, refused = [*rest, 0, 0][:2]
+                result = _result(current, rc, oom_kills > 0, full == 1, space, refused)
                 out, step, current = None, current, None
                 await sink.finished(step, result)  # raises StepFailed when the job stops here
             elif kind == "error":
@@ -528,6 +542,21 @@ async def _unabandoned(work: Awaitable[None]) -> None:
     except asyncio.CancelledError:
         await asyncio.wait({fut})
         raise
+
+
+_NUMBER = re.compile(r"[0-9]{1,9}")  # a control line's numbers: exit codes, counts, indexes
+
+
+def _broken(ev: Control) -> RuntimeFailure:
+    return RuntimeFailure(
+        f"the job's VM sent a control line out of its protocol: {ev.event[:200]!r}", reason=Reason.SANDBOX
+    )
+
+
+def _numbers(ev: Control, words: list[str]) -> list[int]:
+    if not all(_NUMBER.fullmatch(w) for w in words):
+        raise _broken(ev)
+    return [int(w) for w in words]
 
 
 def _cpus(limit: float) -> int:
