@@ -40,9 +40,8 @@ POD_WAIT_S = 30.0  # seconds for a reattached Job's pod to be seen
 def _orphan(meta: Mapping[str, Any], owner: str, queues: list[str]) -> Orphan | None:
     """The job attempt a Job of ours runs, when its labels and name agree on it."""
     labels = meta.get("labels") or {}
-    name, value, attempt = str(meta.get("name") or ""), str(labels.get(LABEL_JOB) or ""), labels.get(
-        manifests.LABEL_ATTEMPT
-    )
+    name, value = str(meta.get("name") or ""), str(labels.get(LABEL_JOB) or "")
+    attempt = labels.get(manifests.LABEL_ATTEMPT)
     if not isinstance(attempt, str) or not attempt.isdigit() or len(attempt) > 9:
         return None
     for queue in queues:
