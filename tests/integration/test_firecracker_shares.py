@@ -210,3 +210,44 @@ async def test_a_guest_flooding_the_kernel_console_fills_a_bounded_log_not_the_h
     events, out = await _run(root, assets, "flood", flood + job_script(steps), image, ws, on_host)
     assert events[:2] == ["start 0", "end 0 0 0 0 0"] and out == b"after\n", (events, out)
     assert 0 < sizes[0] <= shares.CONSOLE_LOG_MAX
+
+
+async def test_a_job_without_cli_steps_sees_nothing_of_the_hosts_usr_even_as_guest_root(root: Path) -> None:
+    """CLI steps run in a root of the host's /usr and the CLIs' installations. Those were 9p shares of
+    every VM from boot, so a docker step that broke the guest's kernel could mount them and read all
+    of the host's /usr (qemu reads as root: whatever a file's mode); now they are bound into the VM's
+    read-only "cli" share only when a job with CLI steps is staged. A VM booted by the runtime and
+    staged with no CLI steps: its root finds no share but "cli", and that one empty."""
+    from corral.executor.runtimes.base import Limits
+    from corral.executor.runtimes.docker import DockerRuntime
+    from corral.executor.runtimes.firecracker.runtime import FirecrackerRuntime
+
+    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86 is not installed")
+    fc_assets.ensure_assets()
+    ws = _workspace(root)
+    owner = f"t{os.getpid()}-cli"
+    docker = DockerRuntime(pull=False, owner=owner)
+    limits = Limits(memory_bytes=256 * 1024**2, disk_bytes=64 * 1024**2)
+    rt = FirecrackerRuntime(
+        docker, owner=owner, cache_dir=root / "c", vm_dir=root / "vms", limits=limits, cli_dir=root / "cli"
+    )
+    probe = (
+        "for t in usr cliroot cli0 cli; do mkdir -p /tmp/m$t\n"
+        "  if mount -t 9p -o trans=virtio,version=9p2000.L,ro $t /tmp/m$t 2>/dev/null\n"
+        '  then mark "seen $t $(ls -A /tmp/m$t | wc -l)"; umount /tmp/m$t; else mark "none $t"; fi\n'
+        "done\n"
+    )
+    events: list[str] = []
+    guest = await rt._boot(rt.shape)
+    try:
+        guest.dir.stage(job_sh=probe, scripts=root / "job" / "scripts", images={}, workspace=ws)
+        async with asyncio.timeout(120):
+            await guest.vm.go()
+            async for ev in guest.vm.events():
+                if isinstance(ev, Control):
+                    events.append(ev.event)
+    finally:
+        await rt._discard(guest)
+        await docker.aclose()
+    assert events == ["none usr", "none cliroot", "none cli0", "seen cli 0", "done"], events
+    assert not guest.dir.path.exists() and mounts_under(root) == []

@@ -3,14 +3,17 @@
 A CLI step runs corral's CLI (EXECUTOR_CLI_PATH) or src-cli (EXECUTOR_SRC_CLI_PATH) inside the job's
 VM, never on the host, as Sourcegraph runs `src` in its VM. It sees what the shell sandbox shows a
 CLI step (runtimes/shell: /usr, the usrmerge links, selected /etc entries, `registry.cli_binds`),
-so sharing it adds no exposure: the guest (guest/clistep.sh, `clistep`) builds each step's root
-on a small tmpfs from
+and only a job with CLI steps sees it: each directory below is bound read-only into the VM's
+read-only 9p share "cli" when the job is staged (shares.VMDir.stage; a warm VM boots with that
+share empty), so a job without CLI steps, whose docker step broke the guest's kernel, finds nothing
+of the host there (qemu reads the shares as root: a guest's root reads every file in them, whatever
+its mode). The guest (guest/clistep.sh, `clistep`) builds each step's root on a small tmpfs from
 
-- ``usr``: the host's /usr, a read-only 9p share (Debian 12 is merged-/usr: /bin, /lib, /lib64 and
-  /sbin are symlinks into it, made in the root as the host has them; a host whose /bin is a real
-  directory gets it shared the same way);
+- ``usr``: the host's /usr (Debian 12 is merged-/usr: /bin, /lib, /lib64 and /sbin are symlinks
+  into it, made in the root as the host has them; a host whose /bin is a real directory gets it
+  bound the same way);
 - ``cli0``, ``cli1``, ...: each directory of `cli_binds` (corral's Python, the virtualenv of
-  EXECUTOR_CLI_PATH), a read-only 9p share mounted at its host path;
+  EXECUTOR_CLI_PATH), mounted at its host path;
 - ``cliroot``: a directory this executor makes (`CliRoot.build`), read-only: ``etc/`` (the shell
   sandbox's /etc entries, copied: hosts, resolv.conf, nsswitch.conf, ld.so.cache, alternatives, ...;
   of /etc/ssl only certs/ and openssl.cnf, never private/; the guest adds passwd and group naming
@@ -22,9 +25,8 @@ on a small tmpfs from
 
 Nothing else of the host is visible: not /root, /home, the rest of /etc (shadow, docker's keys),
 the workspace root (other jobs), nor the job's registry credentials (they stay on the host with the
-docker runtime's pulls; no DOCKER_CONFIG is set). The shares are static per executor, so a VM
-booted before its job is known (the warm pool) carries them from boot; the guest mounts them at the
-first CLI step (`cli_up`), from the lines `preamble` puts at the top of job.sh.
+docker runtime's pulls; no DOCKER_CONFIG is set). The guest mounts the share at the first CLI
+step (`cli_up`) and binds its parts where the lines `preamble` puts at the top of job.sh say.
 """
 
 from __future__ import annotations

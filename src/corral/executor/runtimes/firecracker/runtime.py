@@ -8,8 +8,8 @@ devices, a serial console for the kernel and a virtio console for the job.
 Every VM boots generic, before or without knowing its job (`_boot`): the kernel, the initramfs, its
 scratch disk (virtio-blk, as large as the job's disk limit: EXECUTOR_JOB_DISK_SPACE /
 EXECUTOR_FIRECRACKER_DISK_SPACE; vCPUs and RAM from EXECUTOR_JOB_NUM_CPUS / EXECUTOR_JOB_MEMORY:
-limits are executor-wide, so every VM has the same shape) and two empty 9p shares of its own
-directory (`shares.VMDir`): "job" (read-only) and "rw". Its init mounts them, says "ready" and
+limits are executor-wide, so every VM has the same shape) and three empty 9p shares of its own
+directory (`shares.VMDir`): "job" and "cli" (read-only) and "rw". Its init mounts two, says "ready" and
 waits for a `go` line on the console's input. The job is attached late (`VMDir.stage`): job.sh and
 the step scripts, each image's cached ext4 disk HARD-LINKED into the read-only share (the VM sees
 its job's images and no other; the guest loop-mounts them read-only), and the workspace bound
@@ -35,8 +35,9 @@ Network (`vmnet`): none by default (no NIC at all); a deny-private job's VM runs
 user-mode NIC inside the job's namespace behind the egress firewall, an open job's in the host's.
 
 CLI steps run in the VM too, never on the host (`clistep`): in a root of the host's /usr and the
-CLIs' installations, read-only 9p shares (static per executor: every VM carries them from boot),
-with the workspace at /data, as the job's uid.
+CLIs' installations, bound read-only into the VM's "cli" share (read-only, empty at boot) when a job
+with CLI steps is staged, so a job without them sees nothing of the host; with the workspace at
+/data, as the job's uid.
 
 Measured (bench/firecracker_boot.py; figures in the README): see there for cold vs a bare boot,
 warm vs cold, and the host memory of an idle warm VM.
@@ -322,6 +323,7 @@ class FirecrackerRuntime:
                 scripts=space.scripts,
                 images=images,
                 workspace=space.workspace,
+                cli=[(share.tag, share.path) for share in cli_root.shares] if cli_root else (),
             )
         except OSError as exc:
             raise RuntimeFailure(f"cannot attach the job to its VM: {exc}", reason=Reason.SANDBOX) from exc
@@ -357,7 +359,6 @@ class FirecrackerRuntime:
         vmdir, vm = VMDir(self.vm_dir / name), None
         try:
             assets = await asyncio.to_thread(self._assets)
-            cli_root = await self.cli.root()
             try:
                 await _unabandoned(asyncio.to_thread(self._make_dir, vmdir, shape.disk_bytes))
             except OSError as exc:
@@ -369,7 +370,11 @@ class FirecrackerRuntime:
                     cpus=shape.cpus,
                     memory_mib=shape.memory_mib,
                     disks=[Disk("scratch", vmdir.scratch, readonly=False)],
-                    shares=[Share("job", vmdir.job), Share("rw", vmdir.rw, readonly=False), *cli_root.shares],
+                    shares=[
+                        Share("job", vmdir.job),
+                        Share("rw", vmdir.rw, readonly=False),
+                        Share("cli", vmdir.cli),  # empty until a job with CLI steps is staged
+                    ],
                     accel=await accelerator(assets),
                     nic=nic,
                     console_log=vmdir.console_log,

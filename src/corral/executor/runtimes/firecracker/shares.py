@@ -13,6 +13,10 @@ Every VM (warm or cold: one code path) boots from an executor-made directory ``<
       img/<serial>.ext4  a HARD LINK of each image's cached disk (images.py): the VM sees its
                     job's images and no other; on another filesystem (EXDEV) a read-only bind
                     mount of the file instead
+    cli/          the 9p share "cli", READ-ONLY in qemu, empty at boot; for a job with CLI steps
+      usr/, cliroot/, cli0/...  read-only bind mounts of the host's /usr and the CLIs'
+                    installations (clistep.py), bound at job time: a job without CLI steps (a
+                    VM whose guest kernel a docker step broke included) sees nothing of the host
     rw/           the 9p share "rw": a read-only bind mount of itself, so that a guest can write
       ws/         nowhere in it but here: the mount point of the job's workspace, bound at job
                     time (qemu's 9p walks with O_NOFOLLOW, so a symlink would not do; it crosses
@@ -40,7 +44,7 @@ import errno
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 __all__ = [
@@ -158,6 +162,10 @@ class VMDir:
     def rw(self) -> Path:
         return self.path / "rw"
 
+    @property
+    def cli(self) -> Path:
+        return self.path / "cli"
+
     def make(self, disk_bytes: int) -> None:
         """The generic part, before qemu starts: directories, the scratch disk, rw made read-only."""
         self.path.mkdir(mode=0o700)
@@ -170,6 +178,7 @@ class VMDir:
         finally:
             os.close(fd)
         self.job.mkdir(mode=0o700)
+        self.cli.mkdir(mode=0o700)
         (self.rw / "ws").mkdir(mode=0o755, parents=True)
         with self.scratch.open("wb") as f:
             f.truncate(disk_bytes)
@@ -180,8 +189,18 @@ class VMDir:
             raise OSError(errno.EIO, f"mkfs.ext4: {proc.stderr.strip()[-300:]}")
         bind(self.rw, self.rw, readonly=True)
 
-    def stage(self, *, job_sh: str, scripts: Path, images: Mapping[str, Path], workspace: Path) -> None:
-        """The job, after boot and before `go`: job.sh, the step scripts, its images, its workspace."""
+    def stage(
+        self,
+        *,
+        job_sh: str,
+        scripts: Path,
+        images: Mapping[str, Path],
+        workspace: Path,
+        cli: Sequence[tuple[str, Path]] = (),
+    ) -> None:
+        """The job, after boot and before `go`: job.sh, the step scripts, its images, its workspace,
+        and for a job with CLI steps the directories of their root (`cli`: tag -> host directory,
+        each bound read-only at cli/<tag>)."""
         ctl, img = self.job / "ctl", self.job / "img"
         ctl.mkdir(mode=0o700)
         img.mkdir(mode=0o700)
@@ -200,6 +219,9 @@ class VMDir:
                     raise
                 os.close(os.open(link, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400))
                 bind(disk, link, readonly=True, directory=False)
+        for tag, directory in cli:
+            (self.cli / tag).mkdir(mode=0o755)
+            bind(directory, self.cli / tag, readonly=True)
         bind(workspace, self.rw / "ws", readonly=False)
 
     def remove(self) -> None:

@@ -1,13 +1,14 @@
 # corral's CLI steps in the guest: sourced once by init.sh (guest/init.sh), before job.sh.
 #
 # A CLI step (corral's CLI, src-cli) runs in a root made of the host's /usr and the CLIs'
-# installations, all read-only 9p shares, that the host describes at the top of job.sh
+# installations, read-only, in the VM's 9p share "cli" (/cli/TAG: bound there by the host for a job
+# with CLI steps only, runtimes/firecracker/shares.py), that the host describes at the top of job.sh
 # (runtimes/firecracker/clistep.py, CliRoot):
-#   cli_share TAG PATH   the share TAG at PATH (usr at /usr; cli0, cli1, ...: a CLI's directory)
+#   cli_share TAG PATH   /cli/TAG at PATH (usr at /usr; cli0, cli1, ...: a CLI's directory)
 #   cli_file N PATH      file N of the executor-made share (cliroot/files/N) at PATH
 #   cli_link PATH TARGET a symlink (the usrmerge links: /bin -> usr/bin, ...)
-# then `clistep` lines. The shares are mounted under /cli at the first CLI step (a VM without CLI
-# steps never mounts them). Each step's root is a fresh small tmpfs, read-only once built: /etc the
+# then `clistep` lines. The share is mounted at /cli at the first CLI step (a VM without CLI
+# steps never mounts it, and finds nothing in it). Each step's root is a fresh small tmpfs, read-only once built: /etc the
 # executor's (cliroot/etc: copying it took 1.2 s under TCG, binding it nothing) with passwd and
 # group naming the job's uid bound over it, /tmp on the scratch disk (the job's disk limit), /data
 # the workspace, /.corral-steps, a fresh /dev and /proc.
@@ -32,15 +33,9 @@ cli_file() { CLI_FILES="$CLI_FILES$1 $2
 cli_link() { CLI_LINKS="$CLI_LINKS$1 $2
 "; }
 
-cli_up() {  # mount the CLI shares once (read-only, cached: the host's /usr does not change under a job)
+cli_up() {  # mount the CLI share once (read-only, cached: the host's /usr does not change under a job)
     [ -n "$CLI_UP" ] && return 0
-    mkdir -p /cli/cliroot && mount -t 9p -o "$P9_RO" cliroot /cli/cliroot || die "no CLI share cliroot"
-    while read -r tag path; do
-        [ -n "$tag" ] || continue
-        mkdir -p "/cli/$tag" && mount -t 9p -o "$P9_RO" "$tag" "/cli/$tag" || die "no CLI share $tag"
-    done <<EOF
-$CLI_SHARES
-EOF
+    mkdir -p /cli && mount -t 9p -o "$P9_RO" cli /cli && [ -d /cli/cliroot/etc ] || die "no CLI share"
     CLI_UP=1
 }
 
