@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import math
 import os
@@ -169,6 +170,7 @@ class FirecrackerRuntime:
         self.vm_dir = vm_dir or self.disks.dir.parent / "vms" / owner
         self.shape = Shape.of(limits or Limits())
         self._known: set[str] = set()  # this process's VMs (booting, warm, running): the janitor's
+        self._owner_lock: int | None = None  # the flock on .<owner>.lock while started (_hold_owner)
         self._seq = 0
         self.pool: WarmPool[Guest] = WarmPool(
             size=warm_pool,
@@ -211,15 +213,43 @@ class FirecrackerRuntime:
     # --- the runtime's own lifecycle (base.Lifecycle) -------------------------------------------
 
     async def start(self) -> None:
-        """Remove what a killed executor of this owner left, then fill the warm pool."""
+        """Hold the owner's lock, remove what a killed executor of this owner left, then fill the
+        warm pool. ConfigError when another executor of this host holds the lock: every VM of the
+        owner that this process does not know is a leftover to the janitor, so two live executors
+        with one EXECUTOR_VM_PREFIX would kill each other's VMs and unmount their workspaces."""
+        self._hold_owner()
         removed = await self.janitor(set())
         for what in removed:
             log.warning("janitor (owner %s): removed %s: left by an earlier executor", self.owner, what)
         self.pool.start()
 
     async def stop(self) -> None:
-        """Drain the warm pool: its VMs killed, their directories removed."""
-        await self.pool.drain()
+        """Drain the warm pool: its VMs killed, their directories removed; the owner's lock freed."""
+        try:
+            await self.pool.drain()
+        finally:
+            if self._owner_lock is not None:
+                os.close(self._owner_lock)  # drops the flock
+                self._owner_lock = None
+
+    def _hold_owner(self) -> None:
+        """flock `.<owner>.lock` next to the owner's VM directories for as long as this runtime runs
+        (close-on-exec: no qemu keeps it; a killed executor's lock goes with its process)."""
+        if self._owner_lock is not None:
+            return
+        path = self.vm_dir.with_name(f".{self.vm_dir.name}.lock")
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ConfigError(
+                f"another executor with EXECUTOR_VM_PREFIX={self.owner} runs on this host (it holds "
+                f"{path}): each executor needs a prefix of its own, or their janitors remove each "
+                "other's VMs"
+            ) from None
+        self._owner_lock = fd
 
     # --- Runtime ----------------------------------------------------------------------------------
 
