@@ -49,7 +49,7 @@ from corral.executor.runtimes.base import (
     StepResult,
 )
 from corral.executor.runtimes.docker import credentials
-from corral.executor.runtimes.kubernetes import manifests
+from corral.executor.runtimes.kubernetes import manifests, sweep
 from corral.executor.runtimes.kubernetes.client import KubeClient
 from corral.executor.runtimes.kubernetes.follow import Phases, PodFollower
 from corral.executor.runtimes.kubernetes.settings import KubernetesSettings
@@ -73,6 +73,7 @@ class _Run:
     # the job's own registry credentials (dockerAuthConfig), per registry: the pods' imagePullSecret
     registry: dict[str, Mapping[str, str]] = field(default_factory=dict)
     phases: Phases = field(default_factory=Phases)
+    template: dict[str, Any] | None = None  # the first Job (sweep.py's remover on the shared claim)
 
 
 class KubernetesRuntime:
@@ -94,6 +95,7 @@ class KubernetesRuntime:
         self._runs: dict[str, _Run] = {}
         self._claimed: set[str] = set()  # Jobs of a previous process the server gave back (reattach)
         self._telemetry: dict[str, str] = {}
+        self._removing: set[str] = set()  # remover Jobs (sweep.py) running in this process
 
     @classmethod
     def from_settings(cls, s: ExecutorSettings) -> KubernetesRuntime:
@@ -185,6 +187,7 @@ class KubernetesRuntime:
             try:
                 for n, job in enumerate(objects.jobs):
                     created = await self._create(api, run, "jobs", job)
+                    run.template = run.template or created
                     for kind, body in objects.first if n == 0 else ():
                         await self._create(api, run, kind, _owned_by(body, created))
                     follower = PodFollower(
@@ -226,9 +229,16 @@ class KubernetesRuntime:
         return await api.create(kind, body)
 
     async def cleanup(self, space: JobSpace) -> None:
-        run = self._runs.pop(str(space.root), None)
+        run = self._runs.get(str(space.root))
         if run is None or not run.created:
+            self._runs.pop(str(space.root), None)
             return
+        try:
+            await self._cleanup(space, run)
+        finally:
+            self._runs.pop(str(space.root), None)  # the janitor leaves its Jobs alone until now
+
+    async def _cleanup(self, space: JobSpace, run: _Run) -> None:
         if self.settings.keep_jobs:
             kept = ", ".join(n for _k, n in run.created)
             log.info("job %s: keeping %s (KUBERNETES_KEEP_JOBS)", space.job_id, kept)
@@ -241,8 +251,21 @@ class KubernetesRuntime:
                 await api.delete(kind, name, propagation="Foreground" if kind == "jobs" else None)
             except KubernetesAPIError as exc:
                 problems.append(f"deleting {kind} {name}: {exc.message}")
+        if run.template is not None and sweep.shared_claim(self.settings):
+            if problem := await self._remove_dir(api, run.template, space.kill_grace):
+                problems.append(problem)
         if problems:
             raise RuntimeFailure("; ".join(problems))
+
+    async def _remove_dir(self, api: KubeClient, template: Mapping[str, Any], grace: float) -> str:
+        """The job's directory on the shared claim (sweep.py), its base in `_removing` meanwhile (the
+        janitor leaves it and its remover alone)."""
+        base = sweep.base_name(str(template["metadata"]["name"]))
+        self._removing.add(base)
+        try:
+            return await sweep.remove_job_dir(api, self.settings, template, base, grace)
+        finally:
+            self._removing.discard(base)
 
     # --- Reattacher (reattach.py) -----------------------------------------------------------------
 
@@ -274,11 +297,18 @@ class KubernetesRuntime:
         ours = {name for run in self._runs.values() for _kind, name in run.created} | self._claimed
         running = manifests.live_labels(live)
         stale = []
+        shared = sweep.shared_claim(self.settings) and not self.settings.keep_jobs
+        leftovers: dict[str, dict[str, Any]] = {}  # base -> a Job of it: its directory on the claim
         for j in jobs:
             meta = j.get("metadata") or {}
             name = str(meta.get("name") or "")
-            if not name or name in ours or meta.get("deletionTimestamp"):
-                continue  # ours, or already going
+            base = sweep.base_name(name)
+            if not name or name in ours or base in self._removing:
+                continue  # ours
+            if shared and not name.endswith(sweep.REMOVER_SUFFIX):
+                leftovers.setdefault(base, j)  # also when already going: its directory stays
+            if meta.get("deletionTimestamp"):
+                continue  # already going
             if self.settings.keep_jobs and _finished(j):
                 continue
             # not this process's: a job that does not run here, or another attempt of one that does
@@ -292,6 +322,9 @@ class KubernetesRuntime:
                 with contextlib.suppress(KubernetesAPIError):
                     await api.delete(kind, obj)
             removed.append(name)
+        for _base, template in sorted(leftovers.items()):  # a killed executor's jobs' directories
+            if problem := await self._remove_dir(api, template, 0.0):
+                log.warning("janitor: %s", problem)
         return removed
 
     def _selector(self) -> str:
