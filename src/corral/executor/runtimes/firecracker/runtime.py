@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import math
 import os
@@ -346,15 +347,18 @@ class FirecrackerRuntime:
             raise RuntimeFailure(f"cannot run the job's steps: {exc}", reason=Reason.FILES) from exc
         guest = await job.guest_task
         images = {serial: d.path for serial, d in serials.values()}
+        stage = functools.partial(
+            guest.dir.stage,
+            job_sh=script,
+            scripts=space.scripts,
+            images=images,
+            workspace=space.workspace,
+            cli=[(share.tag, share.path) for share in cli_root.shares] if cli_root else (),
+        )
         try:
-            await asyncio.to_thread(
-                guest.dir.stage,
-                job_sh=script,
-                scripts=space.scripts,
-                images=images,
-                workspace=space.workspace,
-                cli=[(share.tag, share.path) for share in cli_root.shares] if cli_root else (),
-            )
+            # a cancel waits for the thread: cleanup's removal of the VM's directory must not run
+            # beside its binds (rmtree would walk into a workspace bound the moment after its check)
+            await _unabandoned(asyncio.to_thread(stage))
         except OSError as exc:
             raise RuntimeFailure(f"cannot attach the job to its VM: {exc}", reason=Reason.SANDBOX) from exc
         log.info("job %s: runs in %s VM %s", space.job_id, guest.origin, guest.name)
