@@ -238,3 +238,6 @@ def test_validate_says_how_large_the_warm_pool_is(tmp_path: Path) -> None:
     )
     assert words(1, 1).startswith("1 VM booted ahead") and "at most 1 VM in all" in words(1, 1)
     assert words(0, 4) == "off (EXECUTOR_FIRECRACKER_WARM_POOL=0): every job boots its VM"
+    # more than the bound (review R2): said, not left to be guessed from the two numbers
+    assert words(4, 1).endswith("(EXECUTOR_MAXIMUM_NUM_JOBS): so at most 1 warm, and none while a job runs")
+    assert words(3, 2).endswith("so at most 2 warm, and none while 2 jobs run")

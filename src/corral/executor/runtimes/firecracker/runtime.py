@@ -291,10 +291,14 @@ class FirecrackerRuntime:
         size, cap = self.pool.size, self.pool.capacity
         if size == 0:
             return "off (EXECUTOR_FIRECRACKER_WARM_POOL=0): every job boots its VM"
-        return (
+        words = (
             f"{size} VM{'s' * (size > 1)} booted ahead of jobs (EXECUTOR_FIRECRACKER_WARM_POOL), "
             f"at most {cap} VM{'s' * (cap > 1)} in all (EXECUTOR_MAXIMUM_NUM_JOBS)"
         )
+        if size > cap:  # the operator asked for more than the bound lets the pool hold
+            running = f"{cap} jobs run" if cap > 1 else "a job runs"
+            words += f": so at most {cap} warm, and none while {running}"
+        return words
 
     def telemetry(self) -> dict[str, str]:
         if self._telemetry is None:
