@@ -20,8 +20,6 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from kubernetes_asyncio.client import models
-
 __all__ = [
     "MAX_ANNOTATIONS",
     "check_dns_label",
@@ -155,6 +153,10 @@ def check_shape(value: Any, type_name: str, where: str, _depth: int = 0) -> None
         for k, item in value.items():
             check_shape(item, inner, f"{where}[{_shown(k)}]", _depth + 1)
         return
+    # imported here, not at the top: kubernetes_asyncio costs ~0.5 s and ~25 MiB to import, and
+    # ExecutorSettings imports this module for every runtime
+    from kubernetes_asyncio.client import models
+
     model = getattr(models, type_name, None)
     if model is None:  # pragma: no cover - a type the models name but do not define
         raise ValueError(f"{here}: unknown type {type_name}")
