@@ -178,20 +178,7 @@ class Logs:
             ]
             data = self._read(conn, job_id, wanted)
         return [
-            LogEntry(
-                job_id=e.job_id,
-                entry_id=e.entry_id,
-                attempt=e.attempt,
-                key=e.key,
-                command=e.command,
-                start_time=e.start_time,
-                exit_code=e.exit_code,
-                duration_ms=e.duration_ms,
-                out_len=e.out_len,
-                out_bytes=data.get(e.entry_id, b""),
-                offset=seen.get(e.entry_id, 0),
-            )
-            for e in entries
+            _entry(e, out_bytes=data.get(e.entry_id, b""), offset=seen.get(e.entry_id, 0)) for e in entries
         ]
 
     def heads(self, job_id: int, attempt: int) -> list[LogEntry]:
@@ -207,20 +194,7 @@ class Logs:
                 )
                 .order_by(log_entries.c.entry_id)
             ).all()
-        return [
-            LogEntry(
-                job_id=e.job_id,
-                entry_id=e.entry_id,
-                attempt=e.attempt,
-                key=e.key,
-                command=e.command,
-                start_time=e.start_time,
-                exit_code=e.exit_code,
-                duration_ms=e.duration_ms,
-                out_len=e.out_len,
-            )
-            for e in entries
-        ]
+        return [_entry(e) for e in entries]
 
     def read(self, job_id: int, entry_id: int, start: int = 0, end: int | None = None) -> bytes:
         """Bytes [start, end) of one entry's output (end: all there is)."""
@@ -265,3 +239,20 @@ _CHUNKS = (
 )
 _SQL_CHUNKS_FROM = text(_CHUNKS + " ORDER BY c.id")
 _SQL_CHUNKS_RANGE = text(_CHUNKS + " AND w.chunk_end - length(c.data) < :end ORDER BY c.id")
+
+
+def _entry(e: Any, *, out_bytes: bytes = b"", offset: int = 0) -> LogEntry:
+    """A log_entries row as a LogEntry, with the output read for it (if any) from `offset`."""
+    return LogEntry(
+        job_id=e.job_id,
+        entry_id=e.entry_id,
+        attempt=e.attempt,
+        key=e.key,
+        command=e.command,
+        start_time=e.start_time,
+        exit_code=e.exit_code,
+        duration_ms=e.duration_ms,
+        out_len=e.out_len,
+        out_bytes=out_bytes,
+        offset=offset,
+    )
