@@ -96,6 +96,21 @@ def test_the_size_bound_is_checked_before_writing_past_it(tmp_path: Path) -> Non
     assert not (dest / "b").exists()
 
 
+def test_entries_too_deep_and_an_unpacking_too_long_are_refused(tmp_path: Path) -> None:
+    """Each entry is opened component by component (review R2): an image of many deep names cost
+    entries x depth system calls on the host, hours for one image within the byte bounds."""
+    deep = "/".join(["d"] * 256)
+    assert safe_extract(_tar(tmp_path, [(_info(deep), b"ok")]), _dest(tmp_path)) == 1
+    with pytest.raises(UnsafeImage, match="more than 256 directories deep"):
+        safe_extract(_tar(tmp_path, [(_info(deep + "/d"), b"too deep")]), _dest(tmp_path))
+    link = (_info("h", tarfile.LNKTYPE, deep + "/d/x"), b"")  # a hard link's target too
+    with pytest.raises(UnsafeImage, match="directories deep"):
+        safe_extract(_tar(tmp_path, [link]), _dest(tmp_path))
+    many = [(_info(f"f{i}"), b"") for i in range(2048)]  # checked every 1024 entries
+    with pytest.raises(UnsafeImage, match="took over 0 s"):
+        safe_extract(_tar(tmp_path, many), _dest(tmp_path), max_seconds=0)
+
+
 @pytest.fixture
 def api() -> DockerAPI:
     require(docker_ok(), "Docker Engine is not reachable (run scripts/setup.sh)")

@@ -53,6 +53,11 @@ log = logging.getLogger("corral.executor.runtimes.firecracker")
 DEFAULT_CACHE_BYTES = 20 * 1024**3  # the image disk cache (sum of the .ext4 files)
 MAX_IMAGE_BYTES = 16 * 1024**3  # one image's exported filesystem
 MAX_ENTRIES = 1_000_000  # files, directories and links in one image
+# directories an entry lies below: each entry is opened component by component (never following a
+# link), so a hostile image of deep names cost entries x depth system calls on the host, hours
+# for one image within the byte bounds; real images stay far below (PATH_MAX is 4096 bytes)
+MAX_DEPTH = 256
+MAX_EXTRACT_S = 600.0  # seconds one image's extraction may take (mkfs has MKFS_TIMEOUT_S of its own)
 EXPORT_CHUNK = 1 << 20
 MKFS_TIMEOUT_S = 600.0
 HELD_DIR = ".held"  # <cache>/.held/<pid>-<instance>-<id>: a hard link per disk an executor holds
@@ -77,6 +82,8 @@ def _name_parts(name: str) -> list[str]:
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if "\0" in name or any(p == ".." for p in parts):
         raise UnsafeImage(f"image entry {name!r} leaves the image's root")
+    if len(parts) > MAX_DEPTH:
+        raise UnsafeImage(f"image entry {name[:200]!r}... lies more than {MAX_DEPTH} directories deep")
     return parts
 
 
@@ -100,18 +107,23 @@ def _remove_existing(parent: int, name: str) -> None:
     os.unlink(name, dir_fd=parent)
 
 
-def safe_extract(tar_path: Path, dest: Path, *, max_bytes: int = MAX_IMAGE_BYTES) -> int:
+def safe_extract(
+    tar_path: Path, dest: Path, *, max_bytes: int = MAX_IMAGE_BYTES, max_seconds: float = MAX_EXTRACT_S
+) -> int:
     """Unpack the tar at tar_path into the empty directory dest (see the module docstring); returns
     the number of entries. Raises UnsafeImage for what it refuses."""
     root_fd = os.open(dest, _DIR)
     dir_modes: list[tuple[list[str], int, int, int]] = []
     total = count = 0
+    deadline = time.monotonic() + max_seconds
     try:
         with tarfile.open(tar_path, "r:") as tar:
             for m in tar:
                 count += 1
                 if count > MAX_ENTRIES:
                     raise UnsafeImage(f"the image has more than {MAX_ENTRIES} entries")
+                if count % 1024 == 0 and time.monotonic() > deadline:
+                    raise UnsafeImage(f"unpacking the image took over {max_seconds:g} s ({count} entries)")
                 parts = _name_parts(m.name)
                 if not parts:
                     continue  # the root itself
@@ -186,11 +198,13 @@ def _mkfs(src: Path, out: Path, entries: int) -> None:
 
 
 def _walk_entries(top: Path) -> Iterator[os.DirEntry[str]]:
-    with os.scandir(top) as it:
-        for e in it:
-            yield e
-            if e.is_dir(follow_symlinks=False):
-                yield from _walk_entries(Path(e.path))
+    stack = [top]  # not recursive: depth is the image's choice (bounded by MAX_DEPTH too)
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for e in it:
+                yield e
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(Path(e.path))
 
 
 # --- the cache ----------------------------------------------------------------------------------------
