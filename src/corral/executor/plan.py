@@ -79,6 +79,11 @@ class JobPlan:
         """Whether skip.json is honoured (Sourcegraph: only on the runtime path, no CLI steps)."""
         return not self.has_cli_steps
 
+    @property
+    def skip_points(self) -> list[str]:
+        """The keys of the steps after which skip.json is read (`.pre` steps), when it is honoured."""
+        return [s.key for s in self.steps if is_pre_step(s.key)] if self.skips else []
+
 
 def is_pre_step(key: str) -> bool:
     """A step after which skip.json is read (util.IsPreStepKey: the key ends in ".pre")."""

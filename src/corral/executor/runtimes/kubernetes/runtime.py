@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from corral.errors import ConfigError, KubernetesAPIError, Reason, RuntimeFailure, StepFailed
-from corral.executor.plan import JobPlan, is_pre_step
+from corral.executor.plan import JobPlan
 from corral.executor.runtimes.base import (
     LABEL_JOB,
     JobSpace,
@@ -168,7 +168,7 @@ class KubernetesRuntime:
         raise RuntimeFailure("the kubernetes runtime runs whole jobs (run_plan), not single steps")
 
     async def run_plan(self, space: JobSpace, plan: JobPlan, sink: PlanSink) -> None:
-        if plan.skips and (pre := [s.key for s in plan.steps if is_pre_step(s.key)]):
+        if pre := plan.skip_points:
             raise StepFailed(
                 f"{pre[0]} may leave a skip.json naming the next step, which the kubernetes runtime "
                 "cannot honour (a pod's containers are fixed when it is created): run this job on "
@@ -226,7 +226,12 @@ class KubernetesRuntime:
     ) -> dict[str, Any]:
         name = str(body["metadata"]["name"])
         run.created.append((kind, name))  # first: cleanup (a 404 is fine) and the janitor know it at once
-        return await api.create(kind, body)
+        try:
+            return await api.create(kind, body)
+        except KubernetesAPIError as exc:
+            if exc.status == 409:  # someone else's object of that name: cleanup must never delete it
+                run.created.remove((kind, name))
+            raise
 
     async def cleanup(self, space: JobSpace) -> None:
         run = self._runs.get(str(space.root))
