@@ -6,12 +6,13 @@ mode, KUBERNETES_SINGLE_JOB_POD=false, one per step, run one after the other).
 
 Names (`job_names`): `corral-<owner>-<queue>-<id>-<attempt>`, lowercased, `_` -> `-`; when that is
 not already a DNS-1123 label of at most BASE_NAME_MAX characters it is cut and a hash of the exact
-parts is appended, so distinct jobs never share a name. The Secret is `<job>-secrets`, the PVC
+parts is appended (also when the queue has a dash: the exact name would be ambiguous), so distinct
+jobs never share a name, whatever their owner. The Secret is `<job>-secrets`, the PVC
 `<job>-pvc`, the step Jobs of multi-pod mode `<job>-s<index>`. Labels (`job_labels`):
 dev.corral.managed=true, dev.corral.job=<queue>-<id>, dev.corral.owner=<EXECUTOR_VM_PREFIX>,
-dev.corral.executor=<executor name>, dev.corral.attempt=<n>, each through `label_value` (a value
-that is not a valid label value is cut and hashed the same way; the janitor must compare
-`label_value(x)`, not x).
+dev.corral.executor=<executor name>, dev.corral.attempt=<n>, dev.corral.job-id=<id>, each through
+`label_value` (a value that is not a valid label value is cut and hashed the same way; the janitor
+must compare `label_value(x)`, not x).
 
 The pod (single-pod mode):
 - volumes: `job-data` (emptyDir with sizeLimit KUBERNETES_JOB_VOLUME_SIZE, or the per-job PVC):
@@ -77,6 +78,7 @@ __all__ = [
     "CONFIG_MOUNT",
     "LABEL_ATTEMPT",
     "LABEL_EXECUTOR",
+    "LABEL_JOB_ID",
     "LABEL_STEP",
     "MAIN_CONTAINER",
     "MAX_SECRET",
@@ -101,6 +103,7 @@ __all__ = [
 
 LABEL_EXECUTOR = "dev.corral.executor"
 LABEL_ATTEMPT = "dev.corral.attempt"
+LABEL_JOB_ID = "dev.corral.job-id"  # the job's id alone: LABEL_JOB of a long queue name is hashed (reattach)
 LABEL_STEP = "dev.corral.step"  # multi-pod mode: the step Job's index
 BASE_NAME_MAX = 52  # characters of a job's name: room for "-s<index>" within a label's 63
 MAX_SECRET = 900 * 1024  # bytes of the job's Secret (keys + values); the API refuses more than 1 MiB
@@ -170,7 +173,9 @@ def job_names(owner: str, queue: str, job_id: int, attempt: int) -> JobNames:
     """The names of one job attempt's objects (see the module docstring)."""
     exact = f"corral-{owner}-{queue}-{job_id}-{attempt}"
     name = re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", exact.lower())).strip("-")
-    if name != exact or len(name) > BASE_NAME_MAX:
+    # a queue with a dash makes the exact name ambiguous: owner "a-b" queue "c" and owner "a" queue
+    # "b-c" are both corral-a-b-c-<id>-<attempt> (two executors of one namespace took each other's Job)
+    if name != exact or len(name) > BASE_NAME_MAX or "-" in queue:
         tail = f"-{_digest(owner, queue, job_id, attempt)}"
         name = name[: BASE_NAME_MAX - len(tail)].rstrip("-") + tail
     return JobNames(job=name, secret=f"{name}-secrets", pvc=f"{name}-pvc")
@@ -212,6 +217,7 @@ def job_labels(space: JobSpace) -> dict[str, str]:
     labels = {k: label_value(v) for k, v in space.labels.items()}
     labels[LABEL_EXECUTOR] = label_value(space.executor_name) if space.executor_name else ""
     labels[LABEL_ATTEMPT] = str(space.attempt)
+    labels[LABEL_JOB_ID] = str(space.job_id)
     return {k: v for k, v in labels.items() if v}
 
 

@@ -44,12 +44,15 @@ def _orphan(meta: Mapping[str, Any], owner: str, queues: list[str]) -> Orphan | 
     attempt = labels.get(manifests.LABEL_ATTEMPT)
     if not isinstance(attempt, str) or not attempt.isdigit() or len(attempt) > 9:
         return None
+    # the id: the job label's tail, or (that label hashed: a long queue name) the job-id label
+    tail = str(labels.get(manifests.LABEL_JOB_ID) or value.rpartition("-")[2])
+    if not tail.isdigit() or len(tail) > 18:
+        return None
+    job_id = int(tail)
     for queue in queues:
-        head, _, tail = value.rpartition("-")
-        if manifests.label_value(f"{queue}-{tail}") != value or not tail.isdigit() or len(tail) > 18:
+        if manifests.label_value(f"{queue}-{job_id}") != value:
             continue
-        job_id = int(tail)
-        if head and manifests.job_names(owner, queue, job_id, int(attempt)).job == name:
+        if manifests.job_names(owner, queue, job_id, int(attempt)).job == name:
             return Orphan(queue=queue, job_id=job_id, attempt=int(attempt), name=name)
     return None
 
