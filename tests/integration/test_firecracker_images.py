@@ -4,6 +4,7 @@ is bounded (least recently used disks that no VM holds go first)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import subprocess
@@ -109,6 +110,34 @@ def test_entries_too_deep_and_an_unpacking_too_long_are_refused(tmp_path: Path) 
     many = [(_info(f"f{i}"), b"") for i in range(2048)]  # checked every 1024 entries
     with pytest.raises(UnsafeImage, match="took over 0 s"):
         safe_extract(_tar(tmp_path, many), _dest(tmp_path), max_seconds=0)
+
+
+async def test_a_job_cancelled_while_its_image_is_converted_is_cancelled_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """The conversion runs in threads (review R2): a cancel returned at once, and removing the
+    temporary directory beside the thread still unpacking into it failed (ENOTEMPTY), which replaced
+    the cancellation (the job came out as an executor error) and left the directory for good (its
+    pid is alive, so no janitor takes it). Now the threads stop first. No Docker: a made-up export."""
+    deep = "/".join(["d"] * 100)  # about 0.6 ms per entry to unpack: seconds in all
+    src = _tar(tmp_path, [(_info(f"{deep}/f{i}"), b"") for i in range(8000)])
+    cache = tmp_path / "cache"
+    disks = ImageDisks(None, cache)  # type: ignore[arg-type]
+
+    async def export(image_id: str, tar: Path) -> None:
+        tar.write_bytes(src.read_bytes())
+
+    disks._export = export  # type: ignore[method-assign]
+    task = asyncio.create_task(disks.disk("sha256:" + "c" * 64, {}))
+    for _ in range(500):  # until the unpacking is under way
+        if any((p / "root" / "d").exists() for p in cache.glob(".make-*")):
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.5)  # hundreds of entries in: the removal meets the thread at work
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert list(cache.iterdir()) == []
 
 
 @pytest.fixture

@@ -36,11 +36,12 @@ import stat
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from corral.errors import DockerAPIError, Reason, RuntimeFailure
 from corral.executor import safefs
@@ -58,10 +59,12 @@ MAX_ENTRIES = 1_000_000  # files, directories and links in one image
 # for one image within the byte bounds; real images stay far below (PATH_MAX is 4096 bytes)
 MAX_DEPTH = 256
 MAX_EXTRACT_S = 600.0  # seconds one image's extraction may take (mkfs has MKFS_TIMEOUT_S of its own)
+STOP_POLL_S = 0.1  # seconds between looks at a conversion's stop flag while mkfs runs
 EXPORT_CHUNK = 1 << 20
 MKFS_TIMEOUT_S = 600.0
 HELD_DIR = ".held"  # <cache>/.held/<pid>-<instance>-<id>: a hard link per disk an executor holds
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -107,11 +110,20 @@ def _remove_existing(parent: int, name: str) -> None:
     os.unlink(name, dir_fd=parent)
 
 
+class Stopped(Exception):
+    """The conversion was stopped (its job was cancelled)."""
+
+
 def safe_extract(
-    tar_path: Path, dest: Path, *, max_bytes: int = MAX_IMAGE_BYTES, max_seconds: float = MAX_EXTRACT_S
+    tar_path: Path,
+    dest: Path,
+    *,
+    max_bytes: int = MAX_IMAGE_BYTES,
+    max_seconds: float = MAX_EXTRACT_S,
+    stop: threading.Event | None = None,
 ) -> int:
     """Unpack the tar at tar_path into the empty directory dest (see the module docstring); returns
-    the number of entries. Raises UnsafeImage for what it refuses."""
+    the number of entries. Raises UnsafeImage for what it refuses, Stopped once `stop` is set."""
     root_fd = os.open(dest, _DIR)
     dir_modes: list[tuple[list[str], int, int, int]] = []
     total = count = 0
@@ -122,6 +134,8 @@ def safe_extract(
                 count += 1
                 if count > MAX_ENTRIES:
                     raise UnsafeImage(f"the image has more than {MAX_ENTRIES} entries")
+                if stop is not None and stop.is_set():
+                    raise Stopped()
                 if count % 1024 == 0 and time.monotonic() > deadline:
                     raise UnsafeImage(f"unpacking the image took over {max_seconds:g} s ({count} entries)")
                 parts = _name_parts(m.name)
@@ -186,15 +200,27 @@ def _write_member(tar: tarfile.TarFile, m: tarfile.TarInfo, parent: int, last: s
         os.fchmod(out.fileno(), m.mode & 0o7777)
 
 
-def _mkfs(src: Path, out: Path, entries: int) -> None:
+def _mkfs(src: Path, out: Path, entries: int, stop: threading.Event | None = None) -> None:
     used = sum(e.stat(follow_symlinks=False).st_size for e in _walk_entries(src))
     size_mib = max(16, int(used * 1.3 / 1024**2) + entries * 4 // 1024 + 16)
     inodes = max(1024, int(entries * 1.2) + 256)
     argv = ["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-N", str(inodes), "-E", "root_owner=0:0"]
     argv += ["-d", str(src), str(out), f"{size_mib}M"]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=MKFS_TIMEOUT_S, check=False)
+    deadline = time.monotonic() + MKFS_TIMEOUT_S
+    with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+        while True:
+            try:
+                _, err = proc.communicate(timeout=STOP_POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                if (stop is not None and stop.is_set()) or time.monotonic() > deadline:
+                    proc.kill()
+                    proc.communicate()
+                    if stop is not None and stop.is_set():
+                        raise Stopped() from None
+                    raise
     if proc.returncode != 0:
-        raise UnsafeImage(f"mkfs.ext4 failed: {proc.stderr.strip()[-500:]}")
+        raise UnsafeImage(f"mkfs.ext4 failed: {err.strip()[-500:]}")
 
 
 def _walk_entries(top: Path) -> Iterator[os.DirEntry[str]]:
@@ -295,11 +321,12 @@ class ImageDisks:
             await self._export(image_id, tar)
             root = tmp / "root"
             root.mkdir()
+            stop = threading.Event()  # a cancelled job stops the threads before the directory goes
             try:
-                entries = await asyncio.to_thread(safe_extract, tar, root)
+                entries = await _stopping(stop, safe_extract, tar, root, stop=stop)
                 tar.unlink()
                 part = tmp / "disk.ext4"
-                await asyncio.to_thread(_mkfs, root, part, entries)
+                await _stopping(stop, _mkfs, root, part, entries, stop)
             except (UnsafeImage, OSError, subprocess.TimeoutExpired) as exc:
                 raise RuntimeFailure(
                     f"cannot convert image {image_id[:19]} to a VM disk: {exc}", reason=Reason.IMAGE
@@ -399,6 +426,22 @@ class ImageDisks:
     def _holds(self, key: str) -> bool:
         """Whether this cache holds the disk `key`."""
         return any(self._key(i) == key for i in self._in_use)
+
+
+async def _stopping(flag: threading.Event, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """fn in a thread; when cancelled, set `flag` and wait for the thread to end (it checks the flag
+    often) before re-raising: before, the cancel returned at once and the temporary directory's
+    removal ran beside the thread still writing into it, failed (ENOTEMPTY, which then replaced the
+    cancellation: the job came out as an executor error) and left it behind for good."""
+    fut = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        flag.set()
+        await asyncio.wait({fut})
+        if not fut.cancelled():
+            fut.exception()  # retrieved: Stopped, or whatever ended it
+        raise
 
 
 def _alive(pid: int) -> bool:
