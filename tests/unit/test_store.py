@@ -707,6 +707,7 @@ def test_migration_widens_a_postgres_schema_made_by_0001(store: Store, db_url: s
         conn.exec_driver_sql("ALTER TABLE attempts DROP COLUMN reason")  # made by 0004
         conn.exec_driver_sql("DROP TABLE secrets")  # made by 0005
         conn.exec_driver_sql("DROP TABLE secret_accesses")  # made by 0005
+        conn.exec_driver_sql("ALTER TABLE executors DROP COLUMN kubernetes_version")  # made by 0007
         conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0001'")
     store.migrate()
     with store.engine.connect() as conn:
@@ -719,7 +720,7 @@ def test_migration_widens_a_postgres_schema_made_by_0001(store: Store, db_url: s
         version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
         seq = conn.exec_driver_sql("SELECT data_type FROM pg_sequences WHERE sequencename = 'jobs_id_seq'")
         assert seq.scalar() == "bigint"
-    assert version == "0006"
+    assert version == "0007"
     assert types["jobs.priority"] == "bigint" and types["log_entries.key"] == "text"
     assert [c for c, t in types.items() if t in ("integer", "character varying")] == []
     assert store.get_job(job_id)["state"] == "processing"
