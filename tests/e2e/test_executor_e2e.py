@@ -162,8 +162,10 @@ def test_cancel_mid_step(server: Server, runtime: str, tmp_path: Path):
 
 def test_two_jobs_run_concurrently(server: Server, runtime: str, tmp_path: Path):
     start_executor(server, tmp_path, runtime, EXECUTOR_MAXIMUM_NUM_JOBS="2")
-    a = server.client.submit("batches", docker_job("echo a", "sleep 3"))
-    b = server.client.submit("batches", docker_job("echo b", "sleep 3"))
+    # a long enough sleep that job a is still running when b has started, also when the second
+    # container takes seconds to start on a loaded machine (3 s was too short in CI once)
+    a = server.client.submit("batches", docker_job("echo a", "sleep 12"))
+    b = server.client.submit("batches", docker_job("echo b", "sleep 12"))
     wait_log(server, a["id"], "echo a")
     wait_log(server, b["id"], "echo b")
     # Both are processing at the same time.
