@@ -166,8 +166,8 @@ def test_two_jobs_run_concurrently(server: Server, runtime: str, tmp_path: Path)
     # container takes seconds to start on a loaded machine (3 s was too short in CI once)
     a = server.client.submit("batches", docker_job("echo a", "sleep 12"))
     b = server.client.submit("batches", docker_job("echo b", "sleep 12"))
-    wait_log(server, a["id"], "echo a")
-    wait_log(server, b["id"], "echo b")
+    wait_log(server, a["id"], "echo a", timeout=90)
+    wait_log(server, b["id"], "echo b", timeout=90)
     # Both are processing at the same time.
     assert {server.client.get(a["id"])["state"], server.client.get(b["id"])["state"]} == {"processing"}
     assert wait_job(server, a["id"])["state"] == "completed"
