@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -130,7 +131,15 @@ def test_end_never_signals_a_pid_that_runs_something_else() -> None:
 def test_end_ends_a_matching_process() -> None:
     child = subprocess.Popen(["sleep", "60"])
     try:
-        raw = Path(f"/proc/{child.pid}/cmdline").read_bytes()
+        # Popen returns when exec has begun; its argv pages may not be set up yet (cmdline reads
+        # empty for a moment on a loaded machine), so wait for the real command line
+        raw = b""
+        for _ in range(500):
+            raw = Path(f"/proc/{child.pid}/cmdline").read_bytes()
+            if raw == b"sleep\x0060\x00":
+                break
+            time.sleep(0.01)
+        assert raw == b"sleep\x0060\x00"
         proc = gvisor.ShimProcess(child.pid, "runsc-gofer", CID, None, raw)
         assert gvisor.end([proc], grace=2.0) == [proc]
         assert child.wait(timeout=5) == -9  # runsc processes get SIGKILL

@@ -97,9 +97,12 @@ def pause_config(space: JobSpace) -> dict[str, Any]:
             "ReadonlyRootfs": True,
             "IpcMode": "private",
             "Privileged": False,
-            "Memory": 16 * 1024**2,
-            "MemorySwap": 16 * 1024**2,
-            "PidsLimit": 4,
+            # runc's init (Go, several threads) runs inside these limits before it execs sleep: with
+            # 4 pids / 16 MiB it failed now and then on a loaded machine ("cannot start a stopped
+            # process"); sleep itself needs 1 pid and well under 1 MiB
+            "Memory": 64 * 1024**2,
+            "MemorySwap": 64 * 1024**2,
+            "PidsLimit": 32,
             "LogConfig": {"Type": "none", "Config": {}},
         },
     }
