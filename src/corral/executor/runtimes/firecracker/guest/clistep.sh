@@ -14,7 +14,7 @@
 # the workspace, /.corral-steps, a fresh /dev and /proc.
 #
 # Also the parts of a step that `step` (init.sh) and `clistep` share: root_dev, root_job, run_root,
-# end_root (they use init's mark, die, oom_kills and its /ws, /steps and /corral). Each step runs in
+# end_root (they use init's mark, die and its /ws, /steps and /corral). Each step runs in
 # a cgroup of its own (v2, the pids controller: `pids_max N` in job.sh's preamble is the job's
 # EXECUTOR_JOB_PIDS, 0 unbounded), so a fork bomb hits the limit instead of the guest, the step ends
 # when its main process does (what it left running is killed with the group: a background process
@@ -23,6 +23,10 @@
 CLI_SHARES= CLI_FILES= CLI_LINKS= CLI_UP=
 PIDS_MAX=0 CG=
 
+oom_kills() {  # the guest's OOM kills so far, in _ook (no subshell: a fork costs ~10 ms under TCG)
+    _ook=0
+    while read -r k v; do [ "$k" = oom_kill ] && { _ook=$v; return; }; done < /proc/vmstat
+}
 pids_max() { case "$1" in "" | *[!0-9]*) die "bad process limit $1" ;; esac; PIDS_MAX=$1; }
 P9_RO="trans=virtio,version=9p2000.L,msize=262144,ro,nosuid,nodev,cache=loose"
 
@@ -39,13 +43,30 @@ cli_up() {  # mount the CLI share once (read-only, cached: the host's /usr does 
     CLI_UP=1
 }
 
-root_dev() {  # ROOT: a fresh /dev
-    mount -t tmpfs -o size=1m,mode=755 dev "$1/dev" || die "cannot make /dev"
-    mknod -m 666 "$1/dev/null" c 1 3; mknod -m 666 "$1/dev/zero" c 1 5
-    mknod -m 666 "$1/dev/full" c 1 7; mknod -m 666 "$1/dev/random" c 1 8
-    mknod -m 666 "$1/dev/urandom" c 1 9; mknod -m 666 "$1/dev/tty" c 5 0
-    mkdir -p "$1/dev/shm" "$1/dev/pts"
-    ln -s /proc/self/fd "$1/dev/fd"
+dev_make() {  # DIR: a fresh /dev (a tmpfs of its own) at DIR
+    mount -t tmpfs -o size=1m,mode=755 dev "$1" || die "cannot make /dev"
+    mknod -m 666 "$1/null" c 1 3; mknod -m 666 "$1/zero" c 1 5
+    mknod -m 666 "$1/full" c 1 7; mknod -m 666 "$1/random" c 1 8
+    mknod -m 666 "$1/urandom" c 1 9; mknod -m 666 "$1/tty" c 5 0
+    mkdir -p "$1/shm" "$1/pts"
+    ln -s /proc/self/fd "$1/fd"
+}
+
+# Made before `ready`, knowing no job (init.sh): the first step's /dev and cgroup. Under TCG each
+# guest command is a fork of ~10 ms; these 12 are then off the time from `go` to the first output.
+DEV_AHEAD= CG_AHEAD=
+ahead() {
+    mkdir -p /tmp/.dev0 && dev_make /tmp/.dev0 && DEV_AHEAD=/tmp/.dev0
+    cg_mount 2>/dev/null && mkdir "$CG/s0" 2>/dev/null && CG_AHEAD=$CG/s0
+}
+
+root_dev() {  # ROOT: a fresh /dev (the one made ahead, at the first step that needs one)
+    if [ -n "$DEV_AHEAD" ]; then
+        mount -o move "$DEV_AHEAD" "$1/dev" || die "cannot make /dev"
+        DEV_AHEAD=
+    else
+        dev_make "$1/dev"
+    fi
 }
 
 root_job() {  # ROOT: /proc, the workspace at /data, the step scripts, corral's tools at /.corral
@@ -55,14 +76,20 @@ root_job() {  # ROOT: /proc, the workspace at /data, the step scripts, corral's 
     mount -o bind,ro /corral "$1/.corral" || die "cannot mount corral's tools"
 }
 
+cg_mount() {  # the cgroup v2 tree with the pids controller (once); sets CG
+    [ -n "$CG" ] && return 0
+    mkdir -p /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup \
+        && echo +pids > /sys/fs/cgroup/cgroup.subtree_control && CG=/sys/fs/cgroup
+}
+
 cg_step() {  # IDX: a fresh cgroup for the step, bounded by PIDS_MAX; sets _cg
-    if [ -z "$CG" ]; then
-        mkdir -p /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup \
-            && echo +pids > /sys/fs/cgroup/cgroup.subtree_control || die "no pids cgroup (cgroup v2)"
-        CG=/sys/fs/cgroup
-    fi
+    cg_mount || die "no pids cgroup (cgroup v2)"
     _cg=$CG/s$1
-    mkdir "$_cg" || die "cannot make the cgroup of step $1"
+    if [ "$_cg" = "$CG_AHEAD" ]; then
+        CG_AHEAD=
+    else
+        mkdir "$_cg" || die "cannot make the cgroup of step $1"
+    fi
     [ "$PIDS_MAX" = 0 ] || echo "$PIDS_MAX" > "$_cg/pids.max" || die "cannot set the process limit"
 }
 
@@ -74,16 +101,18 @@ run_root() {
     _idx=$1 _root=$2 _uid=$3 _gid=$4 _dir=$5
     shift 5
     cg_step "$_idx"
-    oom0=$(oom_kills)
+    oom_kills
+    oom0=$_ook
     mark "start $_idx"
     set -o pipefail
     {
-        /bin/busybox sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$_cg" \
-            chroot "$_root" /.corral/busybox sh -c 'echo 0 > /proc/self/oom_score_adj; exec "$@"' - \
-            /.corral/ld.so --library-path /.corral /.corral/setpriv \
+        # the background child moves itself into the step's cgroup (0: the writing process) and
+        # takes the OOM score every process has (init's is -1000) with builtins, then execs
+        { echo 0 > "$_cg/cgroup.procs" && echo 0 > /proc/self/oom_score_adj \
+            && exec chroot "$_root" /.corral/ld.so --library-path /.corral /.corral/setpriv \
             --reuid="$_uid" --regid="$_gid" --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all -- \
             /.corral/busybox sh -c 'cd "/data/$1" || exit 126; shift; exec /.corral/busybox env -i "$@"' - \
-            "$_dir" "$@" &
+            "$_dir" "$@"; } &
         wait $!
         _rc=$?
         echo 1 > "$_cg/cgroup.kill" 2>/dev/null || kill -9 $(cat "$_cg/cgroup.procs") 2>/dev/null
@@ -108,7 +137,8 @@ end_root() {
     pids=0  # forks the process limit refused
     while read -r k v; do [ "$k" = max ] && pids=$v; done < "$_cg/pids.events"
     for _ in 1 2 3 4 5 6 7 8 9 10; do rmdir "$_cg" 2>/dev/null && break; sleep 0.05; done
-    oom=$(( $(oom_kills) - oom0 ))
+    oom_kills
+    oom=$(( _ook - oom0 ))
     # the job's disk limit: the scratch disk (the step's root and /tmp) or the workspace (the host's
     # quota filesystem over 9p, whose statfs the guest sees; stat -f: df would ask the mount point,
     # /rw) is full: under 256 KiB left

@@ -81,6 +81,7 @@ case " $(cat /proc/cmdline) " in *" corral.rehearse "*)
     rm -rf "$w" "$root" /tmp/.rehearsal-lower
     ;;
 esac
+ahead  # the first step's /dev and cgroup (guest/clistep.sh)
 mark ready
 
 # the job: `go <nonce>` once the host has staged it (a warm VM waits here for its job, bounded)
@@ -92,20 +93,17 @@ case "$nonce" in "" | *[!0-9a-f]*) verb= ;; esac
 NONCE=$nonce
 
 MOUNTED=" "
-oom_kills() { while read -r k v; do [ "$k" = oom_kill ] && { echo "$v"; return; }; done < /proc/vmstat; echo 0; }
 
 # step INDEX IMAGE-SERIAL UID GID DIR ENV... ARGV...   (ENV: NAME=VALUE words; ARGV[0] has no '=')
 step() {
     idx=$1 img=$2 uid=$3 gid=$4 dir=$5
     shift 5
-    lower=/img/$img
+    lower=/img/$img w=/scratch/s$idx root=/tmp/root$idx
+    mkdir -p "$lower" "$w/upper" "$w/work" "$root" || die "scratch disk full"  # one command: a fork each
     case "$MOUNTED" in *" $img "*) ;; *)
-        mkdir -p "$lower" && mount -t ext4 -o ro,noload,loop "/job/img/$img.ext4" "$lower" \
-            || die "cannot mount image $img"
+        mount -t ext4 -o ro,noload,loop "/job/img/$img.ext4" "$lower" || die "cannot mount image $img"
         MOUNTED="$MOUNTED $img " ;;
     esac
-    w=/scratch/s$idx root=/tmp/root$idx
-    mkdir -p "$w/upper" "$w/work" "$root" || die "scratch disk full"
     mount -t overlay overlay -o "lowerdir=$lower,upperdir=$w/upper,workdir=$w/work" "$root" \
         || die "cannot mount the root of step $idx"
     for p in dev proc data .corral-steps .corral; do
