@@ -157,7 +157,8 @@ class JobNames:
 @dataclass
 class JobObjects:
     names: JobNames
-    first: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (kind, body) before the Jobs
+    # (kind, body) of the Secret and PVC: made right after the first Job, owned by it
+    first: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     jobs: list[dict[str, Any]] = field(default_factory=list)  # in order
     # container name -> the step it runs (setup and main: None), in the order they run
     containers: list[tuple[str, Step | None]] = field(default_factory=list)
