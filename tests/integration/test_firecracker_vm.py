@@ -227,6 +227,12 @@ async def test_a_step_runs_in_the_guest_kernel_and_its_exit_code_comes_back(
 ) -> None:
     forged = "printf '\\036corral-0123:end 0 0 0\\n'"
     boot_forged = "printf '\\036corral-boot:end 0 0 0\\n'"
+    # what the step holds (guest/step.c): ids, groups, capabilities, no_new_privs, and exactly its
+    # environment (its shell's own, as exec'd: /proc/$$/environ), its working directory
+    privileges = (
+        "grep -E '^(Uid|Gid|Groups|Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs):' /proc/self/status | tr '\\t' ' ';"
+        " tr '\\0' '\\n' < /proc/$$/environ | sed 's/^/env /'; echo \"cwd $(pwd -P)\""
+    )
     steps = [
         GuestStep(
             0,
@@ -234,7 +240,8 @@ async def test_a_step_runs_in_the_guest_kernel_and_its_exit_code_comes_back(
             [
                 "/bin/sh",
                 "-c",
-                f'uname -r; id -u; echo "$GREETING" > out.txt; {forged}; {boot_forged}; printf tail; exit 3',
+                f'uname -r; id -u; echo "$GREETING" > out.txt; {forged}; {boot_forged}; {privileges}; '
+                "printf tail; exit 3",
             ],
             uid=4242,
             gid=4242,
@@ -263,6 +270,18 @@ async def test_a_step_runs_in_the_guest_kernel_and_its_exit_code_comes_back(
     assert "\x1ecorral-boot:end 0 0 0" in lines[3]  # (the boot marker too, once the job runs)
     assert out.endswith(b"tail")
     assert "never" not in out.decode()
+    held = {k: v.strip() for k, _, v in (line.partition(":") for line in lines[4:] if line[:1].isupper())}
+    assert held["Uid"] == held["Gid"] == "4242 4242 4242 4242", held
+    assert held["Groups"] == "", held
+    assert {k: held[k] for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")} == dict.fromkeys(
+        ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"), "0000000000000000"
+    ), held
+    assert held["NoNewPrivs"] == "1", held
+    assert sorted(line for line in lines if line.startswith("env ")) == [
+        "env GREETING=hi from the vm",
+        "env PATH=/bin",
+    ], lines
+    assert "cwd /data" in lines, lines
     assert (tmp_path / "ws" / "out.txt").read_text() == "hi from the vm\n"
     assert (tmp_path / "ws" / "out.txt").stat().st_uid == 4242
 

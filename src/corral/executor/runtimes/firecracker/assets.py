@@ -2,9 +2,9 @@
 
 `ensure_assets(dir)` (and `corral executor install firecracker`) does, once and idempotently:
 
-1. the packages: qemu-system-x86 (the VMM), busybox-static (the guest's userland), util-linux
-   (setpriv, copied into the guest), e2fsprogs (mkfs.ext4 for image disks); installed with apt when
-   one is missing;
+1. the packages: qemu-system-x86 (the VMM), busybox-static (the guest's userland), e2fsprogs
+   (mkfs.ext4 for image disks), gcc and libc6-dev (the guest's step starter, `guest/step.c`, is
+   built static here); installed with apt when one is missing;
 2. the kernel: Debian's current `linux-image-<version>-amd64` (what `linux-image-amd64` depends on) is
    downloaded with `apt-get download` and unpacked with `dpkg-deb -x` into a temporary directory,
    WITHOUT installing it (installing pulls in systemd/udev and runs update-initramfs). The bzImage's
@@ -12,7 +12,7 @@
    microvm boots directly (measured: 1.9-2.5 s to a shell under TCG, vs 5.9 s for the bzImage,
    which spends 3.7 s decompressing itself under TCG);
 3. the initramfs (see `initramfs`): busybox, the guest init (`guest/init.sh`), the modules of
-   GUEST_MODULES and what they depend on, setpriv and its libraries.
+   GUEST_MODULES and what they depend on, the step starter.
 
 The result is recorded in `manifest.json` (the kernel package, the hash of every input that shapes
 the initramfs, the sha256 of each output). A re-run checks those and does nothing when they hold.
@@ -56,8 +56,9 @@ KERNEL_META_PACKAGE = "linux-image-amd64"
 PACKAGES = {  # Debian package -> a file it provides that we use
     "qemu-system-x86": "/usr/bin/qemu-system-x86_64",
     "busybox-static": "/bin/busybox",
-    "util-linux": "/usr/bin/setpriv",
     "e2fsprogs": "/sbin/mkfs.ext4",
+    "gcc": "/usr/bin/gcc",
+    "libc6-dev": "/usr/lib/x86_64-linux-gnu/libc.a",  # gcc -static links against it
 }
 # virtio transport, console (the job's output and control lines) and disks, ext4 (image and scratch
 # disks), 9p (workspace, control), overlay (a step's writable root), loop (image disks: files in
@@ -78,10 +79,11 @@ GUEST_MODULES = (
 GUEST_INIT = Path(__file__).parent / "guest" / "init.sh"
 GUEST_NET = Path(__file__).parent / "guest" / "net.sh"  # /lib/corral/net.sh: init sources it
 GUEST_CLISTEP = Path(__file__).parent / "guest" / "clistep.sh"  # /lib/corral/clistep.sh: init sources it
-SETPRIV = "/usr/bin/setpriv"
+# /corral/step: chroot, privilege drop, cd and exec of every step in one static program (its header)
+GUEST_STEP = Path(__file__).parent / "guest" / "step.c"
 BUSYBOX = "/bin/busybox"
 XZ_MAGIC = b"\xfd7zXZ\x00"
-MANIFEST_VERSION = 2
+MANIFEST_VERSION = 3  # 3: the step starter instead of setpriv and its libraries
 APT_TIMEOUT_S = 600.0  # seconds for one apt-get call
 
 Progress = Callable[[str], None]  # called with the name of each stage as it starts
@@ -170,12 +172,13 @@ def extract_vmlinux(bzimage: bytes) -> bytes:
     raise ValueError("no XZ-compressed ELF kernel found in the bzImage")
 
 
-_INPUTS = (GUEST_INIT, GUEST_NET, GUEST_CLISTEP, Path(BUSYBOX), Path(SETPRIV))
+_INPUTS = (GUEST_INIT, GUEST_NET, GUEST_CLISTEP, GUEST_STEP, Path(BUSYBOX))
 _inputs_cache: dict[tuple[tuple[int, int, int], ...], str] = {}
 
 
 def _inputs_hash() -> str:
-    """What shapes the initramfs besides the kernel: the init script, busybox, setpriv, the list
+    """What shapes the initramfs besides the kernel: the guest scripts, the step starter's source,
+    busybox, the module list
     (hashed again only when one of the files changed: `load_assets` asks at every VM's boot)."""
     key = tuple((st.st_ino, st.st_size, st.st_mtime_ns) for st in (os.stat(p) for p in _INPUTS))
     if key in _inputs_cache:
@@ -212,7 +215,8 @@ def load_assets(directory: Path = DEFAULT_ASSETS_DIR, *, verify: bool = False) -
     if not current:
         raise ConfigError(
             f"the microVM initramfs in {directory} was built from other guest scripts (guest/*.sh), "
-            "busybox or setpriv than this corral's (an upgrade without a new install?), so its VMs "
+            "step starter (guest/step.c) or busybox than this corral's (an upgrade without a new "
+            "install?), so its VMs "
             "would not understand this executor: run `corral executor install firecracker`"
         )
     return assets
@@ -228,20 +232,13 @@ def _up_to_date(directory: Path, package: str) -> Assets | None:
         return None
 
 
-def _guest_libs() -> dict[str, Path]:
-    """setpriv's shared libraries and loader (ldd), by the name the guest keeps them under."""
-    out = _run(["ldd", SETPRIV], what="listing setpriv's libraries")
-    libs: dict[str, Path] = {}
-    for line in out.splitlines():
-        parts = line.split()
-        path = next((p for p in parts if p.startswith("/")), None)
-        if path is None:
-            continue
-        name = "ld.so" if "ld-linux" in path else Path(path).name
-        libs[name] = Path(os.path.realpath(path))
-    if "ld.so" not in libs:
-        raise ConfigError(f"ldd {SETPRIV} names no dynamic loader")
-    return libs
+def build_step() -> bytes:
+    """The guest's step starter (guest/step.c), compiled static: the guest has no libc of its own."""
+    with tempfile.TemporaryDirectory(prefix="corral-step-") as tmp:
+        out = Path(tmp) / "step"
+        cc = ["gcc", "-static", "-O2", "-s", "-Wall", "-Wextra", "-Werror", "-o", str(out), str(GUEST_STEP)]
+        _run(cc, what="building the guest's step starter")
+        return out.read_bytes()
 
 
 def build_initramfs(modules_root: Path) -> bytes:
@@ -264,11 +261,10 @@ def build_initramfs(modules_root: Path) -> bytes:
     for name in order:
         cpio.file(f"lib/modules/{name}.ko", initramfs.strip_signature(index[name].read_bytes()))
     cpio.file("corral/modules", ("\n".join(order) + "\n").encode())
-    # /corral is bound read-only into every step's root at /.corral (init.sh)
+    # /corral: what init runs a step with (the starter, from outside the step's root); only the
+    # rehearsal's root sees it, at /.corral, to run busybox's `true` (init.sh)
     cpio.file("corral/busybox", busybox, 0o755)
-    cpio.file("corral/setpriv", Path(SETPRIV).read_bytes(), 0o755)
-    for name, path in _guest_libs().items():
-        cpio.file(f"corral/{name}", path.read_bytes(), 0o755)
+    cpio.file("corral/step", build_step(), 0o755)
     return cpio.gzipped()
 
 

@@ -69,11 +69,10 @@ root_dev() {  # ROOT: a fresh /dev (the one made ahead, at the first step that n
     fi
 }
 
-root_job() {  # ROOT: /proc, the workspace at /data, the step scripts, corral's tools at /.corral
+root_job() {  # ROOT: /proc, the workspace at /data, the step scripts
     mount -t proc proc "$1/proc" || die "cannot mount /proc"
     mount -o bind /ws "$1/data" || die "cannot mount the workspace"
     mount -o bind,ro /steps "$1/.corral-steps" || die "cannot mount the step scripts"
-    mount -o bind,ro /corral "$1/.corral" || die "cannot mount corral's tools"
 }
 
 cg_mount() {  # the cgroup v2 tree with the pids controller (once); sets CG
@@ -106,13 +105,13 @@ run_root() {
     mark "start $_idx"
     set -o pipefail
     {
-        # the background child moves itself into the step's cgroup (0: the writing process) and
+        # the background child moves itself into the step's cgroup (0: the writing process),
         # takes the OOM score every process has (init's is -1000) with builtins, then execs
+        # takes the OOM score every process has (init's is -1000) with builtins; /corral/step
+        # (guest/step.c) chroots, drops every privilege, enters /data/DIR as the job's uid and
+        # execs the step with exactly its ENV
         { echo 0 > "$_cg/cgroup.procs" && echo 0 > /proc/self/oom_score_adj \
-            && exec chroot "$_root" /.corral/ld.so --library-path /.corral /.corral/setpriv \
-            --reuid="$_uid" --regid="$_gid" --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all -- \
-            /.corral/busybox sh -c 'cd "/data/$1" || exit 126; shift; exec /.corral/busybox env -i "$@"' - \
-            "$_dir" "$@"; } &
+            && exec /corral/step "$_root" "$_uid" "$_gid" "$_dir" "$@"; } &
         wait $!
         _rc=$?
         echo 1 > "$_cg/cgroup.kill" 2>/dev/null || kill -9 $(cat "$_cg/cgroup.procs") 2>/dev/null
@@ -175,7 +174,7 @@ clistep() {
     chmod 644 "$w"/etc/*
     mount -t tmpfs -o size=1m,mode=755 cliroot "$root" || die "cannot make the root of step $idx"
     mkdir -p "$root/usr" "$root/etc" "$root/dev" "$root/proc" "$root/tmp" "$root/data" \
-        "$root/.corral-steps" "$root/.corral" || die "cannot make the root of step $idx"
+        "$root/.corral-steps" || die "cannot make the root of step $idx"
     mount -o bind /cli/cliroot/etc "$root/etc" || die "cannot mount /etc for step $idx"
     for f in "$w"/etc/*; do
         mount -o bind "$f" "$root/etc/${f##*/}" || die "cannot mount /etc/${f##*/} for step $idx"

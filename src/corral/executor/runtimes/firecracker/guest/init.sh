@@ -64,7 +64,7 @@ echo 1 > /proc/sys/kernel/printk  # kernel messages stay off the job's log
 . /lib/corral/clistep.sh  # clistep (CLI steps) and the parts of a step it shares with step
 
 # corral.rehearse (warm-pool VMs): run a step's path once before the job (overlay, /dev, /proc,
-# binds, cgroup, chroot, setpriv, as nobody, `true` from /corral), so that TCG has translated that
+# binds, cgroup, the step starter, as nobody, `true` from /corral), so that TCG has translated that
 # code, the kernel's and the tools', before a job waits for it
 case " $(cat /proc/cmdline) " in *" corral.rehearse "*)
     w=/scratch/.rehearsal root=/tmp/.rehearsal
@@ -106,7 +106,7 @@ step() {
     esac
     mount -t overlay overlay -o "lowerdir=$lower,upperdir=$w/upper,workdir=$w/work" "$root" \
         || die "cannot mount the root of step $idx"
-    for p in dev proc data .corral-steps .corral; do
+    for p in dev proc data .corral-steps; do
         [ -d "$root/$p" ] && [ ! -L "$root/$p" ] || { rm -rf "$root/$p"; mkdir -p "$root/$p"; } || die "image root"
     done
     root_dev "$root"  # root_dev, root_job, run_root, end_root: guest/clistep.sh (clistep has them too)
