@@ -125,6 +125,8 @@ def test_job_script_quotes_every_word_and_refuses_what_the_guest_cannot_carry() 
         GuestStep(0, "img0", ["sh"], env={"X": "nul\0"}),
         GuestStep(0, "img0", ["sh"], dir="../../etc"),
         GuestStep(0, "img0", []),
+        GuestStep(0, "img0", ["sh"], uid=0),  # root without capabilities still owns /proc/sys
+        GuestStep(0, "img0", ["sh"], gid=-1),
     ):
         with pytest.raises(ValueError):
             job_script([bad])

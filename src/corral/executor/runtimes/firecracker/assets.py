@@ -122,10 +122,10 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _run(argv: list[str], *, cwd: Path | None = None, what: str) -> str:
+def _run(argv: list[str], *, cwd: Path | None = None, what: str, env: dict[str, str] | None = None) -> str:
     try:
         proc = subprocess.run(
-            argv, cwd=cwd, capture_output=True, text=True, timeout=APT_TIMEOUT_S, check=False
+            argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=APT_TIMEOUT_S, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ConfigError(f"{what}: {' '.join(argv)}: {exc}") from exc
@@ -227,18 +227,33 @@ def _up_to_date(directory: Path, package: str) -> Assets | None:
         data = json.loads((directory / "manifest.json").read_text())
         if data.get("package") != package or data.get("inputs") != _inputs_hash():
             return None
+        if data.get("toolchain") != _toolchain():
+            return None
         return load_assets(directory, verify=True)
     except (OSError, ValueError, ConfigError):
         return None
 
 
-def build_step() -> bytes:
+GCC = PACKAGES["gcc"]  # Debian's, by its path: not a wrapper or another compiler first on PATH
+LIBC_A = PACKAGES["libc6-dev"]
+CC_ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}  # no LIBRARY_PATH, C_INCLUDE_PATH, ... of the caller
+CFLAGS = ("-static", "-O2", "-s", "-Wall", "-Wextra")  # warnings shown, not fatal (CI compiles with -Werror)
+
+
+def build_step(extra: tuple[str, ...] = ()) -> bytes:
     """The guest's step starter (guest/step.c), compiled static: the guest has no libc of its own."""
     with tempfile.TemporaryDirectory(prefix="corral-step-") as tmp:
         out = Path(tmp) / "step"
-        cc = ["gcc", "-static", "-O2", "-s", "-Wall", "-Wextra", "-Werror", "-o", str(out), str(GUEST_STEP)]
-        _run(cc, what="building the guest's step starter")
+        cc = [GCC, *CFLAGS, *extra, "-o", str(out), str(GUEST_STEP)]
+        _run(cc, what="building the guest's step starter", env=CC_ENV)
         return out.read_bytes()
+
+
+def _toolchain() -> str:
+    """What the step starter is built with: an install after gcc or glibc changed builds it again
+    (only the install asks: an executor never needs gcc)."""
+    version = _run([GCC, "-dumpfullversion"], what="asking gcc its version", env=CC_ENV).strip()
+    return f"gcc {version}, libc.a {_sha256(Path(LIBC_A))[:16]}"
 
 
 def build_initramfs(modules_root: Path) -> bytes:
@@ -341,6 +356,7 @@ def ensure_assets(
         "package": package,
         "release": release,
         "inputs": _inputs_hash(),
+        "toolchain": _toolchain(),
         "sha256": {name: _sha256(directory / name) for name in ("vmlinux", "initramfs.img")},
     }
     _write_atomic(directory / "manifest.json", json.dumps(manifest, indent=2).encode())

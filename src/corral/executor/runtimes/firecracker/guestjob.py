@@ -58,6 +58,8 @@ def job_script(steps: Sequence[GuestStep], preamble: Sequence[str] = ()) -> str:
             raise ValueError(f"step {s.index}: a command name may not contain '=': {s.argv[0]!r}")
         if s.kind not in ("docker", "cli"):
             raise ValueError(f"step {s.index}: unknown kind {s.kind!r}")
+        if s.uid <= 0 or s.gid < 0:  # the guest's step starter refuses uid 0 too (guest/step.c)
+            raise ValueError(f"step {s.index}: a step never runs as uid 0 or a negative id ({s.uid}:{s.gid})")
         image = [s.image] if s.kind == "docker" else []
         words = [str(s.index), *image, str(s.uid), str(s.gid), _workdir(s.dir)]
         for name, value in s.env.items():

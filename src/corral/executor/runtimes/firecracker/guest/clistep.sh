@@ -105,8 +105,7 @@ run_root() {
     mark "start $_idx"
     set -o pipefail
     {
-        # the background child moves itself into the step's cgroup (0: the writing process),
-        # takes the OOM score every process has (init's is -1000) with builtins, then execs
+        # the background child moves itself into the step's cgroup (0: the writing process) and
         # takes the OOM score every process has (init's is -1000) with builtins; /corral/step
         # (guest/step.c) chroots, drops every privilege, enters /data/DIR as the job's uid and
         # execs the step with exactly its ENV
@@ -162,12 +161,8 @@ clistep() {
     chmod 1777 "$w/tmp"
     # /etc: the executor's (read-only), with passwd and group naming the job's uid (and, for a job
     # with network, its resolver: net.sh's net_root) bound over its placeholders
-    if [ "$uid" = 0 ]; then
-        printf 'root:x:0:0:root:/tmp:/bin/sh\n' > "$w/etc/passwd"
-    else
-        printf 'root:x:0:0:root:/root:/usr/sbin/nologin\njob:x:%s:%s:job:/tmp:/bin/sh\n' "$uid" "$gid" \
-            > "$w/etc/passwd"
-    fi
+    printf 'root:x:0:0:root:/root:/usr/sbin/nologin\njob:x:%s:%s:job:/tmp:/bin/sh\n' "$uid" "$gid" \
+        > "$w/etc/passwd"  # (never uid 0: the step starter refuses it)
     printf 'root:x:0:\n' > "$w/etc/group"
     [ "$gid" = 0 ] || printf 'job:x:%s:\n' "$gid" >> "$w/etc/group"
     command -v net_root > /dev/null && net_root "$w"

@@ -6,12 +6,17 @@
  * guest had four (busybox chroot, util-linux setpriv through its loader, busybox sh for the cd,
  * busybox env -i): each exec costs 30-60 ms under TCG, before a job's first output. In order:
  *
+ *   0. UID 0 refused: root without capabilities still owns root's files (/proc/sys among them:
+ *      core_pattern would run its program as root with every capability), so a step never is root;
+ *      every file descriptor but 0, 1 and 2 closed (a directory's would lead out of the chroot);
+ *      every signal's default action and an empty signal mask (a background child of init's shell
+ *      ignores SIGINT and SIGQUIT, and an ignored signal stays ignored across exec);
  *   1. chroot ROOT, chdir /;
  *   2. every capability out of the bounding set (0..63: those the kernel knows), the ambient set
  *      cleared;
  *   3. no supplementary groups, then GID and UID as real, effective and saved ids (checked back);
  *   4. no new privileges (setuid bits and file capabilities mean nothing from here on);
- *   5. no capabilities left in the permitted, effective and inheritable sets (also for UID 0);
+ *   5. no capabilities left in the permitted, effective and inheritable sets;
  *   6. as UID: chdir /data/DIR (the workspace, mounted by init), so that a link the job made in
  *      its workspace is followed with the job's rights, never root's;
  *   7. exec ARGV with exactly the leading NAME=VALUE words as its environment (as `env -i`: the
@@ -30,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -70,8 +76,9 @@ int main(int argc, char **argv) {
     uid_t ruid, euid, suid;
     gid_t rgid, egid, sgid;
     unsigned int uid, gid;
+    sigset_t mask;
     char **env;
-    int first, cap, n;
+    int first, cap, n, sig;
 
     if (argc < 6) {
         fprintf(stderr, "usage: %s ROOT UID GID DIR [NAME=VALUE...] ARGV...\n", argv[0]);
@@ -79,6 +86,10 @@ int main(int argc, char **argv) {
     }
     uid = id(argv[2], "uid");
     gid = id(argv[3], "gid");
+    if (uid == 0) {
+        fprintf(stderr, "corral-step: a step never runs as uid 0\n");
+        return 125;
+    }
     n = snprintf(dir, sizeof dir, "/data/%s", argv[4]);
     if (n < 0 || (size_t)n >= sizeof dir) {
         errno = ENAMETOOLONG;
@@ -91,6 +102,12 @@ int main(int argc, char **argv) {
         return 125;
     }
 
+    if (close_range(3, ~0U, 0) != 0)
+        fail(125, "cannot close the inherited file descriptors", NULL);
+    if (sigemptyset(&mask) != 0 || sigprocmask(SIG_SETMASK, &mask, NULL) != 0)
+        fail(125, "cannot clear the signal mask", NULL);
+    for (sig = 1; sig < NSIG; sig++)
+        (void)signal(sig, SIG_DFL); /* SIGKILL, SIGSTOP and glibc's own refuse: nothing to reset */
     if (chroot(argv[1]) != 0 || chdir("/") != 0)
         fail(125, "cannot chroot to", argv[1]);
     for (cap = 0; cap < 64; cap++)
