@@ -4,7 +4,7 @@ What goes in (see `assets.build_initramfs`): busybox-static as /bin/busybox, the
 (`guest/init.sh`) as /init, the kernel modules the guest needs (virtio, ext4, 9p, overlay: Debian
 builds them as modules) in load order, and the step starter (`guest/step.c`, built static) under
 /corral/: it chroots into a step's root and drops its privileges (busybox's setpriv cannot change
-uids; util-linux's needs a loader and libraries, 30-60 ms more per step under TCG).
+uids; util-linux's needs a loader and libraries in the guest).
 
 Kernel module dependencies come from each module's `.modinfo` section (`depends=`), read from the
 ELF file here: a fresh machine has no kmod/depmod.

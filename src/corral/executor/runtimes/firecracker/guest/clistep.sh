@@ -23,7 +23,7 @@
 CLI_SHARES= CLI_FILES= CLI_LINKS= CLI_UP=
 PIDS_MAX=0 CG=
 
-oom_kills() {  # the guest's OOM kills so far, in _ook (no subshell: a fork costs ~10 ms under TCG)
+oom_kills() {  # the guest's OOM kills so far, in _ook (read by the shell itself, no subshell)
     _ook=0
     while read -r k v; do [ "$k" = oom_kill ] && { _ook=$v; return; }; done < /proc/vmstat
 }
@@ -43,30 +43,13 @@ cli_up() {  # mount the CLI share once (read-only, cached: the host's /usr does 
     CLI_UP=1
 }
 
-dev_make() {  # DIR: a fresh /dev (a tmpfs of its own) at DIR
-    mount -t tmpfs -o size=1m,mode=755 dev "$1" || die "cannot make /dev"
-    mknod -m 666 "$1/null" c 1 3; mknod -m 666 "$1/zero" c 1 5
-    mknod -m 666 "$1/full" c 1 7; mknod -m 666 "$1/random" c 1 8
-    mknod -m 666 "$1/urandom" c 1 9; mknod -m 666 "$1/tty" c 5 0
-    mkdir -p "$1/shm" "$1/pts"
-    ln -s /proc/self/fd "$1/fd"
-}
-
-# Made before `ready`, knowing no job (init.sh): the first step's /dev and cgroup. Under TCG each
-# guest command is a fork of ~10 ms; these 12 are then off the time from `go` to the first output.
-DEV_AHEAD= CG_AHEAD=
-ahead() {
-    mkdir -p /tmp/.dev0 && dev_make /tmp/.dev0 && DEV_AHEAD=/tmp/.dev0
-    cg_mount 2>/dev/null && mkdir "$CG/s0" 2>/dev/null && CG_AHEAD=$CG/s0
-}
-
-root_dev() {  # ROOT: a fresh /dev (the one made ahead, at the first step that needs one)
-    if [ -n "$DEV_AHEAD" ]; then
-        mount -o move "$DEV_AHEAD" "$1/dev" || die "cannot make /dev"
-        DEV_AHEAD=
-    else
-        dev_make "$1/dev"
-    fi
+root_dev() {  # ROOT: a fresh /dev
+    mount -t tmpfs -o size=1m,mode=755 dev "$1/dev" || die "cannot make /dev"
+    mknod -m 666 "$1/dev/null" c 1 3; mknod -m 666 "$1/dev/zero" c 1 5
+    mknod -m 666 "$1/dev/full" c 1 7; mknod -m 666 "$1/dev/random" c 1 8
+    mknod -m 666 "$1/dev/urandom" c 1 9; mknod -m 666 "$1/dev/tty" c 5 0
+    mkdir -p "$1/dev/shm" "$1/dev/pts"
+    ln -s /proc/self/fd "$1/dev/fd"
 }
 
 root_job() {  # ROOT: /proc, the workspace at /data, the step scripts
@@ -75,20 +58,14 @@ root_job() {  # ROOT: /proc, the workspace at /data, the step scripts
     mount -o bind,ro /steps "$1/.corral-steps" || die "cannot mount the step scripts"
 }
 
-cg_mount() {  # the cgroup v2 tree with the pids controller (once); sets CG
-    [ -n "$CG" ] && return 0
-    mkdir -p /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup \
-        && echo +pids > /sys/fs/cgroup/cgroup.subtree_control && CG=/sys/fs/cgroup
-}
-
 cg_step() {  # IDX: a fresh cgroup for the step, bounded by PIDS_MAX; sets _cg
-    cg_mount || die "no pids cgroup (cgroup v2)"
-    _cg=$CG/s$1
-    if [ "$_cg" = "$CG_AHEAD" ]; then
-        CG_AHEAD=
-    else
-        mkdir "$_cg" || die "cannot make the cgroup of step $1"
+    if [ -z "$CG" ]; then
+        mkdir -p /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup \
+            && echo +pids > /sys/fs/cgroup/cgroup.subtree_control || die "no pids cgroup (cgroup v2)"
+        CG=/sys/fs/cgroup
     fi
+    _cg=$CG/s$1
+    mkdir "$_cg" || die "cannot make the cgroup of step $1"
     [ "$PIDS_MAX" = 0 ] || echo "$PIDS_MAX" > "$_cg/pids.max" || die "cannot set the process limit"
 }
 

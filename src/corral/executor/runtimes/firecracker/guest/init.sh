@@ -81,7 +81,6 @@ case " $(cat /proc/cmdline) " in *" corral.rehearse "*)
     rm -rf "$w" "$root" /tmp/.rehearsal-lower
     ;;
 esac
-ahead  # the first step's /dev and cgroup (guest/clistep.sh)
 mark ready
 
 # the job: `go <nonce>` once the host has staged it (a warm VM waits here for its job, bounded)
@@ -99,7 +98,7 @@ step() {
     idx=$1 img=$2 uid=$3 gid=$4 dir=$5
     shift 5
     lower=/img/$img w=/scratch/s$idx root=/tmp/root$idx
-    mkdir -p "$lower" "$w/upper" "$w/work" "$root" || die "scratch disk full"  # one command: a fork each
+    mkdir -p "$lower" "$w/upper" "$w/work" "$root" || die "scratch disk full"
     case "$MOUNTED" in *" $img "*) ;; *)
         mount -t ext4 -o ro,noload,loop "/job/img/$img.ext4" "$lower" || die "cannot mount image $img"
         MOUNTED="$MOUNTED $img " ;;

@@ -2,9 +2,11 @@
  * corral's step starter in the guest: /corral/step ROOT UID GID DIR [NAME=VALUE...] ARGV...
  *
  * The last link of a step's start (guest/clistep.sh, run_root), run by init's child as root with
- * every capability; built static by assets.py (gcc -static) into the initramfs. One exec where the
- * guest had four (busybox chroot, util-linux setpriv through its loader, busybox sh for the cd,
- * busybox env -i): each exec costs 30-60 ms under TCG, before a job's first output. In order:
+ * every capability; built static by assets.py (gcc -static) into the initramfs. One program where
+ * the guest had four (busybox chroot, util-linux setpriv through its loader, busybox sh for the cd,
+ * busybox env -i), so that the whole drop is in one place, in order, checked and tested
+ * (tests/integration/test_firecracker_step.py; side by side it starts a warm job no faster than the
+ * chain did: 410 vs 421 ms median under TCG). In order:
  *
  *   0. UID 0 refused: root without capabilities still owns root's files (/proc/sys among them:
  *      core_pattern would run its program as root with every capability), so a step never is root;
