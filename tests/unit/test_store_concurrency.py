@@ -9,6 +9,7 @@ per test (tests/postgreskit.py); off CI it is skipped when no server runs.
 from __future__ import annotations
 
 import secrets
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -212,6 +213,24 @@ def test_server_processes_migrating_a_new_database_at_once(db_url: str, tmp_path
         assert {"batches", "codeintel"} <= {q["name"] for q in s.list_queues()}
     finally:
         s.close()
+
+
+def test_a_server_opening_a_database_another_process_holds_waits_for_wal_mode(tmp_path: Path) -> None:
+    """Switching a new database to WAL needs an exclusive lock and SQLite answers SQLITE_BUSY at
+    once, without the busy handler: a server starting beside another one's open transaction
+    failed with "database is locked" (CI: 1 of 3 processes migrating at once). It now waits."""
+    path = tmp_path / "db.sqlite"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # a rollback-journal writer's RESERVED lock, held 0.5 s
+    threading.Timer(0.5, other.rollback).start()
+    store = SqlStore(f"sqlite:///{path}")
+    try:
+        store.migrate()
+        assert {"batches", "codeintel"} <= {q["name"] for q in store.list_queues()}
+    finally:
+        store.close()
+        other.close()
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
 def test_concurrent_first_use_of_a_queue_repo_and_executor(store: Store) -> None:

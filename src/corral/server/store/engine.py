@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -158,6 +160,26 @@ class Database:
 
 
 _SQL_NOTIFY = text("SELECT pg_notify(:channel, :key)")
+WAL_WAIT = 30.0  # seconds a connection waits to put a new database into WAL mode (= busy_timeout)
+
+
+def _enter_wal(cur: Any) -> None:
+    """Put the database into WAL mode (persistent: a no-op once done). Processes opening a new
+    database at once race for the exclusive lock the switch needs, and SQLite answers the loser
+    SQLITE_BUSY at once, without its busy handler (measured: 2 of 90 server processes started three
+    at a time failed with "database is locked"); so retry, for as long as a busy write would wait."""
+    deadline = time.monotonic() + WAL_WAIT
+    while True:
+        try:
+            mode = cur.execute("PRAGMA journal_mode=WAL").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        else:
+            if not mode or str(mode[0]).lower() != "wal":
+                log.warning("SQLite kept journal mode %r, not WAL (writers block readers)", mode)
+            return
+        time.sleep(0.01)
 
 
 def _make_engine(url: str, *, memory: bool) -> Engine:
@@ -174,7 +196,7 @@ def _make_engine(url: str, *, memory: bool) -> Engine:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
         cur = dbapi_conn.cursor()
         if not memory:
-            cur.execute("PRAGMA journal_mode=WAL")
+            _enter_wal(cur)
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
