@@ -198,11 +198,14 @@ def leaks(secret: str, out: bytes) -> list[str]:
         if any(p in view.lower() for p in pieces):
             found.append(name)
     cores = _b64_cores(raw)
-    if any(w in squeezed for core in cores for w in _windows(core, WINDOW + 2)):
-        found.append("base64 (whitespace removed)")
     nested = [c for core in cores[::2] for c in _b64_cores(core)[::2]]  # base64 of base64
-    if any(w in squeezed for core in nested for w in _windows(core, WINDOW + 4)):
-        found.append("base64 of base64 (whitespace removed)")
+    # (base64 wrapped with escaped line ends, as a JSON string holds it: unescaped, then squeezed)
+    unescaped_squeezed = re.sub(rb"\s+", b"", plain_views["\\-unescaped"])
+    for label, view in (("", squeezed), (", \\-unescaped", unescaped_squeezed)):
+        if any(w in view for core in cores for w in _windows(core, WINDOW + 2)):
+            found.append(f"base64 (whitespace removed{label})")
+        if any(w in view for core in nested for w in _windows(core, WINDOW + 4)):
+            found.append(f"base64 of base64 (whitespace removed{label})")
     digits = b"".join(_HEX.findall(out.replace(b"0x", b"x"))).lower()
     forms = [raw.hex().encode(), _swapped(raw), _swapped(raw[1:])]  # plain, and od -x words
     if any(w in digits for form in forms for w in _windows(form, 2 * WINDOW)):

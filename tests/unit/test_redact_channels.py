@@ -175,13 +175,6 @@ def test_records_outside_a_job_are_untouched(caplog: pytest.LogCaptureFixture) -
     assert [r.getMessage() for r in caplog.records] == [f"outside {SECRET}", "inside [SECRET]"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gap (redact views, not a channel): base64 wrapped at 76 columns whose line breaks are "
-    "escaped (a JSON string, Python's repr, Go's %q of `base64` output) is matched by neither the "
-    "squeezed view (the breaks are two characters) nor the unescaped view (it has no base64 patterns); "
-    "a secret of more than 57 bytes leaks in that form. Fixing it needs an unescaped-then-squeezed view",
-)
 def test_base64_wrapped_with_escaped_line_breaks_is_redacted() -> None:
     from corral.executor.redact import Redactor
 

@@ -21,6 +21,9 @@ Views (views.py)
     * unescaped: %XX, \\uXXXX (surrogate pairs), \\xXX, \\NNN, \\n-style and backslash-punctuation escapes
       decoded, in any mix with plain characters (partial %-encoding, Go's \\u003c-escaped JSON,
       `printf %q`, `$'...'`); only matches containing a decoded escape count;
+    * unescaped-squeezed: the unescaped view with whitespace deleted, matched with the squeezed view's
+      patterns: base64 wrapped at 76 columns inside a JSON string, Python's repr or Go's %q, whose
+      line ends are the two characters `\\n`; only matches containing a decoded escape count;
     * hex: hex digits lower-cased with separators dropped (spaces, `:`, `,`, `0x`, `\\x`, line breaks)
       and the offset and character columns of dump lines skipped (`xxd`, `hexdump -C`, `od -x`,
       `od -An -tx1`, C arrays); the character column of every dump line a match touches is hidden too.

@@ -18,6 +18,7 @@ from corral.executor.redact.views import (
     Squeeze,
     Transformed,
     Unescape,
+    UnescapeSqueeze,
 )
 from corral.executor.redact.visible import RUN_MAX, Visible
 from corral.executor.redact.visible import TOKEN_MAX as VISIBLE_TOKEN_MAX
@@ -114,6 +115,9 @@ class Redactor:
             Channel(Matcher(t.raw), None, 1, 0),
             Channel(squeezed, Squeeze(), GAP + 1, GAP),
             Channel(Matcher(t.unescaped), Unescape(), 6, TOKEN_MAX),
+            # (the squeezed view's patterns again, in the unescaped view with whitespace deleted:
+            # each view byte and each of up to GAP whitespace bytes before it may be a 6-byte escape)
+            Channel(squeezed, UnescapeSqueeze(), 6 * (GAP + 1), TOKEN_MAX + 6 * GAP),
             Channel(Matcher(t.hex, HEX_KEY_LEN), Hex(), HEX_GAP + 1 + MAX_DUMP_LINE, MAX_DUMP_LINE),
             # (the squeezed view's patterns, seen through invisible bytes: visible.py)
             Channel(squeezed, Visible(), RUN_MAX + 1, RUN_MAX + VISIBLE_TOKEN_MAX),

@@ -44,6 +44,7 @@ __all__ = [
     "Squeeze",
     "Transformed",
     "Unescape",
+    "UnescapeSqueeze",
 ]
 
 WHITESPACE = b" \t\n\v\f\r"
@@ -319,15 +320,43 @@ class Unescape:
         return m is not None
 
 
+class _Composed:
+    """Where each byte of a view of a view comes from: `outer` maps into `inner`'s text, `inner`
+    into the original."""
+
+    def __init__(self, outer: Origin, inner: Origin) -> None:
+        self.outer, self.inner = outer, inner
+
+    def span(self, v: int) -> tuple[int, int]:
+        s, e = self.outer.span(v)
+        return self.inner.span(s)[0], self.inner.span(e - 1)[1]
+
+
+class UnescapeSqueeze(Unescape):
+    """Escapes decoded, then whitespace deleted: base64 wrapped at 76 columns inside a JSON string,
+    Python's repr or Go's %q, whose line breaks are the two characters `\\n` (neither view alone
+    joins its lines). Like the unescaped view, only matches holding a decoded escape count."""
+
+    name = "unescaped-squeezed"
+
+    def transform(self, data: bytes, line_start: bool = True, final: bool = False) -> Transformed:
+        tr = super().transform(data, line_start, final)
+        # (squeezed even without an escape: a line of base64 held here may meet its `\\n` later)
+        sq = Squeeze().transform(tr.text, True, True)
+        return Transformed(sq.text, tr.done, _Composed(sq.layout, tr.layout), escapes=tr.escapes)
+
+
 # A dump line: an offset column, hex groups of one width (bytes, 16-, 32- or 64-bit words; the last
-# may be shorter), then maybe a character column after two or more spaces. One width per line keeps a
+# may be shorter, and may be the only one: `xxd -g4`'s last line "00000010: e282ac"), then maybe a
+# character column after two or more spaces. One width per line keeps a
 # character column that happens to be hex (a secret's "9e8b7a6f5e4d3c2b") out of the hex groups.
 _DUMP_LINE = re.compile(
     rb"^(?P<off>[0-9A-Fa-f]{6,16}:?)"
     rb"(?P<hex>(?: {1,2}[0-9A-Fa-f]{2})+"
     rb"|(?: [0-9A-Fa-f]{4})+(?: [0-9A-Fa-f]{2})?"
     rb"|(?: [0-9A-Fa-f]{8})+(?: [0-9A-Fa-f]{2,6})?"
-    rb"|(?: [0-9A-Fa-f]{16})+(?: [0-9A-Fa-f]{2,14})?)"
+    rb"|(?: [0-9A-Fa-f]{16})+(?: [0-9A-Fa-f]{2,14})?"
+    rb"| [0-9A-Fa-f]{2,14})"
     rb"(?: {2,}(?P<col>\S[^\n]*?)| *)\r?$",
     re.MULTILINE,
 )
