@@ -14,7 +14,7 @@ import pytest
 from corral.executor.runtimes.base import JobSpace, OutputSink, Step, StepResult
 from corral.terminal import clean
 from corral.testing import FakeRuntime, Harness, fake_step
-from tests.unit.redact_kit import leaks, percent_mix, wrapped
+from tests.unit.redact_kit import leaks, percent_mix, stream_all, wrapped
 
 SECRET = "sgp_0123456789abcdef0123456789abcdef01234567"
 WRAPPED = wrapped(base64.b64encode(b"user:" + SECRET.encode()), 20).decode()  # four lines
@@ -182,3 +182,48 @@ def test_base64_wrapped_with_escaped_line_breaks_is_redacted() -> None:
     printed = json.dumps({"config": base64.encodebytes(b"u:" + long_secret.encode()).decode()})
     out = Redactor({long_secret: "[SECRET]"}).redact_text(printed)
     assert not leaks(long_secret, out.encode().replace(b"\\n", b"\n")), out
+
+
+@pytest.mark.parametrize(
+    "form",
+    ["json", "json-in-json", "u000a", "php-slashes", "crlf-repr"],
+)
+def test_base64_wrapped_in_escaped_strings_is_redacted(form: str) -> None:
+    """A wrapped blob as careless code prints it inside a string: JSON's `\\n`, a JSON document held
+    in a JSON string (`\\\\n`: docker's json-file log of a JSON line, an AWS SecretString), `\\u000a`,
+    PHP's json_encode escaping `/`, Python's repr of CRLF-wrapped base64; as one write and byte by
+    byte."""
+    from corral.executor.redact import Redactor
+
+    long_secret = SECRET * 3 + "/+?>"  # wraps, and its base64 holds / and +
+    blob = base64.encodebytes(b"u:" + long_secret.encode()).decode()
+    if form == "json":
+        printed, unwrap = json.dumps({"config": blob}), lambda t: json.loads(t)["config"]
+    elif form == "json-in-json":
+        printed = json.dumps({"log": json.dumps({"config": blob})})
+        unwrap = lambda t: json.loads(json.loads(t)["log"])["config"]  # noqa: E731
+    elif form == "u000a":
+        printed, unwrap = json.dumps(blob).replace("\\n", "\\u000a"), json.loads
+    elif form == "php-slashes":
+        printed, unwrap = json.dumps(blob).replace("/", "\\/"), json.loads
+    else:
+        printed = repr(blob.replace("\n", "\r\n"))
+        unwrap = lambda t: t.encode().decode("unicode_escape")  # noqa: E731
+    assert leaks(long_secret, unwrap(printed).encode())  # (the check sees the blob)
+    r = Redactor({long_secret: "[SECRET]"})
+    out = r.redact_text(printed)
+    assert "[SECRET]" in out and not leaks(long_secret, unwrap(out).encode()), out
+    data = printed.encode()
+    assert stream_all(r, data, list(range(len(data)))) == out.encode()
+
+
+@pytest.mark.parametrize(
+    ("secret", "group"), [(SECRET, 4), (SECRET, 8), ("Tok3n-Secr3t", 6), ("S3cr3tValue!!", 7)]
+)
+def test_hex_grouped_by_python_is_no_dump_line(secret: str, group: int) -> None:
+    """`bytes.hex(" ", n)`: its first group is no dump offset (a review find: read as one, it was
+    skipped and the rest of the line left unredacted)."""
+    from corral.executor.redact import Redactor
+
+    out = Redactor({secret: "[SECRET]"}).redact(b"\n" + secret.encode().hex(" ", group).encode() + b"\n")
+    assert out == b"\n[SECRET]\n", out

@@ -21,9 +21,11 @@ Views (views.py)
     * unescaped: %XX, \\uXXXX (surrogate pairs), \\xXX, \\NNN, \\n-style and backslash-punctuation escapes
       decoded, in any mix with plain characters (partial %-encoding, Go's \\u003c-escaped JSON,
       `printf %q`, `$'...'`); only matches containing a decoded escape count;
-    * unescaped-squeezed: the unescaped view with whitespace deleted, matched with the squeezed view's
-      patterns: base64 wrapped at 76 columns inside a JSON string, Python's repr or Go's %q, whose
-      line ends are the two characters `\\n`; only matches containing a decoded escape count;
+    * unescaped-squeezed: the escapes of whitespace and of base64's punctuation decoded (`\\n`, `\\t`,
+      `\\u000a`, `%0A`, `\\/`, `\\u002B`, ...; a line end escaped twice, `\\\\n`, too), then whitespace
+      deleted, matched with the squeezed view's patterns: base64 wrapped at 76 columns inside a JSON
+      string (or a JSON document inside one), Python's repr or Go's %q; only matches containing a
+      decoded escape count;
     * hex: hex digits lower-cased with separators dropped (spaces, `:`, `,`, `0x`, `\\x`, line breaks)
       and the offset and character columns of dump lines skipped (`xxd`, `hexdump -C`, `od -x`,
       `od -An -tx1`, C arrays); the character column of every dump line a match touches is hidden too.
@@ -121,6 +123,8 @@ nobody matches. Not covered, in particular:
     * secrets shorter than MIN_SECRET characters in any encoded form, and encoded forms shorter than
       MIN_ENCODED bytes;
     * mixed-case variants other than all upper and all lower case, and case changes of encodings.
+    * a wrapped blob whose lines are split by more than line ends and GAP whitespace: a JSON array
+      of its lines (quotes and commas between), a line end followed by more than GAP spaces.
 """
 
 from __future__ import annotations

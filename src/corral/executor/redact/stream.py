@@ -72,7 +72,7 @@ class Channel:
         matches: list[Match] = []
         for vs, ve in sorted(stops.items()):
             s, e = layout.span(vs)[0], layout.span(ve - 1)[1]
-            if unescaped and not Unescape.has_escape(data, s, e):
+            if unescaped and not Unescape.has_escape(tr, s, e):
                 continue  # the squeezed or raw view's match already
             if visible and not Visible.has_invisible(tr, s, e):
                 continue  # the squeezed view's match already

@@ -266,6 +266,8 @@ class Unescape:
     """%XX, \\uXXXX, \\xXX, \\NNN, \\n-style and backslash-punctuation escapes decoded."""
 
     name = "unescaped"
+    token = _TOKEN  # the escapes this view decodes,
+    table = _SIMPLE  # their values (the rest: _decode)
 
     def transform(self, data: bytes, line_start: bool = True, final: bool = False) -> Transformed:
         n = len(data)
@@ -277,9 +279,11 @@ class Unescape:
         starts, ends, vstarts, vends = origin.starts, origin.ends, origin.vstarts, origin.vends
         shrink = [0]  # original bytes minus view bytes so far
 
+        lookup = self.table.get
+
         def decode(m: re.Match[bytes]) -> bytes:
             token = m.group()
-            value = _SIMPLE.get(token) or _decode(token)
+            value = lookup(token) or _decode(token)
             s, e = m.span()
             vs = s - shrink[0]
             starts.append(s)
@@ -289,7 +293,7 @@ class Unescape:
             shrink[0] += e - s - len(value)
             return value
 
-        text = _TOKEN.sub(decode, data)
+        text = self.token.sub(decode, data)
         done = n
         if not final:  # an escape starting near the end may still grow (or begin at all)
             horizon = n - TOKEN_MAX
@@ -314,10 +318,12 @@ class Unescape:
         return pos, False
 
     @staticmethod
-    def has_escape(data: bytes, start: int, end: int) -> bool:
-        """Whether data[start:end] (starting at an escape boundary) holds a whole escape."""
-        m = _TOKEN.search(data, start, end)
-        return m is not None
+    def has_escape(tr: Transformed, start: int, end: int) -> bool:
+        """Whether data[start:end] holds a whole escape this view decoded (a bisect of the escapes'
+        spans: a regex search of every match's span cost time quadratic in overlapping matches)."""
+        i = bisect_left(tr.escapes, start)
+        i += i % 2  # (an escape's end equal to start: the next escape's start)
+        return i + 1 < len(tr.escapes) and tr.escapes[i + 1] <= end
 
 
 class _Composed:
@@ -332,12 +338,42 @@ class _Composed:
         return self.inner.span(s)[0], self.inner.span(e - 1)[1]
 
 
+def _squeeze_escapes() -> dict[bytes, bytes]:
+    """The escapes that matter to a squeezed pattern seen through escaping: whitespace (a wrapped
+    blob's line ends and indentation) and base64's punctuation (JSON's `\\/`, .NET's `\\u002B`, a
+    URL-encoded blob's %2F), in every escape syntax the unescaped view knows, and a line end escaped
+    twice (`\\\\n`: JSON inside a JSON string, docker's json-file logs of a JSON line)."""
+    table: dict[bytes, bytes] = {}
+    for c in b" \t\n\v\f\r+/=":
+        for form in (f"%{c:02x}", f"%{c:02X}", f"\\x{c:02x}", f"\\x{c:02X}", f"\\u{c:04x}", f"\\u{c:04X}"):
+            table[form.encode()] = bytes([c])
+        table[f"\\{c:03o}".encode()] = bytes([c])
+    for c, v in zip(b"tnvfr", b"\t\n\v\f\r", strict=True):
+        table[bytes([0x5C, c])] = bytes([v])
+        table[bytes([0x5C, 0x5C, c])] = bytes([v])
+    table[b"\\/"] = b"/"
+    return table
+
+
+_SQUEEZE_VALUES = _squeeze_escapes()
+_SQUEEZE_TOKEN = re.compile(  # (exactly the keys of _SQUEEZE_VALUES; a test compares them)
+    rb"\\{1,2}[tnvfr]|\\/"
+    rb"|(?:%|\\x|\\u00)(?:0[9a-dA-D]|20|2[bBfF]|3[dD])"
+    rb"|\\0(?:1[1-5]|40|53|57|75)"
+)
+
+
 class UnescapeSqueeze(Unescape):
     """Escapes decoded, then whitespace deleted: base64 wrapped at 76 columns inside a JSON string,
     Python's repr or Go's %q, whose line breaks are the two characters `\\n` (neither view alone
-    joins its lines). Like the unescaped view, only matches holding a decoded escape count."""
+    joins its lines). Only the escapes of whitespace and of base64's punctuation are decoded
+    (`_squeeze_escapes`): the literal forms with other escapes are the unescaped view's, and output
+    dense with `\\"` or `\\\\` costs this view a regex scan, not a decode per escape. Like the
+    unescaped view, only matches holding a decoded escape count."""
 
     name = "unescaped-squeezed"
+    token = _SQUEEZE_TOKEN
+    table = _SQUEEZE_VALUES  # (every token's value: _decode is never reached)
 
     def transform(self, data: bytes, line_start: bool = True, final: bool = False) -> Transformed:
         tr = super().transform(data, line_start, final)
@@ -346,17 +382,19 @@ class UnescapeSqueeze(Unescape):
         return Transformed(sq.text, tr.done, _Composed(sq.layout, tr.layout), escapes=tr.escapes)
 
 
-# A dump line: an offset column, hex groups of one width (bytes, 16-, 32- or 64-bit words; the last
-# may be shorter, and may be the only one: `xxd -g4`'s last line "00000010: e282ac"), then maybe a
-# character column after two or more spaces. One width per line keeps a
+# A dump line: an offset column (xxd's with a colon; od's and hexdump's 6 or 7 digits and a space,
+# hexdump -C's 8 and two spaces: a hex string grouped by `bytes.hex(" ", 4)` is no dump, its first
+# group no offset), hex groups of one width (bytes, 16-, 32- or 64-bit words; the last may be
+# shorter, and after xxd's colon the only one: `xxd -g4`'s last line "00000010: e282ac"), then maybe
+# a character column after two or more spaces. One width per line keeps a
 # character column that happens to be hex (a secret's "9e8b7a6f5e4d3c2b") out of the hex groups.
 _DUMP_LINE = re.compile(
-    rb"^(?P<off>[0-9A-Fa-f]{6,16}:?)"
+    rb"^(?P<off>[0-9A-Fa-f]{6,16}(?P<colon>:)|[0-9A-Fa-f]{6,7}(?= )|[0-9A-Fa-f]{8}(?=  ))"
     rb"(?P<hex>(?: {1,2}[0-9A-Fa-f]{2})+"
     rb"|(?: [0-9A-Fa-f]{4})+(?: [0-9A-Fa-f]{2})?"
     rb"|(?: [0-9A-Fa-f]{8})+(?: [0-9A-Fa-f]{2,6})?"
     rb"|(?: [0-9A-Fa-f]{16})+(?: [0-9A-Fa-f]{2,14})?"
-    rb"| [0-9A-Fa-f]{2,14})"
+    rb"|(?(colon) (?:[0-9A-Fa-f]{2}){1,7}|(?!)))"
     rb"(?: {2,}(?P<col>\S[^\n]*?)| *)\r?$",
     re.MULTILINE,
 )
