@@ -113,7 +113,10 @@ def wait_for(file: str) -> str:
 # such as /dev/zero never ends); the shell sandbox's /usr is the host's, read-only and the same for
 # every job (5.7 GB), skipped there; every visible process's environ and cmdline; the step's env.
 SCAN = (
-    "set +e; "  # steps fail fast (set -e): a grep that finds nothing must not end the scan
+    # steps fail fast (set -e): a grep that finds nothing must not end the scan; and no trace (set
+    # +x): stderr's "+ ..." lines interleave with stdout, and CI once saw "+ PROC ..." (a trace's
+    # "+ " and the echo on one line), which no output line check can read
+    "set +ex; "
     'P="$(pwd)/pattern"; '
     'for d in /*; do case $d in /proc|/sys) continue;; /dev) d=/dev/shm;; esac; [ -L "$d" ] && continue; '
     '[ "$d" = /usr ] && [ "$SKIP_USR" = 1 ] && continue; '
