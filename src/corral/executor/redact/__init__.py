@@ -99,7 +99,8 @@ Limits (limits.py)
     an escape, the hex one over hex digits only), a little Python per escape (~1.5 us), per dump line
     (~5 us) and per match. Measured on 64 KiB chunks (bench/redact_throughput.py, against 14d64c2's
     redactor in the same run): build-log text and random base64 within 2x at 1,000 and 10,000 secrets;
-    an xxd dump (every line a dump line) ~2.7x, text with an escape every 8 bytes ~5x. The visible
+    an xxd dump (every line a dump line) ~6x, text with an escape every 8 bytes ~10x (2026-12-04,
+    with the unescaped-squeezed view). The visible
     view costs one `translate` over output without invisible bytes (text, base64: ~1.0x the views
     without it) and a little Python per run of them: a coloured build log (4 CSI sequences a line)
     ~11-15 ms per 64 KiB, 4-5x the views without it, 5-6x the baseline.
