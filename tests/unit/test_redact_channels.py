@@ -218,7 +218,15 @@ def test_base64_wrapped_in_escaped_strings_is_redacted(form: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("secret", "group"), [(SECRET, 4), (SECRET, 8), ("Tok3n-Secr3t", 6), ("S3cr3tValue!!", 7)]
+    ("secret", "group"),
+    [
+        (SECRET, 4),
+        (SECRET, 8),
+        ("Tok3n-Secr3t", 6),
+        ("S3cr3tValue!!", 7),
+        (SECRET[:43], 4),  # (groups from the right: the first is 6 digits, od's offset shape)
+        (SECRET[:43], 8),
+    ],
 )
 def test_hex_grouped_by_python_is_no_dump_line(secret: str, group: int) -> None:
     """`bytes.hex(" ", n)`: its first group is no dump offset (a review find: read as one, it was

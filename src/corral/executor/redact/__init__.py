@@ -117,7 +117,7 @@ nobody matches. Not covered, in particular:
       apart, any other per-character transformation or interleaving (a character per line with a
       prefix, comma-separated characters, halves on two lines);
     * other dump formats: `od -c` (its offset column on the next line ends a match), `od -b` (octal),
-      `od -tu1` (decimal), `od -tx4` / `-tx8` (32- and 64-bit little-endian words); base32; HTML
+      `od -tu1` (decimal), `od -tx4` / `-tx8` and `xxd -e` (32- and 64-bit little-endian words); base32; HTML
       character references (`&#83;`, `&#x53;`); a secret split by a removed run longer than RUN_MAX;
     * UTF-16 of a secret with non-ASCII characters, and any other text encoding (UTF-32, Latin-1 of
       a non-ASCII secret, EBCDIC);

@@ -383,17 +383,18 @@ class UnescapeSqueeze(Unescape):
 
 
 # A dump line: an offset column (xxd's with a colon; od's and hexdump's 6 or 7 digits and a space,
-# hexdump -C's 8 and two spaces: a hex string grouped by `bytes.hex(" ", 4)` is no dump, its first
-# group no offset), hex groups of one width (bytes, 16-, 32- or 64-bit words; the last may be
-# shorter, and after xxd's colon the only one: `xxd -g4`'s last line "00000010: e282ac"), then maybe
-# a character column after two or more spaces. One width per line keeps a
+# hexdump -C's 8 and two spaces), hex groups of one width (bytes or 16-bit words; 32- and 64-bit
+# words only after xxd's colon; the last group may be shorter, and after the colon the only one:
+# `xxd -g4`'s last line "00000010: e282ac"), then maybe a character column after two or more
+# spaces. So a hex string grouped by `bytes.hex(" ", n)` is no dump: its first group (which may
+# be shorter, 6 digits) is no offset. One width per line keeps a
 # character column that happens to be hex (a secret's "9e8b7a6f5e4d3c2b") out of the hex groups.
 _DUMP_LINE = re.compile(
     rb"^(?P<off>[0-9A-Fa-f]{6,16}(?P<colon>:)|[0-9A-Fa-f]{6,7}(?= )|[0-9A-Fa-f]{8}(?=  ))"
     rb"(?P<hex>(?: {1,2}[0-9A-Fa-f]{2})+"
     rb"|(?: [0-9A-Fa-f]{4})+(?: [0-9A-Fa-f]{2})?"
-    rb"|(?: [0-9A-Fa-f]{8})+(?: [0-9A-Fa-f]{2,6})?"
-    rb"|(?: [0-9A-Fa-f]{16})+(?: [0-9A-Fa-f]{2,14})?"
+    rb"|(?(colon)(?: [0-9A-Fa-f]{8})+(?: [0-9A-Fa-f]{2,6})?|(?!))"
+    rb"|(?(colon)(?: [0-9A-Fa-f]{16})+(?: [0-9A-Fa-f]{2,14})?|(?!))"
     rb"|(?(colon) (?:[0-9A-Fa-f]{2}){1,7}|(?!)))"
     rb"(?: {2,}(?P<col>\S[^\n]*?)| *)\r?$",
     re.MULTILINE,
