@@ -160,7 +160,7 @@ class Database:
 
 
 _SQL_NOTIFY = text("SELECT pg_notify(:channel, :key)")
-WAL_WAIT = 30.0  # seconds a connection waits to put a new database into WAL mode (= busy_timeout)
+BUSY_TIMEOUT = 30.0  # seconds a SQLite connection waits for a lock (busy handler, and WAL switch)
 
 
 def _enter_wal(cur: Any) -> None:
@@ -168,7 +168,7 @@ def _enter_wal(cur: Any) -> None:
     database at once race for the exclusive lock the switch needs, and SQLite answers the loser
     SQLITE_BUSY at once, without its busy handler (measured: 2 of 90 server processes started three
     at a time failed with "database is locked"); so retry, for as long as a busy write would wait."""
-    deadline = time.monotonic() + WAL_WAIT
+    deadline = time.monotonic() + BUSY_TIMEOUT
     while True:
         try:
             mode = cur.execute("PRAGMA journal_mode=WAL").fetchone()
@@ -187,7 +187,7 @@ def _make_engine(url: str, *, memory: bool) -> Engine:
         return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     engine = create_engine(
         url,
-        connect_args={"check_same_thread": False, "timeout": 30},
+        connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT},
         poolclass=StaticPool if memory else None,
     )
 
@@ -198,7 +198,7 @@ def _make_engine(url: str, *, memory: bool) -> Engine:
         if not memory:
             _enter_wal(cur)
         cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
