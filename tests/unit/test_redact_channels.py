@@ -235,3 +235,19 @@ def test_hex_grouped_by_python_is_no_dump_line(secret: str, group: int) -> None:
 
     out = Redactor({secret: "[SECRET]"}).redact(b"\n" + secret.encode().hex(" ", group).encode() + b"\n")
     assert out == b"\n[SECRET]\n", out
+
+
+def test_the_squeezed_views_escape_regex_matches_exactly_its_table() -> None:
+    """_SQUEEZE_TOKEN is written out for speed (an alternation of its 68 keys cost ~2x); every key
+    matches it whole, and every string of its shapes (a prefix and one or two characters) that it
+    matches is a key, so a token always has its value."""
+    import itertools
+
+    from corral.executor.redact.views import _SQUEEZE_TOKEN, _SQUEEZE_VALUES
+
+    assert all(_SQUEEZE_TOKEN.fullmatch(key) for key in _SQUEEZE_VALUES)
+    tail = [bytes([c]) for c in b"0123456789abcdefABCDEFtnvfrxu/\\%"]
+    tails = tail + [a + b for a, b in itertools.product(tail, tail)]
+    prefixes = [b"\\", b"\\\\", b"%", b"\\x", b"\\u00", b"\\0"]
+    matched = {p + t for p in prefixes for t in tails if _SQUEEZE_TOKEN.fullmatch(p + t)}
+    assert matched == set(_SQUEEZE_VALUES)
