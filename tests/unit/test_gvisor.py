@@ -48,6 +48,9 @@ def test_classify_reads_shims_and_runsc_by_their_container_id() -> None:
     "cmdline",
     [
         f"/usr/bin/containerd-shim-runc-v2\0-namespace\0k8s.io\0-id\0{CID}\0",  # not dockerd's
+        # containerd's clean-up after a shim died: it removes the state files, and must run to its end
+        f"/usr/bin/containerd-shim-runc-v2\0-namespace\0moby\0-address\0/x.sock\0-publish-binary\0"
+        f"/usr/bin/containerd\0-id\0{CID}\0-bundle\0{BUNDLE}\0delete\0",
         "/usr/bin/containerd-shim-runc-v2\0-namespace\0moby\0-id\0../../etc\0",  # not an id
         f"runsc-gofer\0gofer\0--bundle\0/tmp/elsewhere/{CID}\0",  # not a moby bundle
         f"runsc-gofer\0gofer\0--bundle\0/tmp/ws/moby/{CID}\0",  # a moby bundle, not dockerd's

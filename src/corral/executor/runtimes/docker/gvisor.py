@@ -9,7 +9,8 @@ Which processes are ours is decided from their command lines and bundles, never 
 another executor or a user of this host may run gVisor too. A process belongs to a container id
 when it is
 
-- a `containerd-shim-runc-v2 -namespace moby -id <id>` (its working directory is the bundle), or
+- a `containerd-shim-runc-v2 -namespace moby -id <id>` (its working directory is the bundle; not
+  the `... delete` that containerd runs once a shim died, which is the clean-up itself), or
 - a `runsc`, `runsc-gofer` or `runsc-sandbox` whose `--bundle` is `.../moby/<id>`;
 
 and it is ended only when that container no longer exists in dockerd and the container was ours:
@@ -101,6 +102,10 @@ def _classify(pid: int, raw: bytes) -> ShimProcess | None:
         opts = dict(zip(args[1::2], args[2::2], strict=False))
         cid = opts.get("-id", "")
         if opts.get("-namespace") != NAMESPACE or not _ID.fullmatch(cid):
+            return None
+        if args[-1] == "delete":
+            # containerd's own clean-up of a shim that died (the shim binary's `delete` action): it
+            # removes runsc's state files and the bundle, then exits. Ending it would leave them.
             return None
         try:
             bundle: str | None = os.readlink(PROC / str(pid) / "cwd")
